@@ -1,0 +1,93 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Quarantined is a message kept aside for admin review because it failed
+// the tenant's DKIM policy (dkim_policy = quarantine). It is never on a
+// profile and expires after the retention period.
+type Quarantined struct {
+	Tenant   string       `json:"tenant"`
+	ID       uint64       `json:"id"`
+	Raw      string       `json:"raw"`
+	Size     int64        `json:"size"`
+	Reason   string       `json:"reason"`
+	Thread   uint64       `json:"thread"`
+	DKIM     []AuthResult `json:"dkim,omitempty"`
+	Received time.Time    `json:"received"`
+	Expires  time.Time    `json:"expires"`
+}
+
+// Quarantine records a quarantined message whose raw file is already durable.
+func (s *Store) Quarantine(ctx context.Context, q *Quarantined, keep time.Duration) error {
+	now := s.now().UTC()
+	var out Quarantined
+	err := s.group(ctx, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bQuarantine)
+		seq, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		out = *q
+		out.ID, out.Received, out.Expires = seq, now, now.Add(keep)
+		return putJSON(b, keyU64(q.Tenant, seq), &out)
+	})
+	if err == nil {
+		*q = out
+	}
+	return err
+}
+
+// QuarantinedMessages lists a tenant's quarantine.
+func (s *Store) QuarantinedMessages(ctx context.Context, tenant string) ([]*Quarantined, error) {
+	var out []*Quarantined
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return forPrefix(tx.Bucket(bQuarantine), []byte(tenant+"/"), func(_, v []byte) error {
+			var q Quarantined
+			if err := json.Unmarshal(v, &q); err != nil {
+				return err
+			}
+			out = append(out, &q)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// ExpireQuarantine deletes quarantined messages past their expiry and their
+// raw files.
+func (s *Store) ExpireQuarantine(ctx context.Context) (int, error) {
+	now := s.now()
+	var sums []string
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bQuarantine).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			var q Quarantined
+			if err := json.Unmarshal(v, &q); err != nil {
+				return fmt.Errorf("quarantine record: %w", err)
+			}
+			if now.After(q.Expires) {
+				sums = append(sums, q.Raw)
+				if err := c.Delete(); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, sum := range sums {
+		if !s.rawReferenced(sum) {
+			_ = s.raw.remove(sum)
+		}
+	}
+	return len(sums), nil
+}

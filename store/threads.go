@@ -1,0 +1,528 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// MintFunc returns the Message-ID (without <>) and the hex Thread-Index
+// conversation header ("" if none) that a new outbound message carries,
+// given the ids the store allocated for it.
+type MintFunc func(thread, message uint64) (msgid, convIndex string)
+
+// CreateOutbound records a message syncrelay is about to send, and its new
+// thread when th.ID is 0 (th.ID must otherwise name an existing thread of
+// the tenant). The message is committed before the provider is called so
+// that a sent copy or reply arriving first still matches.
+func (s *Store) CreateOutbound(ctx context.Context, th *Thread, m *Message, mint MintFunc) error {
+	now := s.now().UTC()
+	var outTh Thread
+	var outM Message
+	err := s.group(ctx, func(tx *bolt.Tx) error {
+		t := *th
+		msg := *m
+		tb := tx.Bucket(bThreads)
+		if t.ID == 0 {
+			seq, err := tb.NextSequence()
+			if err != nil {
+				return err
+			}
+			t.ID = seq
+			t.Created = now
+			if err := tx.Bucket(bCandThread).Put(key(t.Tenant, t.Candidate, string(putU64(t.ID))), nil); err != nil {
+				return err
+			}
+		} else if err := getJSON(tb, keyU64(t.Tenant, t.ID), &t); err != nil {
+			return fmt.Errorf("thread %d: %w", th.ID, err)
+		}
+		seq, err := tx.Bucket(bMessages).NextSequence()
+		if err != nil {
+			return err
+		}
+		msg.ID, msg.Thread, msg.Tenant, msg.Candidate = seq, t.ID, t.Tenant, t.Candidate
+		msg.Direction = Outbound
+		if msg.Received.IsZero() {
+			msg.Received = now
+		}
+		id, conv := mint(t.ID, msg.ID)
+		msg.InternetMessageID = strings.ToLower(id)
+		if conv != "" && t.ConvIndex == "" {
+			t.ConvIndex = conv
+			if err := tx.Bucket(bConvIndex).Put(key(t.Tenant, conv), putU64(t.ID)); err != nil {
+				return err
+			}
+		}
+		for _, u := range []string{msg.SentBy, msg.SendFor} {
+			if u != "" && !slices.Contains(t.Participants, u) {
+				t.Participants = append(t.Participants, u)
+			}
+		}
+		t.LastActivity = now
+		if err := s.putMessage(tx, &msg); err != nil {
+			return err
+		}
+		if err := putJSON(tb, keyU64(t.Tenant, t.ID), &t); err != nil {
+			return err
+		}
+		outTh, outM = t, msg
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	*th, *m = outTh, outM
+	return nil
+}
+
+func (s *Store) putMessage(tx *bolt.Tx, m *Message) error {
+	if err := tx.Bucket(bMsgID).Put(key(m.Tenant, m.InternetMessageID), refBytes(Ref{m.Thread, m.ID})); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bThreadMsg).Put(append(keyU64(m.Tenant, m.Thread), putU64(m.ID)...), nil); err != nil {
+		return err
+	}
+	return putJSON(tx.Bucket(bMessages), keyU64(m.Tenant, m.ID), m)
+}
+
+// UpdateMessage applies fn to a stored message and saves it.
+func (s *Store) UpdateMessage(ctx context.Context, tenant string, id uint64, fn func(*Message) error) (*Message, error) {
+	var out Message
+	err := s.group(ctx, func(tx *bolt.Tx) error {
+		var m Message
+		if err := getJSON(tx.Bucket(bMessages), keyU64(tenant, id), &m); err != nil {
+			return fmt.Errorf("message %d: %w", id, err)
+		}
+		if err := fn(&m); err != nil {
+			return err
+		}
+		out = m
+		return putJSON(tx.Bucket(bMessages), keyU64(tenant, id), &m)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Thread returns one thread of a tenant.
+func (s *Store) Thread(ctx context.Context, tenant string, id uint64) (*Thread, error) {
+	var t Thread
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return getJSON(tx.Bucket(bThreads), keyU64(tenant, id), &t)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("thread %d: %w", id, err)
+	}
+	return &t, nil
+}
+
+// UpdateThread applies fn to a stored thread and saves it.
+func (s *Store) UpdateThread(ctx context.Context, tenant string, id uint64, fn func(*Thread) error) (*Thread, error) {
+	var out Thread
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := getJSON(tx.Bucket(bThreads), keyU64(tenant, id), &out); err != nil {
+			return fmt.Errorf("thread %d: %w", id, err)
+		}
+		if err := fn(&out); err != nil {
+			return err
+		}
+		return putJSON(tx.Bucket(bThreads), keyU64(tenant, id), &out)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ThreadByConvIndex finds the thread whose issued Thread-Index conversation
+// header (hex) is conv.
+func (s *Store) ThreadByConvIndex(ctx context.Context, tenant, conv string) (uint64, bool, error) {
+	var id uint64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		id = getU64(tx.Bucket(bConvIndex).Get(key(tenant, strings.ToLower(conv))))
+		return nil
+	})
+	return id, id != 0, err
+}
+
+// LookupMsgID finds the message a Message-ID (without <>, domain lowercased)
+// belongs to: one syncrelay issued, one it learned from a sent copy, or one
+// it received.
+func (s *Store) LookupMsgID(ctx context.Context, tenant, msgid string) (Ref, bool, error) {
+	var r Ref
+	var ok bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		r, ok = parseRef(tx.Bucket(bMsgID).Get(key(tenant, msgid)))
+		return nil
+	})
+	return r, ok, err
+}
+
+// Message returns one message.
+func (s *Store) Message(ctx context.Context, tenant string, id uint64) (*Message, error) {
+	var m Message
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return getJSON(tx.Bucket(bMessages), keyU64(tenant, id), &m)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("message %d: %w", id, err)
+	}
+	return &m, nil
+}
+
+// ThreadMessages lists a thread's messages oldest first, removed ones included.
+func (s *Store) ThreadMessages(ctx context.Context, tenant string, thread uint64) ([]*Message, error) {
+	var out []*Message
+	err := s.db.View(func(tx *bolt.Tx) error {
+		mb := tx.Bucket(bMessages)
+		prefix := keyU64(tenant, thread)
+		return forPrefix(tx.Bucket(bThreadMsg), prefix, func(k, _ []byte) error {
+			var m Message
+			if err := getJSON(mb, keyU64(tenant, getU64(k[len(prefix):])), &m); err != nil {
+				return err
+			}
+			out = append(out, &m)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// CandidateThreads lists a candidate's threads, newest first.
+func (s *Store) CandidateThreads(ctx context.Context, tenant, cand string) ([]*Thread, error) {
+	var out []*Thread
+	err := s.db.View(func(tx *bolt.Tx) error {
+		tb := tx.Bucket(bThreads)
+		prefix := key(tenant, cand, "")
+		return forPrefix(tx.Bucket(bCandThread), prefix, func(k, _ []byte) error {
+			var t Thread
+			if err := getJSON(tb, keyU64(tenant, getU64(k[len(prefix):])), &t); err != nil {
+				return err
+			}
+			out = append(out, &t)
+			return nil
+		})
+	})
+	slices.SortFunc(out, func(a, b *Thread) int { return b.LastActivity.Compare(a.LastActivity) })
+	return out, err
+}
+
+// Incoming is a matched message to commit. Its raw file must already be
+// durable (PutRaw).
+type Incoming struct {
+	Message Message // Tenant, Thread, InternetMessageID, Raw ... set by the caller
+	Mailbox string  // the mailbox this copy came through
+	// LearnID, when set, is a provider-assigned Message-ID to learn for
+	// Ref (a user's forwarded sent copy); no new message is stored.
+	Learn *Ref
+	// Event, when non-nil, is enqueued as message.received with the new
+	// message's ids filled in; it is not enqueued for duplicates.
+	Event map[string]any
+}
+
+// Commit outcomes.
+const (
+	Stored    = "stored"
+	Duplicate = "duplicate"
+)
+
+// CommitResult says what CommitInbound did.
+type CommitResult struct {
+	Decision string // Stored or Duplicate
+	Ref      Ref
+	Removed  bool // the duplicate's original was removed from the profile
+}
+
+// CommitInbound durably records a matched message (group commit). The same
+// Message-ID within a tenant is stored once: a later copy only adds its
+// mailbox, and a removed message stays removed.
+func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, error) {
+	var res CommitResult
+	tenant := in.Message.Tenant
+	now := s.now().UTC()
+	err := s.group(ctx, func(tx *bolt.Tx) error {
+		ib := tx.Bucket(bMsgID)
+		mb := tx.Bucket(bMessages)
+		if in.Learn != nil {
+			var m Message
+			if err := getJSON(mb, keyU64(tenant, in.Learn.Message), &m); err != nil {
+				return fmt.Errorf("sent message %d: %w", in.Learn.Message, err)
+			}
+			id := in.Message.InternetMessageID
+			if id != "" && id != m.InternetMessageID && !slices.Contains(m.LearnedIDs, id) {
+				m.LearnedIDs = append(m.LearnedIDs, id)
+				if err := ib.Put(key(tenant, id), refBytes(*in.Learn)); err != nil {
+					return err
+				}
+			}
+			addMailbox(&m, in.Mailbox)
+			res = CommitResult{Decision: Duplicate, Ref: *in.Learn, Removed: m.Removed}
+			return putJSON(mb, keyU64(tenant, m.ID), &m)
+		}
+		if ref, ok := parseRef(ib.Get(key(tenant, in.Message.InternetMessageID))); ok && in.Message.InternetMessageID != "" {
+			var m Message
+			if err := getJSON(mb, keyU64(tenant, ref.Message), &m); err != nil {
+				return fmt.Errorf("indexed message %d: %w", ref.Message, err)
+			}
+			addMailbox(&m, in.Mailbox)
+			res = CommitResult{Decision: Duplicate, Ref: ref, Removed: m.Removed}
+			return putJSON(mb, keyU64(tenant, m.ID), &m)
+		}
+		var th Thread
+		if err := getJSON(tx.Bucket(bThreads), keyU64(tenant, in.Message.Thread), &th); err != nil {
+			return fmt.Errorf("thread %d: %w", in.Message.Thread, err)
+		}
+		seq, err := mb.NextSequence()
+		if err != nil {
+			return err
+		}
+		m := in.Message
+		m.ID, m.Candidate, m.Received = seq, th.Candidate, now
+		m.Mailboxes = nil
+		addMailbox(&m, in.Mailbox)
+		if m.InternetMessageID == "" {
+			// No Message-ID: index under a synthetic one so the record
+			// is still reachable; such copies cannot be de-duplicated.
+			m.InternetMessageID = fmt.Sprintf("no-id.%d@syncrelay.invalid", m.ID)
+		}
+		if err := s.putMessage(tx, &m); err != nil {
+			return err
+		}
+		th.LastActivity = now
+		if err := putJSON(tx.Bucket(bThreads), keyU64(tenant, th.ID), &th); err != nil {
+			return err
+		}
+		if in.Event != nil {
+			data := map[string]any{}
+			for k, v := range in.Event {
+				data[k] = v
+			}
+			data["message_id"] = MessageRef(m.ID)
+			data["thread_id"] = ThreadRef(th.ID)
+			data["candidate"] = th.Candidate
+			if err := s.enqueue(tx, tenant, "message.received", data, now); err != nil {
+				return err
+			}
+		}
+		res = CommitResult{Decision: Stored, Ref: Ref{th.ID, m.ID}}
+		return nil
+	})
+	return res, err
+}
+
+// MarkBounced records a DSN against a sent message and enqueues
+// message.bounced.
+func (s *Store) MarkBounced(ctx context.Context, tenant string, id uint64, status, diag string) error {
+	now := s.now().UTC()
+	return s.group(ctx, func(tx *bolt.Tx) error {
+		mb := tx.Bucket(bMessages)
+		var m Message
+		if err := getJSON(mb, keyU64(tenant, id), &m); err != nil {
+			return fmt.Errorf("message %d: %w", id, err)
+		}
+		already := m.Bounced && m.BounceStatus == status
+		m.Bounced, m.BounceStatus, m.BounceDiagnostic = true, status, diag
+		if err := putJSON(mb, keyU64(tenant, id), &m); err != nil {
+			return err
+		}
+		if already {
+			return nil // a second copy of the same DSN raises no second event
+		}
+		return s.enqueue(tx, tenant, "message.bounced", map[string]any{
+			"message_id": MessageRef(m.ID), "thread_id": ThreadRef(m.Thread), "candidate": m.Candidate,
+			"status": status, "diagnostic": diag,
+		}, now)
+	})
+}
+
+// RemoveMessage takes a message off the profile: the record becomes a
+// tombstone (so a later copy does not bring it back) and its raw file is
+// deleted after the commit.
+func (s *Store) RemoveMessage(ctx context.Context, tenant string, id uint64) error {
+	var raw string
+	err := s.group(ctx, func(tx *bolt.Tx) error {
+		mb := tx.Bucket(bMessages)
+		var m Message
+		if err := getJSON(mb, keyU64(tenant, id), &m); err != nil {
+			return fmt.Errorf("message %d: %w", id, err)
+		}
+		raw = m.Raw
+		m.Removed, m.RemovedAt, m.Raw = true, s.now().UTC(), ""
+		return putJSON(mb, keyU64(tenant, id), &m)
+	})
+	if err != nil {
+		return err
+	}
+	if raw != "" && !s.rawReferenced(raw) {
+		return s.raw.remove(raw)
+	}
+	return nil
+}
+
+func (s *Store) rawReferenced(sum string) bool {
+	refs, err := s.RawSums()
+	return err != nil || refs[sum] // on error keep the file
+}
+
+func addMailbox(m *Message, mbox string) {
+	mbox = strings.ToLower(mbox)
+	if mbox != "" && !slices.Contains(m.Mailboxes, mbox) {
+		m.Mailboxes = append(m.Mailboxes, mbox)
+	}
+}
+
+func refBytes(r Ref) []byte { return append(putU64(r.Thread), putU64(r.Message)...) }
+
+func parseRef(b []byte) (Ref, bool) {
+	if len(b) != 16 {
+		return Ref{}, false
+	}
+	return Ref{getU64(b[:8]), getU64(b[8:])}, true
+}
+
+// MessageRef and ThreadRef are the external ids of messages and threads.
+func MessageRef(id uint64) string { return fmt.Sprintf("m-%d", id) }
+func ThreadRef(id uint64) string  { return fmt.Sprintf("th-%d", id) }
+
+// ParseRef parses an external id with the given prefix ("m-" or "th-").
+func ParseRef(prefix, s string) (uint64, bool) {
+	rest, ok := strings.CutPrefix(s, prefix)
+	if !ok || rest == "" || len(rest) > 20 {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range rest {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + uint64(c-'0')
+	}
+	return v, v != 0
+}
+
+// --- outbox ---
+
+func (s *Store) enqueue(tx *bolt.Tx, tenant, typ string, data any, now time.Time) error {
+	ob := tx.Bucket(bOutbox)
+	seq, err := ob.NextSequence()
+	if err != nil {
+		return err
+	}
+	ev := Event{ID: fmt.Sprintf("evt-%d", seq), Seq: seq, Type: typ, Created: now, Tenant: tenant,
+		Data: data, NextAttempt: now, State: "pending"}
+	return putJSON(ob, putU64(seq), &ev)
+}
+
+// Enqueue adds an event to the durable outbox on its own.
+func (s *Store) Enqueue(ctx context.Context, tenant, typ string, data any) error {
+	now := s.now().UTC()
+	return s.group(ctx, func(tx *bolt.Tx) error { return s.enqueue(tx, tenant, typ, data, now) })
+}
+
+// Events lists outbox events in order, optionally only those in state.
+func (s *Store) Events(ctx context.Context, state string) ([]*Event, error) {
+	var out []*Event
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bOutbox).ForEach(func(k, v []byte) error {
+			var e Event
+			if err := json.Unmarshal(v, &e); err != nil {
+				return err
+			}
+			if state == "" || e.State == state {
+				out = append(out, &e)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// --- counters and forwarding health ---
+
+func hourKey(t time.Time) string { return t.UTC().Format("2006010215") }
+
+// Count records one decision for a tenant (buffered; see counterBuf).
+func (s *Store) Count(tenant, decision, reason string) {
+	if s.counts == nil {
+		return
+	}
+	now := s.now()
+	k := tenant + "/" + hourKey(now) + "/" + decision + "/" + reason
+	s.counts.mu.Lock()
+	s.counts.m[k]++
+	s.counts.last[tenant] = now.UTC()
+	s.counts.mu.Unlock()
+}
+
+func (s *Store) flushCounters() error {
+	if s.counts == nil {
+		return nil
+	}
+	s.counts.mu.Lock()
+	m, last := s.counts.m, s.counts.last
+	s.counts.m, s.counts.last = map[string]uint64{}, map[string]time.Time{}
+	s.counts.mu.Unlock()
+	if len(m) == 0 && len(last) == 0 {
+		return nil
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		cb := tx.Bucket(bCounters)
+		for k, n := range m {
+			if err := cb.Put([]byte(k), putU64(getU64(cb.Get([]byte(k)))+n)); err != nil {
+				return err
+			}
+		}
+		kv := tx.Bucket(bKV)
+		for t, at := range last {
+			if err := kv.Put(key("last_seen", t), []byte(at.Format(time.RFC3339Nano))); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Counts returns a tenant's decision counts ("decision/reason" -> n) since
+// the given time (hour granularity), including unflushed ones, and the time
+// of the last forwarded message (zero if never).
+func (s *Store) Counts(ctx context.Context, tenant string, since time.Time) (map[string]uint64, time.Time, error) {
+	out := map[string]uint64{}
+	var last time.Time
+	from := hourKey(since)
+	add := func(k string, n uint64) {
+		rest, ok := strings.CutPrefix(k, tenant+"/")
+		if !ok || len(rest) < 11 || rest[:10] < from {
+			return
+		}
+		out[rest[11:]] += n
+	}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if err := forPrefix(tx.Bucket(bCounters), []byte(tenant+"/"), func(k, v []byte) error {
+			add(string(k), getU64(v))
+			return nil
+		}); err != nil {
+			return err
+		}
+		if v := tx.Bucket(bKV).Get(key("last_seen", tenant)); v != nil {
+			last, _ = time.Parse(time.RFC3339Nano, string(v))
+		}
+		return nil
+	})
+	if s.counts != nil {
+		s.counts.mu.Lock()
+		for k, n := range s.counts.m {
+			add(k, n)
+		}
+		if t, ok := s.counts.last[tenant]; ok && t.After(last) {
+			last = t
+		}
+		s.counts.mu.Unlock()
+	}
+	return out, last, err
+}
