@@ -1,0 +1,365 @@
+package api
+
+import (
+	"fmt"
+	"net/http"
+	"net/mail"
+	"regexp"
+	"slices"
+	"strings"
+
+	"syncrelay/store"
+)
+
+var (
+	slugRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	idRE     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	domainRE = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$`)
+)
+
+type tenantJSON struct {
+	ID                string   `json:"id"`
+	Name              string   `json:"name"`
+	Domains           []string `json:"domains"`
+	Provider          string   `json:"provider"`
+	InboundAddress    string   `json:"inbound_address"`
+	DKIMPolicy        string   `json:"dkim_policy"`
+	TrustedForwarders []string `json:"trusted_forwarders"`
+	Setup             *setup   `json:"setup,omitempty"`
+}
+
+type setup struct {
+	HeaderRegex string `json:"header_regex"`
+	Google      string `json:"google_workspace"`
+	Microsoft   string `json:"exchange_online"`
+}
+
+func (s *Server) tenantOut(t *store.Tenant, withSetup bool) tenantJSON {
+	out := tenantJSON{ID: t.ID, Name: t.Name, Domains: nonNil(t.Domains), Provider: t.Provider,
+		InboundAddress: t.InboundAddress, DKIMPolicy: t.DKIMPolicy, TrustedForwarders: nonNil(t.TrustedForwarders)}
+	if withSetup {
+		out.Setup = &setup{
+			HeaderRegex: s.o.Marker,
+			Google: fmt.Sprintf("Google Admin > Apps > Google Workspace > Gmail > Compliance > Content compliance: add a rule for all four directions "+
+				"(inbound, outbound, internal-sending, internal-receiving), 'Advanced content match', location 'Full headers', match type "+
+				"'Matches regex', expression %s; action 'Also deliver to' %s. Run `syncrelay check -tenant %s` for the full procedure.",
+				s.o.Marker, t.InboundAddress, t.ID),
+			Microsoft: fmt.Sprintf("Exchange admin center > Mail flow > Rules: new rule, 'A message header matches these text patterns' for "+
+				"References, In-Reply-To and X-Syncrelay-Thread with %s; action 'Bcc the message to' %s. Run `syncrelay check -tenant %s` for the full procedure.",
+				s.o.Marker, t.InboundAddress, t.ID),
+		}
+	}
+	return out
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+func validDomains(ds []string) error {
+	for _, d := range ds {
+		if !domainRE.MatchString(d) {
+			return fmt.Errorf("domains: %q is not a domain name", d)
+		}
+	}
+	return nil
+}
+
+func lowerAll(ds []string) []string {
+	out := make([]string, len(ds))
+	for i, d := range ds {
+		out[i] = strings.ToLower(d)
+	}
+	return out
+}
+
+func (s *Server) createTenant(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		ID                string   `json:"id"`
+		Name              string   `json:"name"`
+		Domains           []string `json:"domains"`
+		Provider          string   `json:"provider"`
+		DKIMPolicy        string   `json:"dkim_policy"`
+		TrustedForwarders []string `json:"trusted_forwarders"`
+	}
+	if !decode(w, r, &in) {
+		return
+	}
+	switch {
+	case !slugRE.MatchString(in.ID):
+		invalid(w, "id: must be 1-63 lowercase letters, digits or '-', starting with a letter or digit")
+		return
+	case strings.TrimSpace(in.Name) == "":
+		invalid(w, "name: required")
+		return
+	case len(in.Domains) == 0:
+		invalid(w, "domains: at least one domain is required")
+		return
+	case in.Provider != "google" && in.Provider != "microsoft":
+		invalid(w, `provider: must be "google" or "microsoft"`)
+		return
+	}
+	if err := validDomains(in.Domains); err != nil {
+		invalid(w, err.Error())
+		return
+	}
+	if err := validDomains(in.TrustedForwarders); err != nil {
+		invalid(w, "trusted_forwarders: "+err.Error())
+		return
+	}
+	if in.DKIMPolicy == "" {
+		in.DKIMPolicy = store.PolicyRequire
+	}
+	if !validPolicy(in.DKIMPolicy) {
+		invalid(w, `dkim_policy: must be "require", "quarantine" or "off"`)
+		return
+	}
+	t := &store.Tenant{ID: in.ID, Name: in.Name, Domains: lowerAll(in.Domains), Provider: in.Provider,
+		InboundAddress: newInboundAddress(in.ID, s.o.Hostname), DKIMPolicy: in.DKIMPolicy,
+		TrustedForwarders: lowerAll(in.TrustedForwarders)}
+	if err := s.o.Store.CreateTenant(r.Context(), t); err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	if t.DKIMPolicy == store.PolicyOff {
+		s.o.Log.Warn("tenant created with dkim_policy=off: forged mail can reach profiles (lab use only)", "tenant", t.ID)
+	}
+	writeJSON(w, http.StatusCreated, s.tenantOut(t, true))
+}
+
+func validPolicy(p string) bool {
+	return p == store.PolicyRequire || p == store.PolicyQuarantine || p == store.PolicyOff
+}
+
+func (s *Server) listTenants(w http.ResponseWriter, r *http.Request) {
+	ts, err := s.o.Store.Tenants(r.Context())
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	out := make([]tenantJSON, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, s.tenantOut(t, false))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"tenants": out})
+}
+
+func (s *Server) getTenant(w http.ResponseWriter, r *http.Request) {
+	t, err := s.o.Store.Tenant(r.Context(), r.PathValue("t"))
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.tenantOut(t, true))
+}
+
+func (s *Server) patchTenant(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		DKIMPolicy        *string   `json:"dkim_policy"`
+		TrustedForwarders *[]string `json:"trusted_forwarders"`
+		Domains           *[]string `json:"domains"`
+	}
+	if !decode(w, r, &in) {
+		return
+	}
+	if in.DKIMPolicy != nil && !validPolicy(*in.DKIMPolicy) {
+		invalid(w, `dkim_policy: must be "require", "quarantine" or "off"`)
+		return
+	}
+	if in.Domains != nil {
+		if len(*in.Domains) == 0 {
+			invalid(w, "domains: at least one domain is required")
+			return
+		}
+		if err := validDomains(*in.Domains); err != nil {
+			invalid(w, err.Error())
+			return
+		}
+	}
+	if in.TrustedForwarders != nil {
+		if err := validDomains(*in.TrustedForwarders); err != nil {
+			invalid(w, "trusted_forwarders: "+err.Error())
+			return
+		}
+	}
+	t, err := s.o.Store.UpdateTenant(r.Context(), r.PathValue("t"), func(t *store.Tenant) error {
+		if in.DKIMPolicy != nil {
+			t.DKIMPolicy = *in.DKIMPolicy
+		}
+		if in.Domains != nil {
+			t.Domains = lowerAll(*in.Domains)
+		}
+		if in.TrustedForwarders != nil {
+			t.TrustedForwarders = lowerAll(*in.TrustedForwarders)
+		}
+		return nil
+	})
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	if t.DKIMPolicy == store.PolicyOff {
+		s.o.Log.Warn("tenant set to dkim_policy=off: forged mail can reach profiles (lab use only)", "tenant", t.ID)
+	}
+	writeJSON(w, http.StatusOK, s.tenantOut(t, false))
+}
+
+// --- users ---
+
+type userJSON struct {
+	ID    string    `json:"id"`
+	Email string    `json:"email"`
+	Name  string    `json:"name"`
+	Role  string    `json:"role"`
+	Grant grantJSON `json:"grant"`
+}
+
+type grantJSON struct {
+	Status string `json:"status"`
+}
+
+func userOut(u *store.User) userJSON {
+	return userJSON{ID: u.ID, Email: u.Email, Name: u.Name, Role: u.Role, Grant: grantJSON{Status: "none"}}
+}
+
+func validEmail(e string) bool {
+	a, err := mail.ParseAddress(e)
+	return err == nil && a.Address == e && a.Name == ""
+}
+
+func (s *Server) createUser(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		ID    string `json:"id"`
+		Email string `json:"email"`
+		Name  string `json:"name"`
+		Role  string `json:"role"`
+	}
+	if !decode(w, r, &in) {
+		return
+	}
+	switch {
+	case !idRE.MatchString(in.ID):
+		invalid(w, "id: must be 1-128 letters, digits, '.', '_' or '-'")
+		return
+	case !validEmail(in.Email):
+		invalid(w, fmt.Sprintf("email: %q is not a plain email address", in.Email))
+		return
+	case store.RoleRank(in.Role) == 0:
+		invalid(w, "role: must be one of super_admin, admin, team_member, limited_team_member")
+		return
+	}
+	u := &store.User{Tenant: r.PathValue("t"), ID: in.ID, Email: strings.ToLower(in.Email), Name: in.Name, Role: in.Role}
+	if err := s.o.Store.CreateUser(r.Context(), u); err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, userOut(u))
+}
+
+func (s *Server) listUsers(w http.ResponseWriter, r *http.Request) {
+	t := r.PathValue("t")
+	if _, err := s.o.Store.Tenant(r.Context(), t); err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	us, err := s.o.Store.Users(r.Context(), t)
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	out := make([]userJSON, 0, len(us))
+	for _, u := range us {
+		out = append(out, userOut(u))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"users": out})
+}
+
+func (s *Server) getUser(w http.ResponseWriter, r *http.Request) {
+	u, err := s.o.Store.User(r.Context(), r.PathValue("t"), r.PathValue("u"))
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, userOut(u))
+}
+
+// --- candidates ---
+
+type candidateJSON struct {
+	ID     string   `json:"id"`
+	Name   string   `json:"name"`
+	Emails []string `json:"emails"`
+}
+
+func (s *Server) createCandidate(w http.ResponseWriter, r *http.Request) {
+	var in candidateJSON
+	if !decode(w, r, &in) {
+		return
+	}
+	if !idRE.MatchString(in.ID) {
+		invalid(w, "id: must be 1-128 letters, digits, '.', '_' or '-'")
+		return
+	}
+	if len(in.Emails) == 0 {
+		invalid(w, "emails: at least one email address is required")
+		return
+	}
+	for _, e := range in.Emails {
+		if !validEmail(e) {
+			invalid(w, fmt.Sprintf("emails: %q is not a plain email address", e))
+			return
+		}
+	}
+	emails := lowerAll(in.Emails)
+	slices.Sort(emails)
+	if len(slices.Compact(slices.Clone(emails))) != len(emails) {
+		invalid(w, "emails: listed twice")
+		return
+	}
+	c := &store.Candidate{Tenant: r.PathValue("t"), ID: in.ID, Name: in.Name, Emails: lowerAll(in.Emails)}
+	if err := s.o.Store.CreateCandidate(r.Context(), c); err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, candidateJSON{ID: c.ID, Name: c.Name, Emails: c.Emails})
+}
+
+func (s *Server) listCandidates(w http.ResponseWriter, r *http.Request) {
+	t := r.PathValue("t")
+	if _, err := s.o.Store.Tenant(r.Context(), t); err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	cs, err := s.o.Store.Candidates(r.Context(), t)
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	out := make([]candidateJSON, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, candidateJSON{ID: c.ID, Name: c.Name, Emails: c.Emails})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"candidates": out})
+}
+
+func (s *Server) getCandidate(w http.ResponseWriter, r *http.Request) {
+	c, err := s.o.Store.Candidate(r.Context(), r.PathValue("t"), r.PathValue("c"))
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, candidateJSON{ID: c.ID, Name: c.Name, Emails: c.Emails})
+}
+
+func (s *Server) syncCandidate(w http.ResponseWriter, r *http.Request) {
+	if _, err := s.o.Store.Candidate(r.Context(), r.PathValue("t"), r.PathValue("c")); err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	writeProblem(w, http.StatusConflict, "limited-sync", "Mailbox import is not available",
+		"syncrelay runs in limited sync: it holds only a send-only grant and never reads mailboxes, so older conversations "+
+			"or ones the candidate started cannot be imported. Replies to threads started in the ATS sync automatically.")
+}
