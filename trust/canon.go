@@ -1,0 +1,447 @@
+package trust
+
+// DKIM primitives that go-msgauth keeps unexported and that ARC (RFC 8617)
+// needs: tag-list parsing, header field splitting and picking, relaxed/simple
+// canonicalisation, public key records and signature checks. They follow
+// RFC 6376 and behave like go-msgauth's own (the tests cross-check them
+// against go-msgauth's signer and verifier).
+
+import (
+	"bufio"
+	"bytes"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"strings"
+)
+
+const crlf = "\r\n"
+
+// errHeaderTooLarge is returned by Verify when the header block exceeds
+// Verifier.MaxHeaderBytes.
+var errHeaderTooLarge = errors.New("trust: message header too large")
+
+// readHeader reads the header block (up to and including the empty line) from
+// br and returns its fields, each "Name: value" with continuation lines kept
+// and every line ending normalised to CRLF (as go-msgauth's reader does). A
+// message without a body separator has an empty body.
+func readHeader(br *bufio.Reader, limit int) ([]string, error) {
+	var fields []string
+	total := 0
+	var line []byte
+	for {
+		line = line[:0]
+		for {
+			chunk, err := br.ReadSlice('\n')
+			total += len(chunk)
+			if total > limit {
+				return nil, errHeaderTooLarge
+			}
+			line = append(line, chunk...)
+			if err == bufio.ErrBufferFull {
+				continue
+			}
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return nil, err
+			}
+			break
+		}
+		eof := len(line) == 0 || line[len(line)-1] != '\n'
+		l := bytes.TrimSuffix(line, []byte("\n"))
+		l = bytes.TrimSuffix(l, []byte("\r"))
+		if len(l) == 0 {
+			return fields, nil
+		}
+		if len(fields) > 0 && (l[0] == ' ' || l[0] == '\t') {
+			fields[len(fields)-1] += string(l) + crlf
+		} else {
+			fields = append(fields, string(l)+crlf)
+		}
+		if eof {
+			return fields, nil
+		}
+	}
+}
+
+// fieldName returns the trimmed name of a raw header field (the whole field
+// when it has no colon, as go-msgauth does).
+func fieldName(f string) string {
+	k, _, _ := strings.Cut(f, ":")
+	return strings.TrimSpace(k)
+}
+
+// fieldValue returns the unfolded, trimmed value of a raw header field.
+func fieldValue(f string) string {
+	_, v, _ := strings.Cut(f, ":")
+	v = strings.ReplaceAll(v, "\r\n", "")
+	v = strings.ReplaceAll(v, "\n", "")
+	return strings.TrimSpace(v)
+}
+
+// rawValue returns the value of a raw header field, as is.
+func rawValue(f string) string {
+	_, v, _ := strings.Cut(f, ":")
+	return v
+}
+
+// parseTags parses a DKIM tag-list (RFC 6376 §3.2). Values are trimmed of
+// surrounding folding whitespace; duplicate tags are an error.
+func parseTags(s string) (map[string]string, error) {
+	tags := make(map[string]string)
+	for _, spec := range strings.Split(s, ";") {
+		k, v, ok := strings.Cut(spec, "=")
+		if !ok {
+			if strings.TrimSpace(spec) == "" {
+				continue
+			}
+			return nil, fmt.Errorf("malformed tag-list near %q", truncate(strings.TrimSpace(spec), 20))
+		}
+		k = strings.TrimSpace(k)
+		if k == "" {
+			return nil, errors.New("malformed tag-list: empty tag name")
+		}
+		if _, dup := tags[k]; dup {
+			return nil, fmt.Errorf("duplicate tag %q", k)
+		}
+		tags[k] = strings.TrimSpace(v)
+	}
+	return tags, nil
+}
+
+func stripWS(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == ' ' || r == '\t' || r == '\r' || r == '\n' {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+func splitColonList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ":") {
+		if p = stripWS(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// removeBValue empties the value of the b= tag of a raw signature field,
+// surrounding whitespace included (RFC 6376 §3.7): everything between "b="
+// and the next ';' (or the end of the field) goes.
+func removeBValue(field string) string {
+	colon := strings.IndexByte(field, ':')
+	if colon < 0 {
+		return field
+	}
+	start := colon + 1
+	for start <= len(field) {
+		end := strings.IndexByte(field[start:], ';')
+		if end < 0 {
+			end = len(field)
+		} else {
+			end += start
+		}
+		spec := field[start:end]
+		if eq := strings.IndexByte(spec, '='); eq >= 0 && strings.TrimSpace(spec[:eq]) == "b" {
+			return field[:start+eq+1] + field[end:]
+		}
+		start = end + 1
+	}
+	return field
+}
+
+// canonHeader canonicalises one raw header field (RFC 6376 §3.4.1/§3.4.2).
+func canonHeader(f string, relaxed bool) string {
+	if !relaxed {
+		return f
+	}
+	k, v, ok := strings.Cut(f, ":")
+	if !ok {
+		return strings.ToLower(strings.TrimSpace(f)) + ":" + crlf
+	}
+	v = strings.Join(strings.FieldsFunc(v, func(r rune) bool {
+		return r == ' ' || r == '\t' || r == '\r' || r == '\n'
+	}), " ")
+	return strings.ToLower(strings.TrimSpace(k)) + ":" + v + crlf
+}
+
+// headerPicker returns, for each name asked, the next instance of that field
+// from the bottom of the header up (RFC 6376 §5.4.2).
+type headerPicker struct {
+	fields []string
+	used   map[string]int
+}
+
+func newHeaderPicker(fields []string) *headerPicker {
+	return &headerPicker{fields: fields, used: make(map[string]int)}
+}
+
+func (p *headerPicker) pick(name string) (string, bool) {
+	key := strings.ToLower(name)
+	skip := p.used[key]
+	for i := len(p.fields) - 1; i >= 0; i-- {
+		if !strings.EqualFold(fieldName(p.fields[i]), key) {
+			continue
+		}
+		if skip == 0 {
+			p.used[key]++
+			return p.fields[i], true
+		}
+		skip--
+	}
+	return "", false
+}
+
+// bodyCanonicalizer is a streaming RFC 6376 §3.4.3/§3.4.4 body
+// canonicaliser. Lone LF counts as a line end (like go-msgauth).
+type bodyCanonicalizer struct {
+	w        io.Writer
+	relaxed  bool
+	crlfs    int  // line ends not yet written (they may be trailing empty lines)
+	cr       bool // a CR was seen and not yet resolved
+	wsp      bool // relaxed: pending whitespace inside a line
+	anything bool // relaxed: some content was written
+	buf      []byte
+}
+
+func newBodyCanonicalizer(w io.Writer, relaxed bool) *bodyCanonicalizer {
+	return &bodyCanonicalizer{w: w, relaxed: relaxed, buf: make([]byte, 0, 4096)}
+}
+
+func (c *bodyCanonicalizer) content(ch byte) {
+	for ; c.crlfs > 0; c.crlfs-- {
+		c.buf = append(c.buf, '\r', '\n')
+	}
+	if c.wsp {
+		c.buf = append(c.buf, ' ')
+		c.wsp = false
+	}
+	c.buf = append(c.buf, ch)
+	c.anything = true
+}
+
+func (c *bodyCanonicalizer) Write(p []byte) (int, error) {
+	for _, ch := range p {
+		if c.cr {
+			c.cr = false
+			if ch == '\n' {
+				c.eol()
+				continue
+			}
+			c.content('\r') // a lone CR is ordinary content
+		}
+		switch {
+		case ch == '\r':
+			c.cr = true
+		case ch == '\n':
+			c.eol()
+		case c.relaxed && (ch == ' ' || ch == '\t'):
+			c.wsp = true
+		default:
+			c.content(ch)
+		}
+		if len(c.buf) >= 4000 {
+			if err := c.flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return len(p), c.flush()
+}
+
+func (c *bodyCanonicalizer) eol() {
+	c.wsp = false // relaxed: whitespace at the end of a line is dropped
+	c.crlfs++
+}
+
+func (c *bodyCanonicalizer) flush() error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	_, err := c.w.Write(c.buf)
+	c.buf = c.buf[:0]
+	return err
+}
+
+// Close writes the final line end: simple always ends with exactly one CRLF
+// (an empty body is a single CRLF); relaxed ends with one CRLF unless the
+// body is empty.
+func (c *bodyCanonicalizer) Close() error {
+	if c.cr {
+		c.cr = false
+		c.content('\r')
+	}
+	c.wsp = false
+	if !c.relaxed || c.anything {
+		c.buf = append(c.buf, '\r', '\n')
+	}
+	c.crlfs = 0
+	return c.flush()
+}
+
+// bodyHasher hashes a body with the given canonicalisation.
+type bodyHasher struct {
+	h hash.Hash
+	c *bodyCanonicalizer
+}
+
+func newBodyHasher(relaxed bool) *bodyHasher {
+	h := sha256.New()
+	return &bodyHasher{h: h, c: newBodyCanonicalizer(h, relaxed)}
+}
+
+func (b *bodyHasher) Write(p []byte) (int, error) { return b.c.Write(p) }
+
+func (b *bodyHasher) Sum() []byte {
+	b.c.Close()
+	return b.h.Sum(nil)
+}
+
+// parseCanon parses a c= value: "header/body", each simple (default) or
+// relaxed.
+func parseCanon(s string) (headerRelaxed, bodyRelaxed bool, err error) {
+	h, b, _ := strings.Cut(stripWS(s), "/")
+	parse := func(v string) (bool, error) {
+		switch strings.ToLower(v) {
+		case "", "simple":
+			return false, nil
+		case "relaxed":
+			return true, nil
+		}
+		return false, fmt.Errorf("unknown canonicalization %q", v)
+	}
+	if headerRelaxed, err = parse(h); err != nil {
+		return
+	}
+	bodyRelaxed, err = parse(b)
+	return
+}
+
+// publicKey is a parsed DKIM key record (RFC 6376 §3.6.1, RFC 8463).
+type publicKey struct {
+	algo   string // "rsa" or "ed25519"
+	rsa    *rsa.PublicKey
+	ed     ed25519.PublicKey
+	hashes []string // h= (nil: any)
+	bits   int
+}
+
+func parseKeyRecord(txt string) (*publicKey, error) {
+	tags, err := parseTags(txt)
+	if err != nil {
+		return nil, fmt.Errorf("key record: %v", err)
+	}
+	if v, ok := tags["v"]; ok && v != "DKIM1" {
+		return nil, errors.New("key record: incompatible version")
+	}
+	p, ok := tags["p"]
+	if !ok {
+		return nil, errors.New("key record: no p= tag")
+	}
+	p = stripWS(p)
+	if p == "" {
+		return nil, errors.New("key revoked (empty p=)")
+	}
+	der, err := base64.StdEncoding.DecodeString(p)
+	if err != nil {
+		return nil, fmt.Errorf("key record: bad base64: %v", err)
+	}
+	k := &publicKey{}
+	if h, ok := tags["h"]; ok {
+		k.hashes = splitColonList(h)
+	}
+	if s, ok := tags["s"]; ok {
+		svc := splitColonList(s)
+		if !contains(svc, "*") && !contains(svc, "email") {
+			return nil, errors.New("key record: not for email (s=)")
+		}
+	}
+	switch strings.ToLower(stripWS(tags["k"])) {
+	case "", "rsa":
+		pub, err := x509.ParsePKIXPublicKey(der)
+		if err != nil {
+			// RFC 6376 erratum 3017: some publish a bare RSAPublicKey.
+			if pub, err = x509.ParsePKCS1PublicKey(der); err != nil {
+				return nil, fmt.Errorf("key record: %v", err)
+			}
+		}
+		rk, ok := pub.(*rsa.PublicKey)
+		if !ok {
+			return nil, errors.New("key record: k=rsa but not an RSA key")
+		}
+		k.algo, k.rsa, k.bits = "rsa", rk, rk.N.BitLen()
+	case "ed25519":
+		if len(der) != ed25519.PublicKeySize {
+			return nil, fmt.Errorf("key record: Ed25519 key of %d bytes", len(der))
+		}
+		k.algo, k.ed, k.bits = "ed25519", ed25519.PublicKey(der), 256
+	default:
+		return nil, fmt.Errorf("key record: unsupported key type %q", tags["k"])
+	}
+	return k, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if strings.EqualFold(x, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// minRSABits is RFC 8301 §3.2's floor.
+const minRSABits = 1024
+
+// checkSignature verifies sig over the SHA-256 digest with key, for the
+// signature algorithm a= (rsa-sha256 or ed25519-sha256 only: rsa-sha1 is
+// refused per RFC 8301).
+func checkSignature(a string, key *publicKey, digest, sig []byte) error {
+	keyAlgo, hashAlgo, _ := strings.Cut(strings.ToLower(stripWS(a)), "-")
+	if hashAlgo != "sha256" {
+		return fmt.Errorf("unsupported algorithm %q", a)
+	}
+	if key.hashes != nil && !contains(key.hashes, "sha256") {
+		return errors.New("key does not allow sha256 (h=)")
+	}
+	if keyAlgo != key.algo {
+		return fmt.Errorf("algorithm %q does not match the %s key", a, key.algo)
+	}
+	switch key.algo {
+	case "rsa":
+		if key.bits < minRSABits {
+			return fmt.Errorf("RSA key of %d bits is under %d", key.bits, minRSABits)
+		}
+		if err := rsa.VerifyPKCS1v15(key.rsa, crypto.SHA256, digest, sig); err != nil {
+			return errors.New("signature did not verify")
+		}
+	case "ed25519":
+		if !ed25519.Verify(key.ed, digest, sig) {
+			return errors.New("signature did not verify")
+		}
+	}
+	return nil
+}
+
+func decodeB64(s string) ([]byte, error) {
+	return base64.StdEncoding.DecodeString(stripWS(s))
+}

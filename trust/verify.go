@@ -1,0 +1,281 @@
+// Package trust verifies DKIM signatures and ARC chains of an inbound message
+// and applies the tenant's DKIM policy (SPEC §5).
+//
+// Verify reads the message once, streaming: only the header block is kept in
+// memory; the body is hashed on the fly by go-msgauth (for DKIM) and by the
+// ARC code (for the latest ARC-Message-Signature) from one pass over it.
+//
+// Usage in the daemon:
+//
+//	v, err := verifier.Verify(ctx, data)   // err: I/O error or header too large
+//	pass, reason := trust.Decide(v, tenant.Domains, trustedSealers)
+//	switch {
+//	case pass:        // keep; prepend "Authentication-Results: " + trust.AuthResults(host, v)
+//	case v.Temporary: // 451 4.4.3: a key could not be fetched, the sender retries
+//	default:          // 550 5.7.1 reason (or quarantine, per dkim_policy)
+//	}
+package trust
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/mail"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-msgauth/dkim"
+
+	"syncrelay/dnsres"
+)
+
+// Result values of Result.Result.
+const (
+	ResultPass      = "pass"
+	ResultFail      = "fail"      // the signature does not verify (tampered, wrong key)
+	ResultNeutral   = "neutral"   // not produced by Verify; possible in OriginalDKIM
+	ResultTempError = "temperror" // key lookup failed temporarily
+	ResultPermError = "permerror" // no key, malformed signature or key, expired
+	ResultPolicy    = "policy"    // verifiable maybe, but not acceptable: rsa-sha1, RSA < 1024 bits, l=
+)
+
+// Result is the outcome of one DKIM signature.
+type Result struct {
+	Domain     string // d= (SDID), lower case
+	Selector   string // s=
+	Identifier string // i= (AUID), when given
+	Result     string // pass|fail|neutral|temperror|permerror|policy
+	Reason     string // why it did not pass
+	Algorithm  string // a=
+}
+
+// ARCResult is the outcome of ARC chain validation.
+type ARCResult struct {
+	Result       string   // none|pass|fail|temperror
+	Sealer       string   // d= of the last ARC-Seal (set whenever the chain is structurally complete)
+	Instances    int      // number of ARC sets
+	OriginalDKIM []Result // dkim results from the last instance's ARC-Authentication-Results, when the chain passes
+	Reason       string   // why it did not pass
+}
+
+// Verdict is everything Verify learned about a message.
+type Verdict struct {
+	DKIM       []Result
+	ARC        ARCResult
+	FromDomain string // domain of the single From address; "" when absent, ambiguous or unparsable
+	// Pass and PassReason are the tenant-independent view: some DKIM
+	// signature aligned with FromDomain passed. Decide has the final word.
+	Pass       bool
+	PassReason string
+	// Temporary: a DKIM key or ARC key lookup failed temporarily and no
+	// DKIM signature aligned with From passed, so the answer may differ on
+	// retry. When Decide fails and Temporary is set, answer 451 4.4.3.
+	Temporary bool
+	// SkippedSignatures is the number of DKIM-Signature fields beyond
+	// MaxSignatures that were ignored (not verified, not in DKIM).
+	SkippedSignatures int
+}
+
+// Verifier verifies messages. The zero value is not usable: Resolver is
+// required. A Verifier is safe for concurrent use.
+type Verifier struct {
+	Resolver      dnsres.Resolver
+	MaxSignatures int              // DKIM signatures verified per message; default 5
+	Now           func() time.Time // clock for x= (expiry) checks; default time.Now
+	// MaxHeaderBytes bounds the header block held in memory; default 2 MiB
+	// (SMTP already limits it to 1 MiB by default).
+	MaxHeaderBytes int
+}
+
+const (
+	defaultMaxSignatures  = 5
+	defaultMaxHeaderBytes = 2 << 20
+)
+
+// ErrHeaderTooLarge is returned by Verify for a header block over
+// MaxHeaderBytes.
+var ErrHeaderTooLarge = errHeaderTooLarge
+
+// Verify reads the message (the untouched DATA bytes) from r to EOF, once,
+// and verifies its DKIM signatures and ARC chain. The error is non-nil only
+// when r fails or the header exceeds MaxHeaderBytes; every problem with the
+// message itself is reported in the Verdict.
+func (v *Verifier) Verify(ctx context.Context, r io.Reader) (Verdict, error) {
+	if v.Resolver == nil {
+		return Verdict{}, errors.New("trust: Verifier.Resolver is nil")
+	}
+	maxSigs := v.MaxSignatures
+	if maxSigs <= 0 {
+		maxSigs = defaultMaxSignatures
+	}
+	maxHeader := v.MaxHeaderBytes
+	if maxHeader <= 0 {
+		maxHeader = defaultMaxHeaderBytes
+	}
+	now := v.Now
+	if now == nil {
+		now = time.Now
+	}
+
+	br := bufio.NewReaderSize(r, 64<<10)
+	fields, err := readHeader(br, maxHeader)
+	if err != nil {
+		return Verdict{}, fmt.Errorf("trust: reading header: %w", err)
+	}
+	var verdict Verdict
+	verdict.FromDomain = fromDomain(fields)
+
+	keys := newKeyFetcher(v.Resolver)
+	arc := newARCState(fields)
+	var body io.Reader = br
+	if w := arc.bodyWriter(); w != nil {
+		body = io.TeeReader(br, w)
+	}
+
+	// DKIM, through go-msgauth. It gets the header re-serialised (identical
+	// bytes for anything DKIM hashes: fields are kept raw, line ends CRLF)
+	// followed by the body stream.
+	var sigFields []string
+	for _, f := range fields {
+		if strings.EqualFold(fieldName(f), "DKIM-Signature") {
+			sigFields = append(sigFields, f)
+		}
+	}
+	if len(sigFields) > 0 {
+		var hdr bytes.Buffer
+		for _, f := range fields {
+			hdr.WriteString(f)
+		}
+		hdr.WriteString(crlf)
+		opts := &dkim.VerifyOptions{
+			LookupTXT:        func(name string) ([]string, error) { return keys.lookupTXT(ctx, name) },
+			MaxVerifications: maxSigs,
+		}
+		verifs, err := dkim.VerifyWithOptions(io.MultiReader(&hdr, body), opts)
+		if err != nil && !errors.Is(err, dkim.ErrTooManySignatures) {
+			return Verdict{}, fmt.Errorf("trust: reading message: %w", err)
+		}
+		if len(sigFields) > maxSigs {
+			verdict.SkippedSignatures = len(sigFields) - maxSigs
+		}
+		for i, vf := range verifs {
+			if vf == nil || i >= len(sigFields) {
+				continue
+			}
+			verdict.DKIM = append(verdict.DKIM, dkimResult(sigFields[i], vf, keys, now()))
+		}
+	}
+	// Whatever go-msgauth left unread: the ARC body hash needs it, and the
+	// caller may be teeing r to storage.
+	if _, err := io.Copy(io.Discard, body); err != nil {
+		return Verdict{}, fmt.Errorf("trust: reading message: %w", err)
+	}
+
+	verdict.ARC = arc.finish(ctx, keys)
+
+	temp := verdict.ARC.Result == ARCTempError
+	for _, r := range verdict.DKIM {
+		if r.Result == ResultTempError {
+			temp = true
+		}
+		if r.Result == ResultPass && !verdict.Pass && aligned(r.Domain, verdict.FromDomain) {
+			verdict.Pass = true
+			verdict.PassReason = "dkim=pass d=" + r.Domain + " aligned with From " + verdict.FromDomain
+		}
+	}
+	verdict.Temporary = temp && !verdict.Pass
+	return verdict, nil
+}
+
+// dkimResult turns a go-msgauth verification into a Result, applying the
+// SPEC §5 policy: rsa-sha1, RSA keys under 1024 bits and l= never pass.
+func dkimResult(field string, vf *dkim.Verification, keys *keyFetcher, now time.Time) Result {
+	tags, _ := parseTags(rawValue(field))
+	r := Result{
+		Domain:     strings.ToLower(stripWS(tags["d"])),
+		Selector:   stripWS(tags["s"]),
+		Identifier: stripWS(tags["i"]),
+		Algorithm:  strings.ToLower(stripWS(tags["a"])),
+	}
+	if vf.Domain != "" {
+		r.Domain = strings.ToLower(vf.Domain)
+	}
+	if vf.Err == nil && !vf.Expiration.IsZero() && now.After(vf.Expiration) {
+		r.Result, r.Reason = ResultPermError, "signature has expired"
+		return r
+	}
+	if vf.Err == nil {
+		r.Result = ResultPass
+		return r
+	}
+	// Policy refusals first: they are final whatever DNS says.
+	if _, hasL := tags["l"]; hasL {
+		r.Result, r.Reason = ResultPolicy, "l= body length limit is not accepted (part of the body may be unsigned)"
+		return r
+	}
+	if r.Algorithm == "rsa-sha1" {
+		r.Result, r.Reason = ResultPolicy, "rsa-sha1 is not accepted (RFC 8301)"
+		return r
+	}
+	if r.Selector != "" && r.Domain != "" {
+		if txts, ok := keys.recorded(r.Selector + "._domainkey." + r.Domain); ok && len(txts) == 1 {
+			if k, err := parseKeyRecord(txts[0]); err == nil && k.algo == "rsa" && k.bits < minRSABits {
+				r.Result = ResultPolicy
+				r.Reason = fmt.Sprintf("RSA key of %d bits is under the %d-bit minimum (RFC 8301)", k.bits, minRSABits)
+				return r
+			}
+		}
+	}
+	r.Reason = strings.TrimPrefix(vf.Err.Error(), "dkim: ")
+	switch {
+	case dkim.IsTempFail(vf.Err):
+		r.Result = ResultTempError
+	case dkim.IsPermFail(vf.Err):
+		r.Result = ResultPermError
+	default:
+		r.Result = ResultFail
+	}
+	return r
+}
+
+// fromDomain returns the lower-case domain of the message's author: there
+// must be exactly one From field; if it lists several addresses they must
+// share one domain. Anything else gives "" (no alignment possible), so a
+// second, unsigned From cannot borrow another signature's alignment.
+func fromDomain(fields []string) string {
+	var from []string
+	for _, f := range fields {
+		if strings.EqualFold(fieldName(f), "From") {
+			from = append(from, fieldValue(f))
+		}
+	}
+	if len(from) != 1 {
+		return ""
+	}
+	p := mail.AddressParser{WordDecoder: &mime.WordDecoder{
+		// Display names in unknown charsets must not make the address
+		// unparsable: only the address matters here.
+		CharsetReader: func(_ string, input io.Reader) (io.Reader, error) { return input, nil },
+	}}
+	addrs, err := p.ParseList(from[0])
+	if err != nil || len(addrs) == 0 {
+		return ""
+	}
+	domain := ""
+	for _, a := range addrs {
+		at := strings.LastIndexByte(a.Address, '@')
+		if at < 0 {
+			return ""
+		}
+		d := strings.ToLower(strings.TrimSuffix(a.Address[at+1:], "."))
+		if domain != "" && d != domain {
+			return ""
+		}
+		domain = d
+	}
+	return domain
+}
