@@ -1,0 +1,266 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"syncrelay/config"
+	"syncrelay/daemon"
+	"syncrelay/router"
+	"syncrelay/store"
+)
+
+// replayLine is one line of replay's output.
+type replayLine struct {
+	File string `json:"file"`
+	router.Outcome
+}
+
+func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("replay", "replay [-config FILE] [-tenant T] [-zone FILE] [-smtp ADDR] [-commit] FILE.eml...", stderr)
+	cfgPath := fs.String("config", "", "config file (TOML)")
+	tenant := fs.String("tenant", "", "tenant whose inbound address receives the files (id, or the inbound address itself with -smtp)")
+	zone := fs.String("zone", "", "DNS zone file for DKIM keys (overrides dns.zone_file)")
+	smtpAddr := fs.String("smtp", "", "deliver to a running daemon at host:port instead of running in-process")
+	commit := fs.Bool("commit", false, "write kept messages to the real store (default: a temporary snapshot)")
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "syncrelay replay: no .eml files given")
+		fs.Usage()
+		return 2
+	}
+	c, ok := loadConfig(*cfgPath, stderr)
+	if !ok {
+		return 1
+	}
+	if *zone != "" {
+		c.DNS.ZoneFile = *zone
+		c.DNS.Resolver = ""
+	}
+	if *smtpAddr != "" {
+		return replaySMTP(ctx, c, *smtpAddr, *tenant, fs.Args(), stdout, stderr)
+	}
+	return replayLocal(ctx, c, *tenant, *commit, fs.Args(), stdout, stderr)
+}
+
+// readEML reads a file and normalises line endings to CRLF, as an MTA
+// submitting it would.
+func readEML(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	b = bytes.ReplaceAll(b, []byte("\r\n"), []byte("\n"))
+	b = bytes.ReplaceAll(b, []byte("\r"), []byte("\n"))
+	return bytes.ReplaceAll(b, []byte("\n"), []byte("\r\n")), nil
+}
+
+type memBody []byte
+
+func (b memBody) Open() io.Reader { return bytes.NewReader(b) }
+func (b memBody) Size() int64     { return int64(len(b)) }
+
+func openForReplay(c *config.Config, commit bool, stderr io.Writer) (*store.Store, func(), error) {
+	timeout := c.Store.OpenTimeout.Duration
+	if commit {
+		st, err := store.Open(c.Store.Dir, store.Options{LockTimeout: timeout})
+		if err != nil {
+			return nil, nil, explainLocked(err)
+		}
+		return st, func() { st.Close() }, nil
+	}
+	if _, err := os.Stat(filepath.Join(c.Store.Dir, config.DBFileName)); errors.Is(err, os.ErrNotExist) {
+		return nil, nil, fmt.Errorf("no store at %s (run the daemon once and create a tenant, or pass -config)", c.Store.Dir)
+	}
+	ro, err := store.Open(c.Store.Dir, store.Options{LockTimeout: timeout, ReadOnly: true})
+	if err != nil {
+		return nil, nil, explainLocked(err)
+	}
+	tmp, err := os.MkdirTemp("", "syncrelay-replay-")
+	if err != nil {
+		ro.Close()
+		return nil, nil, err
+	}
+	f, err := os.Create(filepath.Join(tmp, config.DBFileName))
+	if err == nil {
+		_, err = ro.WriteTo(f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	ro.Close()
+	if err != nil {
+		os.RemoveAll(tmp)
+		return nil, nil, fmt.Errorf("snapshot store: %w", err)
+	}
+	st, err := store.Open(tmp, store.Options{LockTimeout: timeout})
+	if err != nil {
+		os.RemoveAll(tmp)
+		return nil, nil, err
+	}
+	return st, func() { st.Close(); os.RemoveAll(tmp) }, nil
+}
+
+func explainLocked(err error) error {
+	if errors.Is(err, store.ErrLocked) {
+		return fmt.Errorf("%w\n  the daemon holds the store: replay against it with -smtp ADDR, or replay against a backup copy", err)
+	}
+	return err
+}
+
+func pickTenant(ctx context.Context, st *store.Store, want string) (string, error) {
+	if want != "" {
+		if _, err := st.Tenant(ctx, want); err != nil {
+			return "", fmt.Errorf("-tenant: %w", err)
+		}
+		return want, nil
+	}
+	ts, err := st.Tenants(ctx)
+	if err != nil {
+		return "", err
+	}
+	switch len(ts) {
+	case 0:
+		return "", errors.New("the store has no tenant; create one with POST /v1/tenants")
+	case 1:
+		return ts[0].ID, nil
+	}
+	ids := make([]string, len(ts))
+	for i, t := range ts {
+		ids[i] = t.ID
+	}
+	return "", fmt.Errorf("the store has %d tenants (%s): pick one with -tenant", len(ts), strings.Join(ids, ", "))
+}
+
+func replayLocal(ctx context.Context, c *config.Config, tenant string, commit bool, files []string, stdout, stderr io.Writer) int {
+	st, closeStore, err := openForReplay(c, commit, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "syncrelay replay: %v\n", err)
+		return 1
+	}
+	defer closeStore()
+	tenant, err = pickTenant(ctx, st, tenant)
+	if err != nil {
+		fmt.Fprintf(stderr, "syncrelay replay: %v\n", err)
+		return 1
+	}
+	keys, _, err := daemon.LoadKeys(c, false)
+	if err != nil {
+		fmt.Fprintf(stderr, "syncrelay replay: %v\n", err)
+		return 1
+	}
+	p, err := daemon.NewPipeline(c, st, keys, slog.New(slog.DiscardHandler))
+	if err != nil {
+		fmt.Fprintf(stderr, "syncrelay replay: %v\n", err)
+		return 1
+	}
+	enc := json.NewEncoder(stdout)
+	status := 0
+	for _, f := range files {
+		raw, err := readEML(f)
+		if err != nil {
+			fmt.Fprintf(stderr, "syncrelay replay: %s: %v\n", f, err)
+			status = 1
+			continue
+		}
+		out, _ := p.Router.Route(ctx, router.Input{Tenant: tenant, Body: memBody(raw)})
+		_ = enc.Encode(replayLine{File: f, Outcome: out})
+	}
+	return status
+}
+
+func replaySMTP(ctx context.Context, c *config.Config, addr, tenant string, files []string, stdout, stderr io.Writer) int {
+	rcpt := tenant
+	if !strings.Contains(rcpt, "@") {
+		st, err := store.Open(c.Store.Dir, store.Options{LockTimeout: 500 * time.Millisecond, ReadOnly: true})
+		if err != nil {
+			fmt.Fprintf(stderr, "syncrelay replay: %v\n  with -smtp, pass the tenant's inbound address as -tenant\n", err)
+			return 1
+		}
+		id, err := pickTenant(ctx, st, tenant)
+		var t *store.Tenant
+		if err == nil {
+			t, err = st.Tenant(ctx, id)
+		}
+		st.Close()
+		if err != nil {
+			fmt.Fprintf(stderr, "syncrelay replay: %v\n", err)
+			return 1
+		}
+		rcpt, tenant = t.InboundAddress, t.ID
+	}
+	enc := json.NewEncoder(stdout)
+	status := 0
+	for _, f := range files {
+		raw, err := readEML(f)
+		if err != nil {
+			fmt.Fprintf(stderr, "syncrelay replay: %s: %v\n", f, err)
+			status = 1
+			continue
+		}
+		out := router.Outcome{Tenant: tenant, DKIM: []store.AuthResult{}}
+		text, err := deliverSMTP(addr, "replay@"+c.SMTP.Hostname, rcpt, raw)
+		var se *smtp.SMTPError
+		switch {
+		case err == nil:
+			// The daemon names its decision in the 250 text: "OK: stored".
+			out.Code = 250
+			out.Decision = strings.TrimSpace(strings.TrimPrefix(text, "OK:"))
+		case errors.As(err, &se):
+			out.Code, out.Reason = se.Code, se.Message
+			out.Decision = router.Rejected
+			if se.Code/100 == 4 {
+				out.Decision = router.Tempfail
+			}
+		default:
+			fmt.Fprintf(stderr, "syncrelay replay: %s: deliver to %s: %v\n", f, addr, err)
+			out.Decision, out.Reason = router.Tempfail, "connection: "+err.Error()
+		}
+		_ = enc.Encode(replayLine{File: f, Outcome: out})
+	}
+	return status
+}
+
+// deliverSMTP sends one message and returns the text of the final reply.
+func deliverSMTP(addr, from, rcpt string, raw []byte) (string, error) {
+	cl, err := smtp.Dial(addr)
+	if err != nil {
+		return "", err
+	}
+	defer cl.Close()
+	if err := cl.Hello("replay.localhost"); err != nil {
+		return "", err
+	}
+	if err := cl.Mail(from, nil); err != nil {
+		return "", err
+	}
+	if err := cl.Rcpt(rcpt, nil); err != nil {
+		return "", err
+	}
+	w, err := cl.Data()
+	if err != nil {
+		return "", err
+	}
+	if _, err := w.Write(raw); err != nil {
+		return "", err
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		return "", err
+	}
+	_ = cl.Quit()
+	return resp.StatusText, nil
+}
