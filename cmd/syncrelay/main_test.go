@@ -1,0 +1,354 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// The tests in this file run the real binary, as ops would.
+
+var binPath string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "syncrelay-bin-")
+	if err != nil {
+		panic(err)
+	}
+	binPath = filepath.Join(dir, "syncrelay")
+	out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// proc is a running syncrelay serve.
+type proc struct {
+	cmd      *exec.Cmd
+	smtp     string
+	http     string
+	stdout   *syncBuf
+	stderr   *syncBuf
+	token    string
+	exited   chan struct{}
+	exitCode int
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var servingRE = regexp.MustCompile(`syncrelay serving.*smtp=(\S+) http=(\S+)`)
+
+// writeConfig writes a config on free loopback ports in dir.
+func writeConfig(t *testing.T, dir, extra string) string {
+	t.Helper()
+	cfg := fmt.Sprintf(`[smtp]
+listen = "127.0.0.1:0"
+hostname = "relay.test"
+shutdown_timeout = "10s"
+command_timeout = "5s"
+[http]
+listen = "127.0.0.1:0"
+[store]
+dir = %q
+%s`, filepath.Join(dir, "data"), extra)
+	path := filepath.Join(dir, "syncrelay.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func startDaemon(t *testing.T, wd string, args ...string) *proc {
+	t.Helper()
+	d := &proc{stdout: &syncBuf{}, stderr: &syncBuf{}, exited: make(chan struct{})}
+	d.cmd = exec.Command(binPath, append([]string{"serve"}, args...)...)
+	d.cmd.Dir = wd
+	d.cmd.Stdout, d.cmd.Stderr = d.stdout, d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		d.cmd.Wait()
+		d.exitCode = d.cmd.ProcessState.ExitCode()
+		close(d.exited)
+	}()
+	t.Cleanup(func() {
+		d.cmd.Process.Kill()
+		<-d.exited
+	})
+	deadline := time.After(20 * time.Second)
+	for {
+		if m := servingRE.FindStringSubmatch(d.stderr.String()); m != nil {
+			d.smtp, d.http = m[1], m[2]
+			break
+		}
+		select {
+		case <-d.exited:
+			t.Fatalf("daemon exited %d:\n%s", d.exitCode, d.stderr)
+		case <-deadline:
+			t.Fatalf("daemon did not start:\n%s", d.stderr)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return d
+}
+
+func (d *proc) api(t *testing.T, method, path, body string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, "http://"+d.http+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+d.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m map[string]any
+	json.NewDecoder(resp.Body).Decode(&m)
+	return resp.StatusCode, m
+}
+
+func (d *proc) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case <-d.exited:
+		return d.exitCode
+	case <-time.After(30 * time.Second):
+		t.Fatalf("daemon did not exit:\n%s", d.stderr)
+		return -1
+	}
+}
+
+func readToken(t *testing.T, dataDir string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dataDir, "api-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func TestServeEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, "")
+	d := startDaemon(t, dir, "-config", cfg)
+
+	// First start: secrets generated 0600, the token printed once.
+	data := filepath.Join(dir, "data")
+	for _, f := range []string{"secret.key", "api-token"} {
+		st, err := os.Stat(filepath.Join(data, f))
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v mode %v", f, err, st.Mode())
+		}
+	}
+	d.token = readToken(t, data)
+	if !strings.Contains(d.stdout.String(), d.token) {
+		t.Fatalf("token not printed on first start: %q", d.stdout)
+	}
+
+	if code, _ := d.api(t, "GET", "/readyz", ""); code != 200 {
+		t.Fatalf("readyz %d", code)
+	}
+	code, ten := d.api(t, "POST", "/v1/tenants", `{"id":"acme","name":"Acme","domains":["acme.test"],"provider":"google"}`)
+	if code != 201 {
+		t.Fatalf("create tenant %d %v", code, ten)
+	}
+	inbound := ten["inbound_address"].(string)
+
+	c, err := smtp.Dial(d.smtp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	must(t, c.Hello("client.test"))
+	must(t, c.Mail("sender@elsewhere.test", nil))
+	err = c.Rcpt("postmaster@relay.test", nil)
+	if se, ok := err.(*smtp.SMTPError); !ok || se.Code != 550 || se.EnhancedCode != (smtp.EnhancedCode{5, 1, 1}) {
+		t.Fatalf("unknown rcpt: %v", err)
+	}
+	// The tenant created a moment ago is accepted at once.
+	must(t, c.Rcpt(inbound, nil))
+	w, err := c.Data()
+	must(t, err)
+	io.WriteString(w, "From: someone@elsewhere.test\r\nSubject: hello\r\nMessage-ID: <x1@elsewhere.test>\r\n\r\nnot of interest\r\n")
+	resp, err := w.CloseWithResponse()
+	if err != nil || !strings.Contains(resp.StatusText, "discarded") {
+		t.Fatalf("unrelated mail: %v %v", resp, err)
+	}
+	c.Quit()
+
+	// SIGTERM with a session in flight: it finishes and gets its reply.
+	c2, err := smtp.Dial(d.smtp)
+	must(t, err)
+	defer c2.Close()
+	must(t, c2.Hello("client.test"))
+	must(t, c2.Mail("sender@elsewhere.test", nil))
+	must(t, c2.Rcpt(inbound, nil))
+	w2, err := c2.Data()
+	must(t, err)
+	io.WriteString(w2, "From: someone@elsewhere.test\r\nSubject: in flight\r\n\r\n")
+	must(t, d.cmd.Process.Signal(syscall.SIGTERM))
+	time.Sleep(300 * time.Millisecond)
+	// New connections are refused while draining.
+	if nc, err := net.DialTimeout("tcp", d.smtp, time.Second); err == nil {
+		br := bufio.NewReader(nc)
+		line, _ := br.ReadString('\n')
+		nc.Close()
+		if strings.HasPrefix(line, "220") {
+			t.Fatalf("accepted a new session while draining: %q", line)
+		}
+	}
+	io.WriteString(w2, "body\r\n")
+	resp, err = w2.CloseWithResponse()
+	if err != nil {
+		t.Fatalf("in-flight message lost its reply: %v", err)
+	}
+	c2.Quit()
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM:\n%s", code, d.stderr)
+	}
+
+	// Second start: the token is not printed again.
+	d2 := startDaemon(t, dir, "-config", cfg)
+	if strings.Contains(d2.stdout.String(), d.token) {
+		t.Fatal("token printed again")
+	}
+	d2.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d2.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+
+	// replay reproduces the decision against the stopped daemon's store.
+	eml := filepath.Join(dir, "unrelated.eml")
+	os.WriteFile(eml, []byte("From: a@b.test\nMessage-ID: <r@b.test>\nSubject: x\n\nhi\n"), 0o600)
+	out, err := exec.Command(binPath, "replay", "-config", cfg, eml, filepath.Join(dir, "missing.eml")).Output()
+	var ee *exec.ExitError
+	if !errorsAs(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(ee.Stderr), "missing.eml") {
+		t.Fatalf("replay with a missing file: err %v", err)
+	}
+	var line map[string]any
+	if err := json.Unmarshal(bytes.TrimSpace(out), &line); err != nil {
+		t.Fatalf("replay output %q: %v", out, err)
+	}
+	if line["decision"] != "discarded" || line["tenant"] != "acme" || line["file"] != eml || line["smtp_code"].(float64) != 250 {
+		t.Fatalf("replay line %v", line)
+	}
+}
+
+func errorsAs(err error, target **exec.ExitError) bool {
+	e, ok := err.(*exec.ExitError)
+	if ok {
+		*target = e
+	}
+	return ok
+}
+
+func TestStoreLockedBySecondDaemon(t *testing.T) {
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, "")
+	startDaemon(t, dir, "-config", cfg)
+	out, err := exec.Command(binPath, "serve", "-config", cfg).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "locked by another syncrelay") {
+		t.Fatalf("second daemon: %v\n%s", err, out)
+	}
+}
+
+func TestConfigErrorsNameKeyAndLine(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.toml")
+	os.WriteFile(bad, []byte("[smtp]\nlisten = \"127.0.0.1:0\"\nmax_recipent = 5\n"), 0o600)
+	out, err := exec.Command(binPath, "serve", "-config", bad).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "bad.toml:3") || !strings.Contains(string(out), "smtp.max_recipent") {
+		t.Fatalf("unknown key: %v\n%s", err, out)
+	}
+	os.WriteFile(bad, []byte("[smtp]\ncommand_timeout = \"5 minutes\"\n"), 0o600)
+	out, _ = exec.Command(binPath, "serve", "-config", bad).CombinedOutput()
+	if !strings.Contains(string(out), "bad.toml:2") || !strings.Contains(string(out), "command_timeout") {
+		t.Fatalf("bad duration: %s", out)
+	}
+	out, _ = exec.Command(binPath, "serve", "-config", filepath.Join(dir, "nope.toml")).CombinedOutput()
+	if !strings.Contains(string(out), "nope.toml") {
+		t.Fatalf("missing file: %s", out)
+	}
+}
+
+func TestCommandsAndHelp(t *testing.T) {
+	out, err := exec.Command(binPath, "version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "syncrelay ") {
+		t.Fatalf("version: %v %q", err, out)
+	}
+	for _, c := range []string{"serve", "version", "replay"} {
+		out, err := exec.Command(binPath, c, "-h").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "usage: syncrelay "+c) {
+			t.Fatalf("%s -h: %v %s", c, err, out)
+		}
+	}
+	out, err = exec.Command(binPath, "frobnicate").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `unknown command "frobnicate"`) {
+		t.Fatalf("unknown command: %v %s", err, out)
+	}
+}
+
+// TestDefaultsNoConfig runs `serve` with no config at all, as the README
+// tells a newcomer to, on the embedded default ports.
+func TestDefaultsNoConfig(t *testing.T) {
+	for _, a := range []string{"127.0.0.1:2525", "127.0.0.1:8025"} {
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			t.Skipf("default port %s busy: %v", a, err)
+		}
+		l.Close()
+	}
+	dir := t.TempDir()
+	d := startDaemon(t, dir)
+	if d.smtp != "127.0.0.1:2525" || d.http != "127.0.0.1:8025" {
+		t.Fatalf("listening on %s / %s", d.smtp, d.http)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data", "syncrelay.db")); err != nil {
+		t.Fatal("no ./data store:", err)
+	}
+	d.cmd.Process.Signal(syscall.SIGINT)
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
