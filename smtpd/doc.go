@@ -1,0 +1,80 @@
+// Package smtpd is syncrelay's inbound SMTP server (SPEC §4), built on
+// github.com/emersion/go-smtp. It is never an open relay: a RCPT TO is
+// accepted only when Recipients names the tenant whose inbound address it
+// is, and every complete message goes to one Deliverer, which decides and,
+// for kept mail, commits it before answering.
+//
+// # Replies and the error mapping rule
+//
+// Every reply that depends on our own code — the MAIL, RCPT and DATA/BDAT
+// callbacks — is produced by one function, mapError:
+//
+//   - nil means success: 250.
+//   - An *smtp.SMTPError, returned as that exact type (not wrapped), is a
+//     deliberate reply and is sent as is: any 2xx/4xx/5xx code for DATA
+//     (a Deliverer may answer 250 with its own text, 550 5.7.1 for a DKIM
+//     failure, 451 4.4.3 for a DNS temporary failure...), 4xx/5xx for MAIL
+//     and RCPT. Its enhanced code must be of the same class as the code,
+//     else X.0.0 is sent; control characters are removed from its text.
+//   - Any other error, and any panic in a callback, is an internal problem:
+//     it is logged (error level, with the session id) and the client gets
+//     "451 4.3.0 Temporary local problem, try again later", never the
+//     error's text. The sender keeps the message and retries: nothing we
+//     could not handle is lost, and nothing internal leaks.
+//
+// This matters because go-smtp itself turns any non-SMTPError returned by
+// Session.Data into a permanent "554 5.0.0 Error: transaction failed: <the
+// error text>", which would both bounce mail we failed to store and show our
+// internals. Nothing reaches go-smtp without passing through mapError.
+//
+// Replies chosen by this package (they also go through mapError):
+//
+//	550 5.1.1 No such recipient here         RCPT to an address that is not a tenant's
+//	451 4.3.0 Temporary local problem, ...   Recipients lookup or Deliverer error, panic
+//	452 4.5.3 Too many recipients            more than MaxRecipients RCPT commands
+//	552 5.3.4 Maximum message size exceeded  body over MaxMessageBytes (also MAIL SIZE=)
+//	550 5.6.0 Bare CR or LF not allowed      see below; after DATA the connection closes
+//	554 5.6.0 Message line too long          a line over MaxLineLength; the connection closes
+//	421 4.4.2 Timeout waiting for message data, closing connection
+//	421 4.3.2 Service shutting down, try again later
+//	421 4.7.0 Too many connections, try again later   (written by the listener)
+//
+// # Message bodies and SMTP smuggling
+//
+// A message body may contain a CR only as part of CRLF and an LF only after
+// a CR. A body with a bare CR or bare LF is read to its end and rejected
+// with one 550 5.6.0; the Deliverer never sees it. DATA is framed on
+// CRLF.CRLF exactly (RFC 5321 §4.5.2, with dot-unstuffing; "\n.\r\n" does
+// not end a message). After rejecting such a DATA body the server closes the
+// connection: where a malformed message ends is exactly what a sending MTA
+// and we may disagree on (that disagreement is SMTP smuggling, e.g.
+// "\r\r\n.\r\n"), so nothing after it is ever read as a command. BDAT
+// bodies, framed by byte counts, get the same checks and the session goes
+// on. See body.go for why DATA is decoded from go-smtp's buffered reader
+// rather than from the reader go-smtp hands to Session.Data (go-smtp's
+// decoder drops the CR of a line starting ".\r").
+//
+// # Logging
+//
+// Every log line about a connection carries its random "session" id. Logs
+// never contain envelope addresses, headers or bodies: only decisions,
+// reply codes, sizes and timings. (The text of an internal error is logged
+// as returned by the Recipients or Deliverer implementation, which must
+// keep addresses out of its error messages.)
+//
+// # Connections and shutdown
+//
+// The listener caps open connections globally and per IP (an IPv6 /64
+// counts as one IP); over a cap a client gets 421 4.7.0 and is closed.
+// After any read error or timeout, a connection gets its reply and is
+// closed: go-smtp would otherwise reset the deadline and read what is left
+// of a message body as commands. Shutdown refuses new connections, ends
+// idle sessions with a 421 (go-smtp's "421 4.4.2 Idle timeout"), lets
+// sessions in a transaction finish it and get their reply, then closes them.
+// At the Shutdown deadline the rest are closed and their contexts canceled.
+//
+// Contexts: Recipients and the Deliverer get the transaction's context,
+// canceled when the transaction ends (reply sent, RSET) or the connection is
+// closed by the server. A client that disconnects while the Deliverer runs
+// is not noticed until the reply is written: nobody reads the socket then.
+package smtpd

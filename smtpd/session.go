@@ -1,0 +1,332 @@
+package smtpd
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"syncrelay/spool"
+)
+
+// Recipients says which RCPT TO addresses are ours: a tenant's inbound
+// address. addr is lowercased. An error is an internal problem (451).
+type Recipients interface {
+	InboundTenant(ctx context.Context, addr string) (tenant string, ok bool, err error)
+}
+
+// Delivery is one accepted transaction handed to the Deliverer after DATA
+// was read in full and passed the wire checks.
+type Delivery struct {
+	SessionID string
+	Remote    net.Addr
+	Helo      string
+	TLS       bool
+	MailFrom  string   // as given ("" for the null reverse-path)
+	Rcpts     []string // accepted recipients, lowercased, without duplicates
+	Tenants   []string // parallel to Rcpts
+	// Message is the message as received (dot-unstuffed, CRLF line
+	// endings). It is valid only until Deliver returns; the server closes
+	// it then.
+	Message  *spool.Spool
+	Received time.Time
+}
+
+// Deliverer decides and (for kept mail) durably commits one message. Return
+// nil for "250 2.0.0 OK"; return an *smtp.SMTPError (unwrapped) for a
+// deliberate reply, any code including 250 with a custom text; any other
+// error becomes "451 4.3.0 Temporary local problem, try again later" and is
+// logged with the session id. A panic is recovered and treated likewise.
+// ctx is canceled when the connection ends.
+type Deliverer interface {
+	Deliver(ctx context.Context, d *Delivery) error
+}
+
+type backend struct{ s *Server }
+
+// NewSession is called by go-smtp at each EHLO/HELO that starts a session:
+// the first one, and the first one after STARTTLS.
+func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	s := b.s
+	nc := c.Conn()
+	tc := trackedOf(nc)
+	if tc != nil && tc.isDead() {
+		return nil, reply(replyAborted)
+	}
+	ss := &session{s: s, conn: c, nc: nc, tc: tc, remote: nc.RemoteAddr()}
+	if tc != nil {
+		ss.id, ss.log, ss.connCtx = tc.id, tc.log, tc.ctx
+	} else { // not through our listener; cannot happen via Serve
+		ss.id = newSessionID()
+		ss.log = s.log.With("session", ss.id)
+		ss.connCtx = context.Background()
+	}
+	if st, ok := c.TLSConnectionState(); ok {
+		ss.tls = true
+		ss.log.Debug("session", "tls", true, "tls_version", tls.VersionName(st.Version))
+	} else {
+		ss.log.Debug("session", "tls", false)
+	}
+	return ss, nil
+}
+
+type session struct {
+	s       *Server
+	conn    *smtp.Conn
+	nc      net.Conn // what go-smtp reads: trackedConn, or tls.Conn over it
+	tc      *trackedConn
+	id      string
+	log     *slog.Logger
+	connCtx context.Context
+	remote  net.Addr
+	tls     bool
+
+	mu       sync.Mutex // go-smtp calls Data on its own goroutine for BDAT
+	active   bool       // a transaction is open (MAIL accepted)
+	ctx      context.Context
+	cancel   context.CancelFunc
+	from     string
+	helo     string
+	rcpts    []string
+	tenants  []string
+	attempts int // RCPT commands in this transaction
+	// closeAfter: the connection is to be closed once the reply to this
+	// DATA has been written (see Reset).
+	closeAfter bool
+}
+
+// dead reports whether the connection was poisoned: any command go-smtp
+// still finds in its buffer is refused (and its reply is never sent).
+func (ss *session) dead() bool { return ss.tc != nil && ss.tc.isDead() }
+
+func (ss *session) setInTxn(v bool) {
+	if ss.tc != nil {
+		ss.tc.inTxn.Store(v)
+	}
+}
+
+func (ss *session) draining() bool {
+	ss.s.mu.Lock()
+	defer ss.s.mu.Unlock()
+	return ss.s.draining
+}
+
+func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
+	err := ss.mail(from)
+	err = mapError(ss.log, stageMail, err)
+	if err != nil {
+		ss.log.Debug("mail", "code", replyCode(err))
+	}
+	return err
+}
+
+func (ss *session) mail(from string) error {
+	if ss.dead() {
+		return reply(replyAborted)
+	}
+	if ss.draining() {
+		return reply(replyShutdown)
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.active {
+		return reply(replyNestedMail)
+	}
+	ss.active = true
+	ss.ctx, ss.cancel = context.WithCancel(ss.connCtx)
+	ss.from = from
+	ss.helo = ss.conn.Hostname()
+	ss.setInTxn(true)
+	return nil
+}
+
+func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	err := mapError(ss.log, stageRcpt, ss.rcpt(to))
+	ss.log.Debug("rcpt", "code", replyCode(err))
+	return err
+}
+
+func (ss *session) rcpt(to string) (err error) {
+	defer recoverTo(&err)
+	if ss.dead() {
+		return reply(replyAborted)
+	}
+	addr := strings.ToLower(to)
+
+	ss.mu.Lock()
+	ss.attempts++
+	max := ss.s.o.MaxRecipients
+	if max > 0 && ss.attempts > max {
+		ss.mu.Unlock()
+		return reply(replyTooManyRcpts)
+	}
+	ctx := ss.ctx
+	if ctx == nil {
+		ctx = ss.connCtx
+	}
+	for _, r := range ss.rcpts {
+		if r == addr { // a repeated RCPT: accept, keep one copy
+			ss.mu.Unlock()
+			return nil
+		}
+	}
+	ss.mu.Unlock()
+
+	tenant, ok, err := ss.s.rcpts.InboundTenant(ctx, addr)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return reply(replyNoSuchRcpt)
+	}
+	ss.mu.Lock()
+	ss.rcpts = append(ss.rcpts, addr)
+	ss.tenants = append(ss.tenants, tenant)
+	ss.mu.Unlock()
+	return nil
+}
+
+// Data reads the message (DATA or BDAT), checks it, and hands it to the
+// Deliverer. It always reads the message to its end first.
+func (ss *session) Data(r io.Reader) error {
+	start := time.Now()
+	_, bdat := r.(*io.PipeReader)
+
+	ss.mu.Lock()
+	ctx, active := ss.ctx, ss.active
+	d := &Delivery{
+		SessionID: ss.id,
+		Remote:    ss.remote,
+		Helo:      ss.helo,
+		TLS:       ss.tls,
+		MailFrom:  ss.from,
+		Rcpts:     append([]string(nil), ss.rcpts...),
+		Tenants:   append([]string(nil), ss.tenants...),
+	}
+	ss.mu.Unlock()
+
+	if ss.dead() {
+		return reply(replyAborted)
+	}
+	sp := ss.s.newSpool()
+	defer sp.Close()
+	size, closeAfter, err := ss.readBody(r, bdat, sp)
+	if closeAfter {
+		ss.mu.Lock()
+		ss.closeAfter = true
+		ss.mu.Unlock()
+	}
+	if err == nil && (!active || len(d.Rcpts) == 0) {
+		err = reply(replyNoRcpts)
+	}
+	if err == nil {
+		d.Message = sp
+		d.Received = time.Now()
+		err = ss.deliver(ctx, d)
+	}
+	if err = mapError(ss.log, stageData, err); err == nil {
+		err = reply(replyOK) // go-smtp's own default says "queued"; we are not a queue
+	}
+	ss.log.Info("message",
+		"code", replyCode(err),
+		"close", closeAfter,
+		"bytes", size,
+		"rcpts", len(d.Rcpts),
+		"bdat", bdat,
+		"tls", ss.tls,
+		"duration_ms", time.Since(start).Milliseconds())
+	return err
+}
+
+func (ss *session) deliver(ctx context.Context, d *Delivery) (err error) {
+	defer recoverTo(&err)
+	return ss.s.d.Deliver(ctx, d)
+}
+
+// readBody reads the whole body into sp and returns its size and nil, a
+// reply for a rejected body, or an internal error. closeAfter is true when
+// the connection must be closed after the reply: a DATA body with a bare CR
+// or LF. Such a body is read to the first CRLF.CRLF (RFC 5321 framing), but
+// where a sending MTA thinks a malformed message ends is anybody's guess —
+// that disagreement is what SMTP smuggling exploits — so nothing after it is
+// ever taken as a command. BDAT is framed by byte counts and stays open.
+func (ss *session) readBody(r io.Reader, bdat bool, sp *spool.Spool) (size int64, closeAfter bool, err error) {
+	b := &bodyChecker{dst: sp, max: ss.s.o.MaxMessageBytes, maxLine: ss.s.o.MaxLineLength}
+	defer func() {
+		size, closeAfter = b.n, b.bareEOL && !bdat
+	}()
+	noArm := func() {}
+	switch br := rawDataBuffer(r); {
+	case bdat:
+		err = readDecoded(r, b, noArm)
+	case br != nil:
+		if err = readData(br, b, ss.dataTimer()); err == nil {
+			if herr := dataHandoff(r); herr != nil {
+				b.bareEOL = true // out of step with go-smtp: close
+				return 0, false, herr
+			}
+		}
+	default:
+		n := fallbackDecodes.Add(1)
+		if n == 1 {
+			ss.log.Error("cannot reach go-smtp's DATA buffer (go-smtp changed?): " +
+				"a bare CR after a leading dot is not detected")
+		}
+		err = readDecoded(r, b, ss.dataTimer())
+	}
+	if err != nil {
+		return 0, false, readError(err)
+	}
+	return 0, false, b.end()
+}
+
+// dataTimer returns the function readData calls before each read: it moves
+// the read deadline DataTimeout ahead, at most a few times per timeout.
+func (ss *session) dataTimer() func() {
+	t := ss.s.o.DataTimeout
+	if t <= 0 {
+		return func() {}
+	}
+	step := t / 4
+	var last time.Time
+	return func() {
+		now := time.Now()
+		if now.Sub(last) >= step {
+			last = now
+			ss.nc.SetReadDeadline(now.Add(t))
+		}
+	}
+}
+
+// Reset ends the transaction: after the reply to DATA/BDAT, on RSET, on a
+// new EHLO, and before STARTTLS.
+func (ss *session) Reset() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.closeAfter && ss.tc != nil {
+		// go-smtp calls Reset right after writing the reply to DATA.
+		ss.closeAfter = false
+		ss.tc.poison()
+	}
+	if ss.cancel != nil {
+		ss.cancel()
+	}
+	ss.active = false
+	ss.ctx, ss.cancel = nil, nil
+	ss.from, ss.helo = "", ""
+	ss.rcpts, ss.tenants = nil, nil
+	ss.attempts = 0
+	ss.setInTxn(false)
+}
+
+// Logout is called when the connection closes (and at STARTTLS).
+func (ss *session) Logout() error {
+	ss.Reset()
+	return nil
+}
