@@ -153,13 +153,18 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 	}
 	msgID, _ := mailhdr.NormalizeMsgID(hdr.Get("Message-Id"))
 
-	m, err := r.match(ctx, ten, hdr, fromUser)
-	if err != nil {
-		return out, err
-	}
+	// A DSN is tried first: bounces often carry References to the
+	// original, and must mark it bounced rather than be stored as a reply.
 	var dsn *mailhdr.DSN
-	if !m.ok && isReport(hdr) {
+	var m match
+	if isReport(hdr) {
 		dsn, m, err = r.matchDSN(ctx, ten, hdr, in.Body)
+		if err != nil {
+			return out, err
+		}
+	}
+	if !m.ok {
+		m, err = r.match(ctx, ten, hdr, fromUser)
 		if err != nil {
 			return out, err
 		}
@@ -383,8 +388,10 @@ func (r *Router) withSentCopy(ctx context.Context, tenant string, hdr textproto.
 // returned original.
 func (r *Router) matchDSN(ctx context.Context, ten *store.Tenant, hdr textproto.Header, body Body) (*mailhdr.DSN, match, error) {
 	d, ok, err := mailhdr.ParseDSN(hdr, bodyAfterHeader(body), max(r.MaxMIMEDepth, 1), body.Size())
-	if err != nil || !ok {
-		return nil, match{}, nil // an unparseable report is simply not of interest
+	if err != nil || !ok || !strings.EqualFold(d.Action, "failed") {
+		// Unparseable, or a delay/relay notice: not a bounce. It may still
+		// match as an ordinary (auto-)reply.
+		return nil, match{}, nil
 	}
 	for _, id := range d.OriginalMessageIDs {
 		var ref store.Ref

@@ -236,7 +236,7 @@ func TestBounceMarksSentMessage(t *testing.T) {
 	e := newEnv(t, "google")
 	_, sent := e.sent("acme", "c-1", "u-rec", 0)
 	dsn := "From: Mail Delivery Subsystem <mailer-daemon@mailer.test>\nTo: rec@acme.test\nSubject: Delivery Status Notification (Failure)\n" +
-		"Message-ID: <dsn1@mailer.test>\nMIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\n\n" +
+		"Message-ID: <dsn1@mailer.test>\nIn-Reply-To: <" + sent.InternetMessageID + ">\nAuto-Submitted: auto-replied\nMIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\n\n" +
 		"--b1\nContent-Type: text/plain\n\nYour message wasn't delivered.\n\n" +
 		"--b1\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mailer.test\n\nFinal-Recipient: rfc822; carl@cand.test\nAction: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 user unknown\n\n" +
 		"--b1\nContent-Type: text/rfc822-headers\n\nFrom: rec@acme.test\nTo: carl@cand.test\nSubject: Interview\nMessage-ID: <" + sent.InternetMessageID + ">\n\n--b1--\n"
