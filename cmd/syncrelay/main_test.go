@@ -210,6 +210,20 @@ func TestServeEndToEnd(t *testing.T) {
 	}
 	c.Quit()
 
+	// replay -smtp delivers to the running daemon (whose store is locked,
+	// so the tenant is named by its inbound address) and reads the decision.
+	eml0 := filepath.Join(dir, "over-smtp.eml")
+	os.WriteFile(eml0, []byte("From: a@b.test\nMessage-ID: <s@b.test>\nSubject: x\n\nhi\n"), 0o600)
+	rout, err := exec.Command(binPath, "replay", "-config", cfg, "-smtp", d.smtp, "-tenant", inbound, eml0).Output()
+	var rl map[string]any
+	if err != nil || json.Unmarshal(rout, &rl) != nil || rl["decision"] != "discarded" || rl["smtp_code"].(float64) != 250 {
+		t.Fatalf("replay -smtp: %v %s", err, rout)
+	}
+	// In-process replay explains why it cannot open the locked store.
+	if out, err := exec.Command(binPath, "replay", "-config", cfg, eml0).CombinedOutput(); err == nil || !strings.Contains(string(out), "-smtp") {
+		t.Fatalf("replay against a running daemon: %v %s", err, out)
+	}
+
 	// SIGTERM with a session in flight: it finishes and gets its reply.
 	c2, err := smtp.Dial(d.smtp)
 	must(t, err)

@@ -217,8 +217,7 @@ func replaySMTP(ctx context.Context, c *config.Config, addr, tenant string, file
 		switch {
 		case err == nil:
 			// The daemon names its decision in the 250 text: "OK: stored".
-			out.Code = 250
-			out.Decision = strings.TrimSpace(strings.TrimPrefix(text, "OK:"))
+			out.Code, out.Decision = 250, decisionFromReply(text)
 		case errors.As(err, &se):
 			out.Code, out.Reason = se.Code, se.Message
 			out.Decision = router.Rejected
@@ -263,4 +262,17 @@ func deliverSMTP(addr, from, rcpt string, raw []byte) (string, error) {
 	}
 	_ = cl.Quit()
 	return resp.StatusText, nil
+}
+
+// decisionFromReply reads the decision from a daemon's 250 text,
+// "2.0.0 OK: stored"; another server's text gives "accepted".
+func decisionFromReply(text string) string {
+	_, d, ok := strings.Cut(text, "OK: ")
+	switch d = strings.TrimSpace(d); d {
+	case router.Stored, router.Duplicate, router.Discarded, router.Quarantined:
+		if ok {
+			return d
+		}
+	}
+	return "accepted"
 }
