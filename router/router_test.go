@@ -253,6 +253,19 @@ func TestBounceMarksSentMessage(t *testing.T) {
 	if len(evs) != 1 || evs[0].Type != "message.bounced" {
 		t.Fatalf("events %+v", evs)
 	}
+	// The forwarder retries: the same DSN again is a duplicate, no event.
+	again := e.route("acme", e.sign("mailer.test", dsn))
+	if again.Decision != Duplicate || again.Reason != "bounce" {
+		t.Fatalf("redelivered dsn: %+v", again)
+	}
+	if evs, _ := e.st.Events(context.Background(), ""); len(evs) != 1 {
+		t.Fatalf("redelivered dsn raised another event")
+	}
+	// A delay notice about our message is neither a bounce nor kept.
+	delay := strings.NewReplacer("Action: failed", "Action: delayed", "Status: 5.1.1", "Status: 4.4.7", "dsn1@", "dsn2@").Replace(dsn)
+	if out := e.route("acme", e.sign("mailer.test", delay)); out.Decision != Discarded || out.Reason != "delivery_report" {
+		t.Fatalf("delay dsn: %+v", out)
+	}
 }
 
 func TestHeaderLimits(t *testing.T) {

@@ -317,16 +317,17 @@ func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, 
 }
 
 // MarkBounced records a DSN against a sent message and enqueues
-// message.bounced.
-func (s *Store) MarkBounced(ctx context.Context, tenant string, id uint64, status, diag string) error {
+// message.bounced. It reports already=true, and raises no event, when the
+// message was already marked with the same status (a redelivered DSN).
+func (s *Store) MarkBounced(ctx context.Context, tenant string, id uint64, status, diag string) (already bool, err error) {
 	now := s.now().UTC()
-	return s.group(ctx, func(tx *bolt.Tx) error {
+	err = s.group(ctx, func(tx *bolt.Tx) error {
 		mb := tx.Bucket(bMessages)
 		var m Message
 		if err := getJSON(mb, keyU64(tenant, id), &m); err != nil {
 			return fmt.Errorf("message %d: %w", id, err)
 		}
-		already := m.Bounced && m.BounceStatus == status
+		already = m.Bounced && m.BounceStatus == status
 		m.Bounced, m.BounceStatus, m.BounceDiagnostic = true, status, diag
 		if err := putJSON(mb, keyU64(tenant, id), &m); err != nil {
 			return err
@@ -339,6 +340,7 @@ func (s *Store) MarkBounced(ctx context.Context, tenant string, id uint64, statu
 			"status": status, "diagnostic": diag,
 		}, now)
 	})
+	return already, err
 }
 
 // RemoveMessage takes a message off the profile: the record becomes a
