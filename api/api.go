@@ -14,12 +14,15 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"syncrelay/mailtext"
 	"syncrelay/store"
 )
 
@@ -35,6 +38,8 @@ type Store interface {
 	CreateCandidate(ctx context.Context, c *store.Candidate) error
 	Candidate(ctx context.Context, tenant, id string) (*store.Candidate, error)
 	Candidates(ctx context.Context, tenant string) ([]*store.Candidate, error)
+	TimelineStore // timeline.go, threads.go
+	OutboxStore   // webhooks.go
 }
 
 // Options configure the API server.
@@ -43,12 +48,17 @@ type Options struct {
 	// Tokens are the accepted bearer tokens.
 	Tokens []string
 	// Hostname is the relay hostname: inbound addresses live under it.
-	Hostname string
-	// Marker is the header regex admins' routing rules match on.
-	Marker       string
+	Hostname     string
 	MaxBodyBytes int64
 	Gatherer     prometheus.Gatherer
 	Log          *slog.Logger
+	// TextCacheBytes bounds the cache of text extracted from raw messages
+	// (0: 32 MiB; negative: no cache).
+	TextCacheBytes int
+	// Outbound wires sending, OAuth consent and delegations (messages.go).
+	Outbound OutboundOptions
+	// StaleAfter is status.stale_after, see forwardingVerdict (0: 24h).
+	StaleAfter time.Duration
 }
 
 // Server is the HTTP API.
@@ -57,6 +67,10 @@ type Server struct {
 	tokens [][32]byte
 	ready  atomic.Bool
 	mux    *http.ServeMux
+	// patterns lists every route registered through handle, for Routes
+	// and the OpenAPI consistency test.
+	patterns []string
+	texts    *mailtext.Cache
 }
 
 // New builds the API server. It reports not ready until SetReady(true).
@@ -74,6 +88,7 @@ func New(o Options) *Server {
 	for _, t := range o.Tokens {
 		s.tokens = append(s.tokens, sha256.Sum256([]byte(t)))
 	}
+	s.texts = newTextCache(o.TextCacheBytes)
 	s.routes()
 	return s
 }
@@ -82,34 +97,49 @@ func New(o Options) *Server {
 func (s *Server) SetReady(v bool) { s.ready.Store(v) }
 
 // Handle registers an extra route (used by packages that own their endpoints).
-func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+func (s *Server) Handle(pattern string, h http.Handler) { s.handle(pattern, h) }
+
+// handle registers a route and records its pattern. Every route goes
+// through here so that Routes (and the OpenAPI test) sees all of them.
+func (s *Server) handle(pattern string, h http.Handler) {
+	s.patterns = append(s.patterns, pattern)
+	s.mux.Handle(pattern, h)
+}
+
+// Routes lists the registered route patterns ("METHOD /path/{param}").
+func (s *Server) Routes() []string { return slices.Clone(s.patterns) }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
 func (s *Server) routes() {
-	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	s.handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	s.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+	}))
+	s.handle("GET /readyz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !s.ready.Load() {
 			writeProblem(w, http.StatusServiceUnavailable, "not-ready", "Not ready", "the store or listeners are not up yet")
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
-	})
-	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.o.Gatherer, promhttp.HandlerOpts{}))
+	}))
+	s.handle("GET /metrics", promhttp.HandlerFor(s.o.Gatherer, promhttp.HandlerOpts{}))
 
-	s.mux.Handle("POST /v1/tenants", s.auth(s.createTenant))
-	s.mux.Handle("GET /v1/tenants", s.auth(s.listTenants))
-	s.mux.Handle("GET /v1/tenants/{t}", s.auth(s.getTenant))
-	s.mux.Handle("PATCH /v1/tenants/{t}", s.auth(s.patchTenant))
-	s.mux.Handle("POST /v1/tenants/{t}/users", s.auth(s.createUser))
-	s.mux.Handle("GET /v1/tenants/{t}/users", s.auth(s.listUsers))
-	s.mux.Handle("GET /v1/tenants/{t}/users/{u}", s.auth(s.getUser))
-	s.mux.Handle("POST /v1/tenants/{t}/candidates", s.auth(s.createCandidate))
-	s.mux.Handle("GET /v1/tenants/{t}/candidates", s.auth(s.listCandidates))
-	s.mux.Handle("GET /v1/tenants/{t}/candidates/{c}", s.auth(s.getCandidate))
-	s.mux.Handle("POST /v1/tenants/{t}/candidates/{c}/sync", s.auth(s.syncCandidate))
+	s.handle("POST /v1/tenants", s.auth(s.createTenant))
+	s.handle("GET /v1/tenants", s.auth(s.listTenants))
+	s.handle("GET /v1/tenants/{t}", s.auth(s.getTenant))
+	s.handle("PATCH /v1/tenants/{t}", s.auth(s.patchTenant))
+	s.handle("POST /v1/tenants/{t}/users", s.auth(s.createUser))
+	s.handle("GET /v1/tenants/{t}/users", s.auth(s.listUsers))
+	s.handle("GET /v1/tenants/{t}/users/{u}", s.auth(s.getUser))
+	s.handle("POST /v1/tenants/{t}/candidates", s.auth(s.createCandidate))
+	s.handle("GET /v1/tenants/{t}/candidates", s.auth(s.listCandidates))
+	s.handle("GET /v1/tenants/{t}/candidates/{c}", s.auth(s.getCandidate))
+	s.handle("POST /v1/tenants/{t}/candidates/{c}/sync", s.auth(s.syncCandidate))
+	s.timelineRoutes() // timeline.go, threads.go
+	s.webhookRoutes()  // webhooks.go
+	s.openAPIRoutes()  // openapi.go
+	s.outboundRoutes() // messages.go, oauth.go, delegations.go
+	s.opsRoutes()      // status.go, admin.go
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "not-found", "Not found", "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
@@ -210,4 +240,35 @@ func newInboundAddress(id, hostname string) string {
 	_, _ = rand.Read(b)
 	r := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b))
 	return id + "-" + r + "@" + strings.ToLower(hostname)
+}
+
+// actingUser resolves X-Acting-User for tenant t. When the header is
+// absent it answers 400 if required, else returns (nil, true). A header that
+// names no user of the tenant is 403.
+func (s *Server) actingUser(w http.ResponseWriter, r *http.Request, t string, required bool) (*store.User, bool) {
+	id := strings.TrimSpace(r.Header.Get("X-Acting-User"))
+	if id == "" {
+		if required {
+			writeProblem(w, http.StatusBadRequest, "acting-user-required", "X-Acting-User required",
+				"name the person acting with the X-Acting-User header (a user id of the tenant)")
+			return nil, false
+		}
+		return nil, true
+	}
+	u, err := s.o.Store.User(r.Context(), t, id)
+	if errors.Is(err, store.ErrNotFound) {
+		writeProblem(w, http.StatusForbidden, "unknown-acting-user", "Unknown acting user",
+			fmt.Sprintf("X-Acting-User %q is not a user of tenant %q", id, t))
+		return nil, false
+	}
+	if err != nil {
+		s.storeError(w, r, err)
+		return nil, false
+	}
+	return u, true
+}
+
+// isAdmin reports whether u is an admin or super admin (nil: no).
+func isAdmin(u *store.User) bool {
+	return u != nil && store.RoleRank(u.Role) >= store.RoleRank(store.RoleAdmin)
 }

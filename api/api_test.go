@@ -21,7 +21,7 @@ func newTestServer(t *testing.T) (*httptest.Server, *Server, *store.Store) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	s := New(Options{Store: st, Tokens: []string{"other", testToken}, Hostname: "relay.test", Marker: `sr\.[a-z0-9]+@relay\.test`})
+	s := New(Options{Store: st, Tokens: []string{"other", testToken}, Hostname: "relay.test"})
 	hs := httptest.NewServer(s)
 	t.Cleanup(hs.Close)
 	return hs, s, st

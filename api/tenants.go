@@ -7,7 +7,9 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
+	"syncrelay/setup"
 	"syncrelay/store"
 )
 
@@ -18,36 +20,22 @@ var (
 )
 
 type tenantJSON struct {
-	ID                string   `json:"id"`
-	Name              string   `json:"name"`
-	Domains           []string `json:"domains"`
-	Provider          string   `json:"provider"`
-	InboundAddress    string   `json:"inbound_address"`
-	DKIMPolicy        string   `json:"dkim_policy"`
-	TrustedForwarders []string `json:"trusted_forwarders"`
-	Setup             *setup   `json:"setup,omitempty"`
-}
-
-type setup struct {
-	HeaderRegex string `json:"header_regex"`
-	Google      string `json:"google_workspace"`
-	Microsoft   string `json:"exchange_online"`
+	ID                string       `json:"id"`
+	Name              string       `json:"name"`
+	Domains           []string     `json:"domains"`
+	Provider          string       `json:"provider"`
+	InboundAddress    string       `json:"inbound_address"`
+	DKIMPolicy        string       `json:"dkim_policy"`
+	TrustedForwarders []string     `json:"trusted_forwarders"`
+	Setup             *setup.Rules `json:"setup,omitempty"`
 }
 
 func (s *Server) tenantOut(t *store.Tenant, withSetup bool) tenantJSON {
 	out := tenantJSON{ID: t.ID, Name: t.Name, Domains: nonNil(t.Domains), Provider: t.Provider,
 		InboundAddress: t.InboundAddress, DKIMPolicy: t.DKIMPolicy, TrustedForwarders: nonNil(t.TrustedForwarders)}
 	if withSetup {
-		out.Setup = &setup{
-			HeaderRegex: s.o.Marker,
-			Google: fmt.Sprintf("Google Admin > Apps > Google Workspace > Gmail > Compliance > Content compliance: add a rule for all four directions "+
-				"(inbound, outbound, internal-sending, internal-receiving), 'Advanced content match', location 'Full headers', match type "+
-				"'Matches regex', expression %s; action 'Also deliver to' %s. Run `syncrelay check -tenant %s` for the full procedure.",
-				s.o.Marker, t.InboundAddress, t.ID),
-			Microsoft: fmt.Sprintf("Exchange admin center > Mail flow > Rules: new rule, 'A message header matches these text patterns' for "+
-				"References, In-Reply-To and X-Syncrelay-Thread with %s; action 'Bcc the message to' %s. Run `syncrelay check -tenant %s` for the full procedure.",
-				s.o.Marker, t.InboundAddress, t.ID),
-		}
+		// The same rules `syncrelay check -tenant` prints.
+		out.Setup = setup.For(s.o.Hostname, t)
 	}
 	return out
 }
@@ -218,11 +206,16 @@ type userJSON struct {
 }
 
 type grantJSON struct {
-	Status string `json:"status"`
+	Status      string    `json:"status"` // none | active | broken
+	Provider    string    `json:"provider,omitempty"`
+	ConnectedAt time.Time `json:"connected_at,omitzero"`
+	BrokenAt    time.Time `json:"broken_at,omitzero"`
+	Error       string    `json:"error,omitempty"` // why a broken grant broke
 }
 
-func userOut(u *store.User) userJSON {
-	return userJSON{ID: u.ID, Email: u.Email, Name: u.Name, Role: u.Role, Grant: grantJSON{Status: "none"}}
+// userOut shows a user with its grant (nil: never connected; see obGrantOut).
+func userOut(u *store.User, g *store.Grant) userJSON {
+	return userJSON{ID: u.ID, Email: u.Email, Name: u.Name, Role: u.Role, Grant: obGrantOut(g)}
 }
 
 func validEmail(e string) bool {
@@ -256,7 +249,7 @@ func (s *Server) createUser(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, userOut(u))
+	writeJSON(w, http.StatusCreated, userOut(u, nil))
 }
 
 func (s *Server) listUsers(w http.ResponseWriter, r *http.Request) {
@@ -270,9 +263,14 @@ func (s *Server) listUsers(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, r, err)
 		return
 	}
+	grants, err := s.obGrants(r, t)
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
 	out := make([]userJSON, 0, len(us))
 	for _, u := range us {
-		out = append(out, userOut(u))
+		out = append(out, userOut(u, grants[u.ID]))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"users": out})
 }
@@ -283,7 +281,12 @@ func (s *Server) getUser(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, userOut(u))
+	g, err := s.obGrant(r, u.Tenant, u.ID)
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, userOut(u, g))
 }
 
 // --- candidates ---

@@ -4,7 +4,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -12,28 +11,34 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"syncrelay/api"
 	"syncrelay/config"
 	"syncrelay/dnsres"
+	"syncrelay/metrics"
+	"syncrelay/oauth"
+	"syncrelay/outbound"
 	"syncrelay/router"
 	"syncrelay/smtpd"
 	"syncrelay/store"
 	"syncrelay/token"
 	"syncrelay/trust"
+	"syncrelay/webhook"
 )
 
 // NewLogger builds the process logger from [log].
 func NewLogger(c *config.Config, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: c.Log.SlogLevel()}
 	if c.Log.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return withContextAttrs(slog.New(slog.NewJSONHandler(w, opts)))
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return withContextAttrs(slog.New(slog.NewTextHandler(w, opts)))
 }
 
 // Pipeline is the inbound decision pipeline shared by serve and replay.
@@ -74,6 +79,7 @@ func NewPipeline(c *config.Config, st router.Store, keys *Keys, log *slog.Logger
 // Run serves SMTP and HTTP until ctx ends, then shuts down gracefully.
 // stdout receives the one-time dev token notice.
 func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writer) error {
+	log = withContextAttrs(log)
 	st, err := store.Open(c.Store.Dir, store.Options{LockTimeout: c.Store.OpenTimeout.Duration})
 	if err != nil {
 		return err
@@ -100,11 +106,10 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 		fmt.Fprintf(stdout, "syncrelay: generated a development API token (shown once, stored in %s):\n  %s\n", c.APITokenPath(), fresh)
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m := newMetrics(reg)
+	reg := metrics.NewRegistry()
+	m := metrics.New(reg)
 
-	p, err := NewPipeline(c, st, keys, log)
+	p, err := NewPipeline(c, timedStore{st, m}, keys, log)
 	if err != nil {
 		return err
 	}
@@ -112,13 +117,9 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 		return err
 	}
 
-	var tlsConf *tls.Config
-	if c.SMTP.TLSEnabled() {
-		cert, err := tls.LoadX509KeyPair(c.SMTP.TLSCertFile, c.SMTP.TLSKeyFile)
-		if err != nil {
-			return fmt.Errorf("smtp tls: %w", err)
-		}
-		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	tlsConf, err := loadTLS(c, m, log)
+	if err != nil {
+		return err
 	}
 	spoolDir := c.RawDir() + "/spool"
 	if err := os.MkdirAll(spoolDir, 0o700); err != nil {
@@ -138,20 +139,32 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 		MaxHeaderBytes:      c.SMTP.MaxHeaderBytes,
 		SpoolDir:            spoolDir,
 		Logger:              log,
-	}, st, &deliverer{router: p.Router, metrics: m, log: log})
+		Observer:            m,
+	}, st, &deliverer{router: p.Router, metrics: m, auth: st, log: log})
 	if err != nil {
 		return err
 	}
 
+	outb, err := newOutbound(c, st, keys, p.Keys, reg, log)
+	if err != nil {
+		return err
+	}
 	apiSrv := api.New(api.Options{
-		Store: st, Tokens: tokens, Hostname: c.SMTP.Hostname, Marker: p.Keys.Marker(),
-		MaxBodyBytes: c.HTTP.MaxBodyBytes, Gatherer: reg, Log: log,
+		Store: st, Tokens: tokens, Hostname: c.SMTP.Hostname,
+		MaxBodyBytes: c.HTTP.MaxBodyBytes, Gatherer: reg, Log: log, StaleAfter: c.Status.StaleAfter.Duration,
+		Outbound: outb,
 	})
 	httpSrv := &http.Server{
 		Handler:           apiSrv,
 		ReadHeaderTimeout: c.HTTP.ReadHeaderTimeout.Duration,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+
+	stopWebhooks, err := startWebhooks(c, st, reg, log)
+	if err != nil {
+		return err
+	}
+	defer stopWebhooks()
 
 	smtpLn, err := net.Listen("tcp", c.SMTP.Listen)
 	if err != nil {
@@ -167,6 +180,15 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	go func() { errc <- smtpSrv.Serve(smtpLn) }()
 	go func() { errc <- httpSrv.Serve(httpLn) }()
 	go expireQuarantine(ctx, st, log)
+	go outboundJanitor(ctx, st, log)
+	// SIGHUP reloads the certificate; handled until Run returns, so a
+	// SIGHUP while draining does not kill the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go reloadTLSOnHUP(ctx, hup, c, smtpSrv, tlsConf != nil, m, log)
+	// Ready only now: the store is open (orphans collected) and both
+	// listeners accept.
 	apiSrv.SetReady(true)
 	log.Info("syncrelay serving", "smtp", smtpLn.Addr().String(), "http", httpLn.Addr().String(),
 		"hostname", c.SMTP.Hostname, "starttls", tlsConf != nil, "data", c.Store.Dir)
@@ -188,8 +210,12 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	hctx, hcancel := context.WithTimeout(context.Background(), c.HTTP.ShutdownTimeout.Duration)
 	defer hcancel()
 	if err := httpSrv.Shutdown(hctx); err != nil {
-		log.Warn("http shutdown", "err", err)
+		// Requests still running (a long backup download): cut them so
+		// the store can close within the bound.
+		log.Warn("http shutdown: closing requests still in flight", "err", err)
+		httpSrv.Close()
 	}
+	stopWebhooks() // finishes deliveries in flight and records their outcome
 	if err := st.Close(); err != nil {
 		return fmt.Errorf("close store: %w", err)
 	}
@@ -218,6 +244,89 @@ func expireQuarantine(ctx context.Context, st *store.Store, log *slog.Logger) {
 			log.Warn("quarantine expiry", "err", err)
 		} else if n > 0 {
 			log.Info("expired quarantined messages", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// startWebhooks runs the webhook deliverer over the store's outbox when
+// webhooks.url is set; the returned function stops it and waits for the
+// deliveries in flight. With no URL, events stay in the durable outbox
+// (and in the outbox metrics) until one is configured.
+func startWebhooks(c *config.Config, st *store.Store, reg prometheus.Registerer, log *slog.Logger) (stop func(), err error) {
+	if c.Webhooks.URL == "" {
+		reg.MustRegister(webhook.NewOutboxCollector(st, log, time.Now))
+		log.Info("webhooks disabled (webhooks.url is empty): events are kept in the outbox until a URL is configured")
+		return func() {}, nil
+	}
+	d, err := webhook.New(st, webhook.Options{
+		URL: c.Webhooks.URL, Secret: c.Webhooks.Secret, MaxAttempts: c.Webhooks.MaxAttempts,
+		Timeout: c.Webhooks.Timeout.Duration, Registerer: reg, Log: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	var once sync.Once
+	return func() { once.Do(func() { cancel(); <-done }) }, nil
+}
+
+// newOutbound builds the OAuth grant manager and the sender from
+// [providers.*] and [outbound] (issue 4). A provider without client_id
+// cannot be connected; sending through it is refused until it is.
+func newOutbound(c *config.Config, st *store.Store, keys *Keys, kr *token.Keyring, reg prometheus.Registerer, log *slog.Logger) (api.OutboundOptions, error) {
+	pc := func(p config.Provider) oauth.ProviderConfig {
+		return oauth.ProviderConfig{ClientID: p.ClientID, ClientSecret: p.ClientSecret, RedirectURL: p.RedirectURL,
+			AuthURL: p.AuthURL, TokenURL: p.TokenURL}
+	}
+	client := &http.Client{Timeout: 30 * time.Second}
+	om, err := oauth.New(oauth.Options{Store: st, GrantKey: keys.Grants, StateKey: keys.State,
+		Google: pc(c.Providers.Google), Microsoft: pc(c.Providers.Microsoft), HTTPClient: client, Log: log, Registerer: reg})
+	if err != nil {
+		return api.OutboundOptions{}, err
+	}
+	o := c.Outbound
+	svc, err := outbound.New(outbound.Options{Store: st, Tokens: om, Keys: kr,
+		Providers: map[string]outbound.Provider{
+			oauth.Google:    &outbound.Gmail{BaseURL: c.Providers.Google.APIBase, Client: client},
+			oauth.Microsoft: &outbound.Graph{BaseURL: c.Providers.Microsoft.APIBase, Client: client},
+		},
+		Category: o.Category, MaxRetries: o.MaxRetries, RetryBaseDelay: o.RetryBaseDelay.Duration,
+		MaxRetryDelay: o.MaxRetryDelay.Duration, SenderRatePerMinute: o.SenderRatePerMinute, Log: log, Registerer: reg})
+	if err != nil {
+		return api.OutboundOptions{}, err
+	}
+	for _, p := range []string{oauth.Google, oauth.Microsoft} {
+		if !om.Configured(p) {
+			log.Info("outbound: provider not configured; its users cannot connect mailboxes", "provider", p)
+		}
+	}
+	return api.OutboundOptions{Store: st, Sender: svc, OAuth: om}, nil
+}
+
+// outboundJanitor removes expired OAuth states, idempotency keys and rate
+// slots, and fails sends left "sending" by a process that stopped during the
+// provider call (no send lasts an hour: retries are bounded by [outbound]).
+func outboundJanitor(ctx context.Context, st *store.Store, log *slog.Logger) {
+	t := time.NewTicker(10 * time.Minute)
+	defer t.Stop()
+	for {
+		if n, err := st.PurgeExpiredKV(ctx); err != nil {
+			log.Warn("outbound: purge expired state", "err", err)
+		} else if n > 0 {
+			log.Debug("outbound: purged expired state", "count", n)
+		}
+		const why = "interrupted: syncrelay stopped during the provider call; the message may or may not have been sent"
+		if n, err := st.FailStaleSends(ctx, time.Now().Add(-time.Hour), why); err != nil {
+			log.Warn("outbound: fail interrupted sends", "err", err)
+		} else if n > 0 {
+			log.Warn("outbound: marked interrupted sends failed", "count", n)
 		}
 		select {
 		case <-ctx.Done():

@@ -87,6 +87,7 @@ func (s *Server) admit(c net.Conn) *trackedConn {
 	}
 	if refuse != "" {
 		s.mu.Unlock()
+		s.o.Observer.ConnRefused(reason)
 		log.Warn("connection refused", "reason", reason, "remote_ip", key)
 		// A fresh socket's send buffer is empty: this write does not block,
 		// the deadline is only a guard.
@@ -102,6 +103,7 @@ func (s *Server) admit(c net.Conn) *trackedConn {
 	s.wg.Add(1)
 	s.mu.Unlock()
 
+	s.o.Observer.ConnOpened()
 	log.Debug("connection opened", "remote_ip", key)
 	return tc
 }
@@ -238,6 +240,7 @@ func (c *trackedConn) Close() error {
 	c.closeOnce.Do(func() {
 		c.cancel()
 		c.s.release(c)
+		c.s.o.Observer.ConnClosed()
 		c.log.Debug("connection closed", "duration_ms", time.Since(c.opened).Milliseconds())
 	})
 	return err

@@ -65,6 +65,7 @@ type Options struct {
 
 	SpoolDir string       // where large messages spill; "" = os.TempDir()
 	Logger   *slog.Logger // nil: discard
+	Observer Observer     // nil: none (metrics hooks, see Observer)
 }
 
 // Server is the inbound SMTP server. It is never an open relay: RCPT TO must
@@ -134,6 +135,9 @@ func New(o Options, rcpts Recipients, d Deliverer) (*Server, error) {
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if o.Observer == nil {
+		o.Observer = nopObserver{}
 	}
 
 	s := &Server{

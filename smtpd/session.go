@@ -67,7 +67,9 @@ func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 		ss.log = s.log.With("session", ss.id)
 		ss.connCtx = context.Background()
 	}
-	if st, ok := c.TLSConnectionState(); ok {
+	st, isTLS := c.TLSConnectionState()
+	s.o.Observer.SessionStarted(isTLS)
+	if isTLS {
 		ss.tls = true
 		ss.log.Debug("session", "tls", true, "tls_version", tls.VersionName(st.Version))
 	} else {
@@ -120,6 +122,7 @@ func (ss *session) draining() bool {
 func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
 	err := ss.mail(from)
 	err = mapError(ss.log, stageMail, err)
+	ss.s.o.Observer.Reply(stageMail, replyCode(err))
 	if err != nil {
 		ss.log.Debug("mail", "code", replyCode(err))
 	}
@@ -148,6 +151,7 @@ func (ss *session) mail(from string) error {
 
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	err := mapError(ss.log, stageRcpt, ss.rcpt(to))
+	ss.s.o.Observer.Reply(stageRcpt, replyCode(err))
 	ss.log.Debug("rcpt", "code", replyCode(err))
 	return err
 }
@@ -233,6 +237,7 @@ func (ss *session) Data(r io.Reader) error {
 	if err = mapError(ss.log, stageData, err); err == nil {
 		err = reply(replyOK) // go-smtp's own default says "queued"; we are not a queue
 	}
+	ss.s.o.Observer.Reply(stageData, replyCode(err))
 	ss.log.Info("message",
 		"code", replyCode(err),
 		"close", closeAfter,

@@ -53,7 +53,8 @@ var (
 	bQuarantine = []byte("quarantine")  // tenant/u64 -> Quarantined
 
 	allBuckets = [][]byte{bMeta, bTenants, bInbound, bUsers, bUserEmail, bCands, bCandEmail,
-		bThreads, bCandThread, bMessages, bThreadMsg, bMsgID, bConvIndex, bCounters, bOutbox, bKV, bQuarantine}
+		bThreads, bCandThread, bMessages, bThreadMsg, bMsgID, bConvIndex, bCounters, bOutbox, bKV, bQuarantine,
+		bGrants, bDelegations, bDelegPair, bOutboxIdx}
 
 	keySchema = []byte("schema_version")
 )

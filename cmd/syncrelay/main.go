@@ -26,6 +26,9 @@ func commands() map[string]command {
 	return map[string]command{
 		"serve":   {"run the SMTP and HTTP servers", runServe},
 		"replay":  {"run .eml files through the inbound pipeline and print decisions", runReplay},
+		"check":   {"check config, TLS, DNS, store and providers; print a tenant's routing rules", runCheck},
+		"backup":  {"write a consistent backup archive, even while the daemon runs", runBackup},
+		"restore": {"restore a backup archive into an empty data directory", runRestore},
 		"version": {"print the version", runVersion},
 	}
 }

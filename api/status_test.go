@@ -1,0 +1,248 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"syncrelay/store"
+)
+
+var _ statusStore = (*store.Store)(nil)
+var _ backupStore = (*store.Store)(nil)
+
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time // zero: real time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.t.IsZero() {
+		return time.Now()
+	}
+	return c.t
+}
+
+func (c *testClock) Set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
+
+func newStatusServer(t *testing.T, staleAfter time.Duration) (*httptest.Server, *store.Store, *testClock) {
+	t.Helper()
+	clock := &testClock{}
+	st, err := store.Open(t.TempDir(), store.Options{Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	s := New(Options{Store: st, Tokens: []string{testToken}, Hostname: "relay.test", StaleAfter: staleAfter})
+	hs := httptest.NewServer(s)
+	t.Cleanup(hs.Close)
+	return hs, st, clock
+}
+
+func TestTenantStatusVerdicts(t *testing.T) {
+	hs, st, clock := newStatusServer(t, 6*time.Hour)
+	ctx := context.Background()
+	code, _, ten := do(t, hs, "POST", "/v1/tenants", testToken, acme)
+	if code != 201 {
+		t.Fatal(code, ten)
+	}
+	inbound := ten["inbound_address"].(string)
+
+	// Never seen: nothing arrived yet.
+	code, _, got := do(t, hs, "GET", "/v1/tenants/acme/status", testToken, "")
+	if code != 200 {
+		t.Fatal(code, got)
+	}
+	if got["forwarding"] != "never_seen" || got["last_forwarded_at"] != nil || got["stale_after"] != "6h" ||
+		got["inbound_address"] != inbound || got["detail"] != "no message has ever reached the inbound address" {
+		t.Fatalf("fresh tenant: %v", got)
+	}
+	if a, _ := got["action"].(string); !strings.Contains(a, "Google Workspace content compliance rule") || !strings.Contains(a, "syncrelay check -tenant acme") {
+		t.Fatalf("action %q", a)
+	}
+	if bg, ok := got["broken_grants"].([]any); !ok || len(bg) != 0 {
+		t.Fatalf("broken_grants %v", got["broken_grants"])
+	}
+	auth := got["authentication"].(map[string]any)
+	if auth["pass_rate"] != nil || auth["checked"].(float64) != 0 {
+		t.Fatalf("authentication %v", auth)
+	}
+
+	// Mail sent, still nothing forwarded: never_seen says so.
+	if err := st.CreateUser(ctx, &store.User{Tenant: "acme", ID: "u-rec", Email: "rec@acme.test", Role: store.RoleTeamMember}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateCandidate(ctx, &store.Candidate{Tenant: "acme", ID: "c-1", Emails: []string{"carl@cand.test"}}); err != nil {
+		t.Fatal(err)
+	}
+	sendAt := func(at time.Time) {
+		clock.Set(at)
+		th := store.Thread{Tenant: "acme", Candidate: "c-1", CreatedBy: "u-rec"}
+		m := store.Message{From: "rec@acme.test", SentBy: "u-rec", Status: "sent"}
+		if err := st.CreateOutbound(ctx, &th, &m, func(th, m uint64) (string, string) {
+			return fmt.Sprintf("sr.t%d.%d@relay.test", th, m), ""
+		}); err != nil {
+			t.Fatal(err)
+		}
+		clock.Set(time.Time{})
+	}
+	sendAt(time.Now().Add(-time.Hour))
+	_, _, got = do(t, hs, "GET", "/v1/tenants/acme/status", testToken, "")
+	if got["forwarding"] != "never_seen" || got["detail"] != "no message has ever reached the inbound address although 1 message was sent through syncrelay in the last 6h" {
+		t.Fatalf("sent, never seen: %v", got)
+	}
+
+	// Stale: the last forwarded message is 2 days old, and mail was sent.
+	clock.Set(time.Now().Add(-48 * time.Hour))
+	st.Count("acme", "stored", "token")
+	clock.Set(time.Time{})
+	_, _, got = do(t, hs, "GET", "/v1/tenants/acme/status", testToken, "")
+	if got["forwarding"] != "stale" || !strings.HasPrefix(got["detail"].(string), "the last forwarded message arrived 48h") ||
+		!strings.HasSuffix(got["detail"].(string), "although 1 message was sent through syncrelay in the last 6h") {
+		t.Fatalf("stale: %v", got)
+	}
+	if got["last_forwarded_at"] == nil || got["action"] == "" {
+		t.Fatalf("stale: %v", got)
+	}
+
+	// OK: mail arrives again; counts and authentication show up.
+	st.Count("acme", "stored", "token")
+	st.CountAuth("acme", true, false)
+	st.Count("acme", "discarded", "no_match")
+	st.Count("acme", "rejected", "dkim_fail")
+	st.CountAuth("acme", false, false)
+	_, _, got = do(t, hs, "GET", "/v1/tenants/acme/status", testToken, "")
+	if got["forwarding"] != "ok" || got["action"] != nil {
+		t.Fatalf("ok: %v", got)
+	}
+	hour := got["last_hour"].(map[string]any)
+	if hour["total"].(float64) != 3 || hour["decisions"].(map[string]any)["stored"].(float64) != 1 ||
+		hour["reasons"].(map[string]any)["discarded/no_match"].(float64) != 1 {
+		t.Fatalf("last_hour %v", hour)
+	}
+	if day := got["last_day"].(map[string]any); day["total"].(float64) != 3 { // the 48h-old one is outside
+		t.Fatalf("last_day %v", day)
+	}
+	auth = got["authentication"].(map[string]any)
+	if auth["checked"].(float64) != 2 || auth["dkim_pass"].(float64) != 1 || auth["passed"].(float64) != 1 || auth["pass_rate"].(float64) != 0.5 {
+		t.Fatalf("authentication %v", auth)
+	}
+	if s := got["sent"].(map[string]any); s["count"].(float64) != 1 || s["last_sent_at"] == nil {
+		t.Fatalf("sent %v", s)
+	}
+
+	// A broken grant is listed with the user's email.
+	if err := st.PutGrant(ctx, &store.Grant{Tenant: "acme", User: "u-rec", Provider: "google", Sealed: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	g, _ := st.Grant(ctx, "acme", "u-rec")
+	if _, err := st.MarkGrantBroken(ctx, "acme", "u-rec", g.Version, "invalid_grant"); err != nil {
+		t.Fatal(err)
+	}
+	_, _, got = do(t, hs, "GET", "/v1/tenants/acme/status", testToken, "")
+	bg := got["broken_grants"].([]any)
+	if len(bg) != 1 {
+		t.Fatalf("broken_grants %v", bg)
+	}
+	if b := bg[0].(map[string]any); b["user"] != "u-rec" || b["email"] != "rec@acme.test" || b["reason"] != "invalid_grant" || b["provider"] != "google" {
+		t.Fatalf("broken grant %v", b)
+	}
+
+	// Errors are problems.
+	if code, _, p := do(t, hs, "GET", "/v1/tenants/nope/status", testToken, ""); code != 404 || p["status"].(float64) != 404 {
+		t.Fatalf("unknown tenant: %d %v", code, p)
+	}
+	if code, _, _ := do(t, hs, "GET", "/v1/tenants/acme/status", "", ""); code != 401 {
+		t.Fatalf("no token: %d", code)
+	}
+}
+
+func TestForwardingVerdict(t *testing.T) {
+	now := time.Date(2025, 3, 10, 12, 0, 0, 0, time.UTC)
+	ms := &store.Tenant{ID: "beta", Provider: "microsoft", InboundAddress: "beta-x@relay.test"}
+	for _, tc := range []struct {
+		name       string
+		last       time.Time
+		sent       int
+		want, text string
+	}{
+		{"never, nothing sent", time.Time{}, 0, ForwardingNeverSeen, "no message has ever reached the inbound address"},
+		{"never, sent", time.Time{}, 3, ForwardingNeverSeen, "no message has ever reached the inbound address although 3 messages were sent through syncrelay in the last 24h"},
+		{"recent", now.Add(-5 * time.Minute), 3, ForwardingOK, "the last forwarded message arrived 5m ago"},
+		{"old but quiet", now.Add(-50 * time.Hour), 0, ForwardingOK, "the last forwarded message arrived 50h ago; no mail was sent through syncrelay since, so none was expected"},
+		{"stale", now.Add(-25*time.Hour - 30*time.Minute), 2, ForwardingStale, "the last forwarded message arrived 25h30m ago although 2 messages were sent through syncrelay in the last 24h"},
+	} {
+		v, detail, action := forwardingVerdict(ms, &store.TenantActivity{LastForwarded: tc.last, Sent: tc.sent}, now, 24*time.Hour)
+		if v != tc.want || detail != tc.text {
+			t.Errorf("%s: got %s %q, want %s %q", tc.name, v, detail, tc.want, tc.text)
+		}
+		if (v == ForwardingOK) != (action == "") {
+			t.Errorf("%s: action %q", tc.name, action)
+		}
+		if v != ForwardingOK && !strings.Contains(action, "Exchange Online mail flow rules") {
+			t.Errorf("%s: action does not name the Microsoft rule: %q", tc.name, action)
+		}
+	}
+}
+
+func TestAdminBackup(t *testing.T) {
+	hs, st, _ := newStatusServer(t, 0)
+	if code, _, _ := do(t, hs, "POST", "/v1/tenants", testToken, acme); code != 201 {
+		t.Fatal(code)
+	}
+	sum, _, err := st.PutRaw(nil, strings.NewReader("raw bytes\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = sum // an orphan: not referenced, so not in the backup
+
+	req, _ := http.NewRequest("GET", hs.URL+"/v1/admin/backup", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Fatalf("backup without a token: %d", resp.StatusCode)
+	}
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/x-tar" ||
+		!strings.HasPrefix(resp.Header.Get("Content-Disposition"), `attachment; filename="syncrelay-backup-`) {
+		t.Fatalf("backup: %d %v", resp.StatusCode, resp.Header)
+	}
+	archive, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "restored")
+	res, err := store.Restore(context.Background(), bytes.NewReader(archive), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Manifest.Tenants != 1 || res.Manifest.RawFiles != 0 {
+		t.Fatalf("manifest %+v", res.Manifest)
+	}
+	r, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if ten, err := r.Tenant(context.Background(), "acme"); err != nil || ten.Name != "Acme" {
+		t.Fatalf("restored tenant %v %v", ten, err)
+	}
+}

@@ -1,0 +1,29 @@
+package smtpd
+
+// Observer receives the events of the SMTP front door, for metrics. Its
+// methods are called synchronously on connection goroutines: they must be
+// cheap and safe for concurrent use. Options.Observer nil means none.
+type Observer interface {
+	// ConnOpened: a connection was admitted (it gets the greeting).
+	ConnOpened()
+	// ConnClosed: an admitted connection ended.
+	ConnClosed()
+	// ConnRefused: a connection got a 421 from the listener and was
+	// closed; reason is max_connections, max_connections_per_ip or
+	// shutting_down.
+	ConnRefused(reason string)
+	// SessionStarted: an EHLO/HELO started a session (again after
+	// STARTTLS, with tls true).
+	SessionStarted(tls bool)
+	// Reply: the reply to MAIL, RCPT or DATA/BDAT (stage "mail", "rcpt"
+	// or "data") after the error mapping, as the client sees it.
+	Reply(stage string, code int)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) ConnOpened()         {}
+func (nopObserver) ConnClosed()         {}
+func (nopObserver) ConnRefused(string)  {}
+func (nopObserver) SessionStarted(bool) {}
+func (nopObserver) Reply(string, int)   {}
