@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# .ci/fuzz.sh: runs every fuzz target in the repository for a short,
+# bounded time, so that a regression in the parsers (DATA decoder, router,
+# tokens, header parsers) is caught in CI. Targets are found, not listed:
+# every `func FuzzXxx(f *testing.F)` in a *_test.go file.
+#
+#   FUZZTIME  time per target (default 10s; go test -fuzztime syntax)
+#
+# A failure leaves the crashing input in <package>/testdata/fuzz/<target>/;
+# commit it with the fix so that `go test` replays it forever after.
+#
+# Long runs (before a release, or after touching a parser), one target at a
+# time, e.g.:
+#   FUZZTIME=10m .ci/fuzz.sh
+#   go test -run '^$' -fuzz '^FuzzRoute$' -fuzztime 1h ./router
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
+FUZZTIME=${FUZZTIME:-10s}
+
+mapfile -t targets < <(grep -rE --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*\(' . |
+	grep -v '/vendor/' |
+	sed -E 's#^\./(.*)/[^/]+_test\.go:func (Fuzz[A-Za-z0-9_]*)\(.*#\1 \2#; s#^\./[^/]+_test\.go:func (Fuzz[A-Za-z0-9_]*)\(.*#. \1#' |
+	sort -u)
+if [ "${#targets[@]}" -eq 0 ]; then
+	echo "fuzz: no fuzz targets found" >&2
+	exit 1
+fi
+echo "fuzz: ${#targets[@]} targets, $FUZZTIME each"
+start=$SECONDS
+failed=()
+for t in "${targets[@]}"; do
+	pkg=${t% *}
+	name=${t#* }
+	t0=$SECONDS
+	if go test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" "./$pkg" >/tmp/fuzz.$$.log 2>&1; then
+		printf 'fuzz: ok    %-28s ./%s (%ds)\n' "$name" "$pkg" $((SECONDS - t0))
+	else
+		printf 'fuzz: FAIL  %-28s ./%s (%ds)\n' "$name" "$pkg" $((SECONDS - t0))
+		tail -40 /tmp/fuzz.$$.log
+		failed+=("$pkg $name")
+	fi
+done
+rm -f /tmp/fuzz.$$.log
+echo "fuzz: done in $((SECONDS - start))s"
+if [ "${#failed[@]}" -gt 0 ]; then
+	printf 'fuzz: failed: %s\n' "${failed[@]}" >&2
+	exit 1
+fi

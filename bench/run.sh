@@ -1,0 +1,341 @@
+#!/usr/bin/env bash
+# bench/run.sh: syncrelay against Postfix's smtp-sink, same workload, one run.
+#
+# Scenarios, each DUR seconds (default 30), SESSIONS concurrent sessions
+# (default 20) reusing their connections, SIZE-byte bodies (default 4096):
+#   a1  smtp-sink driven by smtp-source -d -s 20 -l 4096     (Postfix's own client)
+#   a2  smtp-sink driven by srload                           (our client)
+#   b   syncrelay, 100% unrelated mail                       (discard path)
+#   c   syncrelay, 100% matching DKIM-signed replies         (full pipeline)
+#   c½  syncrelay, matching replies at half of c's rate      (latency target)
+#   idle  2,000 idle sessions: RSS per connection
+#   big   one 25 MB matching message: RSS added
+# It prints the ratios b/a and c/a, latency percentiles and peak RSS, and
+# writes everything to $OUT (summary.md, JSON results, daemon logs).
+#
+# Environment: DUR, SESSIONS, SIZE, OUT (results dir), PROFILE=1 (run b and c
+# under bench/profiled and save a 10 s CPU profile of each), IDLE (sessions,
+# default 2000), BIG (bytes, default 25000000).
+#
+# Everything listens on 127.0.0.1 only. Postfix is installed if missing
+# (Debian package, "No configuration", its service never started): only
+# /usr/sbin/smtp-sink and /usr/sbin/smtp-source are used.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
+
+DUR=${DUR:-30}
+SESSIONS=${SESSIONS:-20}
+SIZE=${SIZE:-4096}
+IDLE=${IDLE:-2000}
+BIG=${BIG:-25000000}
+PROFILE=${PROFILE:-0}
+OUT=${OUT:-$(mktemp -d /tmp/srbench.XXXXXX)}
+mkdir -p "$OUT"
+BIN="$OUT/bin"
+log() { printf '== %s\n' "$*" >&2; }
+
+# --- tools ------------------------------------------------------------------
+if ! command -v smtp-sink >/dev/null || ! command -v smtp-source >/dev/null; then
+	log "installing postfix (for smtp-sink/smtp-source; the service is not started)"
+	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+	# policy-rc.d 101 keeps the package scripts from starting the service.
+	prc=/usr/sbin/policy-rc.d
+	made_prc=0
+	if [ ! -e "$prc" ]; then
+		printf '#!/bin/sh\nexit 101\n' >"$prc" && chmod +x "$prc" && made_prc=1
+	fi
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >"$OUT/apt.log" 2>&1 ||
+		{ DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$OUT/apt.log" 2>&1 &&
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >>"$OUT/apt.log" 2>&1; } ||
+		{ tail -20 "$OUT/apt.log" >&2; exit 1; }
+	[ "$made_prc" = 1 ] && rm -f "$prc"
+fi
+ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null || true
+
+log "building into $BIN"
+mkdir -p "$BIN"
+go build -o "$BIN/" ./cmd/syncrelay ./cmd/srload
+DAEMON="$BIN/syncrelay"
+DAEMON_ARGS=(serve)
+if [ "$PROFILE" = 1 ]; then
+	go build -o "$BIN/" ./bench/profiled
+fi
+
+# --- helpers ----------------------------------------------------------------
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]:-}"; do
+		[ -n "$p" ] && kill "$p" 2>/dev/null || true
+	done
+}
+trap cleanup EXIT
+
+free_port() {
+	local p
+	for _ in $(seq 1 50); do
+		p=$((20000 + RANDOM % 20000))
+		if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
+			echo "$p"
+			return
+		fi
+	done
+	echo "no free port" >&2
+	exit 1
+}
+jget() { grep -m1 "\"$2\"" "$1" | sed 's/.*: *//; s/,$//; s/"//g'; }
+# jmap FILE KEY: a JSON object of counts as "k=v k=v".
+jmap() {
+	awk -v k="\"$2\": {" 'index($0, k) {if (index($0, "{}")) exit; on = 1; next}
+		on && /}/ {exit}
+		on {gsub(/[",]/, ""); sub(/: /, "="); gsub(/ /, ""); if ($0 !~ /^-=/) printf "%s ", $0}' "$1"
+}
+# peak_anon PID FLAGFILE OUTFILE: samples RssAnon every 10 ms until FLAGFILE
+# disappears, then writes the maximum (KiB). VmHWM would also count the
+# pages of bbolt's mmap, which the daemon touches at start.
+peak_anon() {
+	local max=0 v
+	while [ -e "$2" ]; do
+		v=$(kib "$1" RssAnon)
+		[ -n "$v" ] && [ "$v" -gt "$max" ] && max=$v
+		sleep 0.01
+	done
+	echo "$max" >"$3"
+}
+kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
+
+CFG="$OUT/syncrelay.toml"
+cat >"$CFG" <<EOF
+[smtp]
+listen = "127.0.0.1:0"
+hostname = "relay.test"
+max_connections = $((IDLE + 100))
+max_connections_per_ip = $((IDLE + 100))
+[http]
+listen = "127.0.0.1:0"
+[store]
+dir = "$OUT/data"
+[dns]
+zone_file = "$OUT/zone.txt"
+[log]
+level = "info"
+EOF
+
+DPID=
+SMTP=
+HTTP=
+# avg_ms FILE METRIC [LABEL]: mean of a Prometheus histogram, in ms.
+avg_ms() {
+	awk -v m="$2" -v l="${3:-}" '
+		index($1, m "_sum") == 1 && index($0, l) {s = $2}
+		index($1, m "_count") == 1 && index($0, l) {c = $2}
+		END { if (c > 0) printf "%.2f", s / c * 1000; else printf "n/a" }' "$1"
+}
+start_daemon() { # name [profile]
+	local name=$1 prof=${2:-0}
+	if [ "$prof" = 1 ]; then
+		PPROF="127.0.0.1:$(free_port)"
+		"$BIN/profiled" -config "$CFG" -pprof "$PPROF" >"$OUT/$name.stdout" 2>"$OUT/$name.log" &
+	else
+		"$DAEMON" "${DAEMON_ARGS[@]}" -config "$CFG" >"$OUT/$name.stdout" 2>"$OUT/$name.log" &
+	fi
+	DPID=$!
+	PIDS+=("$DPID")
+	for _ in $(seq 1 400); do
+		SMTP=$(grep -m1 -o 'syncrelay serving.*' "$OUT/$name.log" 2>/dev/null | grep -o 'smtp=[^ ]*' | cut -d= -f2 || true)
+		HTTP=$(grep -m1 -o 'syncrelay serving.*' "$OUT/$name.log" 2>/dev/null | grep -o 'http=[^ ]*' | cut -d= -f2 || true)
+		[ -n "$SMTP" ] && return 0
+		kill -0 "$DPID" 2>/dev/null || { cat "$OUT/$name.log" >&2; exit 1; }
+		sleep 0.05
+	done
+	echo "daemon did not start" >&2
+	exit 1
+}
+stop_daemon() {
+	kill -TERM "$DPID" 2>/dev/null || true
+	wait "$DPID" 2>/dev/null || true
+}
+
+{
+	echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+	echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(awk '/MemTotal/{printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+	echo "go: $(go version | cut -d' ' -f3-)"
+	echo "tree: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo ' + uncommitted changes')"
+	echo "filesystem of $OUT: $(df -T "$OUT" | awk 'NR==2{print $2" on "$1}')"
+	echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+} | tee "$OUT/machine.txt" >&2
+
+# fdatasync latency of the data directory's disk: the floor of a durable commit.
+dd if=/dev/zero of="$OUT/dd.probe" bs=4k count=200 oflag=dsync 2>"$OUT/dd.txt" || true
+DD_S=$(awk '/copied/{for(i=1;i<=NF;i++) if($i ~ /^s,?$/) print $(i-1)}' "$OUT/dd.txt" | tr -d ',' | head -1)
+FSYNC_MS=$(calc "${DD_S:-0} * 1000 / 200" 2)
+rm -f "$OUT/dd.probe"
+log "4 KiB O_DSYNC write: $FSYNC_MS ms each (dd, 200 writes)"
+
+# --- a: smtp-sink -----------------------------------------------------------
+SINK_PORT=$(free_port)
+# smtp-sink must drop root; "postfix" exists once the package is installed.
+SINK_USER=postfix
+id "$SINK_USER" >/dev/null 2>&1 || SINK_USER=nobody
+smtp-sink -u "$SINK_USER" -m 512 "127.0.0.1:$SINK_PORT" 1024 >"$OUT/sink.log" 2>&1 &
+SINK_PID=$!
+PIDS+=("$SINK_PID")
+sleep 0.3
+
+log "a1: smtp-source -d -s $SESSIONS -l $SIZE -> smtp-sink (calibrating)"
+t0=$(date +%s.%N)
+smtp-source -d -s "$SESSIONS" -l "$SIZE" -m 5000 -f load@srload.test -t sink@srload.test "127.0.0.1:$SINK_PORT"
+t1=$(date +%s.%N)
+N=$(awk -v a="$t0" -v b="$t1" -v d="$DUR" 'BEGIN { r = 5000/(b-a); n = int(r*d); if (n > 5000000) n = 5000000; print n }')
+log "a1: smtp-source sending $N messages (about ${DUR}s)"
+t0=$(date +%s.%N)
+smtp-source -d -s "$SESSIONS" -l "$SIZE" -m "$N" -f load@srload.test -t sink@srload.test "127.0.0.1:$SINK_PORT"
+t1=$(date +%s.%N)
+A1_SECS=$(calc "$t1 - $t0" 2)
+A1=$(calc "$N / ($t1 - $t0)" 1)
+log "a1: $A1 msgs/s ($N in ${A1_SECS}s)"
+
+log "a2: srload -> smtp-sink"
+"$BIN/srload" run -addr "127.0.0.1:$SINK_PORT" -rcpt sink@srload.test -c "$SESSIONS" -size "$SIZE" \
+	-d "${DUR}s" -warmup 1s -json "$OUT/a2.json" | tee "$OUT/a2.txt" >&2
+A2=$(jget "$OUT/a2.json" msgs_per_sec)
+kill "$SINK_PID" 2>/dev/null || true
+wait "$SINK_PID" 2>/dev/null || true
+
+# --- syncrelay: prepare (daemon stopped) ---------------------------------------
+log "prepare: tenant, user, candidate, 64 threads, DKIM key"
+"$BIN/srload" prepare -config "$CFG" -manifest "$OUT/manifest.json" -zone "$OUT/zone.txt" -threads 64 >&2
+
+# --- b: discard path ----------------------------------------------------------
+log "b: syncrelay, 100% unrelated (discard)"
+start_daemon b "$PROFILE"
+if [ "$PROFILE" = 1 ]; then
+	(sleep $((DUR / 3)) && curl -s -o "$OUT/b.cpu.prof" "http://$PPROF/debug/pprof/profile?seconds=10") &
+fi
+"$BIN/srload" run -addr "$SMTP" -manifest "$OUT/manifest.json" -mix unrelated=100 -c "$SESSIONS" -size "$SIZE" \
+	-d "${DUR}s" -warmup 1s -json "$OUT/b.json" | tee "$OUT/b.txt" >&2
+B_HWM=$(kib "$DPID" VmHWM)
+stop_daemon
+wait 2>/dev/null || true
+B=$(jget "$OUT/b.json" msgs_per_sec)
+
+# --- c: full pipeline ----------------------------------------------------------
+log "c: syncrelay, 100% matching (DKIM + match + durable commit)"
+start_daemon c "$PROFILE"
+if [ "$PROFILE" = 1 ]; then
+	(sleep $((DUR / 3)) && curl -s -o "$OUT/c.cpu.prof" "http://$PPROF/debug/pprof/profile?seconds=10") &
+fi
+"$BIN/srload" run -addr "$SMTP" -manifest "$OUT/manifest.json" -mix match=100 -c "$SESSIONS" -size "$SIZE" \
+	-d "${DUR}s" -warmup 1s -json "$OUT/c.json" | tee "$OUT/c.txt" >&2
+C_HWM=$(kib "$DPID" VmHWM)
+C=$(jget "$OUT/c.json" msgs_per_sec)
+# Where a stored message's time goes, from the daemon's own histograms.
+curl -s "http://$HTTP/metrics" >"$OUT/c.metrics" 2>/dev/null || true
+C_REPLY=$(avg_ms "$OUT/c.metrics" syncrelay_smtp_data_reply_seconds)
+C_RAW=$(avg_ms "$OUT/c.metrics" syncrelay_store_raw_write_seconds)
+C_COMMIT=$(avg_ms "$OUT/c.metrics" syncrelay_store_commit_seconds 'op="commit_inbound"')
+HALF=$(calc "($C < 2 ? 2 : $C) / 2" 0)
+log "c½: syncrelay, matching at $HALF msgs/s (half of c)"
+"$BIN/srload" run -addr "$SMTP" -manifest "$OUT/manifest.json" -mix match=100 -c "$SESSIONS" -size "$SIZE" \
+	-rate "$HALF" -d "${DUR}s" -warmup 1s -json "$OUT/c-half.json" | tee "$OUT/c-half.txt" >&2
+stop_daemon
+wait 2>/dev/null || true
+
+# --- idle connections -----------------------------------------------------------
+log "idle: $IDLE idle sessions"
+start_daemon idle
+"$BIN/srload" run -addr "$SMTP" -manifest "$OUT/manifest.json" -mix match=100 -c 2 -n 20 -q # warm up
+sleep 1
+RSS0=$(kib "$DPID" VmRSS)
+ANON0=$(kib "$DPID" RssAnon)
+"$BIN/srload" idle -addr "$SMTP" -n "$IDLE" -hold 30s >"$OUT/idle.txt" 2>&1 &
+IPID=$!
+PIDS+=("$IPID")
+for _ in $(seq 1 600); do
+	grep -qs READY "$OUT/idle.txt" && break
+	sleep 0.1
+done
+sleep 2
+RSS1=$(kib "$DPID" VmRSS)
+ANON1=$(kib "$DPID" RssAnon)
+OPENED=$(awk '/READY/{print $2}' "$OUT/idle.txt")
+kill -INT "$IPID" 2>/dev/null || true
+wait "$IPID" 2>/dev/null || true
+IDLE_KIB=$(calc "($RSS1 - $RSS0) / ${OPENED:-1}" 1)
+IDLE_ANON_KIB=$(calc "($ANON1 - $ANON0) / ${OPENED:-1}" 1)
+stop_daemon
+
+# --- one big message ------------------------------------------------------------
+log "big: one $BIG-byte matching message"
+start_daemon big
+"$BIN/srload" run -addr "$SMTP" -manifest "$OUT/manifest.json" -mix match=100 -c 2 -n 20 -q # warm up
+sleep 1
+HWM0=$(kib "$DPID" VmHWM)
+ANON0=$(kib "$DPID" RssAnon)
+touch "$OUT/big.sampling"
+peak_anon "$DPID" "$OUT/big.sampling" "$OUT/big.peak" &
+SAMPLER=$!
+"$BIN/srload" run -addr "$SMTP" -manifest "$OUT/manifest.json" -mix match=100 -c 1 -n 1 -size "$BIG" \
+	-timeout 120s -json "$OUT/big.json" | tee "$OUT/big.txt" >&2
+sleep 0.2
+rm -f "$OUT/big.sampling"
+wait "$SAMPLER"
+HWM1=$(kib "$DPID" VmHWM)
+ANON1=$(cat "$OUT/big.peak")
+BIG_CODE=$(jmap "$OUT/big.json" codes)
+BIG_MIB=$(calc "($ANON1 - $ANON0) / 1024" 1)
+stop_daemon
+
+# --- profiles -------------------------------------------------------------------
+if [ "$PROFILE" = 1 ]; then
+	for s in b c; do
+		[ -s "$OUT/$s.cpu.prof" ] || continue
+		go tool pprof -top -cum -nodecount=30 "$BIN/profiled" "$OUT/$s.cpu.prof" >"$OUT/$s.pprof.txt" 2>/dev/null || true
+		log "profile $s: $OUT/$s.cpu.prof (top: $OUT/$s.pprof.txt)"
+	done
+fi
+
+# --- summary --------------------------------------------------------------------
+AMAX=$(awk -v x="$A1" -v y="$A2" 'BEGIN{printf "%.1f", (x > y ? x : y)}')
+verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=") ? (v >= t) : (v <= t); print ok ? "met" : "NOT met" }'; }
+row() { # name json
+	printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$(calc "$(jget "$2" msgs_per_sec)" 1)" \
+		"$(jget "$2" p50_ms)" "$(jget "$2" p99_ms)" "$(jget "$2" p999_ms)" \
+		"$(jmap "$2" codes)$(jmap "$2" decisions)$(jmap "$2" errors)"
+}
+R_B1=$(calc "$B / $A1" 3)
+R_B2=$(calc "$B / $A2" 3)
+R_C1=$(calc "$C / $A1" 3)
+R_C2=$(calc "$C / $A2" 3)
+P99H=$(jget "$OUT/c-half.json" p99_ms)
+{
+	echo '```'
+	cat "$OUT/machine.txt"
+	echo "4 KiB O_DSYNC write (dd): $FSYNC_MS ms"
+	echo "workload: $SESSIONS sessions, connection reuse, ${SIZE}-byte bodies, ${DUR}s per scenario"
+	echo '```'
+	echo
+	echo '| scenario | msgs/s | p50 ms | p99 ms | p99.9 ms | reply codes |'
+	echo '|---|---|---|---|---|---|'
+	echo "| a1 smtp-source → smtp-sink | $A1 | – | – | – | ($N messages in ${A1_SECS}s) |"
+	row "a2 srload → smtp-sink" "$OUT/a2.json"
+	row "b syncrelay discard (100% unrelated)" "$OUT/b.json"
+	row "c syncrelay full pipeline (100% matching)" "$OUT/c.json"
+	row "c½ full pipeline at $HALF msgs/s" "$OUT/c-half.json"
+	echo
+	echo '| target | measured | verdict |'
+	echo '|---|---|---|'
+	echo "| full pipeline ≥ 0.30 × smtp-sink | c/a1 = $R_C1, c/a2 = $R_C2 | $(verdict "$(calc "$C / $AMAX" 3)" 0.30 '>=') |"
+	echo "| discard path ≥ 0.70 × smtp-sink | b/a1 = $R_B1, b/a2 = $R_B2 | $(verdict "$(calc "$B / $AMAX" 3)" 0.70 '>=') |"
+	echo "| p99 \".\" → 250 ≤ 20 ms at half the max rate | $P99H ms at $HALF msgs/s | $(verdict "$P99H" 20 '<=') |"
+	echo "| idle connection ≤ 16 KiB RSS | $IDLE_KIB KiB ($OPENED sessions: VmRSS $RSS0 → $RSS1 KiB; anonymous $IDLE_ANON_KIB KiB each) | $(verdict "$IDLE_KIB" 16 '<=') |"
+	echo "| 25 MB message adds ≤ 16 MiB RSS | $BIG_MIB MiB (peak RssAnon $ANON0 → $ANON1 KiB, sampled every 10 ms; VmHWM $HWM0 → $HWM1 KiB; replies $BIG_CODE) | $(verdict "$BIG_MIB" 16 '<=') |"
+	echo
+	echo "Full pipeline (c), per message, from the daemon's /metrics: \".\" → reply $C_REPLY ms on average, of which raw file write+fsync $C_RAW ms and group commit (queue + fsynced bbolt transaction) $C_COMMIT ms."
+	echo
+	echo "Peak RSS (VmHWM, includes the touched pages of bbolt's mmap) of the daemon: discard run $((B_HWM / 1024)) MiB, full-pipeline runs $((C_HWM / 1024)) MiB."
+	echo "Ratios are judged against the faster of a1 and a2 ($AMAX msgs/s)."
+} | tee "$OUT/summary.md"
+log "results in $OUT"

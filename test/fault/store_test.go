@@ -1,0 +1,351 @@
+package fault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"syncrelay/cmd/srload/loadgen"
+	"syncrelay/config"
+	"syncrelay/daemon"
+	"syncrelay/router"
+	"syncrelay/smtpd"
+	"syncrelay/store"
+	"syncrelay/test/internal/harness"
+)
+
+var servingRE = regexp.MustCompile(`syncrelay serving.*smtp=(\S+) http=(\S+)`)
+
+// runDaemon runs daemon.Run in this process (so that the test can reach
+// its file descriptors) and returns the SMTP address and a stop function.
+func runDaemon(t *testing.T, cfgPath string) (addr string, logs *harness.SyncBuf, stop func()) {
+	t.Helper()
+	c, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs = &harness.SyncBuf{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- daemon.Run(ctx, c, daemon.NewLogger(c, logs), io.Discard) }()
+	stopped := false
+	stop = func() {
+		t.Helper()
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("daemon.Run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("daemon did not stop:\n%s", logs)
+		}
+	}
+	t.Cleanup(stop)
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if m := servingRE.FindStringSubmatch(logs.String()); m != nil {
+			return m[1], logs, stop
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("daemon.Run returned %v:\n%s", err, logs)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	t.Fatalf("daemon did not start:\n%s", logs)
+	return "", nil, nil
+}
+
+// fdOf finds this process's descriptor open on path.
+func fdOf(t *testing.T, path string) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && l == path {
+			fd, _ := strconv.Atoi(e.Name())
+			return fd
+		}
+	}
+	t.Fatalf("no descriptor open on %s", path)
+	return -1
+}
+
+// swapFD points descriptor fd at dev until restore is called: every later
+// write, fdatasync and truncate bbolt makes on its database hits dev.
+func swapFD(t *testing.T, fd int, dev string) (restore func()) {
+	t.Helper()
+	saved, err := syscall.Dup(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Dup3(int(f.Fd()), fd, syscall.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if err := syscall.Dup3(saved, fd, syscall.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		syscall.Close(saved)
+	}
+}
+
+func TestStoreFaults(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath, data := harness.Config(t, dir, "")
+	man := bins.Prepare(t, cfgPath, dir, 8)
+	addr, logs, stop := runDaemon(t, cfgPath)
+	cl := newClient(t, addr, man, 2048)
+	led := ledger{}
+
+	healthy := cl.sendN(5, loadgen.Match)
+	expectOK(t, "healthy", healthy, "stored")
+	led.add(healthy)
+
+	dbPath, err := filepath.EvalSymlinks(filepath.Join(data, "syncrelay.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := fdOf(t, dbPath)
+	for _, f := range []struct{ name, dev string }{
+		{"bbolt write fails (ENOSPC)", "/dev/full"},
+		{"bbolt fdatasync fails after its writes were lost", "/dev/null"},
+	} {
+		restore := swapFD(t, fd, f.dev)
+		failed := cl.sendN(5, loadgen.Match)
+		dups := cl.sendN(3, loadgen.Dup) // a duplicate commits its mailbox
+		discards := cl.sendN(3, loadgen.Unrelated)
+		restore()
+		expectTempfail(t, f.name, append(failed, dups...))
+		expectOK(t, f.name+": unrelated mail (no commit needed)", discards, "discarded")
+		// The forwarder retries: "stored", not "duplicate", proves the
+		// failed attempt committed nothing.
+		retried := cl.resend(failed)
+		expectOK(t, f.name+": cleared, retried", retried, "stored")
+		led.add(retried)
+		after := cl.sendN(5, loadgen.Match)
+		expectOK(t, f.name+": cleared, new mail", after, "stored")
+		led.add(after)
+	}
+
+	// The raw directory becomes unusable (its tmp/ is replaced by a file):
+	// every raw write fails before anything is committed.
+	tmp := filepath.Join(data, "raw", "tmp")
+	if err := os.RemoveAll(tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tmp, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	failed := cl.sendN(5, loadgen.Match)
+	dups := cl.sendN(3, loadgen.Dup) // a duplicate needs no raw file
+	if err := os.Remove(tmp); err != nil {
+		t.Fatal(err)
+	}
+	expectTempfail(t, "raw file cannot be created", failed)
+	expectOK(t, "raw file cannot be created: duplicates", dups, "duplicate")
+	retried := cl.resend(failed)
+	expectOK(t, "raw dir cleared, retried", retried, "stored")
+	led.add(retried)
+
+	stop()
+	if t.Failed() {
+		t.Logf("daemon log:\n%s", logs)
+	}
+	harness.CheckBolt(t, data)
+	t.Logf("%d acknowledged messages verified", harness.VerifyAcked(t, data, man.Tenant, led))
+}
+
+// --- injected writer -------------------------------------------------------
+
+// faultStore is the real store with injectable faults on the raw writer
+// and on the commit's result.
+type faultStore struct {
+	*store.Store
+	mu     sync.Mutex
+	rawErr func(head []byte, r io.Reader) (string, int64, error)
+	lost   atomic.Bool // commit, then report failure
+}
+
+func (f *faultStore) PutRaw(head []byte, r io.Reader) (string, int64, error) {
+	f.mu.Lock()
+	fn := f.rawErr
+	f.mu.Unlock()
+	if fn != nil {
+		return fn(head, r)
+	}
+	return f.Store.PutRaw(head, r)
+}
+
+func (f *faultStore) setRaw(fn func(head []byte, r io.Reader) (string, int64, error)) {
+	f.mu.Lock()
+	f.rawErr = fn
+	f.mu.Unlock()
+}
+
+func (f *faultStore) CommitInbound(ctx context.Context, in *store.Incoming) (store.CommitResult, error) {
+	res, err := f.Store.CommitInbound(ctx, in)
+	if err == nil && f.lost.Load() {
+		return store.CommitResult{}, errors.New("injected: commit result lost")
+	}
+	return res, err
+}
+
+// failingReader yields n bytes of r, then fails like a full disk.
+type failingReader struct {
+	r   io.Reader
+	n   int
+	err error
+}
+
+func (f *failingReader) Read(p []byte) (int, error) {
+	if f.n <= 0 {
+		return 0, f.err
+	}
+	if len(p) > f.n {
+		p = p[:f.n]
+	}
+	k, err := f.r.Read(p)
+	f.n -= k
+	return k, err
+}
+
+// deliverer maps the router's outcome to the SMTP reply as the daemon does.
+type deliverer struct{ r *router.Router }
+
+func (d deliverer) Deliver(ctx context.Context, del *smtpd.Delivery) error {
+	out, _ := d.r.Route(ctx, router.Input{Tenant: del.Tenants[0], Body: del.Message})
+	if out.Code == 250 {
+		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: " + out.Decision}
+	}
+	return &smtp.SMTPError{Code: out.Code, EnhancedCode: smtp.EnhancedCode(out.Enhanced), Message: out.Text}
+}
+
+func countFiles(t *testing.T, root string) (raw, tmp int) {
+	t.Helper()
+	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		switch filepath.Base(filepath.Dir(p)) {
+		case "tmp":
+			tmp++
+		case "spool":
+		default:
+			raw++
+		}
+		return nil
+	})
+	return raw, tmp
+}
+
+func TestInjectedWriter(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath, data := harness.Config(t, dir, "")
+	man := bins.Prepare(t, cfgPath, dir, 8)
+	c, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, _, err := daemon.LoadKeys(c, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(data, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := &faultStore{Store: st}
+	p, err := daemon.NewPipeline(c, fs, keys, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := smtpd.New(smtpd.Options{Hostname: c.SMTP.Hostname, SpoolDir: t.TempDir()}, st, deliverer{p.Router})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		st.Close()
+	})
+	cl := newClient(t, ln.Addr().String(), man, 8192)
+	led := ledger{}
+	rawDir := filepath.Join(data, "raw")
+
+	ok := cl.sendN(5, loadgen.Match)
+	expectOK(t, "healthy", ok, "stored")
+	led.add(ok)
+
+	for _, f := range []struct {
+		name string
+		fn   func(head []byte, r io.Reader) (string, int64, error)
+	}{
+		{"raw write fails part-way (ENOSPC)", func(head []byte, r io.Reader) (string, int64, error) {
+			// The real store writes 3 KiB, then its source fails the way
+			// a full disk fails a write; it must clean up after itself.
+			return st.PutRaw(head, &failingReader{r: r, n: 3 << 10,
+				err: &os.PathError{Op: "write", Path: filepath.Join(rawDir, "tmp"), Err: syscall.ENOSPC}})
+		}},
+		{"raw fsync fails (EIO)", func([]byte, io.Reader) (string, int64, error) {
+			return "", 0, fmt.Errorf("raw: fsync: %w", &os.PathError{Op: "fsync", Path: rawDir, Err: syscall.EIO})
+		}},
+	} {
+		raw0, _ := countFiles(t, rawDir)
+		fs.setRaw(f.fn)
+		failed := cl.sendN(5, loadgen.Match)
+		fs.setRaw(nil)
+		expectTempfail(t, f.name, failed)
+		if raw1, tmp1 := countFiles(t, rawDir); raw1 != raw0 || tmp1 != 0 {
+			t.Errorf("%s: raw files %d -> %d, %d temp files left", f.name, raw0, raw1, tmp1)
+		}
+		retried := cl.resend(failed)
+		expectOK(t, f.name+": cleared, retried", retried, "stored")
+		led.add(retried)
+	}
+
+	// The commit succeeds but its result is lost: a 4xx is still safe,
+	// the retry is a duplicate and nothing is stored twice.
+	fs.lost.Store(true)
+	lost := cl.sendN(5, loadgen.Match)
+	fs.lost.Store(false)
+	expectTempfail(t, "commit result lost", lost)
+	retried := cl.resend(lost)
+	expectOK(t, "commit result lost: retried", retried, "duplicate")
+	led.add(retried)
+
+	n := harness.VerifyIn(t, st, man.Tenant, led)
+	t.Logf("%d acknowledged messages verified", n)
+}
