@@ -201,3 +201,23 @@ func TestLargeMessageMemory(t *testing.T) {
 		t.Fatalf("allocated %d bytes (> 16 MiB) for a 25 MB message", alloc)
 	}
 }
+
+// BenchmarkSpool4K spools a 4 KiB message the way smtpd feeds it (in
+// chunks of a few hundred bytes), then reads it back once.
+func BenchmarkSpool4K(b *testing.B) {
+	chunk := bytes.Repeat([]byte("x"), 510)
+	dir := b.TempDir()
+	b.ReportAllocs()
+	for b.Loop() {
+		s := New(dir, 0)
+		for range 8 {
+			if _, err := s.Write(chunk); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if _, err := io.Copy(io.Discard, s.Open()); err != nil {
+			b.Fatal(err)
+		}
+		s.Close()
+	}
+}
