@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,26 +19,10 @@ import (
 
 	"syncrelay/config"
 	"syncrelay/internal/dnstest"
+	"syncrelay/internal/testutil"
 	"syncrelay/store"
 	"syncrelay/token"
 )
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // fixture is a daemon running in-process on loopback, with a tenant, a
 // thread started by a (recorded) outbound message, and a DKIM key for the
@@ -101,7 +84,7 @@ zone_file = %q
 	}))
 	st.Close()
 
-	logs := &syncBuf{}
+	logs := &testutil.SyncBuf{}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- Run(runCtx, cfg, slog.New(slog.NewTextHandler(logs, nil)), io.Discard) }()

@@ -13,12 +13,13 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"syncrelay/internal/testutil"
 )
 
 // The tests in this file run the real binary, as ops would.
@@ -46,28 +47,11 @@ type proc struct {
 	cmd      *exec.Cmd
 	smtp     string
 	http     string
-	stdout   *syncBuf
-	stderr   *syncBuf
+	stdout   *testutil.SyncBuf
+	stderr   *testutil.SyncBuf
 	token    string
 	exited   chan struct{}
 	exitCode int
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 var servingRE = regexp.MustCompile(`syncrelay serving.*smtp=(\S+) http=(\S+)`)
@@ -94,7 +78,7 @@ dir = %q
 
 func startDaemon(t *testing.T, wd string, args ...string) *proc {
 	t.Helper()
-	d := &proc{stdout: &syncBuf{}, stderr: &syncBuf{}, exited: make(chan struct{})}
+	d := &proc{stdout: &testutil.SyncBuf{}, stderr: &testutil.SyncBuf{}, exited: make(chan struct{})}
 	d.cmd = exec.Command(binPath, append([]string{"serve"}, args...)...)
 	d.cmd.Dir = wd
 	d.cmd.Stdout, d.cmd.Stderr = d.stdout, d.stderr

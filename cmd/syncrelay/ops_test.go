@@ -36,6 +36,7 @@ import (
 	"syncrelay/config"
 	"syncrelay/daemon"
 	"syncrelay/internal/dnstest"
+	"syncrelay/internal/testutil"
 	"syncrelay/store"
 	"syncrelay/token"
 )
@@ -398,23 +399,6 @@ secret = "whsec"
 
 // --- metrics, logs, status (in-process daemon) ---
 
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestTrafficMetricsStatusAndNoLeaks runs the daemon in-process with
 // debug JSON logs, sends a discarded message full of secrets, a kept
 // DKIM-signed reply and API calls, then checks the metrics, the forwarding
@@ -429,7 +413,7 @@ func TestTrafficMetricsStatusAndNoLeaks(t *testing.T) {
 	c, err := config.Load(cfgPath)
 	must(t, err)
 
-	logs := &logBuf{}
+	logs := &testutil.SyncBuf{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- daemon.Run(ctx, c, daemon.NewLogger(c, logs), io.Discard) }()

@@ -22,6 +22,7 @@ import (
 	"syncrelay/cmd/srload/loadgen"
 	"syncrelay/config"
 	"syncrelay/daemon"
+	"syncrelay/internal/testutil"
 	"syncrelay/router"
 	"syncrelay/smtpd"
 	"syncrelay/store"
@@ -32,13 +33,13 @@ var servingRE = regexp.MustCompile(`syncrelay serving.*smtp=(\S+) http=(\S+)`)
 
 // runDaemon runs daemon.Run in this process (so that the test can reach
 // its file descriptors) and returns the SMTP address and a stop function.
-func runDaemon(t *testing.T, cfgPath string) (addr string, logs *harness.SyncBuf, stop func()) {
+func runDaemon(t *testing.T, cfgPath string) (addr string, logs *testutil.SyncBuf, stop func()) {
 	t.Helper()
 	c, err := config.Load(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs = &harness.SyncBuf{}
+	logs = &testutil.SyncBuf{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- daemon.Run(ctx, c, daemon.NewLogger(c, logs), io.Discard) }()

@@ -18,7 +18,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,6 +25,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"syncrelay/cmd/srload/loadgen"
+	"syncrelay/internal/testutil"
 	"syncrelay/mailhdr"
 	"syncrelay/store"
 )
@@ -119,30 +119,12 @@ func (b *Bins) Prepare(t testing.TB, cfg, dir string, threads int) *loadgen.Mani
 	return m
 }
 
-// SyncBuf is a goroutine-safe buffer for a child's output.
-type SyncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *SyncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *SyncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // Daemon is a running "syncrelay serve".
 type Daemon struct {
 	Cmd      *exec.Cmd
 	SMTP     string
 	HTTP     string
-	Stderr   *SyncBuf
+	Stderr   *testutil.SyncBuf
 	exited   chan struct{}
 	exitCode int
 }
@@ -153,7 +135,7 @@ var servingRE = regexp.MustCompile(`syncrelay serving.*smtp=(\S+) http=(\S+)`)
 // It is killed when the test ends if still running.
 func (b *Bins) Start(t testing.TB, cfg string) *Daemon {
 	t.Helper()
-	d := &Daemon{Stderr: &SyncBuf{}, exited: make(chan struct{})}
+	d := &Daemon{Stderr: &testutil.SyncBuf{}, exited: make(chan struct{})}
 	d.Cmd = exec.Command(b.Syncrelay, "serve", "-config", cfg)
 	d.Cmd.Stdout = io.Discard
 	d.Cmd.Stderr = d.Stderr
@@ -213,7 +195,7 @@ func (d *Daemon) Stop(t testing.TB) int {
 type Load struct {
 	Cmd     *exec.Cmd
 	Replies string
-	Out     *SyncBuf
+	Out     *testutil.SyncBuf
 	done    chan struct{}
 }
 
@@ -222,7 +204,7 @@ type Load struct {
 func (b *Bins) Run(t testing.TB, addr, dir, replies string, flags ...string) *Load {
 	t.Helper()
 	args := append([]string{"run", "-addr", addr, "-manifest", filepath.Join(dir, "manifest.json"), "-replies", replies}, flags...)
-	l := &Load{Cmd: exec.Command(b.Srload, args...), Replies: replies, Out: &SyncBuf{}, done: make(chan struct{})}
+	l := &Load{Cmd: exec.Command(b.Srload, args...), Replies: replies, Out: &testutil.SyncBuf{}, done: make(chan struct{})}
 	l.Cmd.Stdout, l.Cmd.Stderr = l.Out, l.Out
 	if err := l.Cmd.Start(); err != nil {
 		t.Fatal(err)
