@@ -133,6 +133,68 @@ type trackedConn struct {
 	dead         bool      // poisoned: no further transaction may run
 
 	closeOnce sync.Once
+
+	// Replies are held in wbuf and written when go-smtp next needs input
+	// (Read), when the connection ends, or when wbuf grows large. go-smtp
+	// flushes every reply line with its own write(2); holding them until
+	// the next read gives a pipelining client all its replies in one
+	// segment, as Postfix does, and never delays a reply a client waits
+	// for, since the server only reads again after replying.
+	wmu  sync.Mutex
+	wbuf []byte
+	werr error // first write error, returned by every later Write or flush
+}
+
+// wbufMax bounds the replies held back; a reply larger than that (a long
+// multi-line EHLO answer cannot be) is written at once.
+const wbufMax = 4096
+
+func (c *trackedConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return 0, c.werr
+	}
+	if len(c.wbuf)+len(p) > wbufMax {
+		if err := c.flushLocked(); err != nil {
+			return 0, err
+		}
+		if len(p) > wbufMax {
+			n, err := c.Conn.Write(p)
+			if err != nil {
+				c.werr = err
+			}
+			return n, err
+		}
+	}
+	if c.wbuf == nil {
+		c.wbuf = make([]byte, 0, 512)
+	}
+	c.wbuf = append(c.wbuf, p...)
+	return len(p), nil
+}
+
+// flush writes the held replies under the write deadline go-smtp set when
+// it wrote them.
+func (c *trackedConn) flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.flushLocked()
+}
+
+func (c *trackedConn) flushLocked() error {
+	if c.werr != nil {
+		return c.werr
+	}
+	if len(c.wbuf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.wbuf)
+	c.wbuf = c.wbuf[:0]
+	if err != nil {
+		c.werr = err
+	}
+	return err
 }
 
 // errShuttingDown is what a Read returns once Shutdown has asked an idle
@@ -165,6 +227,14 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 		}
 		c.mu.Unlock()
 
+		if err := c.flush(); err != nil {
+			c.mu.Lock()
+			if c.rerr == nil {
+				c.rerr = err
+			}
+			c.mu.Unlock()
+			return 0, err
+		}
 		n, err := c.Conn.Read(p)
 		if err == nil {
 			return n, nil
@@ -222,6 +292,7 @@ func (c *trackedConn) poison() {
 		c.rerr = net.ErrClosed // go-smtp ends the session quietly on this
 	}
 	c.mu.Unlock()
+	c.flush()
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	} else {
@@ -236,6 +307,7 @@ func (c *trackedConn) isDead() bool {
 }
 
 func (c *trackedConn) Close() error {
+	c.flush() // the last reply (221, 421 ...); a dead peer's error is moot
 	err := c.Conn.Close()
 	c.closeOnce.Do(func() {
 		c.cancel()

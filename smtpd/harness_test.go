@@ -139,6 +139,17 @@ type testServer struct {
 
 func startServer(t testing.TB, o Options) *testServer {
 	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startServerOn(t, o, l)
+}
+
+// startServerOn serves on l (a wrapped listener, for tests that watch the
+// connection itself).
+func startServerOn(t testing.TB, o Options, l net.Listener) *testServer {
+	t.Helper()
 	ts := &testServer{rcpts: &fakeRecipients{}, del: &recorder{}, logs: &logBuf{}}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewJSONHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -150,10 +161,6 @@ func startServer(t testing.TB, o Options) *testServer {
 		o.SpoolDir = t.TempDir()
 	}
 	s, err := New(o, ts.rcpts, ts.del)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,75 @@
+package smtpd
+
+import (
+	"fmt"
+	"net"
+	"sync/atomic"
+	"testing"
+)
+
+// countingListener hands out connections that count their write calls.
+type countingListener struct {
+	net.Listener
+	writes atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &countingConn{Conn: c, n: &l.writes}, nil
+}
+
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.n.Add(1)
+	return c.Conn.Write(p)
+}
+
+// TestRepliesCoalesced: the replies to a pipelined group leave in one
+// write, and a reply the client waits for is never held back.
+func TestRepliesCoalesced(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &countingListener{Listener: inner}
+	ts := startServerOn(t, Options{}, l)
+	r := ts.raw(t) // reads the greeting
+	if n := l.writes.Load(); n != 1 {
+		t.Fatalf("greeting took %d writes, want 1", n)
+	}
+
+	step := func(what string, want int64, do func()) {
+		t.Helper()
+		before := l.writes.Load()
+		do()
+		if got := l.writes.Load() - before; got != want {
+			t.Errorf("%s: %d writes, want %d", what, got, want)
+		}
+	}
+	step("multi-line EHLO reply", 1, func() { r.ehlo() })
+	step("pipelined MAIL, RCPT, DATA", 1, func() {
+		r.send(fmt.Sprintf("MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\n", senderAddr, inboundAddr))
+		r.expect(250)
+		r.expect(250)
+		r.expect(354)
+	})
+	step("end of data", 1, func() {
+		r.send(simpleBody + ".\r\n")
+		r.expect(250)
+	})
+	step("QUIT", 1, func() {
+		r.send("QUIT\r\n")
+		r.expect(221)
+		r.expectClosed()
+	})
+	if got := len(ts.del.all()); got != 1 {
+		t.Errorf("%d deliveries, want 1", got)
+	}
+}
