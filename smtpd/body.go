@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -93,6 +94,32 @@ func (b *bodyChecker) failed() bool {
 // feed checks p, the next bytes of the message, and stores them unless the
 // message has already failed.
 func (b *bodyChecker) feed(p []byte) {
+	// Fast path, almost every call from readData: one whole line ending in
+	// CRLF with no other CR (ReadSlice leaves no other LF), at a line start.
+	if n := len(p); n >= 2 && !b.midLine && p[n-1] == '\n' && p[n-2] == '\r' &&
+		bytes.IndexByte(p[:n-2], '\r') < 0 {
+		if b.maxLine > 0 && n > b.maxLine {
+			b.longLine = true
+		}
+		b.prevCR = false
+		b.lineLen = 0
+	} else {
+		b.scan(p)
+	}
+	b.n += int64(len(p))
+	if b.max > 0 && b.n > b.max {
+		b.tooBig = true
+	}
+	if b.failed() {
+		return
+	}
+	if _, err := b.dst.Write(p); err != nil {
+		b.writeErr = err
+	}
+}
+
+// scan is feed's byte-by-byte check, for anything but a whole CRLF line.
+func (b *bodyChecker) scan(p []byte) {
 	for _, c := range p {
 		switch {
 		case c == '\n':
@@ -116,16 +143,6 @@ func (b *bodyChecker) feed(p []byte) {
 	}
 	if b.maxLine > 0 && b.lineLen > b.maxLine {
 		b.longLine = true
-	}
-	b.n += int64(len(p))
-	if b.max > 0 && b.n > b.max {
-		b.tooBig = true
-	}
-	if b.failed() {
-		return
-	}
-	if _, err := b.dst.Write(p); err != nil {
-		b.writeErr = err
 	}
 }
 
@@ -186,7 +203,9 @@ func readError(err error) error {
 // nil at the terminator or the read error.
 func readData(br *bufio.Reader, b *bodyChecker, arm func()) error {
 	for {
-		arm()
+		if br.Buffered() < 3 {
+			arm() // only a read from the socket (Peek(3) included) can block
+		}
 		if b.atLineStart() {
 			p, err := br.Peek(1)
 			if err != nil {

@@ -52,3 +52,31 @@ func FuzzReadData(f *testing.F) {
 		}
 	})
 }
+
+// FuzzBodyCheckerFastPath: feeding whole lines (feed's fast path) and
+// feeding one byte at a time (the plain scan) reach the same verdict.
+func FuzzBodyCheckerFastPath(f *testing.F) {
+	for _, s := range []string{"ab\r\ncd\r\n", "a\rb\r\n", "a\n\r\n", "\r\n\r\n", "abcdef\r\nx\r\n"} {
+		f.Add([]byte(s), uint8(4))
+	}
+	f.Fuzz(func(t *testing.T, in []byte, maxLine uint8) {
+		var lines, bytewise bodyChecker
+		lines.dst, bytewise.dst = io.Discard, io.Discard
+		lines.maxLine, bytewise.maxLine = int(maxLine), int(maxLine)
+		for _, l := range bytes.SplitAfter(in, []byte("\n")) {
+			lines.feed(l)
+		}
+		for i := range in {
+			bytewise.feed(in[i : i+1])
+		}
+		type verdict struct {
+			bare, long, mid bool
+			n               int64
+		}
+		a := verdict{lines.bareEOL, lines.longLine, lines.midLine, lines.n}
+		b := verdict{bytewise.bareEOL, bytewise.longLine, bytewise.midLine, bytewise.n}
+		if a != b {
+			t.Fatalf("%q maxLine %d: by lines %+v, byte by byte %+v", in, maxLine, a, b)
+		}
+	})
+}
