@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -9,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 )
 
 // rawDir keeps the raw .eml of kept messages as content-addressed files
@@ -18,11 +21,13 @@ import (
 // CollectOrphans removes at start.
 type rawDir struct {
 	root string
+	mu   sync.Mutex // serialises creating shard directories
+	dirs sync.Map   // directory path → *os.File open on it (nil for tmp/)
 }
 
-func (d rawDir) tmpDir() string { return filepath.Join(d.root, "tmp") }
+func (d *rawDir) tmpDir() string { return filepath.Join(d.root, "tmp") }
 
-func (d rawDir) path(sum string) string {
+func (d *rawDir) path(sum string) string {
 	return filepath.Join(d.root, sum[:2], sum)
 }
 
@@ -36,11 +41,13 @@ func validSum(sum string) bool {
 
 // put streams r (prefixed by head) into a content-addressed file and returns
 // its address and size. It is durable when it returns nil.
-func (d rawDir) put(head []byte, r io.Reader) (sum string, size int64, err error) {
-	if err := os.MkdirAll(d.tmpDir(), 0o700); err != nil {
-		return "", 0, fmt.Errorf("raw: %w", err)
-	}
-	f, err := os.CreateTemp(d.tmpDir(), "put-*")
+//
+// The machine this runs on pays dearly per system call, so put makes as
+// few as it can: directories known to exist are remembered (a directory
+// that vanished is recreated on the failure it causes), a small message
+// leaves in one write(2), and shard directories stay open for their fsync.
+func (d *rawDir) put(head []byte, r io.Reader) (sum string, size int64, err error) {
+	f, err := d.createTemp()
 	if err != nil {
 		return "", 0, fmt.Errorf("raw: %w", err)
 	}
@@ -52,12 +59,18 @@ func (d rawDir) put(head []byte, r io.Reader) (sum string, size int64, err error
 		}
 	}()
 	h := sha256.New()
-	w := io.MultiWriter(f, h)
+	bw := bufWriters.Get().(*bufio.Writer)
+	bw.Reset(f)
+	defer func() { bw.Reset(nil); bufWriters.Put(bw) }()
+	w := io.MultiWriter(bw, h)
 	n, err := w.Write(head)
 	if err != nil {
 		return "", 0, fmt.Errorf("raw: write: %w", err)
 	}
 	m, err := io.Copy(w, r)
+	if err == nil {
+		err = bw.Flush()
+	}
 	if err != nil {
 		return "", 0, fmt.Errorf("raw: write: %w", err)
 	}
@@ -69,18 +82,23 @@ func (d rawDir) put(head []byte, r io.Reader) (sum string, size int64, err error
 	}
 	sum = hex.EncodeToString(h.Sum(nil))
 	shard := filepath.Dir(d.path(sum))
-	newShard := false
-	if _, statErr := os.Stat(shard); errors.Is(statErr, os.ErrNotExist) {
-		newShard = true
+	dir, newShard, err := d.shardDir(shard)
+	if err != nil {
+		return "", 0, err
 	}
-	if err = os.MkdirAll(shard, 0o700); err != nil {
-		return "", 0, fmt.Errorf("raw: %w", err)
+	if err = os.Rename(tmp, d.path(sum)); errors.Is(err, os.ErrNotExist) {
+		// The shard went away under us: forget it and make it again.
+		d.forget(shard)
+		if dir, newShard, err = d.shardDir(shard); err != nil {
+			return "", 0, err
+		}
+		err = os.Rename(tmp, d.path(sum))
 	}
-	if err = os.Rename(tmp, d.path(sum)); err != nil {
+	if err != nil {
 		return "", 0, fmt.Errorf("raw: rename: %w", err)
 	}
-	if err = syncDir(shard); err != nil {
-		return "", 0, err
+	if err = dir.Sync(); err != nil {
+		return "", 0, fmt.Errorf("raw: fsync dir: %w", err)
 	}
 	if newShard {
 		if err = syncDir(d.root); err != nil {
@@ -90,7 +108,71 @@ func (d rawDir) put(head []byte, r io.Reader) (sum string, size int64, err error
 	return sum, int64(n) + m, nil
 }
 
-func (d rawDir) open(sum string) (*os.File, error) {
+// bufWriters hold a whole typical message, so that it is one write(2).
+var bufWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
+
+// createTemp creates a temp file in tmp/, making tmp/ when it is missing.
+func (d *rawDir) createTemp() (*os.File, error) {
+	if _, ok := d.dirs.Load(d.tmpDir()); !ok {
+		if err := os.MkdirAll(d.tmpDir(), 0o700); err != nil {
+			return nil, err
+		}
+		d.dirs.Store(d.tmpDir(), (*os.File)(nil))
+	}
+	f, err := os.CreateTemp(d.tmpDir(), "put-*")
+	if err != nil && (errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)) {
+		d.forget(d.tmpDir())
+		if err := os.MkdirAll(d.tmpDir(), 0o700); err != nil {
+			return nil, err
+		}
+		d.dirs.Store(d.tmpDir(), (*os.File)(nil))
+		f, err = os.CreateTemp(d.tmpDir(), "put-*")
+	}
+	return f, err
+}
+
+// shardDir returns shard's directory, open for fsync, creating it (created
+// reports that) when it does not exist yet.
+func (d *rawDir) shardDir(shard string) (dir *os.File, created bool, err error) {
+	if v, ok := d.dirs.Load(shard); ok {
+		return v.(*os.File), false, nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if v, ok := d.dirs.Load(shard); ok {
+		return v.(*os.File), false, nil
+	}
+	if _, statErr := os.Stat(shard); errors.Is(statErr, os.ErrNotExist) {
+		created = true
+	}
+	if err := os.MkdirAll(shard, 0o700); err != nil {
+		return nil, false, fmt.Errorf("raw: %w", err)
+	}
+	if dir, err = os.Open(shard); err != nil {
+		return nil, false, fmt.Errorf("raw: open dir: %w", err)
+	}
+	d.dirs.Store(shard, dir)
+	return dir, created, nil
+}
+
+// forget drops what is remembered of dir.
+func (d *rawDir) forget(dir string) {
+	if v, ok := d.dirs.LoadAndDelete(dir); ok {
+		if f, _ := v.(*os.File); f != nil {
+			f.Close()
+		}
+	}
+}
+
+// close releases the open shard directories.
+func (d *rawDir) close() {
+	d.dirs.Range(func(k, _ any) bool {
+		d.forget(k.(string))
+		return true
+	})
+}
+
+func (d *rawDir) open(sum string) (*os.File, error) {
 	if !validSum(sum) {
 		return nil, fmt.Errorf("raw: bad address %q: %w", sum, ErrNotFound)
 	}
@@ -101,7 +183,7 @@ func (d rawDir) open(sum string) (*os.File, error) {
 	return f, err
 }
 
-func (d rawDir) remove(sum string) error {
+func (d *rawDir) remove(sum string) error {
 	if !validSum(sum) {
 		return nil
 	}
@@ -113,7 +195,7 @@ func (d rawDir) remove(sum string) error {
 }
 
 // walk calls fn with every stored address.
-func (d rawDir) walk(fn func(sum string) error) error {
+func (d *rawDir) walk(fn func(sum string) error) error {
 	shards, err := os.ReadDir(d.root)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil

@@ -75,7 +75,7 @@ type Options struct {
 // Store is the bbolt-backed store.
 type Store struct {
 	db  *bolt.DB
-	raw rawDir
+	raw *rawDir
 	dir string
 	now func() time.Time
 
@@ -113,7 +113,7 @@ func Open(dir string, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	s := &Store{db: db, raw: rawDir{root: filepath.Join(dir, "raw")}, dir: dir, now: o.Now}
+	s := &Store{db: db, raw: &rawDir{root: filepath.Join(dir, "raw")}, dir: dir, now: o.Now}
 	if o.ReadOnly {
 		if err := s.checkSchema(); err != nil {
 			db.Close()
@@ -146,6 +146,7 @@ func (s *Store) Close() error {
 			_ = s.flushCounters()
 		}
 		s.closeErr = s.db.Close()
+		s.raw.close()
 	})
 	return s.closeErr
 }
@@ -234,6 +235,7 @@ func (s *Store) RawSums() (map[string]bool, error) {
 // crash between the file write and the commit) and stale temp files.
 func (s *Store) CollectOrphans() (int, error) {
 	_ = os.RemoveAll(s.raw.tmpDir())
+	s.raw.forget(s.raw.tmpDir())
 	refs, err := s.RawSums()
 	if err != nil {
 		return 0, err
