@@ -33,6 +33,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "profiled:", err)
 		os.Exit(1)
 	}
+	daemon.TuneGC()
 	runtime.SetBlockProfileRate(*block)
 	runtime.SetMutexProfileFraction(*mutex)
 	go func() {

@@ -117,6 +117,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	log := daemon.NewLogger(c, stderr)
+	daemon.TuneGC()
 	if err := daemon.Run(ctx, c, log, stdout); err != nil {
 		log.Error("syncrelay stopped", "err", err)
 		return 1
