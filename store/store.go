@@ -83,6 +83,7 @@ type Store struct {
 	stop    chan struct{}
 	done    chan struct{}
 	counts  *counterBuf
+	inbound inboundCache
 
 	closeOnce sync.Once
 	closeErr  error

@@ -317,3 +317,47 @@ func TestParseRef(t *testing.T) {
 		}
 	}
 }
+
+// TestInboundCache: an address asked about before its tenant exists
+// resolves as soon as the tenant is created, and answers stay right under
+// concurrent lookups and creations.
+func TestInboundCache(t *testing.T) {
+	s, _ := openTest(t)
+	ctx := context.Background()
+	const addr = "late-abc@relay.test"
+	for range 2 { // the second answer comes from the cache
+		if _, ok, err := s.InboundTenant(ctx, addr); ok || err != nil {
+			t.Fatalf("before the tenant exists: ok=%v err=%v", ok, err)
+		}
+	}
+	if err := s.CreateTenant(ctx, &Tenant{ID: "late", InboundAddress: addr}); err != nil {
+		t.Fatal(err)
+	}
+	if id, ok, _ := s.InboundTenant(ctx, strings.ToUpper(addr)); !ok || id != "late" {
+		t.Fatalf("after CreateTenant: %q %v", id, ok)
+	}
+
+	var wg sync.WaitGroup
+	for i := range 20 {
+		a := fmt.Sprintf("t%d-x@relay.test", i)
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for range 50 {
+				s.InboundTenant(ctx, a)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			if err := s.CreateTenant(ctx, &Tenant{ID: fmt.Sprintf("t%d", i), InboundAddress: a}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	for i := range 20 {
+		if id, ok, _ := s.InboundTenant(ctx, fmt.Sprintf("t%d-x@relay.test", i)); !ok || id != fmt.Sprintf("t%d", i) {
+			t.Errorf("tenant t%d: InboundTenant = %q %v after both finished", i, id, ok)
+		}
+	}
+}

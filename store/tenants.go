@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -18,6 +19,7 @@ func (s *Store) CreateTenant(ctx context.Context, t *Tenant) error {
 		t.Created = s.now().UTC()
 	}
 	addr := strings.ToLower(t.InboundAddress)
+	defer s.inbound.invalidate()
 	return s.db.Update(func(tx *bolt.Tx) error {
 		tb := tx.Bucket(bTenants)
 		if tb.Get([]byte(t.ID)) != nil {
@@ -86,12 +88,61 @@ func (s *Store) Tenants(ctx context.Context) ([]*Tenant, error) {
 
 // InboundTenant resolves a tenant's secret inbound address (case-insensitive).
 func (s *Store) InboundTenant(ctx context.Context, addr string) (string, bool, error) {
-	var id string
+	addr = strings.ToLower(addr)
+	id, ok, gen := s.inbound.get(addr)
+	if ok {
+		return id, id != "", nil
+	}
 	err := s.db.View(func(tx *bolt.Tx) error {
-		id = string(tx.Bucket(bInbound).Get([]byte(strings.ToLower(addr))))
+		id = string(tx.Bucket(bInbound).Get([]byte(addr)))
 		return nil
 	})
-	return id, id != "", err
+	if err != nil {
+		return "", false, err
+	}
+	s.inbound.put(addr, id, gen)
+	return id, id != "", nil
+}
+
+// inboundCache remembers InboundTenant's answers: one is needed for every
+// RCPT, and a bbolt read transaction per recipient was a measurable share
+// of the discard path. Addresses are only ever added (CreateTenant), and
+// this process holds the database exclusively, so the cache is exact:
+// CreateTenant invalidates it (unknown addresses are cached too), and an
+// answer read while a tenant was being created is not kept (gen).
+type inboundCache struct {
+	mu  sync.Mutex
+	gen uint64
+	m   map[string]string // lower(address) → tenant id; "" for none
+}
+
+// maxInboundCache bounds the cache against RCPTs to random addresses.
+const maxInboundCache = 10000
+
+func (c *inboundCache) get(addr string) (id string, ok bool, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	id, ok = c.m[addr]
+	return id, ok, c.gen
+}
+
+func (c *inboundCache) put(addr, id string, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen != c.gen {
+		return
+	}
+	if c.m == nil || len(c.m) >= maxInboundCache {
+		c.m = make(map[string]string)
+	}
+	c.m[addr] = id
+}
+
+func (c *inboundCache) invalidate() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	c.m = nil
 }
 
 // CreateUser stores a new user; emails are unique within a tenant.
