@@ -142,14 +142,29 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 	}
 
 	fromAddr := firstAddress(hdr.Get("From"))
+	// Whether From is a tenant user matters to matching only through
+	// X-Syncrelay-Thread (rule 3, sent copies), and to the direction of a
+	// kept message: discarded mail without that header skips the read.
 	var fromUser *store.User
-	if fromAddr != "" {
-		fromUser, err = r.Store.UserByEmail(ctx, ten.ID, fromAddr)
+	userKnown := false
+	lookupUser := func() error {
+		if userKnown || fromAddr == "" {
+			return nil
+		}
+		userKnown = true
+		u, err := r.Store.UserByEmail(ctx, ten.ID, fromAddr)
 		if errors.Is(err, store.ErrNotFound) {
-			fromUser, err = nil, nil
+			return nil
 		}
 		if err != nil {
-			return out, fmt.Errorf("router: %w", err)
+			return fmt.Errorf("router: %w", err)
+		}
+		fromUser = u
+		return nil
+	}
+	if hdr.Get("X-Syncrelay-Thread") != "" {
+		if err := lookupUser(); err != nil {
+			return out, err
 		}
 	}
 	msgID, _ := mailhdr.NormalizeMsgID(hdr.Get("Message-Id"))
@@ -239,6 +254,9 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 		return out, nil
 	}
 
+	if err := lookupUser(); err != nil {
+		return out, err
+	}
 	out.Direction = store.Inbound
 	if fromUser != nil || (fromAddr != "" && store.IsTenantAddress(ten, nil, fromAddr)) {
 		out.Direction = store.Outbound
