@@ -24,13 +24,14 @@ package trust
 // authentication results for the message it received) are returned.
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/emersion/go-msgauth/authres"
 )
@@ -61,7 +62,67 @@ type arcState struct {
 	done   bool // res is final (none or an early failure)
 }
 
-var aarInstance = regexp.MustCompile(`^\s*i\s*=\s*([0-9]+)\s*;`)
+// aarInstance matches the instance tag that starts an
+// ARC-Authentication-Results value, as the regular expression
+// `^\s*i\s*=\s*([0-9]+)\s*;` would (hand-written: it runs for every ARC
+// field of every message). It returns the digits and what follows the ';'.
+func aarInstance(s string) (digits, rest string, ok bool) {
+	i := skipSpace(s, 0)
+	if i == len(s) || s[i] != 'i' {
+		return "", "", false
+	}
+	i = skipSpace(s, i+1)
+	if i == len(s) || s[i] != '=' {
+		return "", "", false
+	}
+	i = skipSpace(s, i+1)
+	start := i
+	for i < len(s) && '0' <= s[i] && s[i] <= '9' {
+		i++
+	}
+	if i == start {
+		return "", "", false
+	}
+	digits = s[start:i]
+	i = skipSpace(s, i)
+	if i == len(s) || s[i] != ';' {
+		return "", "", false
+	}
+	return digits, s[i+1:], true
+}
+
+// skipSpace skips RE2's \s ([\t\n\f\r ]) from s[i].
+func skipSpace(s string, i int) int {
+	for i < len(s) && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\f' || s[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// equalLower reports whether strings.ToLower(s) == lower, for an ASCII
+// lower-case lower, without allocating when s is ASCII (the usual case).
+func equalLower(s, lower string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			// Non-ASCII letters may lower-case to ASCII ones (U+0130 to 'i',
+			// U+212A to 'k'): let strings.ToLower decide exactly.
+			return strings.ToLower(s) == lower
+		}
+	}
+	if len(s) != len(lower) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != lower[i] {
+			return false
+		}
+	}
+	return true
+}
 
 func newARCState(fields []string) *arcState {
 	st := &arcState{fields: fields}
@@ -75,8 +136,15 @@ func newARCState(fields []string) *arcState {
 	maxI := 0
 	seen := false
 	for _, f := range fields {
-		name := strings.ToLower(fieldName(f))
-		if name != "arc-seal" && name != "arc-message-signature" && name != "arc-authentication-results" {
+		var name string
+		switch fn := fieldName(f); {
+		case equalLower(fn, "arc-seal"):
+			name = "arc-seal"
+		case equalLower(fn, "arc-message-signature"):
+			name = "arc-message-signature"
+		case equalLower(fn, "arc-authentication-results"):
+			name = "arc-authentication-results"
+		default:
 			continue
 		}
 		seen = true
@@ -86,11 +154,11 @@ func newARCState(fields []string) *arcState {
 			err  error
 		)
 		if name == "arc-authentication-results" {
-			m := aarInstance.FindStringSubmatch(rawValue(f))
-			if m == nil {
+			digits, _, ok := aarInstance(rawValue(f))
+			if !ok {
 				return fail("malformed ARC-Authentication-Results: no i= instance")
 			}
-			inst, err = strconv.Atoi(m[1])
+			inst, err = strconv.Atoi(digits)
 		} else {
 			tags, err = parseTags(rawValue(f))
 			if err != nil {
@@ -291,14 +359,16 @@ func (st *arcState) verifyAMS(ctx context.Context, keys *keyFetcher, set arcSet)
 // and no final CRLF.
 func headerDigest(fields []string, sigField string, headerKeys []string, relaxed bool) []byte {
 	h := sha256.New()
+	var buf []byte
 	picker := newHeaderPicker(fields)
 	for _, name := range headerKeys {
 		if f, ok := picker.pick(name); ok {
-			h.Write([]byte(canonHeader(f, relaxed)))
+			buf = appendCanonHeader(buf[:0], f, relaxed)
+			h.Write(buf)
 		}
 	}
-	self := canonHeader(removeBValue(sigField), relaxed)
-	h.Write([]byte(strings.TrimRight(self, crlf)))
+	buf = appendCanonHeader(buf[:0], removeBValue(sigField), relaxed)
+	h.Write(bytes.TrimRight(buf, crlf))
 	return h.Sum(nil)
 }
 
@@ -331,15 +401,17 @@ func (st *arcState) verifySeal(ctx context.Context, keys *keyFetcher, k int) *ve
 // emptied and no final CRLF.
 func sealDigest(sets []arcSet, k int) []byte {
 	h := sha256.New()
+	var buf []byte
 	for i := 1; i <= k; i++ {
 		s := sets[i-1]
-		h.Write([]byte(canonHeader(s.aar, true)))
-		h.Write([]byte(canonHeader(s.ams, true)))
+		buf = appendCanonHeader(buf[:0], s.aar, true)
+		buf = appendCanonHeader(buf, s.ams, true)
 		if i < k {
-			h.Write([]byte(canonHeader(s.as, true)))
+			buf = appendCanonHeader(buf, s.as, true)
 		} else {
-			h.Write([]byte(strings.TrimRight(canonHeader(removeBValue(s.as), true), crlf)))
+			buf = bytes.TrimRight(appendCanonHeader(buf, removeBValue(s.as), true), crlf)
 		}
+		h.Write(buf)
 	}
 	return h.Sum(nil)
 }
@@ -350,7 +422,9 @@ func sealDigest(sets []arcSet, k int) []byte {
 // the others.
 func parseAARDKIM(aar string) []Result {
 	v := fieldValue(aar)
-	v = aarInstance.ReplaceAllString(v, "")
+	if _, rest, ok := aarInstance(v); ok {
+		v = rest
+	}
 	v = stripComments(v)
 	parts := strings.Split(v, ";")
 	if len(parts) < 2 {

@@ -8,7 +8,6 @@ package trust
 
 import (
 	"bufio"
-	"bytes"
 	"crypto"
 	"crypto/ed25519"
 	"crypto/rsa"
@@ -20,6 +19,7 @@ import (
 	"hash"
 	"io"
 	"strings"
+	"unicode/utf8"
 )
 
 const crlf = "\r\n"
@@ -33,18 +33,26 @@ var errHeaderTooLarge = errors.New("trust: message header too large")
 // and every line ending normalised to CRLF (as go-msgauth's reader does). A
 // message without a body separator has an empty body.
 func readHeader(br *bufio.Reader, limit int) ([]string, error) {
-	var fields []string
+	fields, _, err := readHeaderInto(br, limit, nil, nil)
+	return fields, err
+}
+
+// readHeaderInto is readHeader appending to fields and using scratch (both
+// may be nil) as working space, so Verify can reuse them across calls. It
+// returns the grown scratch. Each field is copied into its own string once
+// complete: nothing returned aliases br's buffer or scratch.
+func readHeaderInto(br *bufio.Reader, limit int, fields []string, scratch []byte) ([]string, []byte, error) {
 	total := 0
-	var line []byte
+	cur := scratch[:0] // the field being assembled, line ends already CRLF
 	for {
-		line = line[:0]
+		start := len(cur)
 		for {
 			chunk, err := br.ReadSlice('\n')
 			total += len(chunk)
 			if total > limit {
-				return nil, errHeaderTooLarge
+				return nil, cur, errHeaderTooLarge
 			}
-			line = append(line, chunk...)
+			cur = append(cur, chunk...)
 			if err == bufio.ErrBufferFull {
 				continue
 			}
@@ -52,25 +60,38 @@ func readHeader(br *bufio.Reader, limit int) ([]string, error) {
 				break
 			}
 			if err != nil {
-				return nil, err
+				return nil, cur, err
 			}
 			break
 		}
+		line := cur[start:]
 		eof := len(line) == 0 || line[len(line)-1] != '\n'
-		l := bytes.TrimSuffix(line, []byte("\n"))
-		l = bytes.TrimSuffix(l, []byte("\r"))
-		if len(l) == 0 {
-			return fields, nil
+		n := len(line)
+		if n > 0 && line[n-1] == '\n' {
+			n--
 		}
-		if len(fields) > 0 && (l[0] == ' ' || l[0] == '\t') {
-			fields[len(fields)-1] += string(l) + crlf
-		} else {
-			fields = append(fields, string(l)+crlf)
+		if n > 0 && line[n-1] == '\r' {
+			n--
 		}
+		if n == 0 {
+			cur = cur[:start]
+			break
+		}
+		if start > 0 && line[0] != ' ' && line[0] != '\t' {
+			// A new field: the pending one is complete.
+			fields = append(fields, string(cur[:start]))
+			copy(cur, line[:n])
+			start = 0
+		}
+		cur = append(cur[:start+n], crlf...)
 		if eof {
-			return fields, nil
+			break
 		}
 	}
+	if len(cur) > 0 {
+		fields = append(fields, string(cur))
+	}
+	return fields, cur, nil
 }
 
 // fieldName returns the trimmed name of a raw header field (the whole field
@@ -97,8 +118,12 @@ func rawValue(f string) string {
 // parseTags parses a DKIM tag-list (RFC 6376 §3.2). Values are trimmed of
 // surrounding folding whitespace; duplicate tags are an error.
 func parseTags(s string) (map[string]string, error) {
-	tags := make(map[string]string)
-	for _, spec := range strings.Split(s, ";") {
+	// Sized up front: a DKIM-Signature has about ten tags, and growing the
+	// map past its first group costs several allocations per message.
+	tags := make(map[string]string, min(strings.Count(s, ";")+1, 32))
+	for rest, more := s, true; more; {
+		var spec string
+		spec, rest, more = strings.Cut(rest, ";")
 		k, v, ok := strings.Cut(spec, "=")
 		if !ok {
 			if strings.TrimSpace(spec) == "" {
@@ -174,14 +199,65 @@ func canonHeader(f string, relaxed bool) string {
 	if !relaxed {
 		return f
 	}
+	return string(appendCanonHeader(nil, f, true))
+}
+
+// appendCanonHeader appends canonHeader(f, relaxed) to dst. The digests
+// hash every field through one reused buffer this way, instead of building
+// three or four strings per field.
+func appendCanonHeader(dst []byte, f string, relaxed bool) []byte {
+	if !relaxed {
+		return append(dst, f...)
+	}
 	k, v, ok := strings.Cut(f, ":")
 	if !ok {
-		return strings.ToLower(strings.TrimSpace(f)) + ":" + crlf
+		dst = appendLowerTrimmed(dst, f)
+		return append(dst, ":"+crlf...)
 	}
-	v = strings.Join(strings.FieldsFunc(v, func(r rune) bool {
-		return r == ' ' || r == '\t' || r == '\r' || r == '\n'
-	}), " ")
-	return strings.ToLower(strings.TrimSpace(k)) + ":" + v + crlf
+	dst = appendLowerTrimmed(dst, k)
+	dst = append(dst, ':')
+	// The words of v (split at SP, HTAB, CR, LF) joined by single spaces.
+	// Byte-wise is rune-wise here: those are ASCII, and UTF-8 sequences
+	// contain no ASCII bytes.
+	first := true
+	for i := 0; i < len(v); {
+		for i < len(v) && isFoldingWS(v[i]) {
+			i++
+		}
+		start := i
+		for i < len(v) && !isFoldingWS(v[i]) {
+			i++
+		}
+		if i > start {
+			if !first {
+				dst = append(dst, ' ')
+			}
+			dst = append(dst, v[start:i]...)
+			first = false
+		}
+	}
+	return append(dst, crlf...)
+}
+
+func isFoldingWS(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+
+// appendLowerTrimmed appends strings.ToLower(strings.TrimSpace(s)),
+// without allocating when s is ASCII.
+func appendLowerTrimmed(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return append(dst, strings.ToLower(strings.TrimSpace(s))...)
+		}
+	}
+	s = strings.TrimSpace(s)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
+	return dst
 }
 
 // headerPicker returns, for each name asked, the next instance of that field

@@ -101,8 +101,56 @@ func (k *keyFetcher) key(ctx context.Context, name string) (pk *publicKey, err e
 	default:
 		return nil, errors.New("several key records"), false
 	}
-	pk, err = parseKeyRecord(txts[0])
+	pk, err = cachedKeyRecord(txts[0])
 	return pk, err, false
+}
+
+// parsedKeys memoises parseKeyRecord by the exact TXT record: base64 and
+// x509 parsing of an RSA key costs more than hashing a typical message, and
+// the same few sealers' keys come back on every ARC-sealed message. The
+// result is a pure function of the record, and a *publicKey is never
+// modified after parsing, so entries are shared freely. Bounded: when full,
+// an arbitrary entry makes room.
+var parsedKeys = struct {
+	sync.Mutex
+	m map[string]parsedKey
+}{m: make(map[string]parsedKey)}
+
+// At most 256 records of at most 4 KiB (a 4096-bit RSA key record is
+// under 1 KiB): the cache stays under about 1 MiB.
+const (
+	parsedKeysMax      = 256
+	maxCachedKeyRecord = 4 << 10
+)
+
+type parsedKey struct {
+	pk  *publicKey
+	err error
+}
+
+func cachedKeyRecord(txt string) (*publicKey, error) {
+	parsedKeys.Lock()
+	e, ok := parsedKeys.m[txt]
+	parsedKeys.Unlock()
+	if ok {
+		return e.pk, e.err
+	}
+	pk, err := parseKeyRecord(txt)
+	if len(txt) > maxCachedKeyRecord {
+		return pk, err
+	}
+	parsedKeys.Lock()
+	if len(parsedKeys.m) >= parsedKeysMax {
+		for k := range parsedKeys.m {
+			delete(parsedKeys.m, k)
+			break
+		}
+	}
+	// Cloned so the key does not pin a larger buffer the resolver may have
+	// sliced it from.
+	parsedKeys.m[strings.Clone(txt)] = parsedKey{pk, err}
+	parsedKeys.Unlock()
+	return pk, err
 }
 
 // prefetch looks names up concurrently (at most 8 at a time).

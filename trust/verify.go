@@ -18,7 +18,6 @@ package trust
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -26,6 +25,7 @@ import (
 	"mime"
 	"net/mail"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
@@ -121,19 +121,25 @@ func (v *Verifier) Verify(ctx context.Context, r io.Reader) (Verdict, error) {
 		now = time.Now
 	}
 
-	br := bufio.NewReaderSize(r, 64<<10)
-	fields, err := readHeader(br, maxHeader)
+	vb := verifyPool.Get().(*verifyBufs)
+	defer vb.release()
+	br := vb.br
+	br.Reset(r)
+	fields, scratch, err := readHeaderInto(br, maxHeader, vb.fields[:0], vb.scratch)
+	vb.scratch = scratch
 	if err != nil {
 		return Verdict{}, fmt.Errorf("trust: reading header: %w", err)
 	}
+	vb.fields = fields
 	var verdict Verdict
 	verdict.FromDomain = fromDomain(fields)
 
 	keys := newKeyFetcher(v.Resolver)
 	arc := newARCState(fields)
-	var body io.Reader = br
+	var body bodyReader = br
 	if w := arc.bodyWriter(); w != nil {
-		body = io.TeeReader(br, w)
+		vb.tee = teeBody{r: br, w: w}
+		body = &vb.tee
 	}
 
 	// DKIM, through go-msgauth. It gets the header re-serialised (identical
@@ -146,16 +152,15 @@ func (v *Verifier) Verify(ctx context.Context, r io.Reader) (Verdict, error) {
 		}
 	}
 	if len(sigFields) > 0 {
-		var hdr bytes.Buffer
-		for _, f := range fields {
-			hdr.WriteString(f)
-		}
-		hdr.WriteString(crlf)
+		vb.msg = msgReader{fields: fields, body: body}
+		// go-msgauth wraps its input in bufio.NewReader, which hands back a
+		// *bufio.Reader of at least 4 KiB as is: this one is pooled.
+		vb.dr.Reset(&vb.msg)
 		opts := &dkim.VerifyOptions{
 			LookupTXT:        func(name string) ([]string, error) { return keys.lookupTXT(ctx, name) },
 			MaxVerifications: maxSigs,
 		}
-		verifs, err := dkim.VerifyWithOptions(io.MultiReader(&hdr, body), opts)
+		verifs, err := dkim.VerifyWithOptions(vb.dr, opts)
 		if err != nil && !errors.Is(err, dkim.ErrTooManySignatures) {
 			return Verdict{}, fmt.Errorf("trust: reading message: %w", err)
 		}
@@ -223,7 +228,7 @@ func dkimResult(field string, vf *dkim.Verification, keys *keyFetcher, now time.
 	}
 	if r.Selector != "" && r.Domain != "" {
 		if txts, ok := keys.recorded(r.Selector + "._domainkey." + r.Domain); ok && len(txts) == 1 {
-			if k, err := parseKeyRecord(txts[0]); err == nil && k.algo == "rsa" && k.bits < minRSABits {
+			if k, err := cachedKeyRecord(txts[0]); err == nil && k.algo == "rsa" && k.bits < minRSABits {
 				r.Result = ResultPolicy
 				r.Reason = fmt.Sprintf("RSA key of %d bits is under the %d-bit minimum (RFC 8301)", k.bits, minRSABits)
 				return r
@@ -242,26 +247,31 @@ func dkimResult(field string, vf *dkim.Verification, keys *keyFetcher, now time.
 	return r
 }
 
+// fromParser is shared (it is read-only, so safe for concurrent use) to
+// save allocating it per message.
+var fromParser = mail.AddressParser{WordDecoder: &mime.WordDecoder{
+	// Display names in unknown charsets must not make the address
+	// unparsable: only the address matters here.
+	CharsetReader: func(_ string, input io.Reader) (io.Reader, error) { return input, nil },
+}}
+
 // fromDomain returns the lower-case domain of the message's author: there
 // must be exactly one From field; if it lists several addresses they must
 // share one domain. Anything else gives "" (no alignment possible), so a
 // second, unsigned From cannot borrow another signature's alignment.
 func fromDomain(fields []string) string {
-	var from []string
+	var from string
+	n := 0
 	for _, f := range fields {
 		if strings.EqualFold(fieldName(f), "From") {
-			from = append(from, fieldValue(f))
+			from = f
+			n++
 		}
 	}
-	if len(from) != 1 {
+	if n != 1 {
 		return ""
 	}
-	p := mail.AddressParser{WordDecoder: &mime.WordDecoder{
-		// Display names in unknown charsets must not make the address
-		// unparsable: only the address matters here.
-		CharsetReader: func(_ string, input io.Reader) (io.Reader, error) { return input, nil },
-	}}
-	addrs, err := p.ParseList(from[0])
+	addrs, err := fromParser.ParseList(fieldValue(from))
 	if err != nil || len(addrs) == 0 {
 		return ""
 	}
@@ -278,4 +288,153 @@ func fromDomain(fields []string) string {
 		domain = d
 	}
 	return domain
+}
+
+// verifyBufs is the per-call working space of Verify, pooled because it was
+// most of what a Verify allocated (the 64 KiB read buffer alone was half).
+// release drops every reference to the caller's reader and to the message's
+// fields; what stays is stale bytes in the buffers, which the next call
+// overwrites before reading. Nothing Verify returns points into them:
+// readHeaderInto copies each field into a string of its own.
+type verifyBufs struct {
+	br      *bufio.Reader // over the caller's reader
+	dr      *bufio.Reader // what go-msgauth reads: msg
+	msg     msgReader
+	tee     teeBody
+	fields  []string // readHeader's result; the strings are not reused
+	scratch []byte   // readHeader's working space
+}
+
+var verifyPool = sync.Pool{New: func() any {
+	return &verifyBufs{
+		br: bufio.NewReaderSize(nil, 64<<10),
+		// bufio.NewReader's default size: go-msgauth reuses a *bufio.Reader
+		// only when it is at least that large.
+		dr: bufio.NewReaderSize(nil, 4096),
+	}
+}}
+
+// Working space grown beyond these (a huge header) is dropped rather than
+// pooled, so one odd message does not pin memory forever.
+const (
+	maxPooledFields  = 256
+	maxPooledScratch = 64 << 10
+)
+
+func (vb *verifyBufs) release() {
+	vb.br.Reset(nil)
+	vb.dr.Reset(nil)
+	vb.msg = msgReader{}
+	vb.tee = teeBody{}
+	if cap(vb.fields) > maxPooledFields {
+		vb.fields = nil
+	} else {
+		clear(vb.fields[:cap(vb.fields)])
+	}
+	if cap(vb.scratch) > maxPooledScratch {
+		vb.scratch = nil
+	}
+	verifyPool.Put(vb)
+}
+
+// bodyReader is the message body after the header: Verify's *bufio.Reader,
+// or a teeBody over it. Both have WriteTo, so io.Copy never allocates its
+// 32 KiB buffer for them.
+type bodyReader interface {
+	io.Reader
+	io.WriterTo
+}
+
+// msgReader is the message as go-msgauth must see it: the header fields,
+// the empty line, then the body. It replaces io.MultiReader, whose WriteTo
+// allocates a 32 KiB buffer per call; its own WriteTo hands over to the
+// body's.
+type msgReader struct {
+	fields []string
+	i, off int // next header byte: fields[i][off], or the separator's when i == len(fields)
+	body   bodyReader
+}
+
+func (m *msgReader) headerDone() bool { return m.i > len(m.fields) }
+
+// next returns the unread rest of the current header piece.
+func (m *msgReader) next() string {
+	if m.i < len(m.fields) {
+		return m.fields[m.i][m.off:]
+	}
+	return crlf[m.off:]
+}
+
+func (m *msgReader) Read(p []byte) (int, error) {
+	n := 0
+	for !m.headerDone() && n < len(p) {
+		piece := m.next()
+		c := copy(p[n:], piece)
+		n += c
+		if c == len(piece) {
+			m.i++
+			m.off = 0
+		} else {
+			m.off += c
+		}
+	}
+	if n > 0 {
+		return n, nil
+	}
+	return m.body.Read(p)
+}
+
+func (m *msgReader) WriteTo(w io.Writer) (int64, error) {
+	var written int64
+	for !m.headerDone() {
+		piece := m.next()
+		n, err := io.WriteString(w, piece)
+		written += int64(n)
+		m.off += n
+		if err == nil && n < len(piece) {
+			err = io.ErrShortWrite
+		}
+		if err != nil {
+			return written, err
+		}
+		m.i++
+		m.off = 0
+	}
+	n, err := m.body.WriteTo(w)
+	return written + n, err
+}
+
+// teeBody is io.TeeReader(r, w) plus a WriteTo: what is read from r is
+// written to w (the ARC body hash) before the reader sees it.
+type teeBody struct {
+	r   *bufio.Reader
+	w   io.Writer
+	dst io.Writer // WriteTo's destination, while it runs
+}
+
+func (t *teeBody) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if n > 0 {
+		if n, err := t.w.Write(p[:n]); err != nil {
+			return n, err
+		}
+	}
+	return n, err
+}
+
+func (t *teeBody) WriteTo(dst io.Writer) (int64, error) {
+	t.dst = dst
+	defer func() { t.dst = nil }()
+	return t.r.WriteTo(teeSink{t})
+}
+
+// teeSink is teeBody's Writer side during WriteTo (a one-pointer struct, so
+// passing it as an io.Writer does not allocate).
+type teeSink struct{ t *teeBody }
+
+func (s teeSink) Write(p []byte) (int, error) {
+	if n, err := s.t.w.Write(p); err != nil {
+		return n, err
+	}
+	return s.t.dst.Write(p)
 }
