@@ -155,19 +155,32 @@ func TestStoreFaults(t *testing.T) {
 		led.add(after)
 	}
 
-	// The raw directory becomes unusable (its tmp/ is replaced by a file):
-	// every raw write fails before anything is committed.
-	tmp := filepath.Join(data, "raw", "tmp")
-	if err := os.RemoveAll(tmp); err != nil {
-		t.Fatal(err)
+	// The raw directory becomes unusable (its tmp/ and every shard
+	// directory are replaced by files; the shards, with the messages
+	// already stored, are set aside): every raw write fails before
+	// anything is committed.
+	raw := filepath.Join(data, "raw")
+	blocked := []string{filepath.Join(raw, "tmp")}
+	for i := range 256 {
+		blocked = append(blocked, filepath.Join(raw, fmt.Sprintf("%02x", i)))
 	}
-	if err := os.WriteFile(tmp, nil, 0o600); err != nil {
-		t.Fatal(err)
+	for _, p := range blocked {
+		if err := os.Rename(p, p+".aside"); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	failed := cl.sendN(5, loadgen.Match)
 	dups := cl.sendN(3, loadgen.Dup) // a duplicate needs no raw file
-	if err := os.Remove(tmp); err != nil {
-		t.Fatal(err)
+	for _, p := range blocked {
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(p+".aside", p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
 	}
 	expectTempfail(t, "raw file cannot be created", failed)
 	expectOK(t, "raw file cannot be created: duplicates", dups, "duplicate")
