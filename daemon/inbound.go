@@ -60,9 +60,17 @@ func (d *deliverer) Deliver(ctx context.Context, del *smtpd.Delivery) error {
 			continue
 		}
 		seen[t] = true
-		out, err := d.router.Route(ctx, router.Input{Tenant: t, Body: del.Message})
+		rctx, dl := router.WithDecisionLog(ctx)
+		out, err := d.router.Route(rctx, router.Input{Tenant: t, Body: del.Message})
 		if err != nil {
 			d.log.ErrorContext(ctx, "route failed; answering 451", "tenant", t, "err", err)
+		}
+		// The decision goes on the session's "message" line; with several
+		// tenants, each under its own name.
+		if len(del.Tenants) == 1 {
+			del.LogArgs = append(del.LogArgs, dl.Args...)
+		} else if len(dl.Args) > 0 {
+			del.LogArgs = append(del.LogArgs, slog.Group("tenant_"+t, dl.Args...))
 		}
 		d.observe(t, &out)
 		if worst == nil || severity(out.Decision) > severity(worst.Decision) {

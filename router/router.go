@@ -456,9 +456,31 @@ func (r *Router) matchDSN(ctx context.Context, ten *store.Tenant, hdr textproto.
 }
 
 func (r *Router) logf(ctx context.Context, level slog.Level, msg string, args ...any) {
+	if dl, ok := ctx.Value(decisionLogKey{}).(*DecisionLog); ok && level == slog.LevelInfo {
+		dl.Args = append(append(dl.Args, "decision", msg), args...)
+		return
+	}
 	if r.Log != nil {
 		r.Log.Log(ctx, level, msg, args...)
 	}
+}
+
+// DecisionLog collects the router's info-level decision line (the decision
+// and its attributes: reason, thread, msgid_hash ...) instead of logging
+// it, for a caller that writes one line per message: the SMTP session's
+// "message" line carries it, which halves the log lines (and a tenth of the
+// discard path's CPU went to logging). Warnings are still logged directly.
+type DecisionLog struct {
+	Args []any // key-value pairs, "decision" first
+}
+
+type decisionLogKey struct{}
+
+// WithDecisionLog returns a context under which Route collects its decision
+// line in the returned DecisionLog.
+func WithDecisionLog(ctx context.Context) (context.Context, *DecisionLog) {
+	dl := &DecisionLog{}
+	return context.WithValue(ctx, decisionLogKey{}, dl), dl
 }
 
 // hashID is the only trace of a discarded message: a salted hash of its

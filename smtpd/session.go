@@ -36,6 +36,9 @@ type Delivery struct {
 	// it then.
 	Message  *spool.Spool
 	Received time.Time
+	// LogArgs, set by the Deliverer, are key-value pairs added to the
+	// session's "message" log line (what was decided, and why).
+	LogArgs []any
 }
 
 // Deliverer decides and (for kept mail) durably commits one message. Return
@@ -238,14 +241,14 @@ func (ss *session) Data(r io.Reader) error {
 		err = reply(replyOK) // go-smtp's own default says "queued"; we are not a queue
 	}
 	ss.s.o.Observer.Reply(stageData, replyCode(err))
-	ss.log.Info("message",
+	ss.log.Info("message", append([]any{
 		"code", replyCode(err),
 		"close", closeAfter,
 		"bytes", size,
 		"rcpts", len(d.Rcpts),
 		"bdat", bdat,
 		"tls", ss.tls,
-		"duration_ms", time.Since(start).Milliseconds())
+		"duration_ms", time.Since(start).Milliseconds()}, d.LogArgs...)...)
 	return err
 }
 

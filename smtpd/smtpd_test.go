@@ -495,6 +495,10 @@ func TestDelivererReplies(t *testing.T) {
 // address, a subject or a body.
 func TestLogging(t *testing.T) {
 	ts := startServer(t, Options{MaxConnectionsPerIP: 2})
+	ts.del.setFn(func(ctx context.Context, d *Delivery) error {
+		d.LogArgs = append(d.LogArgs, "decision", "test-decision")
+		return nil
+	})
 	c := ts.client(t)
 	if err := send(c, senderAddr, []string{inboundAddr}, simpleBody); err != nil {
 		t.Fatal(err)
@@ -534,7 +538,8 @@ func TestLogging(t *testing.T) {
 		sessions[id] = true
 		switch rec["msg"] {
 		case "message":
-			sawMessage = true
+			// The deliverer's decision rides on the message line.
+			sawMessage = sawMessage || rec["decision"] == "test-decision"
 		case "connection refused":
 			sawRefused = true
 		}
