@@ -151,29 +151,12 @@ func (d *rawDir) writeInPlace(sum string, size int64, head []byte, r io.Reader) 
 	}()
 	// Hash again while writing: the name must match what is on disk even
 	// if the reader changed between the passes.
-	h := sha256.New()
-	bw := bufWriters.Get().(*bufio.Writer)
-	bw.Reset(f)
-	defer func() { bw.Reset(nil); bufWriters.Put(bw) }()
-	w := io.MultiWriter(bw, h)
-	if _, err = w.Write(head); err != nil {
-		return fmt.Errorf("raw: write: %w", err)
-	}
-	n, err := io.Copy(w, r)
-	if err == nil {
-		err = bw.Flush()
-	}
+	got, n, err := writeDurably(f, head, r)
 	if err != nil {
-		return fmt.Errorf("raw: write: %w", err)
+		return err
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != sum || int64(len(head))+n != size {
+	if got != sum || n != size {
 		return fmt.Errorf("raw: the message changed while it was being stored")
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("raw: fsync: %w", err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("raw: close: %w", err)
 	}
 	if err = dir.Sync(); err != nil {
 		return fmt.Errorf("raw: fsync dir: %w", err)
@@ -205,29 +188,10 @@ func (d *rawDir) putStream(head []byte, r io.Reader) (sum string, size int64, er
 			os.Remove(tmp)
 		}
 	}()
-	h := sha256.New()
-	bw := bufWriters.Get().(*bufio.Writer)
-	bw.Reset(f)
-	defer func() { bw.Reset(nil); bufWriters.Put(bw) }()
-	w := io.MultiWriter(bw, h)
-	n, err := w.Write(head)
+	sum, size, err = writeDurably(f, head, r)
 	if err != nil {
-		return "", 0, fmt.Errorf("raw: write: %w", err)
+		return "", 0, err
 	}
-	m, err := io.Copy(w, r)
-	if err == nil {
-		err = bw.Flush()
-	}
-	if err != nil {
-		return "", 0, fmt.Errorf("raw: write: %w", err)
-	}
-	if err = f.Sync(); err != nil {
-		return "", 0, fmt.Errorf("raw: fsync: %w", err)
-	}
-	if err = f.Close(); err != nil {
-		return "", 0, fmt.Errorf("raw: close: %w", err)
-	}
-	sum = hex.EncodeToString(h.Sum(nil))
 	shard := filepath.Dir(d.path(sum))
 	dir, newShard, err := d.shardDir(shard)
 	if err != nil {
@@ -252,7 +216,35 @@ func (d *rawDir) putStream(head []byte, r io.Reader) (sum string, size int64, er
 			return "", 0, err
 		}
 	}
-	return sum, int64(n) + m, nil
+	return sum, size, nil
+}
+
+// writeDurably writes head then r to f through one pooled buffer (a small
+// message is one write(2)), fsyncs and closes f, and returns the SHA-256 of
+// what it wrote and its size.
+func writeDurably(f *os.File, head []byte, r io.Reader) (sum string, size int64, err error) {
+	h := sha256.New()
+	bw := bufWriters.Get().(*bufio.Writer)
+	bw.Reset(f)
+	defer func() { bw.Reset(nil); bufWriters.Put(bw) }()
+	w := io.MultiWriter(bw, h)
+	if _, err = w.Write(head); err != nil {
+		return "", 0, fmt.Errorf("raw: write: %w", err)
+	}
+	n, err := io.Copy(w, r)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
+		return "", 0, fmt.Errorf("raw: write: %w", err)
+	}
+	if err = f.Sync(); err != nil {
+		return "", 0, fmt.Errorf("raw: fsync: %w", err)
+	}
+	if err = f.Close(); err != nil {
+		return "", 0, fmt.Errorf("raw: close: %w", err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), int64(len(head)) + n, nil
 }
 
 // bufWriters hold a whole typical message, so that it is one write(2).
