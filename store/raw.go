@@ -54,7 +54,8 @@ func validSum(sum string) bool {
 //
 // A reader that can seek (the spool, a byte slice) is hashed first and
 // written straight to its final name (putInPlace); any other is streamed
-// through a temp file and renamed (putStream).
+// through a temp file and linked into place (putStream). Both go through
+// claim, so writers of the same bytes never race on the final name.
 func (d *rawDir) put(head []byte, r io.Reader) (string, int64, error) {
 	if rs, ok := r.(io.ReadSeeker); ok {
 		return d.putInPlace(head, rs)
@@ -62,12 +63,10 @@ func (d *rawDir) put(head []byte, r io.Reader) (string, int64, error) {
 	return d.putStream(head, r)
 }
 
-// putInPlace creates the file at its final name. On ext4 the new inode and
-// its directory entry then land in one journal transaction, which the
-// file's fsync commits; the directory fsync that follows (still made, as
-// POSIX requires) finds nothing left to commit. The temp-and-rename way
-// costs a second journal commit, which the disk serialises: under load,
-// about half of a stored message's wait.
+// putInPlace creates the file at its final name, which saves the temp
+// file's rename and, on ext4, the second journal commit that a rename
+// needs before the directory fsync. (On this project's benchmark machine
+// the throughput change was within noise: bench/RESULTS.md.)
 //
 // A file at a final name is always whole and durable: one being written is
 // in flights (same-content writers wait for it), a failed write removes
@@ -85,33 +84,11 @@ func (d *rawDir) putInPlace(head []byte, r io.ReadSeeker) (sum string, size int6
 		return "", 0, fmt.Errorf("raw: read: %w", err)
 	}
 	sum, size = hex.EncodeToString(h.Sum(nil)), int64(len(head))+n
-	var fl *flight
-	for {
-		d.fmu.Lock()
-		if cur := d.flights[sum]; cur != nil {
-			d.fmu.Unlock()
-			<-cur.done
-			if cur.err == nil {
-				return sum, size, nil // the same bytes, now durable
-			}
-			continue // that writer failed and removed its file: try ourselves
-		}
-		fl = &flight{done: make(chan struct{})}
-		if d.flights == nil {
-			d.flights = make(map[string]*flight)
-		}
-		d.flights[sum] = fl
-		d.fmu.Unlock()
-		break
+	release, ok := d.claim(sum)
+	if !ok {
+		return sum, size, nil // the same bytes, written meanwhile
 	}
-	key := sum // the named result is "" on failure
-	defer func() {
-		fl.err = err
-		d.fmu.Lock()
-		delete(d.flights, key)
-		d.fmu.Unlock()
-		close(fl.done)
-	}()
+	defer func() { release(err) }()
 	if _, err = r.Seek(start, io.SeekStart); err != nil {
 		return "", 0, fmt.Errorf("raw: %w", err)
 	}
@@ -169,7 +146,7 @@ func (d *rawDir) writeInPlace(sum string, size int64, head []byte, r io.Reader) 
 	return nil
 }
 
-// putStream streams r (prefixed by head) into a temp file, then renames it
+// putStream streams r (prefixed by head) into a temp file, then links it
 // to its content address.
 //
 // The machine this runs on pays dearly per system call, so put makes as
@@ -192,31 +169,75 @@ func (d *rawDir) putStream(head []byte, r io.Reader) (sum string, size int64, er
 	if err != nil {
 		return "", 0, err
 	}
-	shard := filepath.Dir(d.path(sum))
+	defer os.Remove(tmp) // the file lives on under its final name
+	release, ok := d.claim(sum)
+	if !ok {
+		return sum, size, nil // the same bytes, written meanwhile
+	}
+	defer func() { release(err) }()
+	final := d.path(sum)
+	shard := filepath.Dir(final)
 	dir, newShard, err := d.shardDir(shard)
 	if err != nil {
 		return "", 0, err
 	}
-	if err = os.Rename(tmp, d.path(sum)); errors.Is(err, os.ErrNotExist) {
+	// Link, not rename: a file already at the final name is whole and
+	// durable and must never be replaced (or removed on failure).
+	if err = os.Link(tmp, final); errors.Is(err, os.ErrNotExist) {
 		// The shard went away under us: forget it and make it again.
 		d.forget(shard)
 		if dir, newShard, err = d.shardDir(shard); err != nil {
 			return "", 0, err
 		}
-		err = os.Rename(tmp, d.path(sum))
+		err = os.Link(tmp, final)
+	}
+	if errors.Is(err, os.ErrExist) {
+		return sum, size, nil
 	}
 	if err != nil {
-		return "", 0, fmt.Errorf("raw: rename: %w", err)
+		return "", 0, fmt.Errorf("raw: link: %w", err)
 	}
-	if err = dir.Sync(); err != nil {
+	if err = dir.Sync(); err == nil && newShard {
+		err = syncDir(d.root)
+	}
+	if err != nil {
+		os.Remove(final)
 		return "", 0, fmt.Errorf("raw: fsync dir: %w", err)
 	}
-	if newShard {
-		if err = syncDir(d.root); err != nil {
-			return "", 0, err
+	return sum, size, nil
+}
+
+// claim makes the caller the one writer of sum. ok is false when another
+// writer of the same bytes finished meanwhile: the file is whole and
+// durable. Otherwise the caller writes and then calls release with its
+// outcome; a writer that fails has removed its file, and those waiting
+// then try again themselves.
+func (d *rawDir) claim(sum string) (release func(error), ok bool) {
+	for {
+		d.fmu.Lock()
+		cur := d.flights[sum]
+		if cur == nil {
+			break
+		}
+		d.fmu.Unlock()
+		<-cur.done
+		if cur.err == nil {
+			return nil, false
 		}
 	}
-	return sum, size, nil
+	fl := &flight{done: make(chan struct{})}
+	if d.flights == nil {
+		d.flights = make(map[string]*flight)
+	}
+	d.flights[sum] = fl
+	d.fmu.Unlock()
+	return func(err error) {
+		fl.err = err
+		d.fmu.Lock()
+		delete(d.flights, sum)
+		d.fmu.Unlock()
+		close(fl.done)
+	}, true
 }
 
 // writeDurably writes head then r to f through one pooled buffer (a small

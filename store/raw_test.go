@@ -43,8 +43,8 @@ func TestPutRawPaths(t *testing.T) {
 	}
 }
 
-// TestPutRawConcurrentSame: many sessions storing identical bytes at once
-// all get the address of one whole file.
+// TestPutRawConcurrentSame: many sessions storing identical bytes at once,
+// through both paths, all get the address of one whole file.
 func TestPutRawConcurrentSame(t *testing.T) {
 	s, dir := openTest(t)
 	body := strings.Repeat("x", 200<<10)
@@ -54,7 +54,11 @@ func TestPutRawConcurrentSame(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sum, _, err := s.PutRaw(nil, strings.NewReader(body))
+			var r io.Reader = strings.NewReader(body)
+			if i%2 == 1 {
+				r = iotest.HalfReader(r) // no Seek: the temp-file path
+			}
+			sum, _, err := s.PutRaw(nil, r)
 			if err != nil {
 				t.Error(err)
 			}
