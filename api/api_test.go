@@ -16,7 +16,7 @@ const testToken = "test-token-123"
 
 func newTestServer(t *testing.T) (*httptest.Server, *Server, *store.Store) {
 	t.Helper()
-	st, err := store.Open(t.TempDir(), store.Options{})
+	st, err := store.Open(t.TempDir(), store.Options{CompactNow: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -107,24 +107,25 @@ func (w *world) send(tenant, cand string, th uint64, sentBy, sendFor, subject st
 	thread := store.Thread{ID: th, Tenant: tenant, Candidate: cand, Subject: subject, CreatedBy: sentBy}
 	raw := crlf(fmt.Sprintf("From: %s@%s.test\nTo: carl@cand.test\nSubject: %s\nContent-Type: text/plain; charset=utf-8\n\nHello Carl, about %s.\n",
 		strings.TrimPrefix(from, "u-"), tenant, subject, subject))
-	sum, size, err := w.st.PutRaw(nil, strings.NewReader(raw))
-	must(w.t, err)
 	msg := store.Message{From: strings.TrimPrefix(from, "u-") + "@" + tenant + ".test", To: []string{"carl@cand.test"}, Subject: subject,
-		SentBy: sentBy, SendFor: sendFor, Status: "sent", Raw: sum, Size: size, Date: time.Now().UTC().Truncate(time.Second)}
+		SentBy: sentBy, SendFor: sendFor, Status: "sent", Date: time.Now().UTC().Truncate(time.Second)}
 	must(w.t, w.st.CreateOutbound(context.Background(), &thread, &msg, func(t, m uint64) (string, string) {
 		return fmt.Sprintf("sr.%s.%d.%d@relay.test", tenant, t, m), ""
 	}))
-	return thread, msg
+	m, err := w.st.UpdateMessage(context.Background(), tenant, msg.ID, &store.Raw{Body: strings.NewReader(raw), Size: int64(len(raw))},
+		func(*store.Message) error { return nil })
+	must(w.t, err)
+	return thread, *m
 }
 
 // reply commits an inbound message on a thread with the given raw body.
 func (w *world) reply(tenant string, th uint64, msgid, from string, to, cc []string, raw string) store.CommitResult {
 	w.t.Helper()
-	sum, size, err := w.st.PutRaw([]byte("Authentication-Results: relay.test; dkim=pass\r\n"), strings.NewReader(crlf(raw)))
-	must(w.t, err)
+	body := crlf(raw)
 	res, err := w.st.CommitInbound(context.Background(), &store.Incoming{
+		Raw: &store.Raw{Head: []byte("Authentication-Results: relay.test; dkim=pass\r\n"), Body: strings.NewReader(body), Size: int64(len(body))},
 		Message: store.Message{Tenant: tenant, Thread: th, Direction: store.Inbound, InternetMessageID: msgid, From: from, To: to, Cc: cc,
-			Subject: "Re: hello", Raw: sum, Size: size, DKIM: []store.AuthResult{{Domain: "cand.test", Result: "pass"}}},
+			Subject: "Re: hello", DKIM: []store.AuthResult{{Domain: "cand.test", Result: "pass"}}},
 		Mailbox: "grantor@acme.test",
 		Event:   map[string]any{"direction": "inbound", "auto_reply": false, "notify_users": []string{}},
 	})

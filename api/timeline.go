@@ -8,7 +8,6 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,7 +26,7 @@ type TimelineStore interface {
 	ThreadInvolves(ctx context.Context, tenant string, thread uint64, userID, email string) (bool, error)
 	Message(ctx context.Context, tenant string, id uint64) (*store.Message, error)
 	RemoveMessage(ctx context.Context, tenant string, id uint64) error
-	OpenRaw(sum string) (*os.File, error)
+	OpenRaw(ctx context.Context, loc string) (store.RawFile, error)
 }
 
 // Pagination bounds.
@@ -149,7 +148,7 @@ func (s *Server) extract(ctx context.Context, m *store.Message) *mailtext.Extrac
 	if ex, ok := s.texts.Get(m.Raw); ok {
 		return ex
 	}
-	f, err := s.o.Store.OpenRaw(m.Raw)
+	f, err := s.o.Store.OpenRaw(ctx, m.Raw)
 	if err != nil {
 		s.o.Log.ErrorContext(ctx, "api: raw file of a stored message is unreadable", "tenant", m.Tenant,
 			"message", store.MessageRef(m.ID), "err", err)
@@ -483,7 +482,7 @@ func (s *Server) rawMessage(w http.ResponseWriter, r *http.Request) {
 			"syncrelay holds no raw copy of "+store.MessageRef(m.ID)+" (a message it sent whose MIME was not kept)")
 		return
 	}
-	f, err := s.o.Store.OpenRaw(m.Raw)
+	f, err := s.o.Store.OpenRaw(r.Context(), m.Raw)
 	if err != nil {
 		s.o.Log.ErrorContext(r.Context(), "api: raw file of a stored message is unreadable", "tenant", m.Tenant, "message", store.MessageRef(m.ID), "err", err)
 		writeProblem(w, http.StatusServiceUnavailable, "unavailable", "Temporarily unavailable", "the raw message could not be read; retry later")
@@ -516,7 +515,7 @@ func (s *Server) getAttachment(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	listed := ex.Attachments[i]
-	f, err := s.o.Store.OpenRaw(m.Raw)
+	f, err := s.o.Store.OpenRaw(r.Context(), m.Raw)
 	if err != nil {
 		s.o.Log.ErrorContext(r.Context(), "api: raw file of a stored message is unreadable", "tenant", m.Tenant, "message", store.MessageRef(m.ID), "err", err)
 		writeProblem(w, http.StatusServiceUnavailable, "unavailable", "Temporarily unavailable", "the message could not be read; retry later")

@@ -85,7 +85,7 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 		return err
 	}
 	defer st.Close()
-	if n, err := st.CollectOrphans(); err != nil {
+	if n, err := st.CollectOrphans(ctx); err != nil {
 		return fmt.Errorf("collect orphaned raw files: %w", err)
 	} else if n > 0 {
 		log.Info("collected orphaned raw files from an interrupted commit", "count", n)

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"time"
@@ -115,13 +114,6 @@ type timedStore struct {
 	m *metrics.Metrics
 }
 
-func (s timedStore) PutRaw(head []byte, r io.Reader) (string, int64, error) {
-	t := time.Now()
-	sum, n, err := s.Store.PutRaw(head, r)
-	s.m.RawWrite(time.Since(t))
-	return sum, n, err
-}
-
 func (s timedStore) CommitInbound(ctx context.Context, in *store.Incoming) (store.CommitResult, error) {
 	t := time.Now()
 	res, err := s.Store.CommitInbound(ctx, in)
@@ -136,9 +128,9 @@ func (s timedStore) MarkBounced(ctx context.Context, tenant string, id uint64, s
 	return already, err
 }
 
-func (s timedStore) Quarantine(ctx context.Context, q *store.Quarantined, keep time.Duration) error {
+func (s timedStore) Quarantine(ctx context.Context, q *store.Quarantined, raw *store.Raw, keep time.Duration) error {
 	t := time.Now()
-	err := s.Store.Quarantine(ctx, q, keep)
+	err := s.Store.Quarantine(ctx, q, raw, keep)
 	s.m.StoreCommit(metrics.OpQuarantine, time.Since(t))
 	return err
 }

@@ -13,7 +13,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -64,8 +63,7 @@ type Store interface {
 	Thread(ctx context.Context, tenant string, id uint64) (*store.Thread, error)
 	ThreadMessages(ctx context.Context, tenant string, thread uint64) ([]*store.Message, error)
 	CreateOutbound(ctx context.Context, th *store.Thread, m *store.Message, mint store.MintFunc) error
-	UpdateMessage(ctx context.Context, tenant string, id uint64, fn func(*store.Message) error) (*store.Message, error)
-	PutRaw(head []byte, r io.Reader) (string, int64, error)
+	UpdateMessage(ctx context.Context, tenant string, id uint64, raw *store.Raw, fn func(*store.Message) error) (*store.Message, error)
 	Grant(ctx context.Context, tenant, user string) (*store.Grant, error)
 	OpenDelegation(ctx context.Context, tenant, requester, grantor string) (*store.Delegation, error)
 	ReserveSlot(ctx context.Context, k string, interval time.Duration, burst int, maxWait time.Duration) (time.Duration, bool, error)
@@ -520,14 +518,15 @@ func (s *Service) deliver(ctx context.Context, p *plan) (*Result, error) {
 
 	mm := s.mail(p, &th, now, msgid, tok)
 	raw, err := Compose(mm)
-	var sum string
-	var size int64
 	if err == nil {
-		sum, size, err = s.o.Store.PutRaw(nil, bytes.NewReader(raw))
+		// The raw copy is durable before the provider is called, like
+		// the record: a reply may arrive before the send returns.
+		_, err = s.o.Store.UpdateMessage(ctx, p.tenant.ID, msg.ID,
+			&store.Raw{Body: bytes.NewReader(raw), Size: int64(len(raw))}, func(*store.Message) error { return nil })
 	}
 	if err != nil {
 		log.ErrorContext(ctx, "outbound: could not compose or store the message; not sent", "err", err)
-		s.finish(ctx, p, msg.ID, "", 0, errors.New("syncrelay could not prepare the message (local storage error); it was not sent"))
+		s.finish(ctx, p, msg.ID, errors.New("syncrelay could not prepare the message (local storage error); it was not sent"))
 		return nil, fmt.Errorf("outbound: prepare message: %w", err)
 	}
 
@@ -538,7 +537,7 @@ func (s *Service) deliver(ctx context.Context, p *plan) (*Result, error) {
 		res.Status, res.Error = StatusFailed, errorText(sendErr)
 	}
 	s.sends.WithLabelValues(p.provider.Name(), res.Status).Inc()
-	if err := s.finish(ctx, p, msg.ID, sum, size, sendErr); err != nil {
+	if err := s.finish(ctx, p, msg.ID, sendErr); err != nil {
 		log.ErrorContext(ctx, "outbound: could not record the send outcome", "status", res.Status, "err", err)
 		return nil, fmt.Errorf("outbound: record outcome: %w", err)
 	}
@@ -550,10 +549,9 @@ func (s *Service) deliver(ctx context.Context, p *plan) (*Result, error) {
 	return res, nil
 }
 
-// finish records the outcome (and the stored raw copy) on the message.
-func (s *Service) finish(ctx context.Context, p *plan, id uint64, sum string, size int64, sendErr error) error {
-	_, err := s.o.Store.UpdateMessage(ctx, p.tenant.ID, id, func(m *store.Message) error {
-		m.Raw, m.Size = sum, size
+// finish records the outcome on the message.
+func (s *Service) finish(ctx context.Context, p *plan, id uint64, sendErr error) error {
+	_, err := s.o.Store.UpdateMessage(ctx, p.tenant.ID, id, nil, func(m *store.Message) error {
 		if sendErr != nil {
 			m.Status, m.Error = StatusFailed, errorText(sendErr)
 		} else {

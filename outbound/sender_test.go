@@ -152,7 +152,7 @@ func TestSendRecordsBeforeProviderCall(t *testing.T) {
 		msg.InternetMessageID != res.InternetMessageID || msg.From != "rec@acme.test" {
 		t.Fatalf("stored %+v", msg)
 	}
-	f, err := e.st.OpenRaw(msg.Raw)
+	f, err := e.st.OpenRaw(context.Background(), msg.Raw)
 	must(t, err)
 	defer f.Close()
 	var stored bytes.Buffer

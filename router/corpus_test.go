@@ -646,7 +646,7 @@ func (c *corpus) checkEffects(tpl *corpusTemplate, raw string, out Outcome, befo
 		if tpl.expectSubject != "" && m.Subject != tpl.expectSubject {
 			errorf("stored Subject %q, want %q", m.Subject, tpl.expectSubject)
 		}
-		f, err := c.e.st.OpenRaw(m.Raw)
+		f, err := c.e.st.OpenRaw(context.Background(), m.Raw)
 		if err != nil {
 			errorf("raw copy: %v", err)
 			break

@@ -52,10 +52,9 @@ type Store interface {
 	ThreadByConvIndex(ctx context.Context, tenant, conv string) (uint64, bool, error)
 	Thread(ctx context.Context, tenant string, id uint64) (*store.Thread, error)
 	Message(ctx context.Context, tenant string, id uint64) (*store.Message, error)
-	PutRaw(head []byte, r io.Reader) (string, int64, error)
 	CommitInbound(ctx context.Context, in *store.Incoming) (store.CommitResult, error)
 	MarkBounced(ctx context.Context, tenant string, id uint64, status, diag string) (already bool, err error)
-	Quarantine(ctx context.Context, q *store.Quarantined, keep time.Duration) error
+	Quarantine(ctx context.Context, q *store.Quarantined, raw *store.Raw, keep time.Duration) error
 	Count(tenant, decision, reason string)
 }
 
@@ -279,11 +278,7 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 			return out, fmt.Errorf("router: %w", lerr)
 		} else if !dup || msgID == "" {
 			head := []byte("Authentication-Results: " + trust.AuthResults(r.Hostname, verdict) + "\r\n")
-			sum, size, perr := r.Store.PutRaw(head, in.Body.Open())
-			if perr != nil {
-				return out, fmt.Errorf("router: %w", perr)
-			}
-			inc.Message.Raw, inc.Message.Size = sum, size
+			inc.Raw = &store.Raw{Head: head, Body: in.Body.Open(), Size: in.Body.Size()}
 		}
 		inc.Event = map[string]any{"direction": out.Direction, "auto_reply": auto, "notify_users": notifyUsers(m.thread, out.Direction, auto)}
 	}
@@ -309,16 +304,13 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 
 func (r *Router) quarantine(ctx context.Context, out Outcome, in Input, v trust.Verdict, m match, why string) (Outcome, error) {
 	head := []byte("Authentication-Results: " + trust.AuthResults(r.Hostname, v) + "\r\n")
-	sum, size, err := r.Store.PutRaw(head, in.Body.Open())
-	if err != nil {
-		return out, fmt.Errorf("router: %w", err)
-	}
-	q := &store.Quarantined{Tenant: in.Tenant, Raw: sum, Size: size, Reason: why, Thread: m.thread.ID, DKIM: out.DKIM}
+	raw := &store.Raw{Head: head, Body: in.Body.Open(), Size: in.Body.Size()}
+	q := &store.Quarantined{Tenant: in.Tenant, Reason: why, Thread: m.thread.ID, DKIM: out.DKIM}
 	keep := r.QuarantineFor
 	if keep <= 0 {
 		keep = 7 * 24 * time.Hour
 	}
-	if err := r.Store.Quarantine(ctx, q, keep); err != nil {
+	if err := r.Store.Quarantine(ctx, q, raw, keep); err != nil {
 		return out, fmt.Errorf("router: quarantine: %w", err)
 	}
 	out.reply(Quarantined, "dkim_fail", 250, [3]int{2, 0, 0}, "OK")

@@ -39,7 +39,7 @@ func TestReplyStoredThenDuplicate(t *testing.T) {
 	if len(msgs) != 2 || msgs[1].InternetMessageID != "r1@cand.test" || msgs[1].Raw == "" {
 		t.Fatalf("thread messages %+v", msgs)
 	}
-	f, err := e.st.OpenRaw(msgs[1].Raw)
+	f, err := e.st.OpenRaw(context.Background(), msgs[1].Raw)
 	must(t, err)
 	stored, _ := io.ReadAll(f)
 	f.Close()
@@ -304,14 +304,10 @@ type faultStore struct {
 
 var errDisk = errors.New("injected: no space left on device")
 
-func (f *faultStore) PutRaw(head []byte, r io.Reader) (string, int64, error) {
-	if f.failPut {
-		return "", 0, errDisk
-	}
-	return f.Store.PutRaw(head, r)
-}
-
 func (f *faultStore) CommitInbound(ctx context.Context, in *store.Incoming) (store.CommitResult, error) {
+	if f.failPut && in.Raw != nil {
+		return store.CommitResult{}, errDisk
+	}
 	if f.failCommit {
 		return store.CommitResult{}, errDisk
 	}

@@ -25,26 +25,31 @@ import (
 //
 //	syncrelay-backup.json   the manifest (always the first entry)
 //	syncrelay.db            a consistent bbolt snapshot (Tx.WriteTo)
-//	raw/ab/abcdef...        every raw message file the snapshot refers to
+//	seg/<16 hex>            each segment of the log, up to the snapshot's committed end
+//	big/<sha256>-<random>   each large message's file
+//	raw/ab/abcdef...        schema 1: every content-addressed raw file
 //
 // and the tar end-of-archive marker, so a truncated archive is detected.
-// Raw files are content addressed: restore checks every one against its
-// name (SHA-256). The server secret key is deliberately not included: it
+// Restore checks every record's bytes against the SHA-256 its locator
+// carries. The server secret key is deliberately not included: it
 // decrypts the OAuth grants in the database, so it is kept (and backed up)
 // apart from the data.
 //
 // Consistency while the daemon writes: the snapshot is copied to a staging
 // directory under raw/tmp inside one read transaction (short: a local file
-// copy), the raw files it refers to are computed from that copy, and each
-// is pinned with a hard link into the staging directory before anything is
-// streamed. A raw file is only ever deleted after the commit that stopped
-// referring to it, so a file missing at pinning time means a removal after
-// the snapshot: the backup then starts over with a new snapshot. The
+// copy), the files it refers to are computed from that copy, and each is
+// pinned with a hard link into the staging directory before anything is
+// streamed. Segment bytes below a committed end never change, and a file
+// is only deleted after the commit that stopped referring to it
+// (compaction, removal), so a file missing at pinning time means a change
+// after the snapshot: the backup then starts over with a new snapshot. The
 // archive is streamed from the staging directory, without holding a
 // transaction open for as long as a slow reader takes.
 
-// BackupFormat is the archive format version this code writes and reads.
-const BackupFormat = 1
+// BackupFormat is the newest archive format this code writes and reads.
+// An archive of a schema-1 store (raw/ entries only) is written as format
+// 1, so that the binary that made the store can restore it.
+const BackupFormat = 2
 
 // Names inside a backup archive.
 const (
@@ -103,18 +108,27 @@ func (s *Store) Backup(ctx context.Context, w io.Writer) (*BackupManifest, error
 
 // staged is a backup ready to stream: a database copy and pinned raw files.
 type staged struct {
-	dir  string
-	m    *BackupManifest
-	sums []string
+	dir     string
+	m       *BackupManifest
+	entries []rawEntry
 }
+
+// rawEntry is one file of raw bytes in an archive.
+type rawEntry struct {
+	name string // in the archive
+	src  string // in the data dir
+	size int64  // bytes to archive (a segment's committed end)
+}
+
+func (e rawEntry) pinName() string { return strings.ReplaceAll(e.name, "/", "_") }
 
 func (st *staged) cleanup() { _ = os.RemoveAll(st.dir) }
 
 func (s *Store) stageBackup(ctx context.Context) (_ *staged, err error) {
-	if err := os.MkdirAll(s.raw.tmpDir(), 0o700); err != nil {
+	if err := os.MkdirAll(s.big.tmp, 0o700); err != nil {
 		return nil, fmt.Errorf("store: backup: %w", err)
 	}
-	dir, err := os.MkdirTemp(s.raw.tmpDir(), "backup-")
+	dir, err := os.MkdirTemp(s.big.tmp, "backup-")
 	if err != nil {
 		return nil, fmt.Errorf("store: backup: %w", err)
 	}
@@ -135,7 +149,7 @@ func (s *Store) stageBackup(ctx context.Context) (_ *staged, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: backup: reopen snapshot: %w", err)
 	}
-	m, sums, err := snap.describe()
+	m, entries, err := snap.describe(s.dir)
 	snap.Close()
 	if err != nil {
 		return nil, fmt.Errorf("store: backup: %w", err)
@@ -153,18 +167,22 @@ func (s *Store) stageBackup(ctx context.Context) (_ *staged, err error) {
 	if err := os.Mkdir(pinDir, 0o700); err != nil {
 		return nil, err
 	}
-	for _, sum := range sums {
+	for i, e := range entries {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		n, err := pin(s.raw.path(sum), filepath.Join(pinDir, sum))
+		n, err := pin(e.src, filepath.Join(pinDir, e.pinName()))
 		if err != nil {
 			return nil, err
 		}
-		m.RawBytes += n
+		if n < e.size {
+			return nil, fmt.Errorf("store: backup: %s is %d bytes, the snapshot needs %d", e.name, n, e.size)
+		}
+		entries[i].src = filepath.Join(pinDir, e.pinName())
+		m.RawBytes += e.size
 	}
-	m.RawFiles = len(sums)
-	st.m, st.sums = m, sums
+	m.RawFiles = len(entries)
+	st.m, st.entries = m, entries
 	return st, nil
 }
 
@@ -207,9 +225,12 @@ func copyFile(src, dst string) error {
 	return out.Close()
 }
 
-// describe returns the manifest fields and sorted raw addresses of s.
-func (s *Store) describe() (*BackupManifest, []string, error) {
+// describe returns the manifest fields of s and the raw files it needs,
+// as found under dataDir (s may be a snapshot copy elsewhere).
+func (s *Store) describe(dataDir string) (*BackupManifest, []rawEntry, error) {
 	m := &BackupManifest{Format: BackupFormat}
+	var entries []rawEntry
+	legacy := map[string]bool{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		m.SchemaVersion = int(getU64(tx.Bucket(bMeta).Get(keySchema)))
 		if b := tx.Bucket(bTenants); b != nil {
@@ -218,23 +239,88 @@ func (s *Store) describe() (*BackupManifest, []string, error) {
 		if b := tx.Bucket(bMessages); b != nil {
 			m.Messages = b.Stats().KeyN
 		}
-		return nil
+		if b := tx.Bucket(bSegs); b != nil {
+			if err := b.ForEach(func(k, v []byte) error {
+				if st, ok := getSegStat(b, getU64(k)); ok && st.end > 0 {
+					name := segName(getU64(k))
+					entries = append(entries, rawEntry{name: "seg/" + name, src: filepath.Join(dataDir, "raw", "seg", name), size: st.end})
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		if b := tx.Bucket(bBigFiles); b != nil {
+			if err := b.ForEach(func(k, _ []byte) error {
+				entries = append(entries, rawEntry{name: "big/" + string(k), src: filepath.Join(dataDir, "raw", "big", string(k)), size: -1})
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		if m.SchemaVersion >= 2 {
+			return nil
+		}
+		// Schema 1: the referenced content-addressed files, found by
+		// reading every record (only before the migration).
+		return forEachRawOwner(tx, func(_ []byte, loc string) error {
+			if validSum(loc) {
+				legacy[loc] = true
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		return nil, nil, err
 	}
-	refs, err := s.RawSums()
-	if err != nil {
-		return nil, nil, err
-	}
-	sums := make([]string, 0, len(refs))
-	for sum := range refs {
-		if validSum(sum) {
-			sums = append(sums, sum)
-		}
+	sums := make([]string, 0, len(legacy))
+	for sum := range legacy {
+		sums = append(sums, sum)
 	}
 	slices.Sort(sums)
-	return m, sums, nil
+	for _, sum := range sums {
+		entries = append(entries, rawEntry{name: rawEntryName(sum), src: filepath.Join(dataDir, "raw", sum[:2], sum), size: -1})
+	}
+	if m.SchemaVersion < 2 {
+		m.Format = 1
+	}
+	for i, e := range entries {
+		if e.size < 0 {
+			fi, err := os.Stat(e.src)
+			if err != nil {
+				return nil, nil, fmt.Errorf("raw file %s: %w", e.name, err)
+			}
+			entries[i].size = fi.Size()
+		}
+	}
+	return m, entries, nil
+}
+
+// forEachRawOwner calls fn with the owner key and locator of every message
+// and quarantined message that holds raw bytes.
+func forEachRawOwner(tx *bolt.Tx, fn func(owner []byte, loc string) error) error {
+	if err := tx.Bucket(bMessages).ForEach(func(k, v []byte) error {
+		var m Message
+		if err := json.Unmarshal(v, &m); err != nil {
+			return err
+		}
+		if m.Raw == "" {
+			return nil
+		}
+		return fn(append([]byte{ownerMessage}, k...), m.Raw)
+	}); err != nil {
+		return err
+	}
+	return tx.Bucket(bQuarantine).ForEach(func(k, v []byte) error {
+		var q Quarantined
+		if err := json.Unmarshal(v, &q); err != nil {
+			return err
+		}
+		if q.Raw == "" {
+			return nil
+		}
+		return fn(append([]byte{ownerQuarantine}, k...), q.Raw)
+	})
 }
 
 func (st *staged) write(ctx context.Context, w io.Writer) error {
@@ -245,35 +331,30 @@ func (st *staged) write(ctx context.Context, w io.Writer) error {
 	if err := tarFile(tw, backupDBName, filepath.Join(st.dir, backupDBName), st.m.CreatedAt); err != nil {
 		return err
 	}
-	for _, sum := range st.sums {
+	for _, e := range st.entries {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := tarFile(tw, rawEntryName(sum), filepath.Join(st.dir, "raw", sum), st.m.CreatedAt); err != nil {
+		if err := tarFileSized(tw, e.name, e.src, e.size, st.m.CreatedAt); err != nil {
 			return err
 		}
 	}
 	return tw.Close()
 }
 
-// backupDirect streams a backup of a read-only store: the snapshot goes
-// straight from the read transaction into the archive.
+// backupDirect streams a backup of a store nobody writes to (opened
+// read-only, or during Open before serving): the snapshot goes straight
+// from the read transaction into the archive.
 func (s *Store) backupDirect(ctx context.Context, w io.Writer) (*BackupManifest, error) {
-	m, sums, err := s.describe()
+	m, entries, err := s.describe(s.dir)
 	if err != nil {
 		return nil, fmt.Errorf("store: backup: %w", err)
 	}
 	m.CreatedAt = s.now().UTC()
-	sizes := make([]int64, len(sums))
-	for i, sum := range sums {
-		fi, err := os.Stat(s.raw.path(sum))
-		if err != nil {
-			return nil, fmt.Errorf("store: backup: raw file %s: %w", sum, err)
-		}
-		sizes[i] = fi.Size()
-		m.RawBytes += fi.Size()
+	for _, e := range entries {
+		m.RawBytes += e.size
 	}
-	m.RawFiles = len(sums)
+	m.RawFiles = len(entries)
 	tw := tar.NewWriter(w)
 	err = s.db.View(func(tx *bolt.Tx) error {
 		m.DBBytes = tx.Size()
@@ -289,11 +370,11 @@ func (s *Store) backupDirect(ctx context.Context, w io.Writer) (*BackupManifest,
 	if err != nil {
 		return nil, fmt.Errorf("store: backup: %w", err)
 	}
-	for i, sum := range sums {
+	for _, e := range entries {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		if err := tarFileSized(tw, rawEntryName(sum), s.raw.path(sum), sizes[i], m.CreatedAt); err != nil {
+		if err := tarFileSized(tw, e.name, e.src, e.size, m.CreatedAt); err != nil {
 			return nil, err
 		}
 	}
@@ -328,8 +409,8 @@ func tarFile(tw *tar.Writer, name, src string, mtime time.Time) error {
 	return tarFileSized(tw, name, src, fi.Size(), mtime)
 }
 
-// tarFileSized adds src as name; the file must still have size bytes
-// (content-addressed raw files and the staged snapshot never change).
+// tarFileSized adds the first size bytes of src as name (files are only
+// ever appended to below what a snapshot refers to).
 func tarFileSized(tw *tar.Writer, name, src string, size int64, mtime time.Time) error {
 	f, err := os.Open(src)
 	if err != nil {
@@ -356,8 +437,37 @@ type RestoreResult struct {
 // archiveHandlers receive the database and the raw files of an archive
 // being walked; each must consume exactly size bytes from r.
 type archiveHandlers struct {
-	db  func(r io.Reader, size int64) error
-	raw func(sum string, r io.Reader, size int64) (int64, error)
+	db func(r io.Reader, size int64) error
+	// raw receives a file of raw bytes: rel is its path under raw/ in a
+	// data dir, sum the SHA-256 its content must have ("" for a segment,
+	// which Restore checks record by record).
+	raw func(rel, sum string, r io.Reader, size int64) (int64, error)
+}
+
+// archiveRaw maps an archive entry name to its path under raw/ and the
+// content hash it must have; ok is false for a name that is no raw file.
+func archiveRaw(name string) (rel, sum string, ok bool) {
+	switch {
+	case strings.HasPrefix(name, "raw/"):
+		shard, sum, ok := strings.Cut(strings.TrimPrefix(name, "raw/"), "/")
+		if !ok || !validSum(sum) || shard != sum[:2] {
+			return "", "", false
+		}
+		return filepath.Join(shard, sum), sum, true
+	case strings.HasPrefix(name, "seg/"):
+		id := strings.TrimPrefix(name, "seg/")
+		if _, ok := parseSegName(id); !ok {
+			return "", "", false
+		}
+		return filepath.Join("seg", id), "", true
+	case strings.HasPrefix(name, "big/"):
+		n := strings.TrimPrefix(name, "big/")
+		if !validBigName(n) {
+			return "", "", false
+		}
+		return filepath.Join("big", n), RawSum("f:" + n), true
+	}
+	return "", "", false
 }
 
 // walkArchive reads a backup archive, checking its structure: the manifest
@@ -417,19 +527,17 @@ func walkArchive(ctx context.Context, r io.Reader, h archiveHandlers) (*BackupMa
 			if err := h.db(tr, hd.Size); err != nil {
 				return nil, fmt.Errorf("database: %w", err)
 			}
-		case strings.HasPrefix(name, "raw/"):
-			shard, sum, ok := strings.Cut(strings.TrimPrefix(name, "raw/"), "/")
-			if !ok || !validSum(sum) || shard != sum[:2] {
+		default:
+			rel, sum, ok := archiveRaw(name)
+			if !ok {
 				return nil, fmt.Errorf("unexpected entry %q", hd.Name)
 			}
-			n, err := h.raw(sum, tr, hd.Size)
+			n, err := h.raw(rel, sum, tr, hd.Size)
 			if err != nil {
-				return nil, fmt.Errorf("raw file %s: %w", sum, err)
+				return nil, fmt.Errorf("raw file %s: %w", name, err)
 			}
 			rawFiles++
 			rawBytes += n
-		default:
-			return nil, fmt.Errorf("unexpected entry %q", hd.Name)
 		}
 	}
 	switch {
@@ -445,19 +553,21 @@ func walkArchive(ctx context.Context, r io.Reader, h archiveHandlers) (*BackupMa
 }
 
 // VerifyBackup reads a whole archive and checks it as Restore would,
-// without writing anything: structure, manifest, sizes and every raw
-// file's content address. (The database's own consistency is checked by
-// Restore, which needs it on disk.)
+// without keeping anything: structure, manifest, sizes, every large or
+// schema-1 file's content address, and every record's bytes inside the
+// segments against the SHA-256 its locator carries. (The database is
+// copied to a temp file to read the locators; its own consistency is
+// checked by Restore.)
 func VerifyBackup(ctx context.Context, r io.Reader) (*BackupManifest, error) {
+	var idx segIndex
+	defer idx.close()
 	m, err := walkArchive(ctx, r, archiveHandlers{
-		db: func(r io.Reader, size int64) error {
-			n, err := io.Copy(io.Discard, io.LimitReader(r, size))
-			if err == nil && n != size {
-				err = fmt.Errorf("short entry: %d of %d bytes", n, size)
+		db: func(r io.Reader, size int64) error { return idx.load(r, size) },
+		raw: func(rel, sum string, r io.Reader, size int64) (int64, error) {
+			if sum == "" {
+				id, _ := parseSegName(filepath.Base(rel))
+				return idx.check(id, r, size)
 			}
-			return err
-		},
-		raw: func(sum string, r io.Reader, size int64) (int64, error) {
 			h := sha256.New()
 			n, err := io.Copy(h, io.LimitReader(r, size))
 			if err == nil && n != size {
@@ -475,7 +585,80 @@ func VerifyBackup(ctx context.Context, r io.Reader) (*BackupManifest, error) {
 	return m, nil
 }
 
-var errContentMismatch = errors.New("content does not match its SHA-256 name (damaged archive)")
+// segIndex is the segment records of an archive's database, to check the
+// segments as they stream past.
+type segIndex struct {
+	dir  string
+	recs map[uint64][]segLocation // by segment, in offset order
+}
+
+func (x *segIndex) close() {
+	if x.dir != "" {
+		os.RemoveAll(x.dir)
+	}
+}
+
+func (x *segIndex) load(r io.Reader, size int64) error {
+	dir, err := os.MkdirTemp("", "syncrelay-verify-")
+	if err != nil {
+		return err
+	}
+	x.dir = dir
+	if _, err := writeSynced(filepath.Join(dir, backupDBName), r, size, ""); err != nil {
+		return err
+	}
+	db, err := bolt.Open(filepath.Join(dir, backupDBName), 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	x.recs = map[uint64][]segLocation{}
+	err = db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bMessages) == nil || tx.Bucket(bQuarantine) == nil {
+			return nil
+		}
+		return forEachRawOwner(tx, func(_ []byte, loc string) error {
+			if l, ok := parseSegLoc(loc); ok {
+				x.recs[l.seg] = append(x.recs[l.seg], l)
+			}
+			return nil
+		})
+	})
+	for _, l := range x.recs {
+		slices.SortFunc(l, func(a, b segLocation) int { return int(a.off - b.off) })
+	}
+	return err
+}
+
+// check reads a segment of size bytes and hashes each record in it.
+func (x *segIndex) check(id uint64, r io.Reader, size int64) (int64, error) {
+	var pos int64
+	skip := func(to int64) error {
+		n, err := io.CopyN(io.Discard, r, to-pos)
+		pos += n
+		return err
+	}
+	for _, l := range x.recs[id] {
+		if l.off < pos || l.off+l.n > size {
+			return pos, fmt.Errorf("record %s lies outside the segment (%d bytes)", l.String(), size)
+		}
+		if err := skip(l.off); err != nil {
+			return pos, err
+		}
+		h := sha256.New()
+		n, err := io.CopyN(h, r, l.n)
+		pos += n
+		if err != nil {
+			return pos, err
+		}
+		if hex.EncodeToString(h.Sum(nil)) != l.sum {
+			return pos, fmt.Errorf("record at offset %d: %w", l.off, errContentMismatch)
+		}
+	}
+	return pos, skip(size)
+}
+
+var errContentMismatch = errors.New("content does not match its SHA-256 (damaged)")
 
 // Restore unpacks a backup archive read from r into dir, which must not
 // hold a store (no syncrelay.db, no raw/); the caller decides what else
@@ -513,8 +696,8 @@ func Restore(ctx context.Context, r io.Reader, dir string) (res *RestoreResult, 
 			_, err := writeSynced(partial, r, size, "")
 			return err
 		},
-		raw: func(sum string, r io.Reader, size int64) (int64, error) {
-			shard := sum[:2]
+		raw: func(rel, sum string, r io.Reader, size int64) (int64, error) {
+			shard := filepath.Dir(rel)
 			sd := filepath.Join(rawRoot, shard)
 			if !shards[shard] {
 				if err := os.Mkdir(sd, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
@@ -522,7 +705,7 @@ func Restore(ctx context.Context, r io.Reader, dir string) (res *RestoreResult, 
 				}
 				shards[shard] = true
 			}
-			return writeSynced(filepath.Join(sd, sum), r, size, sum)
+			return writeSynced(filepath.Join(rawRoot, rel), r, size, sum)
 		},
 	})
 	if err != nil {
@@ -577,7 +760,7 @@ func writeSynced(p string, r io.Reader, size int64, sum string) (int64, error) {
 
 // VerifyDir checks the store in dir without changing it: the database
 // passes bbolt's consistency check, its schema is one this binary reads,
-// and every raw file a record refers to exists. It needs the store not to
+// and the bytes of every record are there and intact. It needs the store not to
 // be held by a running daemon.
 func VerifyDir(dir string) error {
 	s, err := Open(dir, Options{ReadOnly: true})
@@ -588,9 +771,11 @@ func VerifyDir(dir string) error {
 	return s.Verify()
 }
 
-// Verify checks the database's consistency and that every raw file a
-// record refers to exists.
+// Verify checks the database's consistency and that the bytes of every
+// record are there and hash to what was recorded when they were written.
 func (s *Store) Verify() error {
+	ctx := context.Background()
+	var bad []string
 	err := s.db.View(func(tx *bolt.Tx) error {
 		var errs []error
 		for err := range tx.Check() { // drained in full: the checker reads the tx until it closes the channel
@@ -598,24 +783,39 @@ func (s *Store) Verify() error {
 				errs = append(errs, err)
 			}
 		}
-		return errors.Join(errs...)
+		if err := errors.Join(errs...); err != nil {
+			return fmt.Errorf("database check failed: %w", err)
+		}
+		return forEachRawOwner(tx, func(_ []byte, loc string) error {
+			if err := s.checkRaw(ctx, loc); err != nil && len(bad) < 1000 {
+				bad = append(bad, fmt.Sprintf("%s (%v)", loc, err))
+			}
+			return nil
+		})
 	})
-	if err != nil {
-		return fmt.Errorf("database check failed: %w", err)
-	}
-	refs, err := s.RawSums()
 	if err != nil {
 		return err
 	}
-	var missing []string
-	for sum := range refs {
-		if _, err := os.Stat(s.raw.path(sum)); err != nil {
-			missing = append(missing, sum)
-		}
+	if len(bad) > 0 {
+		slices.Sort(bad)
+		return fmt.Errorf("%d raw messages are missing or damaged (first: %s)", len(bad), bad[0])
 	}
-	if len(missing) > 0 {
-		slices.Sort(missing)
-		return fmt.Errorf("%d raw message files are missing (first: %s)", len(missing), missing[0])
+	return nil
+}
+
+// checkRaw reads the bytes behind loc and compares their hash.
+func (s *Store) checkRaw(ctx context.Context, loc string) error {
+	f, err := s.OpenRaw(ctx, loc)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return err
+	}
+	if hex.EncodeToString(h.Sum(nil)) != RawSum(loc) {
+		return errContentMismatch
 	}
 	return nil
 }

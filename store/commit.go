@@ -90,6 +90,15 @@ func (s *Store) commitLoop() {
 }
 
 func (s *Store) runBatch(batch []*commitReq) {
+	// The segment bytes these records refer to were written before their
+	// requests were queued: one flush makes them all durable before any
+	// record that points at them is.
+	if err := s.segs.flush(); err != nil {
+		for _, r := range batch {
+			r.err <- err
+		}
+		return
+	}
 	for len(batch) > 0 {
 		err := s.db.Update(func(tx *bolt.Tx) error {
 			for i, r := range batch {

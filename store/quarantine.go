@@ -24,11 +24,15 @@ type Quarantined struct {
 	Expires  time.Time    `json:"expires"`
 }
 
-// Quarantine records a quarantined message whose raw file is already durable.
-func (s *Store) Quarantine(ctx context.Context, q *Quarantined, keep time.Duration) error {
+// Quarantine records a quarantined message with its raw bytes.
+func (s *Store) Quarantine(ctx context.Context, q *Quarantined, raw *Raw, keep time.Duration) error {
 	now := s.now().UTC()
+	loc, size, err := s.writeRaw(raw)
+	if err != nil {
+		return err
+	}
 	var out Quarantined
-	err := s.group(ctx, func(tx *bolt.Tx) error {
+	err = s.group(ctx, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bQuarantine)
 		seq, err := b.NextSequence()
 		if err != nil {
@@ -36,6 +40,10 @@ func (s *Store) Quarantine(ctx context.Context, q *Quarantined, keep time.Durati
 		}
 		out = *q
 		out.ID, out.Received, out.Expires = seq, now, now.Add(keep)
+		out.Raw, out.Size = loc, size
+		if err := linkRaw(tx, loc, ownerKey(ownerQuarantine, q.Tenant, seq)); err != nil {
+			return err
+		}
 		return putJSON(b, keyU64(q.Tenant, seq), &out)
 	})
 	if err == nil {
@@ -60,12 +68,14 @@ func (s *Store) QuarantinedMessages(ctx context.Context, tenant string) ([]*Quar
 	return out, err
 }
 
-// ExpireQuarantine deletes quarantined messages past their expiry and their
-// raw files.
+// ExpireQuarantine deletes quarantined messages past their expiry and
+// gives up their raw bytes (freed for good by the next compaction).
 func (s *Store) ExpireQuarantine(ctx context.Context) (int, error) {
 	now := s.now()
-	var sums []string
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	var freed []string
+	n := 0
+	err := s.group(ctx, func(tx *bolt.Tx) error {
+		freed, n = nil, 0
 		c := tx.Bucket(bQuarantine).Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			var q Quarantined
@@ -73,10 +83,17 @@ func (s *Store) ExpireQuarantine(ctx context.Context) (int, error) {
 				return fmt.Errorf("quarantine record: %w", err)
 			}
 			if now.After(q.Expires) {
-				sums = append(sums, q.Raw)
+				name, err := unlinkRaw(tx, q.Raw)
+				if err != nil {
+					return err
+				}
+				if name != "" {
+					freed = append(freed, name)
+				}
 				if err := c.Delete(); err != nil {
 					return err
 				}
+				n++
 			}
 		}
 		return nil
@@ -84,10 +101,8 @@ func (s *Store) ExpireQuarantine(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	for _, sum := range sums {
-		if !s.rawReferenced(sum) {
-			_ = s.raw.remove(sum)
-		}
+	for _, name := range freed {
+		_ = s.big.remove(name)
 	}
-	return len(sums), nil
+	return n, nil
 }

@@ -1,5 +1,7 @@
 // Package store keeps syncrelay's durable state: a bbolt database of domain
-// records plus a content-addressed directory of raw messages.
+// records plus the raw messages, in an append-only segment log (small and
+// medium messages) or a file each (large ones). See contract.go for the
+// backend-neutral contract and segment.go for the layout of raw bytes.
 //
 // Its API is made of domain operations (create a tenant, commit a matched
 // message, look up a Message-ID ...), never of buckets, so that a shared
@@ -12,7 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -31,7 +33,11 @@ var (
 
 // SchemaVersion is the version this code writes. Older stores are migrated
 // forward at Open; newer ones are refused (a downgrade would misread them).
-const SchemaVersion = 1
+//
+// 1: raw messages in content-addressed files, one per message.
+// 2: raw messages in the segment log (or a file of their own when large),
+// each owned by one record and indexed to it.
+const SchemaVersion = 2
 
 var (
 	bMeta       = []byte("meta")
@@ -54,13 +60,10 @@ var (
 
 	allBuckets = [][]byte{bMeta, bTenants, bInbound, bUsers, bUserEmail, bCands, bCandEmail,
 		bThreads, bCandThread, bMessages, bThreadMsg, bMsgID, bConvIndex, bCounters, bOutbox, bKV, bQuarantine,
-		bGrants, bDelegations, bDelegPair, bOutboxIdx}
+		bGrants, bDelegations, bDelegPair, bOutboxIdx, bSegs, bSegRecs, bBigFiles}
 
 	keySchema = []byte("schema_version")
 )
-
-// migrations[v] upgrades a store from version v to v+1.
-var migrations = map[int]func(tx *bolt.Tx) error{}
 
 // Options configure Open.
 type Options struct {
@@ -70,14 +73,25 @@ type Options struct {
 	ReadOnly bool
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// Scratch opens a copy of a database without its raw bytes (DryRun):
+	// records keep their locators, whose bytes read as ErrNotFound.
+	Scratch bool
+	// CompactNow lets Compact take segments the moment they are sealed
+	// (a store no daemon writes to: `syncrelay compact`, tests).
+	CompactNow bool
+	// Log receives the store's own notices (migrations, compaction).
+	Log *slog.Logger
 }
 
 // Store is the bbolt-backed store.
 type Store struct {
-	db  *bolt.DB
-	raw *rawDir
-	dir string
-	now func() time.Time
+	db     *bolt.DB
+	raw    *rawDir // schema 1's content-addressed files, until migrated
+	segs   *segLog // nil when read-only
+	big    *bigDir
+	dir    string
+	now    func() time.Time
+	logger *slog.Logger
 
 	commits chan *commitReq
 	stop    chan struct{}
@@ -85,11 +99,18 @@ type Store struct {
 	counts  *counterBuf
 	inbound inboundCache
 
+	compactMu sync.Mutex    // one compaction at a time
+	grace     time.Duration // compactGrace, 0 for a store nobody else writes
+
+	cleanup   func() // DryRun: remove the scratch copy after Close
+
 	closeOnce sync.Once
 	closeErr  error
 }
 
-// Open opens (creating if needed) the store in dir: dir/syncrelay.db and dir/raw/.
+// Open opens (creating if needed) the store in dir: dir/syncrelay.db and
+// dir/raw/. A schema-1 store is migrated, after a backup of it is written
+// to dir (see migrateV1).
 func Open(dir string, o Options) (*Store, error) {
 	if o.LockTimeout <= 0 {
 		o.LockTimeout = 2 * time.Second
@@ -114,7 +135,8 @@ func Open(dir string, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	s := &Store{db: db, raw: &rawDir{root: filepath.Join(dir, "raw")}, dir: dir, now: o.Now}
+	s := &Store{db: db, raw: &rawDir{root: filepath.Join(dir, "raw")}, dir: dir, now: o.Now, logger: o.Log, grace: compactGrace,
+		big: &bigDir{root: filepath.Join(dir, "raw", "big"), tmp: filepath.Join(dir, "raw", "tmp")}}
 	if o.ReadOnly {
 		if err := s.checkSchema(); err != nil {
 			db.Close()
@@ -122,9 +144,29 @@ func Open(dir string, o Options) (*Store, error) {
 		}
 		return s, nil
 	}
-	if err := s.migrate(); err != nil {
+	from, err := s.migrate()
+	if err != nil {
 		db.Close()
 		return nil, err
+	}
+	committed, err := s.committedSegments()
+	if err == nil {
+		s.segs, err = openSegLog(s.segDir(), committed, o.Scratch)
+	}
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.segs.register = s.registerSegment
+	if o.CompactNow {
+		s.grace = 0
+	}
+	if from == 1 {
+		if err := s.migrateV1(); err != nil {
+			s.segs.close()
+			db.Close()
+			return nil, err
+		}
 	}
 	s.counts = newCounterBuf()
 	s.commits = make(chan *commitReq, 1024)
@@ -147,7 +189,12 @@ func (s *Store) Close() error {
 			_ = s.flushCounters()
 		}
 		s.closeErr = s.db.Close()
-		s.raw.close()
+		if s.segs != nil {
+			s.segs.close()
+		}
+		if s.cleanup != nil {
+			s.cleanup()
+		}
 	})
 	return s.closeErr
 }
@@ -166,101 +213,30 @@ func (s *Store) checkSchema() error {
 	})
 }
 
-func (s *Store) migrate() error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+// migrate creates missing buckets and returns the schema version the
+// store had (SchemaVersion for a new store). Data migrations run after the
+// segment log is open (migrateV1); the version is raised by them.
+func (s *Store) migrate() (from int, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("store: create bucket %s: %w", b, err)
 			}
 		}
 		m := tx.Bucket(bMeta)
-		raw := m.Get(keySchema)
-		v := SchemaVersion
-		if raw != nil {
-			v = int(getU64(raw))
+		from = SchemaVersion
+		if raw := m.Get(keySchema); raw != nil {
+			from = int(getU64(raw))
 		}
-		if v > SchemaVersion {
-			return fmt.Errorf("store: schema version %d is newer than this binary's %d; upgrade syncrelay", v, SchemaVersion)
+		if from > SchemaVersion {
+			return fmt.Errorf("store: schema version %d is newer than this binary's %d; upgrade syncrelay", from, SchemaVersion)
 		}
-		for ; v < SchemaVersion; v++ {
-			if f := migrations[v]; f != nil {
-				if err := f(tx); err != nil {
-					return fmt.Errorf("store: migrate %d->%d: %w", v, v+1, err)
-				}
-			}
-		}
-		return m.Put(keySchema, putU64(SchemaVersion))
-	})
-}
-
-// WriteTo writes a consistent snapshot of the database (bbolt Tx.WriteTo).
-func (s *Store) WriteTo(w io.Writer) (int64, error) {
-	var n int64
-	err := s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		n, err = tx.WriteTo(w)
-		return err
-	})
-	return n, err
-}
-
-// RawSums lists the raw-file addresses referenced by committed messages.
-func (s *Store) RawSums() (map[string]bool, error) {
-	sums := map[string]bool{}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(bMessages).ForEach(func(k, v []byte) error {
-			var m Message
-			if err := json.Unmarshal(v, &m); err != nil {
-				return err
-			}
-			if m.Raw != "" {
-				sums[m.Raw] = true
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		return tx.Bucket(bQuarantine).ForEach(func(k, v []byte) error {
-			var q Quarantined
-			if err := json.Unmarshal(v, &q); err != nil {
-				return err
-			}
-			sums[q.Raw] = true
-			return nil
-		})
-	})
-	return sums, err
-}
-
-// CollectOrphans removes raw files no committed message refers to (left by a
-// crash between the file write and the commit) and stale temp files.
-func (s *Store) CollectOrphans() (int, error) {
-	_ = os.RemoveAll(s.raw.tmpDir())
-	s.raw.forget(s.raw.tmpDir())
-	refs, err := s.RawSums()
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	err = s.raw.walk(func(sum string) error {
-		if !refs[sum] {
-			if err := s.raw.remove(sum); err != nil {
-				return err
-			}
-			n++
+		if from == SchemaVersion {
+			return m.Put(keySchema, putU64(SchemaVersion))
 		}
 		return nil
 	})
-	return n, err
-}
-
-// OpenRaw opens a stored raw message by address.
-func (s *Store) OpenRaw(sum string) (*os.File, error) { return s.raw.open(sum) }
-
-// PutRaw durably writes a raw message (head then r) and returns its address.
-// The caller must commit a record referring to it, else the file is an orphan.
-func (s *Store) PutRaw(head []byte, r io.Reader) (string, int64, error) {
-	return s.raw.put(head, r)
+	return from, err
 }
 
 // --- small helpers ---

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,7 +18,7 @@ import (
 func openTest(t *testing.T) (*Store, string) {
 	t.Helper()
 	dir := t.TempDir()
-	s, err := Open(dir, Options{LockTimeout: 200 * time.Millisecond})
+	s, err := Open(dir, Options{LockTimeout: 200 * time.Millisecond, CompactNow: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,22 +124,20 @@ func TestCommitStoredDuplicateRemoved(t *testing.T) {
 		t.Fatal("conversation index not indexed")
 	}
 
-	sum, _, err := s.PutRaw([]byte("X: 1\r\n"), strings.NewReader("body\r\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	in := &Incoming{Message: Message{Tenant: "acme", Thread: th.ID, InternetMessageID: "reply1@cand.test",
-		Direction: Inbound, Raw: sum}, Mailbox: "rec@acme.test", Event: map[string]any{"direction": "inbound"}}
+		Direction: Inbound}, Raw: testRaw("X: 1\r\n", "body\r\n"), Mailbox: "rec@acme.test", Event: map[string]any{"direction": "inbound"}}
 	r1, err := s.CommitInbound(ctx, in)
 	if err != nil || r1.Decision != Stored {
 		t.Fatalf("first commit = %+v %v", r1, err)
 	}
 	in.Mailbox = "hm@acme.test"
+	in.Raw = testRaw("X: 1\r\n", "body\r\n")
 	r2, err := s.CommitInbound(ctx, in)
 	if err != nil || r2.Decision != Duplicate || r2.Ref != r1.Ref {
 		t.Fatalf("second commit = %+v %v", r2, err)
 	}
 	m, _ := s.Message(ctx, "acme", r1.Ref.Message)
+	sum := m.Raw
 	if len(m.Mailboxes) != 2 {
 		t.Fatalf("mailboxes = %v", m.Mailboxes)
 	}
@@ -152,9 +149,13 @@ func TestCommitStoredDuplicateRemoved(t *testing.T) {
 	if err := s.RemoveMessage(ctx, "acme", r1.Ref.Message); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.OpenRaw(sum); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("raw file survived removal: %v", err)
+	if _, err := s.Compact(ctx); err != nil {
+		t.Fatal(err)
 	}
+	if _, err := s.OpenRaw(context.Background(), sum); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("raw bytes survived removal and compaction: %v", err)
+	}
+	in.Raw = testRaw("X: 1\r\n", "body\r\n")
 	r3, err := s.CommitInbound(ctx, in)
 	if err != nil || r3.Decision != Duplicate || !r3.Removed {
 		t.Fatalf("copy after removal = %+v %v", r3, err)
@@ -235,32 +236,38 @@ func TestRawDurableAndOrphans(t *testing.T) {
 	seed(t, s)
 	th, _ := newThread(t, s)
 	ctx := context.Background()
-	kept, size, err := s.PutRaw([]byte("A: b\r\n"), strings.NewReader("kept\r\n"))
-	if err != nil || size != 12 {
-		t.Fatal(err, size)
-	}
-	orphan, _, _ := s.PutRaw(nil, strings.NewReader("orphan\r\n"))
-	if _, err := s.CommitInbound(ctx, &Incoming{Message: Message{Tenant: "acme", Thread: th.ID, InternetMessageID: "k@x", Raw: kept}}); err != nil {
+	big := strings.Repeat("large message line\r\n", largeMessage/20+10)
+	res, err := s.CommitInbound(ctx, &Incoming{Message: Message{Tenant: "acme", Thread: th.ID, InternetMessageID: "k@x"},
+		Raw: testRaw("A: b\r\n", big)})
+	if err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(dir, "raw", "tmp", "put-123"), []byte("partial"), 0o600)
-	n, err := s.CollectOrphans()
+	m, _ := s.Message(ctx, "acme", res.Ref.Message)
+	if !strings.HasPrefix(m.Raw, "f:") || m.Size != int64(6+len(big)) {
+		t.Fatalf("large message stored as %q, %d bytes", m.Raw, m.Size)
+	}
+	// A large file written but never committed (a crash in between), and
+	// a temp file: both are collected, the committed file is not.
+	orphan := filepath.Join(dir, "raw", "big", strings.Repeat("a", 64)+"-0123456789abcdef")
+	os.WriteFile(orphan, []byte("orphan"), 0o600)
+	os.WriteFile(filepath.Join(dir, "raw", "tmp", "big-123"), []byte("partial"), 0o600)
+	n, err := s.CollectOrphans(ctx)
 	if err != nil || n != 1 {
 		t.Fatalf("CollectOrphans = %d %v", n, err)
 	}
-	if _, err := s.OpenRaw(orphan); !errors.Is(err, ErrNotFound) {
+	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
 		t.Fatal("orphan not collected")
 	}
-	f, err := s.OpenRaw(kept)
+	f, err := s.OpenRaw(ctx, m.Raw)
 	if err != nil {
 		t.Fatal("referenced file collected:", err)
 	}
 	b, _ := io.ReadAll(f)
 	f.Close()
-	if string(b) != "A: b\r\nkept\r\n" {
-		t.Fatalf("raw = %q", b)
+	if string(b) != "A: b\r\n"+big {
+		t.Fatalf("raw = %.40q", b)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "raw", "tmp", "put-123")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(dir, "raw", "tmp", "big-123")); !os.IsNotExist(err) {
 		t.Fatal("temp file not collected")
 	}
 }
@@ -274,10 +281,6 @@ func TestPersistsAcrossReopenAndBackup(t *testing.T) {
 	seed(t, s)
 	th, sent := newThread(t, s)
 	s.Count("acme", "discarded", "no_match")
-	var buf bytes.Buffer
-	if _, err := s.WriteTo(&buf); err != nil {
-		t.Fatal(err)
-	}
 	s.Close()
 
 	s, err = Open(dir, Options{})
@@ -292,16 +295,20 @@ func TestPersistsAcrossReopenAndBackup(t *testing.T) {
 	if counts["discarded/no_match"] != 1 {
 		t.Fatalf("counter lost at close: %v", counts)
 	}
-	// The snapshot opens as a store of its own.
-	snap := t.TempDir()
-	os.WriteFile(filepath.Join(snap, "syncrelay.db"), buf.Bytes(), 0o600)
-	s2, err := Open(snap, Options{})
+	// A dry run sees the data; what it writes vanishes.
+	s2, err := s.DryRun(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s2.Close()
 	if _, ok, _ := s2.LookupMsgID(context.Background(), "acme", sent.InternetMessageID); !ok {
-		t.Fatal("snapshot misses the index")
+		t.Fatal("dry run misses the index")
+	}
+	if err := s2.CreateCandidate(context.Background(), &Candidate{Tenant: "acme", ID: "c-dry", Emails: []string{"dry@cand.test"}}); err != nil {
+		t.Fatal(err)
+	}
+	s2.Close()
+	if _, err := s.Candidate(context.Background(), "acme", "c-dry"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a dry run's write reached the store: %v", err)
 	}
 }
 
@@ -360,4 +367,9 @@ func TestInboundCache(t *testing.T) {
 			t.Errorf("tenant t%d: InboundTenant = %q %v after both finished", i, id, ok)
 		}
 	}
+}
+
+// testRaw is a Raw of head and body.
+func testRaw(head, body string) *Raw {
+	return &Raw{Head: []byte(head), Body: strings.NewReader(body), Size: int64(len(body))}
 }

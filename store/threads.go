@@ -90,13 +90,30 @@ func (s *Store) putMessage(tx *bolt.Tx, m *Message) error {
 	return putJSON(tx.Bucket(bMessages), keyU64(m.Tenant, m.ID), m)
 }
 
-// UpdateMessage applies fn to a stored message and saves it.
-func (s *Store) UpdateMessage(ctx context.Context, tenant string, id uint64, fn func(*Message) error) (*Message, error) {
+// UpdateMessage applies fn to a stored message and saves it; raw, when not
+// nil, replaces the message's raw copy in the same commit.
+func (s *Store) UpdateMessage(ctx context.Context, tenant string, id uint64, raw *Raw, fn func(*Message) error) (*Message, error) {
+	loc, size, err := s.writeRaw(raw)
+	if err != nil {
+		return nil, err
+	}
 	var out Message
-	err := s.group(ctx, func(tx *bolt.Tx) error {
+	var freed string
+	err = s.group(ctx, func(tx *bolt.Tx) error {
 		var m Message
 		if err := getJSON(tx.Bucket(bMessages), keyU64(tenant, id), &m); err != nil {
 			return fmt.Errorf("message %d: %w", id, err)
+		}
+		freed = ""
+		if raw != nil {
+			var err error
+			if freed, err = unlinkRaw(tx, m.Raw); err != nil {
+				return err
+			}
+			if err := linkRaw(tx, loc, ownerKey(ownerMessage, tenant, id)); err != nil {
+				return err
+			}
+			m.Raw, m.Size = loc, size
 		}
 		if err := fn(&m); err != nil {
 			return err
@@ -106,6 +123,9 @@ func (s *Store) UpdateMessage(ctx context.Context, tenant string, id uint64, fn 
 	})
 	if err != nil {
 		return nil, err
+	}
+	if freed != "" {
+		_ = s.big.remove(freed)
 	}
 	return &out, nil
 }
@@ -213,11 +233,13 @@ func (s *Store) CandidateThreads(ctx context.Context, tenant, cand string) ([]*T
 	return out, err
 }
 
-// Incoming is a matched message to commit. Its raw file must already be
-// durable (PutRaw).
+// Incoming is a matched message to commit.
 type Incoming struct {
-	Message Message // Tenant, Thread, InternetMessageID, Raw ... set by the caller
-	Mailbox string  // the mailbox this copy came through
+	Message Message // Tenant, Thread, InternetMessageID ... set by the caller
+	// Raw is the message's bytes, stored with it (nil: no raw copy, e.g.
+	// a copy of a message already held).
+	Raw     *Raw
+	Mailbox string // the mailbox this copy came through
 	// LearnID, when set, is a provider-assigned Message-ID to learn for
 	// Ref (a user's forwarded sent copy); no new message is stored.
 	Learn *Ref
@@ -246,7 +268,11 @@ func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, 
 	var res CommitResult
 	tenant := in.Message.Tenant
 	now := s.now().UTC()
-	err := s.group(ctx, func(tx *bolt.Tx) error {
+	loc, size, err := s.writeRaw(in.Raw)
+	if err != nil {
+		return res, err
+	}
+	err = s.group(ctx, func(tx *bolt.Tx) error {
 		ib := tx.Bucket(bMsgID)
 		mb := tx.Bucket(bMessages)
 		if in.Learn != nil {
@@ -284,6 +310,10 @@ func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, 
 		}
 		m := in.Message
 		m.ID, m.Candidate, m.Received = seq, th.Candidate, now
+		m.Raw, m.Size = loc, size
+		if err := linkRaw(tx, loc, ownerKey(ownerMessage, tenant, m.ID)); err != nil {
+			return err
+		}
 		m.Mailboxes = nil
 		addMailbox(&m, in.Mailbox)
 		if m.InternetMessageID == "" {
@@ -344,32 +374,31 @@ func (s *Store) MarkBounced(ctx context.Context, tenant string, id uint64, statu
 }
 
 // RemoveMessage takes a message off the profile: the record becomes a
-// tombstone (so a later copy does not bring it back) and its raw file is
-// deleted after the commit.
+// tombstone (so a later copy does not bring it back) and gives up its raw
+// bytes: a large message's file is deleted after the commit, segment bytes
+// at the next compaction.
 func (s *Store) RemoveMessage(ctx context.Context, tenant string, id uint64) error {
-	var raw string
+	var freed string
 	err := s.group(ctx, func(tx *bolt.Tx) error {
 		mb := tx.Bucket(bMessages)
 		var m Message
 		if err := getJSON(mb, keyU64(tenant, id), &m); err != nil {
 			return fmt.Errorf("message %d: %w", id, err)
 		}
-		raw = m.Raw
+		var err error
+		if freed, err = unlinkRaw(tx, m.Raw); err != nil {
+			return err
+		}
 		m.Removed, m.RemovedAt, m.Raw = true, s.now().UTC(), ""
 		return putJSON(mb, keyU64(tenant, id), &m)
 	})
 	if err != nil {
 		return err
 	}
-	if raw != "" && !s.rawReferenced(raw) {
-		return s.raw.remove(raw)
+	if freed != "" {
+		return s.big.remove(freed)
 	}
 	return nil
-}
-
-func (s *Store) rawReferenced(sum string) bool {
-	refs, err := s.RawSums()
-	return err != nil || refs[sum] // on error keep the file
 }
 
 func addMailbox(m *Message, mbox string) {

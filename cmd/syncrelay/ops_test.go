@@ -830,7 +830,7 @@ func messagesByID(t *testing.T, dir string) map[string]string {
 			if m.Raw == "" {
 				continue
 			}
-			f, err := st.OpenRaw(m.Raw)
+			f, err := st.OpenRaw(context.Background(), m.Raw)
 			must(t, err)
 			b, _ := io.ReadAll(f)
 			f.Close()
@@ -1043,10 +1043,11 @@ func TestStartupCollectsOrphans(t *testing.T) {
 	e := newOpsEnv(t, store.PolicyOff)
 	st, err := store.Open(e.data, store.Options{})
 	must(t, err)
-	orphan, _, err := st.PutRaw(nil, strings.NewReader("written, never committed\r\n"))
-	must(t, err)
 	st.Close()
-	orphanPath := filepath.Join(e.data, "raw", orphan[:2], orphan)
+	// A large message's file written, never committed.
+	orphanPath := filepath.Join(e.data, "raw", "big", strings.Repeat("ab", 32)+"-0123456789abcdef")
+	must(t, os.MkdirAll(filepath.Dir(orphanPath), 0o700))
+	must(t, os.WriteFile(orphanPath, []byte("written, never committed\r\n"), 0o600))
 	staging := filepath.Join(e.data, "raw", "tmp", "backup-123")
 	must(t, os.MkdirAll(staging, 0o700))
 	must(t, os.WriteFile(filepath.Join(staging, "syncrelay.db"), []byte("x"), 0o600))

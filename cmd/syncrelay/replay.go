@@ -89,29 +89,12 @@ func openForReplay(c *config.Config, commit bool, stderr io.Writer) (*store.Stor
 	if err != nil {
 		return nil, nil, explainLocked(err)
 	}
-	tmp, err := os.MkdirTemp("", "syncrelay-replay-")
-	if err != nil {
-		ro.Close()
-		return nil, nil, err
-	}
-	f, err := os.Create(filepath.Join(tmp, config.DBFileName))
-	if err == nil {
-		_, err = ro.WriteTo(f)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-	}
+	st, err := ro.DryRun(context.Background())
 	ro.Close()
 	if err != nil {
-		os.RemoveAll(tmp)
 		return nil, nil, fmt.Errorf("snapshot store: %w", err)
 	}
-	st, err := store.Open(tmp, store.Options{LockTimeout: timeout})
-	if err != nil {
-		os.RemoveAll(tmp)
-		return nil, nil, err
-	}
-	return st, func() { st.Close(); os.RemoveAll(tmp) }, nil
+	return st, func() { st.Close() }, nil
 }
 
 func explainLocked(err error) error {

@@ -203,27 +203,23 @@ func TestStoreFaults(t *testing.T) {
 type faultStore struct {
 	*store.Store
 	mu     sync.Mutex
-	rawErr func(head []byte, r io.Reader) (string, int64, error)
+	rawErr func(ctx context.Context, in *store.Incoming) (store.CommitResult, error)
 	lost   atomic.Bool // commit, then report failure
 }
 
-func (f *faultStore) PutRaw(head []byte, r io.Reader) (string, int64, error) {
-	f.mu.Lock()
-	fn := f.rawErr
-	f.mu.Unlock()
-	if fn != nil {
-		return fn(head, r)
-	}
-	return f.Store.PutRaw(head, r)
-}
-
-func (f *faultStore) setRaw(fn func(head []byte, r io.Reader) (string, int64, error)) {
+func (f *faultStore) setRaw(fn func(ctx context.Context, in *store.Incoming) (store.CommitResult, error)) {
 	f.mu.Lock()
 	f.rawErr = fn
 	f.mu.Unlock()
 }
 
 func (f *faultStore) CommitInbound(ctx context.Context, in *store.Incoming) (store.CommitResult, error) {
+	f.mu.Lock()
+	fn := f.rawErr
+	f.mu.Unlock()
+	if fn != nil && in.Raw != nil {
+		return fn(ctx, in)
+	}
 	res, err := f.Store.CommitInbound(ctx, in)
 	if err == nil && f.lost.Load() {
 		return store.CommitResult{}, errors.New("injected: commit result lost")
@@ -325,16 +321,17 @@ func TestInjectedWriter(t *testing.T) {
 
 	for _, f := range []struct {
 		name string
-		fn   func(head []byte, r io.Reader) (string, int64, error)
+		fn   func(ctx context.Context, in *store.Incoming) (store.CommitResult, error)
 	}{
-		{"raw write fails part-way (ENOSPC)", func(head []byte, r io.Reader) (string, int64, error) {
+		{"raw write fails part-way (ENOSPC)", func(ctx context.Context, in *store.Incoming) (store.CommitResult, error) {
 			// The real store writes 3 KiB, then its source fails the way
 			// a full disk fails a write; it must clean up after itself.
-			return st.PutRaw(head, &failingReader{r: r, n: 3 << 10,
-				err: &os.PathError{Op: "write", Path: filepath.Join(rawDir, "tmp"), Err: syscall.ENOSPC}})
+			in.Raw.Body = &failingReader{r: in.Raw.Body, n: 3 << 10,
+				err: &os.PathError{Op: "write", Path: filepath.Join(rawDir, "seg"), Err: syscall.ENOSPC}}
+			return st.CommitInbound(ctx, in)
 		}},
-		{"raw fsync fails (EIO)", func([]byte, io.Reader) (string, int64, error) {
-			return "", 0, fmt.Errorf("raw: fsync: %w", &os.PathError{Op: "fsync", Path: rawDir, Err: syscall.EIO})
+		{"raw fsync fails (EIO)", func(context.Context, *store.Incoming) (store.CommitResult, error) {
+			return store.CommitResult{}, fmt.Errorf("raw: fsync: %w", &os.PathError{Op: "fsync", Path: rawDir, Err: syscall.EIO})
 		}},
 	} {
 		raw0, _ := countFiles(t, rawDir)

@@ -357,7 +357,7 @@ func verify(t testing.TB, st *store.Store, tenant string, acked map[string]Reply
 			fail("%s: message %d has no raw file", id, m.ID)
 			continue
 		}
-		f, err := st.OpenRaw(m.Raw)
+		f, err := st.OpenRaw(context.Background(), m.Raw)
 		if err != nil {
 			fail("%s: raw %s: %v", id, m.Raw, err)
 			continue
