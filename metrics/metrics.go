@@ -38,7 +38,6 @@ type Metrics struct {
 	auth          *prometheus.CounterVec
 	dataReply     prometheus.Histogram
 	storeCommit   *prometheus.HistogramVec
-	rawWrite      prometheus.Histogram
 	tlsExpiry     prometheus.Gauge
 	tlsReloads    *prometheus.CounterVec
 }
@@ -89,11 +88,6 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help:    "Latency of durable (fsynced, group) store commits on the inbound path, by operation.",
 			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16), // 0.2 ms .. 6.5 s
 		}, []string{"op"}),
-		rawWrite: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "syncrelay_store_raw_write_seconds",
-			Help:    "Latency of writing and fsyncing one raw message file.",
-			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16),
-		}),
 		tlsExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "syncrelay_tls_certificate_expiry_timestamp_seconds",
 			Help: "NotAfter of the SMTP STARTTLS certificate in use (Unix time); absent without a certificate. Alert when it is less than 14 days away.",
@@ -116,7 +110,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.storeCommit.WithLabelValues(op)
 	}
 	reg.MustRegister(m.connsAccepted, m.connsRefused, m.connsActive, m.sessions, m.replies,
-		m.messages, m.auth, m.dataReply, m.storeCommit, m.rawWrite, m.tlsReloads)
+		m.messages, m.auth, m.dataReply, m.storeCommit, m.tlsReloads)
 	// The expiry gauge is registered only once a certificate is set, so a
 	// daemon without STARTTLS does not export a misleading 0.
 	m.tlsExpiry = registerLater(reg, m.tlsExpiry)
@@ -271,14 +265,6 @@ func (m *Metrics) StoreCommit(op string, d time.Duration) {
 	m.storeCommit.WithLabelValues(op).Observe(d.Seconds())
 }
 
-// RawWrite observes writing one raw message file.
-func (m *Metrics) RawWrite(d time.Duration) {
-	if m == nil {
-		return
-	}
-	m.rawWrite.Observe(d.Seconds())
-}
-
 // --- TLS ---
 
 // TLSCertificate records the NotAfter of the certificate now in use.
@@ -313,7 +299,7 @@ var Families = map[string][]string{
 	},
 	"inbound": {
 		"syncrelay_messages_total", "syncrelay_auth_results_total",
-		"syncrelay_store_commit_seconds", "syncrelay_store_raw_write_seconds",
+		"syncrelay_store_commit_seconds",
 	},
 	"tls":   {"syncrelay_tls_certificate_expiry_timestamp_seconds", "syncrelay_tls_reloads_total"},
 	"build": {"syncrelay_build_info", "go_build_info"},

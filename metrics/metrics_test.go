@@ -31,7 +31,6 @@ func TestInboundMetrics(t *testing.T) {
 	m.DKIMResult("") // ignored
 	m.DataReply(3 * time.Millisecond)
 	m.StoreCommit(OpCommitInbound, time.Millisecond)
-	m.RawWrite(time.Millisecond)
 	m.TLSReload(true)
 
 	for _, tc := range []struct {
@@ -154,7 +153,6 @@ func TestNilMetricsAreNoOps(t *testing.T) {
 	m.ARCResult("pass")
 	m.DataReply(time.Second)
 	m.StoreCommit(OpQuarantine, time.Second)
-	m.RawWrite(time.Second)
 	m.TLSCertificate(time.Now())
 	m.TLSReload(false)
 }

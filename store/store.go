@@ -102,7 +102,7 @@ type Store struct {
 	compactMu sync.Mutex    // one compaction at a time
 	grace     time.Duration // compactGrace, 0 for a store nobody else writes
 
-	cleanup   func() // DryRun: remove the scratch copy after Close
+	cleanup func() // DryRun: remove the scratch copy after Close
 
 	closeOnce sync.Once
 	closeErr  error

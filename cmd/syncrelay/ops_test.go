@@ -531,7 +531,6 @@ func TestTrafficMetricsStatusAndNoLeaks(t *testing.T) {
 		{`syncrelay_auth_results_total{method="arc",result="none"}`, 1},
 		{`syncrelay_smtp_data_reply_seconds_count`, 2},
 		{`syncrelay_store_commit_seconds_count{op="commit_inbound"}`, 1},
-		{`syncrelay_store_raw_write_seconds_count`, 1},
 		{`syncrelay_smtp_connections_refused_total{reason="max_connections"}`, 0},
 		{`syncrelay_webhook_outbox_pending`, 0},
 		{`go_goroutines`, 1},
