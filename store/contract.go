@@ -196,3 +196,5 @@ type CompactStats struct {
 	Moved      int   // live messages moved
 	FreedBytes int64 // bytes given back to the file system
 }
+
+var _ Backend = (*Store)(nil)

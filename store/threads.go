@@ -557,3 +557,7 @@ func (s *Store) Counts(ctx context.Context, tenant string, since time.Time) (map
 	}
 	return out, last, err
 }
+
+// FlushCounters writes buffered counters now (they are otherwise flushed
+// every 10 s and at Close).
+func (s *Store) FlushCounters(ctx context.Context) error { return s.flushCounters() }
