@@ -80,7 +80,7 @@ func NewPipeline(c *config.Config, st router.Store, keys *Keys, log *slog.Logger
 // stdout receives the one-time dev token notice.
 func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writer) error {
 	log = withContextAttrs(log)
-	st, err := store.Open(c.Store.Dir, store.Options{LockTimeout: c.Store.OpenTimeout.Duration})
+	st, err := store.Open(c.Store.Dir, store.Options{LockTimeout: c.Store.OpenTimeout.Duration, Log: log})
 	if err != nil {
 		return err
 	}
@@ -179,7 +179,7 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	errc := make(chan error, 2)
 	go func() { errc <- smtpSrv.Serve(smtpLn) }()
 	go func() { errc <- httpSrv.Serve(httpLn) }()
-	go expireQuarantine(ctx, st, log)
+	go storeHousekeeping(ctx, st, log)
 	go outboundJanitor(ctx, st, log)
 	// SIGHUP reloads the certificate; handled until Run returns, so a
 	// SIGHUP while draining does not kill the process.
@@ -236,7 +236,10 @@ func warnPolicyOff(ctx context.Context, st *store.Store, log *slog.Logger) error
 	return nil
 }
 
-func expireQuarantine(ctx context.Context, st *store.Store, log *slog.Logger) {
+// storeHousekeeping expires quarantined messages and then compacts the
+// store every hour, so the bytes of removed and expired messages leave the
+// disk within a couple of hours (SPEC §11: within 24).
+func storeHousekeeping(ctx context.Context, st *store.Store, log *slog.Logger) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {
@@ -244,6 +247,11 @@ func expireQuarantine(ctx context.Context, st *store.Store, log *slog.Logger) {
 			log.Warn("quarantine expiry", "err", err)
 		} else if n > 0 {
 			log.Info("expired quarantined messages", "count", n)
+		}
+		if cs, err := st.Compact(ctx); err != nil && ctx.Err() == nil {
+			log.Warn("store compaction", "err", err)
+		} else if cs.Segments > 0 {
+			log.Info("store compacted", "segments", cs.Segments, "moved", cs.Moved, "freed_bytes", cs.FreedBytes)
 		}
 		select {
 		case <-ctx.Done():

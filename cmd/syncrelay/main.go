@@ -29,6 +29,7 @@ func commands() map[string]command {
 		"check":   {"check config, TLS, DNS, store and providers; print a tenant's routing rules", runCheck},
 		"backup":  {"write a consistent backup archive, even while the daemon runs", runBackup},
 		"restore": {"restore a backup archive into an empty data directory", runRestore},
+		"compact": {"free the bytes of removed messages now (the daemon does it hourly)", runCompact},
 		"version": {"print the version", runVersion},
 	}
 }

@@ -155,38 +155,52 @@ func TestStoreFaults(t *testing.T) {
 		led.add(after)
 	}
 
-	// The raw directory becomes unusable (its tmp/ and every shard
-	// directory are replaced by files; the shards, with the messages
-	// already stored, are set aside): every raw write fails before
-	// anything is committed.
-	raw := filepath.Join(data, "raw")
-	blocked := []string{filepath.Join(raw, "tmp")}
-	for i := range 256 {
-		blocked = append(blocked, filepath.Join(raw, fmt.Sprintf("%02x", i)))
+	// The segment log fails: its active file's writes hit a full disk, or
+	// its data is lost and the flush fails. A kept message whose bytes are
+	// not durable is refused with a 4xx and nothing of it is committed (its
+	// retry is "stored", not "duplicate"); duplicates (no raw bytes) are
+	// still answered. After a failed flush the file is never appended to
+	// again: the log moves to a new segment, so the messages after the
+	// failing one may already be stored, durably (they join the ledger).
+	segs, err := filepath.Glob(filepath.Join(data, "raw", "seg", "*"))
+	if err != nil || len(segs) == 0 {
+		t.Fatalf("no segment file: %v %v", segs, err)
 	}
-	for _, p := range blocked {
-		if err := os.Rename(p, p+".aside"); err != nil && !errors.Is(err, os.ErrNotExist) {
-			t.Fatal(err)
+	active, err := filepath.EvalSymlinks(segs[len(segs)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []struct {
+		name, dev string
+		heals     bool // the log moves on by itself after the first failure
+	}{
+		{"segment write fails (ENOSPC)", "/dev/full", false},
+		{"segment fdatasync fails after its writes were lost", "/dev/null", true},
+	} {
+		restore := swapFD(t, fdOf(t, active), f.dev)
+		failed := cl.sendN(5, loadgen.Match)
+		dups := cl.sendN(3, loadgen.Dup) // a duplicate needs no raw bytes
+		restore()
+		var refused, stored []sent
+		for _, s := range failed {
+			if s.err == nil && s.reply.Code == 250 && f.heals && len(refused) > 0 {
+				stored = append(stored, s)
+			} else {
+				refused = append(refused, s)
+			}
 		}
-		if err := os.WriteFile(p, nil, 0o600); err != nil {
+		expectTempfail(t, f.name, refused)
+		expectOK(t, f.name+": after the log moved on", stored, "stored")
+		led.add(stored)
+		expectOK(t, f.name+": duplicates", dups, "duplicate")
+		retried := cl.resend(refused)
+		expectOK(t, f.name+": cleared, retried", retried, "stored")
+		led.add(retried)
+		segs, _ = filepath.Glob(filepath.Join(data, "raw", "seg", "*"))
+		if active, err = filepath.EvalSymlinks(segs[len(segs)-1]); err != nil {
 			t.Fatal(err)
 		}
 	}
-	failed := cl.sendN(5, loadgen.Match)
-	dups := cl.sendN(3, loadgen.Dup) // a duplicate needs no raw file
-	for _, p := range blocked {
-		if err := os.Remove(p); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(p+".aside", p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			t.Fatal(err)
-		}
-	}
-	expectTempfail(t, "raw file cannot be created", failed)
-	expectOK(t, "raw file cannot be created: duplicates", dups, "duplicate")
-	retried := cl.resend(failed)
-	expectOK(t, "raw dir cleared, retried", retried, "stored")
-	led.add(retried)
 
 	stop()
 	if t.Failed() {
