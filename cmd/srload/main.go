@@ -4,6 +4,8 @@
 //	srload run     -addr HOST:PORT [-manifest FILE] [-c 20] [-d 30s] [-n N] [-size 4096]
 //	               [-mix match=100] [-rate R] [-replies FILE] [-json FILE]
 //	srload idle    -addr HOST:PORT [-n 2000] [-hold 20s]
+//	srload fill    -config FILE -manifest FILE [-n 1000000] [-ids FILE]
+//	srload delete  -http HOST:PORT -token-file FILE -tenant T -ids FILE [-n 2000] [-c 4]
 //
 // prepare runs before the daemon starts (the daemon holds the store's lock):
 // it opens the store of the daemon's config, creates a tenant, a user, a
@@ -22,6 +24,10 @@
 //
 // idle opens N sessions, says EHLO on each, prints "READY n" and holds them
 // open (to measure the server's memory per idle connection).
+//
+// fill (daemon stopped) stores N messages straight through the store, to
+// measure on a large store; delete removes messages through the HTTP API
+// and reports the latency.
 //
 // Every run is bounded in count and time.
 package main
@@ -58,6 +64,10 @@ func main() {
 		err = run(os.Args[2:])
 	case "idle":
 		err = idle(os.Args[2:])
+	case "fill":
+		err = fill(os.Args[2:])
+	case "delete":
+		err = deleteRun(os.Args[2:])
 	case "-h", "-help", "--help", "help":
 		usage(os.Stdout)
 		return
@@ -77,6 +87,8 @@ func usage(w io.Writer) {
   srload prepare -config FILE -manifest FILE [-zone FILE] [-threads N]   (daemon stopped)
   srload run -addr HOST:PORT [-manifest FILE] [-c 20] [-d 30s] [-n N] [-size 4096] [-mix match=100] [-rate R] [-json FILE]
   srload idle -addr HOST:PORT [-n 2000] [-hold 20s]
+  srload fill -config FILE -manifest FILE [-n 1000000] [-ids FILE]   (daemon stopped)
+  srload delete -http HOST:PORT -token-file FILE -tenant T -ids FILE [-n 2000] [-c 4]
 Run "srload COMMAND -h" for the flags of a command.
 `)
 }
