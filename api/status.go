@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"sort"
+	"strconv"
 	"strings"
 	"time"
 
+	"syncrelay/setup"
 	"syncrelay/store"
 )
 
@@ -22,14 +25,32 @@ import (
 //     although the tenant sent mail through syncrelay within that period
 //     (the routing rule forwards each sent copy, so silence means the rule
 //     broke);
+//   - over_forwarding: mail arrives, but most of it over the last day was
+//     not of interest (discarded): the rule copies mail it should not, a
+//     privacy problem at the company;
 //   - ok: otherwise (recent mail, or nothing sent that should have come back).
+//
+// The detail and action texts are for the company's email admin: what to
+// do in the Google Admin console or the Exchange admin center, or what to
+// ask the ATS for; never a shell command they cannot run.
 
 // Forwarding verdicts.
 const (
-	ForwardingOK        = "ok"
-	ForwardingNeverSeen = "never_seen"
-	ForwardingStale     = "stale"
+	ForwardingOK             = "ok"
+	ForwardingNeverSeen      = "never_seen"
+	ForwardingStale          = "stale"
+	ForwardingOverForwarding = "over_forwarding"
 )
+
+// Status issue codes (StatusIssue.Code).
+const (
+	IssueOverForwarding = "over_forwarding"
+	IssueDKIMUnaligned  = "dkim_unaligned"
+)
+
+// overForwardingMin is how many messages the last day must hold before
+// their discarded share says anything about the rule.
+const overForwardingMin = 10
 
 // DefaultStaleAfter is status.stale_after's default.
 const DefaultStaleAfter = 24 * time.Hour
@@ -55,7 +76,22 @@ type statusJSON struct {
 	LastDay        windowJSON `json:"last_day"`
 	Authentication authJSON   `json:"authentication"`
 	BrokenGrants   []grantRef `json:"broken_grants"`
-	CheckedAt      time.Time  `json:"checked_at"`
+	// Issues are the problems found over the last day, each with what to
+	// do (empty when none).
+	Issues    []StatusIssue `json:"issues"`
+	CheckedAt time.Time     `json:"checked_at"`
+}
+
+// StatusIssue is one problem of a tenant's setup that the status (and
+// `syncrelay check -tenant`) reports, explained for its email admin.
+type StatusIssue struct {
+	Code  string `json:"code"`  // over_forwarding | dkim_unaligned
+	Count uint64 `json:"count"` // messages concerned over the last day
+	// SigningDomains are, for dkim_unaligned, the domains the refused
+	// mail was validly signed by, most frequent first.
+	SigningDomains []string `json:"signing_domains,omitempty"`
+	Detail         string   `json:"detail"`
+	Action         string   `json:"action"`
 }
 
 type sentJSON struct {
@@ -141,31 +177,180 @@ func (s *Server) tenantStatus(w http.ResponseWriter, r *http.Request) {
 		rate := math.Round(float64(a.LastDay.AuthPassed)/float64(a.LastDay.AuthChecked)*1000) / 1000
 		out.Authentication.PassRate = &rate
 	}
-	out.Forwarding, out.Detail, out.Action = forwardingVerdict(t, a, now, stale)
+	rules := setup.For(s.o.Hostname, t)
+	out.Forwarding, out.Detail, out.Action = forwardingVerdict(t, a, now, stale, rules)
+	out.Issues = TenantIssues(t, a, rules)
 	writeJSON(w, http.StatusOK, out)
 }
 
-// forwardingVerdict decides ok / never_seen / stale and explains it, with
-// what to do when it is not ok.
-func forwardingVerdict(t *store.Tenant, a *store.TenantActivity, now time.Time, stale time.Duration) (verdict, detail, action string) {
-	rule := "Google Workspace content compliance rule"
-	if t.Provider == "microsoft" {
-		rule = "Exchange Online mail flow rules"
-	}
-	fix := fmt.Sprintf("check the %s for %s (`syncrelay check -tenant %s` prints it) and see docs/admin-setup.md, Troubleshooting", rule, t.InboundAddress, t.ID)
+// forwardingVerdict decides ok / never_seen / stale / over_forwarding and
+// explains it, with what to do when it is not ok.
+func forwardingVerdict(t *store.Tenant, a *store.TenantActivity, now time.Time, stale time.Duration, rules *setup.Rules) (verdict, detail, action string) {
+	fix := checkRuleAction(t, rules)
 	sent := fmt.Sprintf("%d %s sent through syncrelay in the last %s", a.Sent, plural(a.Sent, "message was", "messages were"), formatDuration(stale))
 	switch {
 	case a.LastForwarded.IsZero():
 		if a.Sent > 0 {
 			return ForwardingNeverSeen, "no message has ever reached the inbound address although " + sent, fix
 		}
-		return ForwardingNeverSeen, "no message has ever reached the inbound address", "create the " + rule + ": " + fix
+		return ForwardingNeverSeen, "no message has ever reached the inbound address", createRuleAction(t, rules)
 	case now.Sub(a.LastForwarded) > stale && a.Sent > 0:
 		return ForwardingStale, fmt.Sprintf("the last forwarded message arrived %s ago although %s", formatDuration(now.Sub(a.LastForwarded)), sent), fix
 	case now.Sub(a.LastForwarded) > stale:
 		return ForwardingOK, fmt.Sprintf("the last forwarded message arrived %s ago; no mail was sent through syncrelay since, so none was expected", formatDuration(now.Sub(a.LastForwarded))), ""
 	}
+	if is, ok := overForwarding(t, a, rules); ok {
+		return ForwardingOverForwarding, is.Detail, is.Action
+	}
 	return ForwardingOK, fmt.Sprintf("the last forwarded message arrived %s ago", formatDuration(now.Sub(a.LastForwarded))), ""
+}
+
+// TenantIssues lists the problems a tenant's activity over the last day
+// shows, for the status endpoint and `syncrelay check -tenant`; rules are
+// the tenant's routing rules (setup.For).
+func TenantIssues(t *store.Tenant, a *store.TenantActivity, rules *setup.Rules) []StatusIssue {
+	out := []StatusIssue{}
+	if is, ok := overForwarding(t, a, rules); ok {
+		out = append(out, is)
+	}
+	if is, ok := dkimUnaligned(t, a); ok {
+		out = append(out, is)
+	}
+	return out
+}
+
+// overForwarding: most of the last day's forwarded mail was not of
+// interest, so the routing rule copies mail out of the company that it
+// should not (syncrelay discards it unread, but it has left the company).
+func overForwarding(t *store.Tenant, a *store.TenantActivity, rules *setup.Rules) (StatusIssue, bool) {
+	total := a.LastDay.Total
+	discarded := a.LastDay.Reasons["discarded/no_match"]
+	if total < overForwardingMin || discarded*2 <= total {
+		return StatusIssue{}, false
+	}
+	return StatusIssue{
+		Code:  IssueOverForwarding,
+		Count: discarded,
+		Detail: fmt.Sprintf("%d of the %d messages forwarded in the last 24h (%d%%) were not part of an ATS conversation and were discarded unread: "+
+			"the routing rule copies more mail than it should", discarded, total, discarded*100/total),
+		Action: narrowRuleAction(t, rules),
+	}, true
+}
+
+// dkimUnaligned: mail of the tenant's own users was refused (or
+// quarantined) although validly DKIM-signed, by a domain that is neither
+// aligned with the sender's nor one of the tenant's signing domains: the
+// company has no custom DKIM, or sends through a provider not declared.
+func dkimUnaligned(t *store.Tenant, a *store.TenantActivity) (StatusIssue, bool) {
+	var n uint64
+	for k, c := range a.LastDay.Reasons {
+		if strings.HasSuffix(k, "/"+IssueDKIMUnaligned) {
+			n += c
+		}
+	}
+	if n == 0 {
+		return StatusIssue{}, false
+	}
+	signers := topKeys(a.LastDay.UnalignedSigners, 5)
+	by := "a domain"
+	if len(signers) > 0 {
+		by = strings.Join(signers, ", ")
+	}
+	return StatusIssue{
+		Code:           IssueDKIMUnaligned,
+		Count:          n,
+		SigningDomains: signers,
+		Detail: fmt.Sprintf("%d %s from the company's own users in the last 24h %s not accepted: DKIM-signed only by %s, "+
+			"which is neither the sender's domain nor one of the tenant's signing domains", n, plural(int(n), "message", "messages"),
+			plural(int(n), "was", "were"), by),
+		Action: dkimAction(t, by),
+	}, true
+}
+
+// topKeys returns at most n keys of m, largest count first.
+func topKeys(m map[string]uint64, n int) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if m[keys[i]] != m[keys[j]] {
+			return m[keys[i]] > m[keys[j]]
+		}
+		return keys[i] < keys[j]
+	})
+	if len(keys) > n {
+		keys = keys[:n]
+	}
+	return keys
+}
+
+// --- what the company's email admin does (admin consoles, not shells) ---
+
+const (
+	googleCompliance = "In the Google Admin console (Apps > Google Workspace > Gmail > Compliance)"
+	exchangeRules    = "In the Exchange admin center (Mail flow > Rules)"
+)
+
+func exchangeNames(rules *setup.Rules) string {
+	var names []string
+	for _, r := range rules.Exchange.Rules {
+		names = append(names, strconv.Quote(r.Name))
+	}
+	return strings.Join(names, ", ")
+}
+
+func exchangePattern(rules *setup.Rules) string {
+	if len(rules.Exchange.Rules) == 0 {
+		return ""
+	}
+	return rules.Exchange.Rules[0].Pattern
+}
+
+func createRuleAction(t *store.Tenant, rules *setup.Rules) string {
+	if t.Provider == "microsoft" {
+		return fmt.Sprintf("%s, create the mail flow rules %s: each applies when \"A message header matches\" its header's pattern "+
+			"(References and In-Reply-To: %s) and does \"Bcc the message to\" %s. Your ATS's setup instructions list every setting.",
+			exchangeRules, exchangeNames(rules), exchangePattern(rules), t.InboundAddress)
+	}
+	return fmt.Sprintf("%s, add the content compliance rule %q: all four directions, Advanced content match, location Full headers, "+
+		"Matches regex %s, action Also deliver to %s. Your ATS's setup instructions list every setting.",
+		googleCompliance, rules.Google.Name, rules.Google.Regex, t.InboundAddress)
+}
+
+func checkRuleAction(t *store.Tenant, rules *setup.Rules) string {
+	if t.Provider == "microsoft" {
+		return fmt.Sprintf("%s, check that the rules %s exist, are enabled, match their header's pattern (References and In-Reply-To: %s) "+
+			"and Bcc the message to %s. If they do, ask your ATS provider to check that mail to that address reaches the relay.",
+			exchangeRules, exchangeNames(rules), exchangePattern(rules), t.InboundAddress)
+	}
+	return fmt.Sprintf("%s, check that the content compliance rule %q exists, is on, covers all four directions, matches Full headers "+
+		"against the regex %s and also delivers to %s. If it does, ask your ATS provider to check that mail to that address reaches the relay.",
+		googleCompliance, rules.Google.Name, rules.Google.Regex, t.InboundAddress)
+}
+
+func narrowRuleAction(t *store.Tenant, rules *setup.Rules) string {
+	if t.Provider == "microsoft" {
+		return fmt.Sprintf("%s, make every rule that Bcc's %s apply only when its header matches the pattern of the setup instructions "+
+			"(References and In-Reply-To: %s), never to all messages, and remove any other rule, connector or forwarding to that address: "+
+			"mail that is not part of an ATS conversation must not leave the company.", exchangeRules, t.InboundAddress, exchangePattern(rules))
+	}
+	return fmt.Sprintf("%s, make the content compliance rule %q the only rule that delivers to %s, and let it apply only to messages whose "+
+		"Full headers match the regex %s (Advanced content match, not all messages); remove any other routing, forwarding or compliance rule "+
+		"to that address: mail that is not part of an ATS conversation must not leave the company.",
+		googleCompliance, rules.Google.Name, t.InboundAddress, rules.Google.Regex)
+}
+
+func dkimAction(t *store.Tenant, by string) string {
+	domains := strings.Join(t.Domains, ", ")
+	if t.Provider == "microsoft" {
+		return fmt.Sprintf("Turn on DKIM signing for %s in the Microsoft Defender portal (Email & collaboration > Policies & rules > "+
+			"Threat policies > Email authentication settings > DKIM: publish the two CNAME records at your DNS host, then enable signing), "+
+			"or ask your ATS provider to add %s to the tenant's signing domains.", domains, by)
+	}
+	return fmt.Sprintf("Turn on DKIM signing for %s in the Google Admin console (Apps > Google Workspace > Gmail > Authenticate email: "+
+		"generate a key, publish the TXT record at your DNS host, then Start authentication), "+
+		"or ask your ATS provider to add %s to the tenant's signing domains.", domains, by)
 }
 
 func (s *Server) brokenGrants(ctx context.Context, ss statusStore, tenant string) ([]grantRef, error) {

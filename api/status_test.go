@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"syncrelay/setup"
 	"syncrelay/store"
 )
 
@@ -67,9 +68,10 @@ func TestTenantStatusVerdicts(t *testing.T) {
 		got["inbound_address"] != inbound || got["detail"] != "no message has ever reached the inbound address" {
 		t.Fatalf("fresh tenant: %v", got)
 	}
-	if a, _ := got["action"].(string); !strings.Contains(a, "Google Workspace content compliance rule") || !strings.Contains(a, "syncrelay check -tenant acme") {
+	if a, _ := got["action"].(string); !strings.Contains(a, "Google Admin console") || !strings.Contains(a, inbound) || adminCannotRun(a) {
 		t.Fatalf("action %q", a)
 	}
+	checkSchema(t, "TenantStatus", got)
 	if bg, ok := got["broken_grants"].([]any); !ok || len(bg) != 0 {
 		t.Fatalf("broken_grants %v", got["broken_grants"])
 	}
@@ -125,6 +127,10 @@ func TestTenantStatusVerdicts(t *testing.T) {
 	if got["forwarding"] != "ok" || got["action"] != nil {
 		t.Fatalf("ok: %v", got)
 	}
+	if is, ok := got["issues"].([]any); !ok || len(is) != 0 {
+		t.Fatalf("issues %v", got["issues"])
+	}
+	checkSchema(t, "TenantStatus", got)
 	hour := got["last_hour"].(map[string]any)
 	if hour["total"].(float64) != 3 || hour["decisions"].(map[string]any)["stored"].(float64) != 1 ||
 		hour["reasons"].(map[string]any)["discarded/no_match"].(float64) != 1 {
@@ -170,29 +176,105 @@ func TestTenantStatusVerdicts(t *testing.T) {
 func TestForwardingVerdict(t *testing.T) {
 	now := time.Date(2025, 3, 10, 12, 0, 0, 0, time.UTC)
 	ms := &store.Tenant{ID: "beta", Provider: "microsoft", InboundAddress: "beta-x@relay.test"}
+	day := func(stored, discarded uint64) store.WindowCounts {
+		return store.WindowCounts{Total: stored + discarded, Reasons: map[string]uint64{"stored/token": stored, "discarded/no_match": discarded}}
+	}
 	for _, tc := range []struct {
 		name       string
 		last       time.Time
 		sent       int
+		day        store.WindowCounts
 		want, text string
 	}{
-		{"never, nothing sent", time.Time{}, 0, ForwardingNeverSeen, "no message has ever reached the inbound address"},
-		{"never, sent", time.Time{}, 3, ForwardingNeverSeen, "no message has ever reached the inbound address although 3 messages were sent through syncrelay in the last 24h"},
-		{"recent", now.Add(-5 * time.Minute), 3, ForwardingOK, "the last forwarded message arrived 5m ago"},
-		{"old but quiet", now.Add(-50 * time.Hour), 0, ForwardingOK, "the last forwarded message arrived 50h ago; no mail was sent through syncrelay since, so none was expected"},
-		{"stale", now.Add(-25*time.Hour - 30*time.Minute), 2, ForwardingStale, "the last forwarded message arrived 25h30m ago although 2 messages were sent through syncrelay in the last 24h"},
+		{"never, nothing sent", time.Time{}, 0, day(0, 0), ForwardingNeverSeen, "no message has ever reached the inbound address"},
+		{"never, sent", time.Time{}, 3, day(0, 0), ForwardingNeverSeen, "no message has ever reached the inbound address although 3 messages were sent through syncrelay in the last 24h"},
+		{"recent", now.Add(-5 * time.Minute), 3, day(4, 1), ForwardingOK, "the last forwarded message arrived 5m ago"},
+		{"old but quiet", now.Add(-50 * time.Hour), 0, day(0, 0), ForwardingOK, "the last forwarded message arrived 50h ago; no mail was sent through syncrelay since, so none was expected"},
+		{"stale", now.Add(-25*time.Hour - 30*time.Minute), 2, day(0, 0), ForwardingStale, "the last forwarded message arrived 25h30m ago although 2 messages were sent through syncrelay in the last 24h"},
+		{"forwards everything", now.Add(-time.Minute), 1, day(0, 40), ForwardingOverForwarding,
+			"40 of the 40 messages forwarded in the last 24h (100%) were not part of an ATS conversation and were discarded unread: the routing rule copies more mail than it should"},
+		{"mostly discarded", now.Add(-time.Minute), 1, day(4, 6), ForwardingOverForwarding,
+			"6 of the 10 messages forwarded in the last 24h (60%) were not part of an ATS conversation and were discarded unread: the routing rule copies more mail than it should"},
+		{"half discarded", now.Add(-time.Minute), 1, day(5, 5), ForwardingOK, "the last forwarded message arrived 1m ago"},
+		{"too few to tell", now.Add(-time.Minute), 1, day(0, 9), ForwardingOK, "the last forwarded message arrived 1m ago"},
 	} {
-		v, detail, action := forwardingVerdict(ms, &store.TenantActivity{LastForwarded: tc.last, Sent: tc.sent}, now, 24*time.Hour)
+		a := &store.TenantActivity{LastForwarded: tc.last, Sent: tc.sent, LastDay: tc.day}
+		v, detail, action := forwardingVerdict(ms, a, now, 24*time.Hour, setup.For("relay.test", ms))
 		if v != tc.want || detail != tc.text {
 			t.Errorf("%s: got %s %q, want %s %q", tc.name, v, detail, tc.want, tc.text)
 		}
 		if (v == ForwardingOK) != (action == "") {
 			t.Errorf("%s: action %q", tc.name, action)
 		}
-		if v != ForwardingOK && !strings.Contains(action, "Exchange Online mail flow rules") {
-			t.Errorf("%s: action does not name the Microsoft rule: %q", tc.name, action)
+		if v != ForwardingOK && (!strings.Contains(action, "Exchange admin center (Mail flow > Rules)") ||
+			!strings.Contains(action, "beta-x@relay.test") || adminCannotRun(action)) {
+			t.Errorf("%s: action is not for the Microsoft admin: %q", tc.name, action)
 		}
 	}
+}
+
+// TestTenantIssues: over_forwarding and dkim_unaligned from a day's
+// counters, with actions an email admin can follow.
+func TestTenantIssues(t *testing.T) {
+	google := &store.Tenant{ID: "acme", Provider: "google", Domains: []string{"acme.test"}, InboundAddress: "acme-x@relay.test"}
+	ms := &store.Tenant{ID: "beta", Provider: "microsoft", Domains: []string{"beta.test"}, InboundAddress: "beta-x@relay.test"}
+	for _, tc := range []struct {
+		name    string
+		t       *store.Tenant
+		reasons map[string]uint64
+		signers map[string]uint64
+		want    []string // issue codes
+		domains string   // signing_domains of dkim_unaligned
+		action  string   // in every action
+	}{
+		{"nothing", google, nil, nil, nil, "", ""},
+		{"ordinary refusals", google, map[string]uint64{"stored/token": 3, "rejected/dkim_fail": 2}, nil, nil, "", ""},
+		{"delivery reports are not over-forwarding", google, map[string]uint64{"discarded/delivery_report": 20}, nil, nil, "", ""},
+		{"own mail unaligned", google, map[string]uint64{"stored/token": 3, "rejected/dkim_unaligned": 2, "quarantined/dkim_unaligned": 1},
+			map[string]uint64{"a.esp.test": 1, "acme-test.evil.gappssmtp.com": 2}, []string{IssueDKIMUnaligned},
+			"[acme-test.evil.gappssmtp.com a.esp.test]", "Google Admin console (Apps > Google Workspace > Gmail > Authenticate email"},
+		{"microsoft unaligned", ms, map[string]uint64{"rejected/dkim_unaligned": 1}, map[string]uint64{"beta.onmicrosoft.com": 1},
+			[]string{IssueDKIMUnaligned}, "[beta.onmicrosoft.com]", "Microsoft Defender portal"},
+		{"both", ms, map[string]uint64{"discarded/no_match": 30, "rejected/dkim_unaligned": 1}, nil,
+			[]string{IssueOverForwarding, IssueDKIMUnaligned}, "[]", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := store.WindowCounts{Reasons: tc.reasons, UnalignedSigners: tc.signers}
+			for _, n := range tc.reasons {
+				w.Total += n
+			}
+			issues := TenantIssues(tc.t, &store.TenantActivity{LastDay: w}, setup.For("relay.test", tc.t))
+			var codes []string
+			for _, is := range issues {
+				codes = append(codes, is.Code)
+				if !strings.Contains(is.Action, tc.action) || adminCannotRun(is.Action) || is.Detail == "" || is.Count == 0 {
+					t.Errorf("%s: %+v", is.Code, is)
+				}
+				if is.Code == IssueDKIMUnaligned {
+					if got := fmt.Sprint(is.SigningDomains); got != tc.domains && !(tc.domains == "[]" && len(is.SigningDomains) == 0) {
+						t.Errorf("signing domains %s, want %s", got, tc.domains)
+					}
+					if len(is.SigningDomains) > 0 && !strings.Contains(is.Action, is.SigningDomains[0]) {
+						t.Errorf("the action does not name the domain to add: %q", is.Action)
+					}
+				}
+			}
+			if fmt.Sprint(codes) != fmt.Sprint(tc.want) {
+				t.Errorf("issues %v, want %v", codes, tc.want)
+			}
+		})
+	}
+}
+
+// adminCannotRun reports an action text that points a company's email
+// admin at a shell command, the API or the relay's docs.
+func adminCannotRun(s string) bool {
+	for _, bad := range []string{"`", "syncrelay check", "curl", "PATCH ", "docs/", "$ "} {
+		if strings.Contains(s, bad) {
+			return true
+		}
+	}
+	return false
 }
 
 func TestAdminBackup(t *testing.T) {

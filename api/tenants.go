@@ -27,12 +27,14 @@ type tenantJSON struct {
 	InboundAddress    string       `json:"inbound_address"`
 	DKIMPolicy        string       `json:"dkim_policy"`
 	TrustedForwarders []string     `json:"trusted_forwarders"`
+	SigningDomains    []string     `json:"signing_domains"`
 	Setup             *setup.Rules `json:"setup,omitempty"`
 }
 
 func (s *Server) tenantOut(t *store.Tenant, withSetup bool) tenantJSON {
 	out := tenantJSON{ID: t.ID, Name: t.Name, Domains: nonNil(t.Domains), Provider: t.Provider,
-		InboundAddress: t.InboundAddress, DKIMPolicy: t.DKIMPolicy, TrustedForwarders: nonNil(t.TrustedForwarders)}
+		InboundAddress: t.InboundAddress, DKIMPolicy: t.DKIMPolicy, TrustedForwarders: nonNil(t.TrustedForwarders),
+		SigningDomains: nonNil(t.SigningDomains)}
 	if withSetup {
 		// The same rules `syncrelay check -tenant` prints.
 		out.Setup = setup.For(s.o.Hostname, t)
@@ -72,6 +74,7 @@ func (s *Server) createTenant(w http.ResponseWriter, r *http.Request) {
 		Provider          string   `json:"provider"`
 		DKIMPolicy        string   `json:"dkim_policy"`
 		TrustedForwarders []string `json:"trusted_forwarders"`
+		SigningDomains    []string `json:"signing_domains"`
 	}
 	if !decode(w, r, &in) {
 		return
@@ -98,6 +101,10 @@ func (s *Server) createTenant(w http.ResponseWriter, r *http.Request) {
 		invalid(w, "trusted_forwarders: "+err.Error())
 		return
 	}
+	if err := validDomains(in.SigningDomains); err != nil {
+		invalid(w, "signing_domains: "+err.Error())
+		return
+	}
 	if in.DKIMPolicy == "" {
 		in.DKIMPolicy = store.PolicyRequire
 	}
@@ -107,7 +114,7 @@ func (s *Server) createTenant(w http.ResponseWriter, r *http.Request) {
 	}
 	t := &store.Tenant{ID: in.ID, Name: in.Name, Domains: lowerAll(in.Domains), Provider: in.Provider,
 		InboundAddress: newInboundAddress(in.ID, s.o.Hostname), DKIMPolicy: in.DKIMPolicy,
-		TrustedForwarders: lowerAll(in.TrustedForwarders)}
+		TrustedForwarders: lowerAll(in.TrustedForwarders), SigningDomains: lowerAll(in.SigningDomains)}
 	if err := s.o.Store.CreateTenant(r.Context(), t); err != nil {
 		s.storeError(w, r, err)
 		return
@@ -149,6 +156,7 @@ func (s *Server) patchTenant(w http.ResponseWriter, r *http.Request) {
 		DKIMPolicy        *string   `json:"dkim_policy"`
 		TrustedForwarders *[]string `json:"trusted_forwarders"`
 		Domains           *[]string `json:"domains"`
+		SigningDomains    *[]string `json:"signing_domains"`
 	}
 	if !decode(w, r, &in) {
 		return
@@ -173,6 +181,12 @@ func (s *Server) patchTenant(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if in.SigningDomains != nil {
+		if err := validDomains(*in.SigningDomains); err != nil {
+			invalid(w, "signing_domains: "+err.Error())
+			return
+		}
+	}
 	t, err := s.o.Store.UpdateTenant(r.Context(), r.PathValue("t"), func(t *store.Tenant) error {
 		if in.DKIMPolicy != nil {
 			t.DKIMPolicy = *in.DKIMPolicy
@@ -182,6 +196,9 @@ func (s *Server) patchTenant(w http.ResponseWriter, r *http.Request) {
 		}
 		if in.TrustedForwarders != nil {
 			t.TrustedForwarders = lowerAll(*in.TrustedForwarders)
+		}
+		if in.SigningDomains != nil {
+			t.SigningDomains = lowerAll(*in.SigningDomains)
 		}
 		return nil
 	})

@@ -35,6 +35,11 @@ const (
 	Tempfail    = "tempfail"
 )
 
+// ReasonDKIMUnaligned is the reason of a DKIM refusal (or quarantine) of
+// the tenant's own users' mail that carries a valid signature, but none
+// aligned or from the tenant's signing domains (SPEC §5, §7).
+const ReasonDKIMUnaligned = "dkim_unaligned"
+
 // How a message was matched to its thread (SPEC §3, rules 1-4, plus DSNs).
 const (
 	ByToken       = "token"
@@ -219,7 +224,8 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 		out.DKIM = append(out.DKIM, store.AuthResult{Domain: d.Domain, Result: d.Result})
 	}
 	out.ARC = verdict.ARC.Result
-	pass, why := trust.Decide(verdict, ten.Domains, trustedSealers(ten))
+	sealers := trustedSealers(ten)
+	pass, why := trust.DecideFor(verdict, owner(ten), sealers)
 	policy := ten.DKIMPolicy
 	if policy == "" {
 		policy = store.PolicyRequire
@@ -229,11 +235,28 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 			out.reply(Tempfail, "dkim_temperror", 451, [3]int{4, 4, 3}, "Temporary DNS failure verifying DKIM, try again later")
 			return out, nil
 		}
-		if policy == store.PolicyQuarantine {
-			return r.quarantine(ctx, out, in, verdict, m, why)
+		reason := "dkim_fail"
+		if signers := trust.PassedDomains(verdict); len(signers) > 0 {
+			if err := lookupUser(); err != nil {
+				return out, err
+			}
+			if store.IsTenantAddress(ten, fromUser, fromAddr) {
+				// The tenant's own mail, validly signed by a domain it has
+				// not declared: a setup problem at the company (custom
+				// DKIM, or signing_domains) that status and check name.
+				reason = ReasonDKIMUnaligned
+				for _, d := range signers {
+					r.Store.Count(ten.ID, store.UnalignedSigners, d)
+				}
+			}
 		}
-		out.reply(Rejected, "dkim_fail", 550, [3]int{5, 7, 1}, "DKIM verification failed: "+why)
-		r.logf(ctx, slog.LevelInfo, "rejected", "reason", "dkim_fail", "why", why, "thread", out.Thread)
+		if policy == store.PolicyQuarantine {
+			return r.quarantine(ctx, out, in, verdict, m, reason, why)
+		}
+		// The reply gives the reason in fixed words; resolver addresses,
+		// zone file paths and Go errors stay in the log.
+		out.reply(Rejected, reason, 550, [3]int{5, 7, 1}, "DKIM verification failed: "+trust.ReplyReason(verdict, sealers))
+		r.logf(ctx, slog.LevelInfo, "rejected", "reason", reason, "why", why, "thread", out.Thread)
 		return out, nil
 	}
 
@@ -302,7 +325,7 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 	return out, nil
 }
 
-func (r *Router) quarantine(ctx context.Context, out Outcome, in Input, v trust.Verdict, m match, why string) (Outcome, error) {
+func (r *Router) quarantine(ctx context.Context, out Outcome, in Input, v trust.Verdict, m match, reason, why string) (Outcome, error) {
 	head := []byte("Authentication-Results: " + trust.AuthResults(r.Hostname, v) + "\r\n")
 	raw := &store.Raw{Head: head, Body: in.Body.Open(), Size: in.Body.Size()}
 	q := &store.Quarantined{Tenant: in.Tenant, Reason: why, Thread: m.thread.ID, DKIM: out.DKIM}
@@ -313,7 +336,7 @@ func (r *Router) quarantine(ctx context.Context, out Outcome, in Input, v trust.
 	if err := r.Store.Quarantine(ctx, q, raw, keep); err != nil {
 		return out, fmt.Errorf("router: quarantine: %w", err)
 	}
-	out.reply(Quarantined, "dkim_fail", 250, [3]int{2, 0, 0}, "OK")
+	out.reply(Quarantined, reason, 250, [3]int{2, 0, 0}, "OK")
 	r.logf(ctx, slog.LevelWarn, "quarantined", "why", why, "thread", out.Thread)
 	return out, nil
 }
@@ -608,6 +631,11 @@ func trustedSealers(t *store.Tenant) []string {
 		s = append(s, "microsoft.com")
 	}
 	return s
+}
+
+// owner is what counts as the tenant's own DKIM signing domains.
+func owner(t *store.Tenant) trust.Owner {
+	return trust.Owner{Domains: t.Domains, SigningDomains: t.SigningDomains, Google: t.Provider == "google"}
 }
 
 // notifyUsers names who hears of a candidate's reply: the thread's owner

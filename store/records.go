@@ -48,6 +48,9 @@ type Tenant struct {
 	DKIMPolicy        string    `json:"dkim_policy"`
 	TrustedForwarders []string  `json:"trusted_forwarders"`
 	Created           time.Time `json:"created_at"`
+	// SigningDomains are DKIM d= domains that count as the tenant's own
+	// besides its Domains (SPEC §5: acme.onmicrosoft.com, an ESP's domain).
+	SigningDomains []string `json:"signing_domains,omitempty"`
 }
 
 // User is a person at a tenant.

@@ -21,6 +21,12 @@ import (
 // cannot collide with a router decision (they are plain words).
 const authCounter = "_auth"
 
+// UnalignedSigners is the pseudo-decision under which the router counts,
+// per signing domain, the valid but unaligned DKIM signatures on refused
+// mail of the tenant's own users (reason dkim_unaligned), so the status
+// can name the domain to add to signing_domains.
+const UnalignedSigners = "_unaligned_signer"
+
 // Authentication counter reasons.
 const (
 	authChecked  = "checked"   // a DKIM/ARC verdict was reached
@@ -59,6 +65,9 @@ type WindowCounts struct {
 	// verified; AuthDKIMPass those with a passing DKIM signature,
 	// AuthARCPass those with a passing ARC chain, AuthPassed either.
 	AuthChecked, AuthDKIMPass, AuthARCPass, AuthPassed uint64
+	// UnalignedSigners counts, per signing domain, the unaligned DKIM
+	// passes on refused mail of the tenant's own users.
+	UnalignedSigners map[string]uint64
 }
 
 // TenantActivity is what the status endpoint reports about a tenant.
@@ -100,9 +109,14 @@ func (s *Store) TenantActivity(ctx context.Context, tenant string, now, sentSinc
 }
 
 func window(counts map[string]uint64, since time.Time) WindowCounts {
-	w := WindowCounts{Since: since.UTC().Truncate(time.Hour), Decisions: map[string]uint64{}, Reasons: map[string]uint64{}}
+	w := WindowCounts{Since: since.UTC().Truncate(time.Hour), Decisions: map[string]uint64{}, Reasons: map[string]uint64{},
+		UnalignedSigners: map[string]uint64{}}
 	for k, n := range counts {
 		decision, reason, _ := strings.Cut(k, "/")
+		if decision == UnalignedSigners {
+			w.UnalignedSigners[reason] += n
+			continue
+		}
 		if decision == authCounter {
 			switch reason {
 			case authChecked:

@@ -8,11 +8,11 @@
 // Usage in the daemon:
 //
 //	v, err := verifier.Verify(ctx, data)   // err: I/O error or header too large
-//	pass, reason := trust.Decide(v, tenant.Domains, trustedSealers)
+//	pass, reason := trust.DecideFor(v, owner, trustedSealers) // reason: for the log
 //	switch {
 //	case pass:        // keep; prepend "Authentication-Results: " + trust.AuthResults(host, v)
 //	case v.Temporary: // 451 4.4.3: a key could not be fetched, the sender retries
-//	default:          // 550 5.7.1 reason (or quarantine, per dkim_policy)
+//	default:          // 550 5.7.1 trust.ReplyReason(v, trustedSealers) (or quarantine, per dkim_policy)
 //	}
 package trust
 

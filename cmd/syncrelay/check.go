@@ -13,12 +13,14 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/miekg/dns"
 
+	"syncrelay/api"
 	"syncrelay/config"
 	"syncrelay/daemon"
 	"syncrelay/setup"
@@ -106,7 +108,7 @@ func checkAll(ctx context.Context, cfgPath, tenantID string) *checkReport {
 	checkHostnameAndPorts(rep, c)
 	checkTLS(rep, c, time.Now())
 	checkDNS(ctx, rep, c)
-	sv := checkStore(ctx, rep, c)
+	sv := checkStore(ctx, rep, c, tenantID)
 	checkSecrets(rep, c, sv)
 	checkProviders(rep, c, sv, tenantID)
 	if c.Webhooks.URL == "" {
@@ -116,7 +118,7 @@ func checkAll(ctx context.Context, cfgPath, tenantID string) *checkReport {
 		rep.add("webhooks", checkOK, "events are sent to "+redactURL(c.Webhooks.URL), "")
 	}
 	if tenantID != "" {
-		checkTenant(rep, c, sv, tenantID)
+		checkTenant(ctx, rep, c, sv, tenantID)
 	}
 
 	rep.OK = true
@@ -420,9 +422,14 @@ type storeView struct {
 	// issued is the Message-ID of a message syncrelay sent, when the
 	// store could be read directly (to test the secret key against).
 	issued string
+	// activity is the -tenant's forwarding activity, when the store could
+	// be read directly; daemon asks the running daemon for its status
+	// instead.
+	activity *store.TenantActivity
+	daemon   *adminClient
 }
 
-func checkStore(ctx context.Context, rep *checkReport, c *config.Config) *storeView {
+func checkStore(ctx context.Context, rep *checkReport, c *config.Config, tenantID string) *storeView {
 	sv := &storeView{}
 	dir := c.Store.Dir
 	fi, err := os.Stat(dir)
@@ -465,6 +472,7 @@ func checkStore(ctx context.Context, rep *checkReport, c *config.Config) *storeV
 			return sv
 		}
 		rep.add("store", checkOK, fmt.Sprintf("store.dir %s is in use by the running daemon, which is ready", dir), "")
+		sv.daemon = cl
 		if ts, err := cl.tenants(ctx); err == nil {
 			sv.tenants, sv.known = ts, true
 		}
@@ -479,6 +487,10 @@ func checkStore(ctx context.Context, rep *checkReport, c *config.Config) *storeV
 	ts, err := st.Tenants(ctx)
 	if err == nil {
 		sv.issued, _, err = st.LatestIssuedMessageID(ctx)
+	}
+	if err == nil && tenantID != "" {
+		now := time.Now()
+		sv.activity, err = st.TenantActivity(ctx, tenantID, now, now.Add(-24*time.Hour))
 	}
 	st.Close()
 	if err != nil {
@@ -661,7 +673,7 @@ func redactURL(u string) string {
 
 // --- tenant and its routing rules ---
 
-func checkTenant(rep *checkReport, c *config.Config, sv *storeView, id string) {
+func checkTenant(ctx context.Context, rep *checkReport, c *config.Config, sv *storeView, id string) {
 	if !sv.known {
 		rep.add("tenant", checkFail, fmt.Sprintf("tenant %q: the store could not be read (see above)", id), "fix the store check first")
 		return
@@ -688,6 +700,54 @@ func checkTenant(rep *checkReport, c *config.Config, sv *storeView, id string) {
 			`set it back with PATCH /v1/tenants/`+t.ID+` {"dkim_policy":"require"}`)
 	}
 	rep.Tenant = setup.For(c.SMTP.Hostname, t)
+	checkTenantIssues(ctx, rep, sv, t, rep.Tenant)
+}
+
+// checkTenantIssues reports what the tenant's last day of forwarded mail
+// shows (over-forwarding, its own users' mail refused as dkim_unaligned),
+// as the status endpoint does: from the store, or from the running daemon.
+func checkTenantIssues(ctx context.Context, rep *checkReport, sv *storeView, t *store.Tenant, rules *setup.Rules) {
+	var issues []api.StatusIssue
+	switch {
+	case sv.activity != nil:
+		issues = api.TenantIssues(t, sv.activity, rules)
+	case sv.daemon != nil:
+		var err error
+		if issues, err = sv.daemon.issues(ctx, t.ID); err != nil {
+			rep.add("tenant-status", checkWarn, fmt.Sprintf("cannot read tenant %q's forwarding status from the daemon: %v", t.ID, err),
+				"check the API token (api.tokens_file) and run check again")
+			return
+		}
+	default:
+		return
+	}
+	for _, is := range issues {
+		fix := is.Action
+		if is.Code == api.IssueDKIMUnaligned && len(is.SigningDomains) > 0 {
+			add, _ := json.Marshal(map[string][]string{"signing_domains": append(slices.Clone(t.SigningDomains), is.SigningDomains...)})
+			fix += fmt.Sprintf(" As the relay operator, once the company confirms it sends through these domains: PATCH /v1/tenants/%s %s", t.ID, add)
+		}
+		rep.add(strings.ReplaceAll(is.Code, "_", "-"), checkWarn, is.Detail, fix)
+	}
+}
+
+// issues reads a tenant's status issues from the running daemon.
+func (a *adminClient) issues(ctx context.Context, tenant string) ([]api.StatusIssue, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	path := "/v1/tenants/" + url.PathEscape(tenant) + "/status"
+	resp, err := a.get(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Issues []api.StatusIssue `json:"issues"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return nil, fmt.Errorf("GET %s: %w", path, err)
+	}
+	return out.Issues, nil
 }
 
 func printReport(w io.Writer, rep *checkReport) {
