@@ -519,7 +519,7 @@ func (c *corpus) arcSeal(msg, sealer, authserv string, results []string) string 
 // --- effects on the store
 
 type corpusSnapshot struct {
-	raws   map[string]bool // raw files on disk
+	raws   map[string]int64 // files of raw bytes on disk and their sizes
 	msgs   map[uint64]store.Message
 	events []*store.Event
 }
@@ -527,16 +527,20 @@ type corpusSnapshot struct {
 func (c *corpus) snapshot() corpusSnapshot {
 	t := c.t
 	ctx := context.Background()
-	s := corpusSnapshot{raws: map[string]bool{}, msgs: map[uint64]store.Message{}}
+	s := corpusSnapshot{raws: map[string]int64{}, msgs: map[uint64]store.Message{}}
 	err := filepath.WalkDir(filepath.Join(c.e.dir, "raw"), func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if d.IsDir() && d.Name() == "tmp" {
+		if d.IsDir() && (d.Name() == "tmp" || d.Name() == "spool") {
 			return filepath.SkipDir
 		}
 		if !d.IsDir() {
-			s.raws[d.Name()] = true
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			s.raws[p] = fi.Size()
 		}
 		return nil
 	})
@@ -573,9 +577,11 @@ func (c *corpus) checkEffects(tpl *corpusTemplate, raw string, out Outcome, befo
 	hdr := headerOf(raw)
 	msgID, _ := mailhdr.NormalizeMsgID(hdr.Get("Message-Id"))
 
+	// Files that appeared or grew: a segment grows by a message, a large
+	// message adds a file. Discarded mail must leave neither.
 	newRaws := 0
-	for r := range after.raws {
-		if !before.raws[r] {
+	for r, size := range after.raws {
+		if size > before.raws[r] {
 			newRaws++
 		}
 	}
