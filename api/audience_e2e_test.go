@@ -103,8 +103,7 @@ func (au *audience) makeSecret(user string, th store.Thread) {
 	}
 }
 
-// messages lists a thread's messages as an admin would see them... through
-// the store, removed ones included.
+// messages lists a thread's messages from the store, removed ones included.
 func (au *audience) messages(th store.Thread) []*store.Message {
 	au.t.Helper()
 	msgs, err := au.st.ThreadMessages(context.Background(), "acme", th.ID)

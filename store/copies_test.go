@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // Who took part in a thread comes only from syncrelay's records (SPEC §3
@@ -148,5 +150,27 @@ func TestLearnNeverTakesAnIDOver(t *testing.T) {
 	}
 	if ref, ok, _ := s.LookupCopy(ctx, "acme", a.ID, "fresh@mail.gmail.com", ""); !ok || ref.Message != sentA.ID {
 		t.Fatalf("learned id not a duplicate key on its thread: %v %v", ref, ok)
+	}
+}
+
+// A store written before duplicates were per thread has only the
+// tenant-wide index: a copy on the same thread is still a duplicate, a copy
+// on another thread is not.
+func TestDuplicatesInOlderStores(t *testing.T) {
+	s, _ := openTest(t)
+	seed(t, s)
+	a, _ := newThread(t, s)
+	b, _ := newThread(t, s)
+	first := commitCopy(t, s, a.ID, "old@cand.test", "", "")
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bThreadCopy).Delete(copyKey("acme", a.ID, "old@cand.test"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if res := commitCopy(t, s, a.ID, "old@cand.test", "", ""); res.Decision != Duplicate || res.Ref != first.Ref {
+		t.Fatalf("copy on the same thread = %+v", res)
+	}
+	if res := commitCopy(t, s, b.ID, "old@cand.test", "", ""); res.Decision != Stored {
+		t.Fatalf("copy on another thread = %+v", res)
 	}
 }
