@@ -7,6 +7,7 @@ package api_test
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -69,6 +70,7 @@ type e2e struct {
 	smtpAddr string
 	keys     *token.Keyring
 	sign     func(raw string) string
+	signAcme func(raw string) string // as the tenant's own domain, acme.test
 	hooks    *hookReceiver
 }
 
@@ -76,8 +78,9 @@ func startE2E(t *testing.T) *e2e {
 	t.Helper()
 	dir := t.TempDir()
 	key, txt := dnstest.GenEd25519(t)
+	acmeKey, acmeTXT := dnstest.GenEd25519(t)
 	zone := filepath.Join(dir, "zone.txt")
-	if err := os.WriteFile(zone, []byte(fmt.Sprintf("s1._domainkey.cand.test TXT %q\n", txt)), 0o600); err != nil {
+	if err := os.WriteFile(zone, []byte(fmt.Sprintf("s1._domainkey.cand.test TXT %q\ns1._domainkey.acme.test TXT %q\n", txt, acmeTXT)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c := config.Default()
@@ -138,14 +141,17 @@ func startE2E(t *testing.T) *e2e {
 	t.Cleanup(func() { cancel(); <-done })
 
 	e := &e2e{t: t, st: st, api: hs, smtpAddr: ln.Addr().String(), keys: p.Keys, hooks: hooks}
-	e.sign = func(raw string) string {
-		var out bytes.Buffer
-		if err := dkim.Sign(&out, strings.NewReader(raw), &dkim.SignOptions{Domain: "cand.test", Selector: "s1", Signer: key,
-			HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed}); err != nil {
-			t.Fatal(err)
+	signer := func(domain string, key crypto.Signer) func(string) string {
+		return func(raw string) string {
+			var out bytes.Buffer
+			if err := dkim.Sign(&out, strings.NewReader(raw), &dkim.SignOptions{Domain: domain, Selector: "s1", Signer: key,
+				HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed}); err != nil {
+				t.Fatal(err)
+			}
+			return out.String()
 		}
-		return out.String()
 	}
+	e.sign, e.signAcme = signer("cand.test", key), signer("acme.test", acmeKey)
 	return e
 }
 

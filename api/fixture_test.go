@@ -60,7 +60,8 @@ type world struct {
 const (
 	uRequester = "u-req"     // starts the Send For thread
 	uGrantor   = "u-grantor" // the thread is sent as them
-	uCc        = "u-cc"      // only appears in the Cc of a reply
+	uCc        = "u-cc"      // only appears in the Cc of the message sent through syncrelay
+	uNamed     = "u-named"   // only in the To of the candidate's reply: not a participant
 	uMaker     = "u-maker"   // not a participant; makes the thread secret
 	uOutsider  = "u-out"
 	uLimited   = "u-limited" // limited_team_member, not a participant
@@ -79,7 +80,7 @@ func newWorld(t *testing.T) *world {
 	} {
 		must(t, st.CreateTenant(ctx, &ten))
 	}
-	for id, role := range map[string]string{uRequester: "team_member", uGrantor: "team_member", uCc: "team_member", uMaker: "team_member",
+	for id, role := range map[string]string{uRequester: "team_member", uGrantor: "team_member", uCc: "team_member", uNamed: "team_member", uMaker: "team_member",
 		uOutsider: "team_member", uLimited: "limited_team_member", uAdmin: "admin", uSuper: "super_admin"} {
 		must(t, st.CreateUser(ctx, &store.User{Tenant: "acme", ID: id, Email: strings.TrimPrefix(id, "u-") + "@acme.test", Role: role}))
 	}

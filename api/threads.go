@@ -13,11 +13,15 @@ import (
 //
 //   - A thread that is not secret is visible to every user of the tenant.
 //   - A secret thread is visible to the user who made it secret, to its
-//     participants (the user who started it, every user who sent on it or
-//     for whom it was sent with Send For, both grantor and requester, and
-//     every user whose address is in the From, To or Cc of one of its
-//     messages or through whose mailbox a copy arrived) and to admins and
-//     super admins. Everyone else gets 404 and does not see it in lists.
+//     participants and to admins and super admins; everyone else gets 404
+//     and does not see it in lists. Participants come only from syncrelay's
+//     own records (SPEC §3): the user who started it, every user who sent
+//     on it through syncrelay or for whom it was sent with Send For (both
+//     grantor and requester), every user in the To or Cc of a message sent
+//     through syncrelay, and every user who wrote on it from their own
+//     mailbox with a DKIM pass aligned with From. What a sender controls
+//     (X-Original-To, Delivered-To, the To/Cc of other mail, a reused
+//     Message-ID) never adds anyone.
 //   - Any user who can see a thread may make it secret (they become its
 //     "secret_by"). Only the user who made it secret, or an admin or super
 //     admin, may make it visible again: a participant cannot undo another

@@ -32,13 +32,19 @@ JVBERi0xLjQK
 --b--
 `
 
-// secretSetup builds the Send For thread (requester sends as grantor; the
-// candidate replies to the grantor, cc'ing another user), made secret by
-// a user who is not a participant, plus an ordinary thread.
+// secretSetup builds the Send For thread (requester sends as grantor,
+// cc'ing another user; the candidate replies to the grantor and to a user
+// who was not on the sent message), made secret by a user who is not a
+// participant, plus an ordinary thread.
 func secretSetup(t *testing.T) (w *world, secret store.Thread, reply string, open store.Thread) {
 	w = newWorld(t)
-	secret, _ = w.send("acme", "c-1", 0, uRequester, uGrantor, "Interview")
-	res := w.reply("acme", secret.ID, "r1@cand.test", "carl@cand.test", []string{"grantor@acme.test"}, []string{"cc@acme.test"}, replyRaw)
+	secret, sent := w.send("acme", "c-1", 0, uRequester, uGrantor, "Interview")
+	_, err := w.st.UpdateMessage(context.Background(), "acme", sent.ID, nil, func(m *store.Message) error {
+		m.Cc = []string{"cc@acme.test"}
+		return nil
+	})
+	must(t, err)
+	res := w.reply("acme", secret.ID, "r1@cand.test", "carl@cand.test", []string{"grantor@acme.test", "named@acme.test"}, []string{"cc@acme.test"}, replyRaw)
 	reply = store.MessageRef(res.Ref.Message)
 	open, _ = w.send("acme", "c-1", 0, uAdmin, "", "Offer")
 	code, body := callJSON(t, w.hs, "PATCH", "/v1/tenants/acme/threads/"+store.ThreadRef(secret.ID), uMaker, `{"secret":true}`)
@@ -59,7 +65,8 @@ func TestVisibilityMatrix(t *testing.T) {
 		{uMaker, "made it secret", true},
 		{uRequester, "participant: Send For requester and thread creator", true},
 		{uGrantor, "participant: Send For grantor", true},
-		{uCc, "participant: in a message's Cc", true},
+		{uCc, "participant: in the Cc of a message sent through syncrelay", true},
+		{uNamed, "named only by the candidate's mail", false},
 		{uAdmin, "admin", true},
 		{uSuper, "super_admin", true},
 		{uOutsider, "outsider team_member", false},

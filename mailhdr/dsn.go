@@ -17,7 +17,9 @@ type DSN struct {
 	// X-Original-Message-ID, the returned message's In-Reply-To and
 	// References. Only when none of those exist are the DSN's own
 	// In-Reply-To and References used (Gmail and Exchange set them to the
-	// bounced message).
+	// bounced message). At most MaxDSNIDs: the bounced message is one
+	// syncrelay sent, whose References it keeps short, and each id costs
+	// the router a lookup before any authentication.
 	OriginalMessageIDs []string
 	// MessageID is the bounced message's own Message-ID (from the returned
 	// message or headers, else X-Original-Message-ID), or "".
@@ -136,11 +138,17 @@ func (p *dsnParser) walk(r io.Reader, boundary string, depth int) error {
 	return nil
 }
 
+// MaxDSNIDs bounds DSN.OriginalMessageIDs.
+const MaxDSNIDs = 1000
+
 func (p *dsnParser) result(outer *textproto.Header) DSN {
 	var d DSN
 	seen := map[string]bool{}
 	add := func(ids ...string) {
 		for _, id := range ids {
+			if len(d.OriginalMessageIDs) >= MaxDSNIDs {
+				return
+			}
 			if !seen[id] {
 				seen[id] = true
 				d.OriginalMessageIDs = append(d.OriginalMessageIDs, id)

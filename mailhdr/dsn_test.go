@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -360,5 +361,26 @@ func TestStatusCode(t *testing.T) {
 		if got := statusCode(in); got != want {
 			t.Errorf("statusCode(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// A DSN names at most MaxDSNIDs ids, the bounced message's own first, however
+// long the References it returns (MsgIDs itself reads them in full).
+func TestParseDSNBoundsIDs(t *testing.T) {
+	var refs strings.Builder
+	for i := 0; i < 3*MaxDSNIDs; i++ {
+		fmt.Fprintf(&refs, "\r\n <r%d@x.test>", i)
+	}
+	raw := "From: MAILER-DAEMON@mx.test\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n" +
+		"--b\r\nContent-Type: text/plain\r\n\r\nFailed.\r\n" +
+		"--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.test\r\n\r\nFinal-Recipient: rfc822; carl@cand.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n" +
+		"--b\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <sent@relay.test>\r\nReferences:" + refs.String() + "\r\n\r\n--b--\r\n"
+	h, body := readMessage(t, []byte(raw))
+	d, ok, err := ParseDSN(h, body, 20, 0)
+	if err != nil || !ok || d.Action != "failed" {
+		t.Fatalf("got %+v ok=%v err=%v", d.Action, ok, err)
+	}
+	if len(d.OriginalMessageIDs) != MaxDSNIDs || d.OriginalMessageIDs[0] != "sent@relay.test" {
+		t.Fatalf("%d ids, first %q", len(d.OriginalMessageIDs), d.OriginalMessageIDs[0])
 	}
 }

@@ -6,12 +6,8 @@ package mailhdr
 
 import "unicode/utf8"
 
-const (
-	// MaxMsgIDs is the most ids MsgIDs returns for one header value.
-	MaxMsgIDs = 1000
-	// MaxMsgIDLen is the longest id (without angle brackets) that is kept.
-	MaxMsgIDLen = 998
-)
+// MaxMsgIDLen is the longest id (without angle brackets) that is kept.
+const MaxMsgIDLen = 998
 
 // MsgIDs parses a References / In-Reply-To value leniently: it keeps every
 // well-formed <left@right>, skips malformed entries (SPEC §3: a malformed
@@ -20,14 +16,16 @@ const (
 // lowercases the domain part (ASCII only). Ids are returned in order,
 // WITHOUT angle brackets, duplicates kept. If the value contains no '<' at
 // all, bare words of the form left@right are accepted too (some mailers drop
-// the brackets). Bounded: at most MaxMsgIDs ids, ids longer than MaxMsgIDLen
-// bytes are ignored, and the work is linear in len(v).
+// the brackets). Every id is returned however many there are (SPEC §3: the
+// newest References entries are at the end; the header size limit bounds
+// v), ids longer than MaxMsgIDLen bytes are ignored, and the work is linear
+// in len(v).
 func MsgIDs(v string) []string {
 	var out []string
 	bare := indexByte(v, '<') < 0
 	noQuotes, noComments := false, false // set once an unterminated one was seen
 	i := 0
-	for i < len(v) && len(out) < MaxMsgIDs {
+	for i < len(v) {
 		c := v[i]
 		switch {
 		case c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == ',' || c == ';':

@@ -60,16 +60,18 @@ func TestMsgIDs(t *testing.T) {
 	}
 }
 
-func TestMsgIDsBounded(t *testing.T) {
+// References is read in full: the newest ids are at the end (SPEC §3).
+func TestMsgIDsReadInFull(t *testing.T) {
+	const n = 30000
 	var b strings.Builder
-	for i := 0; i < 3000; i++ {
-		fmt.Fprintf(&b, "<id%d@x.test> ", i)
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, "<id%d@x.test>\r\n ", i)
 	}
 	got := MsgIDs(b.String())
-	if len(got) != MaxMsgIDs {
-		t.Fatalf("got %d ids, want %d", len(got), MaxMsgIDs)
+	if len(got) != n {
+		t.Fatalf("got %d ids, want %d", len(got), n)
 	}
-	if got[0] != "id0@x.test" || got[MaxMsgIDs-1] != fmt.Sprintf("id%d@x.test", MaxMsgIDs-1) {
+	if got[0] != "id0@x.test" || got[n-1] != fmt.Sprintf("id%d@x.test", n-1) {
 		t.Fatalf("kept the wrong ids: first %q last %q", got[0], got[len(got)-1])
 	}
 }

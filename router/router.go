@@ -54,6 +54,8 @@ type Store interface {
 	Tenant(ctx context.Context, id string) (*store.Tenant, error)
 	UserByEmail(ctx context.Context, tenant, email string) (*store.User, error)
 	LookupMsgID(ctx context.Context, tenant, msgid string) (store.Ref, bool, error)
+	LookupMsgIDs(ctx context.Context, tenant string, ids []string) ([]store.Ref, error)
+	LookupCopy(ctx context.Context, tenant string, thread uint64, msgid, digest string) (store.Ref, bool, error)
 	ThreadByConvIndex(ctx context.Context, tenant, conv string) (uint64, bool, error)
 	Thread(ctx context.Context, tenant string, id uint64) (*store.Thread, error)
 	Message(ctx context.Context, tenant string, id uint64) (*store.Message, error)
@@ -291,15 +293,22 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 		Tenant: ten.ID, Thread: m.thread.ID, Direction: out.Direction, InternetMessageID: msgID,
 		From: fromAddr, To: addresses(hdr.Get("To")), Cc: addresses(hdr.Get("Cc")), Subject: decodeHeader(hdr.Get("Subject")),
 		AutoReply: auto, MatchedBy: m.by, DKIM: out.DKIM, ARC: out.ARC,
+		// Under dkim_policy=off nothing vouches for From, so it names no participant.
+		AuthAligned: pass && policy != store.PolicyOff,
 	}
 	if d, derr := mail.ParseDate(hdr.Get("Date")); derr == nil {
 		inc.Message.Date = d.UTC()
 	}
+	if m.sentCopy == nil && msgID == "" {
+		if inc.Digest, err = contentDigest(in.Body); err != nil {
+			return out, err
+		}
+	}
 	if m.sentCopy == nil {
-		// A copy of a message we already hold needs no second raw file.
-		if _, dup, lerr := r.Store.LookupMsgID(ctx, ten.ID, msgID); lerr != nil {
+		// A copy of a message this thread already holds needs no second raw file.
+		if _, dup, lerr := r.Store.LookupCopy(ctx, ten.ID, m.thread.ID, msgID, inc.Digest); lerr != nil {
 			return out, fmt.Errorf("router: %w", lerr)
-		} else if !dup || msgID == "" {
+		} else if !dup {
 			head := []byte("Authentication-Results: " + trust.AuthResults(r.Hostname, verdict) + "\r\n")
 			inc.Raw = &store.Raw{Head: head, Body: in.Body.Open(), Size: in.Body.Size()}
 		}
@@ -362,17 +371,16 @@ func (r *Router) match(ctx context.Context, ten *store.Tenant, hdr textproto.Hea
 			}
 		}
 	}
-	// Rule 2: a referenced msg-id is one we learned or received on a thread.
-	for _, id := range ids {
-		ref, ok, err := r.Store.LookupMsgID(ctx, ten.ID, id)
-		if err != nil {
-			return match{}, fmt.Errorf("router: %w", err)
-		}
-		if ok {
-			m, err := r.threadMatch(ctx, ten.ID, ByLearnedID, ref)
-			if err != nil || m.ok {
-				return r.withSentCopy(ctx, ten.ID, hdr, fromUser, m, err)
-			}
+	// Rule 2: a referenced msg-id is one we learned or received on a
+	// thread (one read for all of them).
+	refs, err := r.Store.LookupMsgIDs(ctx, ten.ID, ids)
+	if err != nil {
+		return match{}, fmt.Errorf("router: %w", err)
+	}
+	for _, ref := range refs {
+		m, err := r.threadMatch(ctx, ten.ID, ByLearnedID, ref)
+		if err != nil || m.ok {
+			return r.withSentCopy(ctx, ten.ID, hdr, fromUser, m, err)
 		}
 	}
 	// Rule 3: X-Syncrelay-Thread, only on mail from a tenant user.
@@ -505,6 +513,16 @@ func (r *Router) hashID(id string) string {
 	h.Write(r.Salt)
 	h.Write([]byte(id))
 	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// contentDigest is the duplicate key of mail without a usable Message-ID
+// (SPEC §3): the sha256 of its DATA, the same on every redelivery.
+func contentDigest(b Body) (string, error) {
+	h := sha256.New()
+	if _, err := io.Copy(h, b.Open()); err != nil {
+		return "", fmt.Errorf("router: digest: %w", err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // --- header helpers ---

@@ -95,6 +95,9 @@ type AuthResult struct {
 }
 
 // Message is one email on a thread. The raw bytes live in the raw directory under Raw.
+// AuthAligned records that the router found a DKIM (or trusted ARC) pass
+// aligned with From (trust.Decide): only then does From count as a
+// participant of the thread (SPEC §3 "Who sees a secret thread").
 type Message struct {
 	Tenant            string       `json:"tenant"`
 	ID                uint64       `json:"id"`
@@ -119,9 +122,10 @@ type Message struct {
 	MatchedBy         string       `json:"matched_by,omitempty"`
 	DKIM              []AuthResult `json:"dkim,omitempty"`
 	ARC               string       `json:"arc,omitempty"`
+	AuthAligned       bool         `json:"auth_aligned,omitempty"`
 	Raw               string       `json:"raw,omitempty"` // content address (sha256 hex)
 	Size              int64        `json:"size"`
-	Mailboxes         []string     `json:"mailboxes,omitempty"`
+	Mailboxes         []string     `json:"mailboxes,omitempty"` // information only: never grants visibility
 	LearnedIDs        []string     `json:"learned_ids,omitempty"`
 	Removed           bool         `json:"removed,omitempty"`
 	RemovedAt         time.Time    `json:"removed_at,omitzero"`

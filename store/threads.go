@@ -64,7 +64,7 @@ func (s *Store) CreateOutbound(ctx context.Context, th *Thread, m *Message, mint
 			}
 		}
 		t.LastActivity = now
-		if err := s.putMessage(tx, &msg); err != nil {
+		if err := s.putMessage(tx, &msg, msg.InternetMessageID); err != nil {
 			return err
 		}
 		if err := putJSON(tb, keyU64(t.Tenant, t.ID), &t); err != nil {
@@ -80,9 +80,16 @@ func (s *Store) CreateOutbound(ctx context.Context, th *Thread, m *Message, mint
 	return nil
 }
 
-func (s *Store) putMessage(tx *bolt.Tx, m *Message) error {
-	if err := tx.Bucket(bMsgID).Put(key(m.Tenant, m.InternetMessageID), refBytes(Ref{m.Thread, m.ID})); err != nil {
+// putMessage stores a new message and indexes it: under its duplicate key
+// dk on its thread, and under its Message-ID for matching rule 2.
+func (s *Store) putMessage(tx *bolt.Tx, m *Message, dk string) error {
+	if err := indexMsgID(tx, m.Tenant, m.InternetMessageID, Ref{m.Thread, m.ID}); err != nil {
 		return err
+	}
+	if dk != "" {
+		if err := putIfAbsent(tx.Bucket(bThreadCopy), copyKey(m.Tenant, m.Thread, dk), putU64(m.ID)); err != nil {
+			return err
+		}
 	}
 	if err := tx.Bucket(bThreadMsg).Put(append(keyU64(m.Tenant, m.Thread), putU64(m.ID)...), nil); err != nil {
 		return err
@@ -173,10 +180,15 @@ func (s *Store) ThreadByConvIndex(ctx context.Context, tenant, conv string) (uin
 
 // LookupMsgID finds the message a Message-ID (without <>, domain lowercased)
 // belongs to: one syncrelay issued, one it learned from a sent copy, or one
-// it received.
+// it received (the first message that held it, when copies on several
+// threads carry it). The ids the store makes up for mail without one never
+// match: anyone could write them in References.
 func (s *Store) LookupMsgID(ctx context.Context, tenant, msgid string) (Ref, bool, error) {
 	var r Ref
 	var ok bool
+	if synthetic(msgid) {
+		return r, false, nil
+	}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		r, ok = parseRef(tx.Bucket(bMsgID).Get(key(tenant, msgid)))
 		return nil
@@ -233,6 +245,38 @@ func (s *Store) CandidateThreads(ctx context.Context, tenant, cand string) ([]*T
 	return out, err
 }
 
+// LookupMsgIDs is LookupMsgID for many ids in one read (References is
+// read in full, so it may name a hundred thousand): the messages holding
+// any of them, in the order of ids.
+func (s *Store) LookupMsgIDs(ctx context.Context, tenant string, ids []string) ([]Ref, error) {
+	var refs []Ref
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bMsgID)
+		for _, id := range ids {
+			if synthetic(id) {
+				continue
+			}
+			if r, ok := parseRef(b.Get(key(tenant, id))); ok {
+				refs = append(refs, r)
+			}
+		}
+		return nil
+	})
+	return refs, err
+}
+
+// LookupCopy finds the message on a thread that a copy with this
+// Message-ID (or, without a usable one, this content digest) duplicates.
+func (s *Store) LookupCopy(ctx context.Context, tenant string, thread uint64, msgid, digest string) (Ref, bool, error) {
+	var r Ref
+	var ok bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		r, ok = threadCopy(tx, tenant, thread, dedupKey(msgid, digest))
+		return nil
+	})
+	return r, ok, err
+}
+
 // Incoming is a matched message to commit.
 type Incoming struct {
 	Message Message // Tenant, Thread, InternetMessageID ... set by the caller
@@ -240,6 +284,9 @@ type Incoming struct {
 	// a copy of a message already held).
 	Raw     *Raw
 	Mailbox string // the mailbox this copy came through
+	// Digest (hex sha256 of the DATA) is the duplicate key of a message
+	// without a usable Message-ID, so that a redelivery is stored once.
+	Digest string
 	// LearnID, when set, is a provider-assigned Message-ID to learn for
 	// Ref (a user's forwarded sent copy); no new message is stored.
 	Learn *Ref
@@ -262,8 +309,9 @@ type CommitResult struct {
 }
 
 // CommitInbound durably records a matched message (group commit). The same
-// Message-ID within a tenant is stored once: a later copy only adds its
-// mailbox, and a removed message stays removed.
+// Message-ID (or content, without one) on the same thread is stored once: a
+// later copy only adds its mailbox, and a removed message stays removed. A
+// copy on another thread is another message and never changes this one.
 func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, error) {
 	var res CommitResult
 	tenant := in.Message.Tenant
@@ -281,9 +329,15 @@ func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, 
 				return fmt.Errorf("sent message %d: %w", in.Learn.Message, err)
 			}
 			id := in.Message.InternetMessageID
-			if id != "" && id != m.InternetMessageID && !slices.Contains(m.LearnedIDs, id) {
+			held, taken := parseRef(ib.Get(key(tenant, id)))
+			// An id another message already holds is no provider-assigned
+			// id of this one: learning it would tie two threads together.
+			if id != "" && !synthetic(id) && id != m.InternetMessageID && !slices.Contains(m.LearnedIDs, id) && (!taken || held == *in.Learn) {
 				m.LearnedIDs = append(m.LearnedIDs, id)
-				if err := ib.Put(key(tenant, id), refBytes(*in.Learn)); err != nil {
+				if err := indexMsgID(tx, tenant, id, *in.Learn); err != nil {
+					return err
+				}
+				if err := putIfAbsent(tx.Bucket(bThreadCopy), copyKey(tenant, in.Learn.Thread, id), putU64(in.Learn.Message)); err != nil {
 					return err
 				}
 			}
@@ -291,7 +345,8 @@ func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, 
 			res = CommitResult{Decision: Duplicate, Ref: *in.Learn, Removed: m.Removed}
 			return putJSON(mb, keyU64(tenant, m.ID), &m)
 		}
-		if ref, ok := parseRef(ib.Get(key(tenant, in.Message.InternetMessageID))); ok && in.Message.InternetMessageID != "" {
+		dk := dedupKey(in.Message.InternetMessageID, in.Digest)
+		if ref, ok := threadCopy(tx, tenant, in.Message.Thread, dk); ok {
 			var m Message
 			if err := getJSON(mb, keyU64(tenant, ref.Message), &m); err != nil {
 				return fmt.Errorf("indexed message %d: %w", ref.Message, err)
@@ -317,11 +372,11 @@ func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, 
 		m.Mailboxes = nil
 		addMailbox(&m, in.Mailbox)
 		if m.InternetMessageID == "" {
-			// No Message-ID: index under a synthetic one so the record
-			// is still reachable; such copies cannot be de-duplicated.
-			m.InternetMessageID = fmt.Sprintf("no-id.%d@syncrelay.invalid", m.ID)
+			// No usable Message-ID: a synthetic one marks it (never
+			// indexed for matching); the digest in dk de-duplicates it.
+			m.InternetMessageID = fmt.Sprintf("no-id.%d%s", m.ID, syntheticDomain)
 		}
-		if err := s.putMessage(tx, &m); err != nil {
+		if err := s.putMessage(tx, &m, dk); err != nil {
 			return err
 		}
 		th.LastActivity = now
@@ -406,6 +461,61 @@ func addMailbox(m *Message, mbox string) {
 	if mbox != "" && !slices.Contains(m.Mailboxes, mbox) {
 		m.Mailboxes = append(m.Mailboxes, mbox)
 	}
+}
+
+// syntheticDomain is the domain of the Message-IDs the store gives mail
+// without a usable one.
+const syntheticDomain = "@syncrelay.invalid"
+
+func synthetic(msgid string) bool { return strings.HasSuffix(msgid, syntheticDomain) }
+
+// dedupKey is a message's duplicate key on its thread: its Message-ID, or
+// without a usable one a digest of its content ("" when neither is known).
+// A real Message-ID always has an '@', a digest key never.
+func dedupKey(msgid, digest string) string {
+	switch {
+	case msgid != "" && !synthetic(msgid):
+		return msgid
+	case digest != "":
+		return "sha256:" + digest
+	}
+	return ""
+}
+
+func copyKey(tenant string, thread uint64, dk string) []byte {
+	return append(append(keyU64(tenant, thread), '/'), dk...)
+}
+
+// threadCopy finds the message of a thread with duplicate key dk.
+func threadCopy(tx *bolt.Tx, tenant string, thread uint64, dk string) (Ref, bool) {
+	if dk == "" {
+		return Ref{}, false
+	}
+	if id := getU64(tx.Bucket(bThreadCopy).Get(copyKey(tenant, thread, dk))); id != 0 {
+		return Ref{thread, id}, true
+	}
+	// Stores written before duplicates were per thread only have the
+	// tenant-wide index, whose ids were then unique within the tenant.
+	if ref, ok := parseRef(tx.Bucket(bMsgID).Get(key(tenant, dk))); ok && ref.Thread == thread {
+		return ref, true
+	}
+	return Ref{}, false
+}
+
+// indexMsgID records msgid for matching rule 2 unless a message already
+// holds it: a later copy (on another thread) never takes an id over.
+func indexMsgID(tx *bolt.Tx, tenant, msgid string, ref Ref) error {
+	if msgid == "" || synthetic(msgid) {
+		return nil
+	}
+	return putIfAbsent(tx.Bucket(bMsgID), key(tenant, msgid), refBytes(ref))
+}
+
+func putIfAbsent(b *bolt.Bucket, k, v []byte) error {
+	if b.Get(k) != nil {
+		return nil
+	}
+	return b.Put(k, v)
 }
 
 func refBytes(r Ref) []byte { return append(putU64(r.Thread), putU64(r.Message)...) }

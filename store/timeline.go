@@ -38,9 +38,13 @@ func (s *Store) ThreadMessagesPage(ctx context.Context, tenant string, thread, a
 	return msgs, more, err
 }
 
-// ThreadInvolves reports whether a user took part in a thread's messages:
-// sent one (SentBy), had one sent for them (SendFor), or appears in the
-// From, To or Cc of one, or one reached syncrelay through their mailbox.
+// ThreadInvolves reports whether a user took part in a thread, by
+// syncrelay's own records only (SPEC §3 "Who sees a secret thread"): they
+// sent a message on it through syncrelay (SentBy) or had one sent for them
+// (SendFor), were in the To or Cc of a message sent through syncrelay, or
+// sent one from their own mailbox that passed DKIM aligned with its From
+// (AuthAligned). What a sender controls (X-Original-To, Delivered-To,
+// Mailboxes, the To/Cc of other mail, a reused Message-ID) never counts.
 // Removed messages count: the user was part of the conversation.
 func (s *Store) ThreadInvolves(ctx context.Context, tenant string, thread uint64, userID, email string) (bool, error) {
 	email = strings.ToLower(email)
@@ -56,17 +60,25 @@ func (s *Store) ThreadInvolves(ctx context.Context, tenant string, thread uint64
 			if err := getJSON(mb, keyU64(tenant, getU64(k[len(prefix):])), &m); err != nil {
 				return err
 			}
-			has := func(list []string) bool {
-				return email != "" && slices.ContainsFunc(list, func(a string) bool { return strings.EqualFold(a, email) })
-			}
-			if (userID != "" && (m.SentBy == userID || m.SendFor == userID)) ||
-				(email != "" && strings.EqualFold(m.From, email)) || has(m.To) || has(m.Cc) || has(m.Mailboxes) {
-				found = true
-			}
+			found = involves(&m, userID, email)
 			return nil
 		})
 	})
 	return found, err
+}
+
+// involves applies ThreadInvolves' rule to one message.
+func involves(m *Message, userID, email string) bool {
+	viaUs := m.SentBy != "" // only the API's outbound records have a sender
+	if userID != "" && viaUs && (m.SentBy == userID || m.SendFor == userID) {
+		return true
+	}
+	if email == "" {
+		return false
+	}
+	is := func(a string) bool { return strings.EqualFold(a, email) }
+	return (viaUs && (slices.ContainsFunc(m.To, is) || slices.ContainsFunc(m.Cc, is))) ||
+		(m.AuthAligned && is(m.From))
 }
 
 func slicesClone(b []byte) []byte { return append([]byte(nil), b...) }
