@@ -60,3 +60,31 @@ func (s *Server) adminBackup(w http.ResponseWriter, r *http.Request) {
 	s.o.Log.Info("backup streamed", "bytes", cw.n, "db_bytes", m.DBBytes, "raw_files", m.RawFiles,
 		"messages", m.Messages, "duration_ms", time.Since(start).Milliseconds())
 }
+
+// GET /v1/admin/key-fingerprint returns the fingerprint of the secret key
+// recorded with the data (never the key). `syncrelay check` compares its
+// key file with it while the daemon runs and holds the store's lock, so a
+// key that would not match the data at the next start is found before
+// that start.
+
+type keyFingerprintStore interface {
+	KeyFingerprint(ctx context.Context) (string, bool, error)
+}
+
+func (s *Server) adminKeyFingerprint(w http.ResponseWriter, r *http.Request) {
+	ks, ok := s.o.Store.(keyFingerprintStore)
+	if !ok {
+		writeProblem(w, http.StatusNotImplemented, "not-implemented", "Not implemented", "this store records no key fingerprint")
+		return
+	}
+	fp, ok, err := ks.KeyFingerprint(r.Context())
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	if !ok {
+		writeProblem(w, http.StatusNotFound, "not-found", "Not found", "no secret key fingerprint is recorded with this data yet")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"key_fingerprint": fp})
+}

@@ -129,6 +129,7 @@ type grantRef struct {
 func (s *Server) opsRoutes() {
 	s.handle("GET /v1/tenants/{t}/status", s.auth(s.tenantStatus))
 	s.handle("GET /v1/admin/backup", s.auth(s.adminBackup))
+	s.handle("GET /v1/admin/key-fingerprint", s.auth(s.adminKeyFingerprint))
 }
 
 func (s *Server) staleAfter() time.Duration {

@@ -85,19 +85,20 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 		return err
 	}
 	defer st.Close()
-	if n, err := st.CollectOrphans(ctx); err != nil {
-		return fmt.Errorf("collect orphaned raw files: %w", err)
-	} else if n > 0 {
-		log.Info("collected orphaned raw files from an interrupted commit", "count", n)
-	}
-
-	keys, created, err := LoadKeys(c, true)
+	// The key first: a refusal (SPEC §12) must leave everything as it was.
+	keys, created, err := OpenKeys(ctx, c, st)
 	if err != nil {
 		return err
 	}
 	if created {
 		log.Info("generated a new secret key; back it up with the data dir", "path", c.SecretKeyPath())
 	}
+	if n, err := st.CollectOrphans(ctx); err != nil {
+		return fmt.Errorf("collect orphaned raw files: %w", err)
+	} else if n > 0 {
+		log.Info("collected orphaned raw files from an interrupted commit", "count", n)
+	}
+
 	tokens, fresh, err := LoadTokens(c)
 	if err != nil {
 		return err

@@ -51,11 +51,20 @@ type ExchangeRule struct {
 // Exchange Online's mail flow rules support only a small regex subset
 // (\S \s \d \D \w \W | * ( ) \ ^ $; no [classes] or +), so its pattern
 // spells the token as \w*. X-Syncrelay-Thread carries the bare token.
+// Thread-Index gets a rule of its own on syncrelay's fixed prefix (SPEC §3):
+// Outlook replies may keep only that header, and without the rule they
+// would never reach matching rule 4.
 func For(hostname string, t *store.Tenant) *Rules {
 	kr, _ := token.New(make([]byte, token.MinSecretLen), hostname)
 	marker := kr.Marker() // sr\.[a-z0-9]+@host
 	host := regexp.QuoteMeta(kr.Hostname())
 	exMarker := `sr\.\w*@` + host
+	// The prefix is base64 (letters and digits only here), so it is its
+	// own pattern in both dialects. Both match case-insensitively, which
+	// does not widen it to Outlook's values: their third character is H
+	// since 2000 (the prefix has G), and the prefix's 48 bits name an
+	// instant in 1994.
+	tiPrefix := regexp.QuoteMeta(token.ThreadIndexPrefix)
 	name := "syncrelay " + t.ID
 	r := &Rules{ID: t.ID, Provider: t.Provider, InboundAddress: t.InboundAddress,
 		Google: GoogleRule{
@@ -63,12 +72,13 @@ func For(hostname string, t *store.Tenant) *Rules {
 			Directions:  []string{"Inbound", "Outbound", "Internal - sending", "Internal - receiving"},
 			Location:    "Full headers",
 			MatchType:   "Matches regex",
-			Regex:       "(?i)" + marker + "|x-syncrelay-thread:",
+			Regex:       "(?i)" + marker + `|x-syncrelay-thread:|thread-index:\s*` + tiPrefix,
 			AlsoDeliver: t.InboundAddress,
 		},
 	}
 	for _, h := range []struct{ header, pattern string }{
 		{"References", exMarker}, {"In-Reply-To", exMarker}, {"X-Syncrelay-Thread", `^\w\w*$`},
+		{"Thread-Index", "^" + tiPrefix},
 	} {
 		rn := name + ": " + h.header
 		r.Exchange.Rules = append(r.Exchange.Rules, ExchangeRule{Name: rn, Header: h.header, Pattern: h.pattern, Bcc: t.InboundAddress})

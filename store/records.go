@@ -84,7 +84,8 @@ type Thread struct {
 	Participants []string  `json:"participants,omitempty"` // user ids
 	Created      time.Time `json:"created"`
 	LastActivity time.Time `json:"last_activity"`
-	// ConvIndex is the hex Thread-Index conversation header issued for the thread, if any.
+	// ConvIndex is the latest hex Thread-Index conversation header issued for
+	// the thread, if any (earlier ones stay indexed for replies to them).
 	ConvIndex string `json:"conv_index,omitempty"`
 }
 

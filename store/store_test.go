@@ -369,6 +369,32 @@ func TestInboundCache(t *testing.T) {
 	}
 }
 
+// TestConvIndexEveryIssuedHeader: a thread whose Thread-Index header was
+// issued before the fixed prefix gets the new header on its next send;
+// replies carrying either header find the thread.
+func TestConvIndexEveryIssuedHeader(t *testing.T) {
+	s, _ := openTest(t)
+	seed(t, s)
+	ctx := context.Background()
+	th, _ := newThread(t, s)
+	old := th.ConvIndex
+	fresh := fmt.Sprintf("0101b94b29dc%032x", th.ID)
+	m := Message{From: "rec@acme.test", Subject: "Re: Hello", SentBy: "u-rec", Status: "sending"}
+	if err := s.CreateOutbound(ctx, &th, &m, func(thread, msg uint64) (string, string) {
+		return fmt.Sprintf("sr.t%dm%d@relay.test", thread, msg), fresh
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, conv := range []string{old, fresh} {
+		if id, ok, err := s.ThreadByConvIndex(ctx, "acme", conv); err != nil || !ok || id != th.ID {
+			t.Errorf("ThreadByConvIndex(%s) = %d, %v, %v; want thread %d", conv, id, ok, err, th.ID)
+		}
+	}
+	if th.ConvIndex != fresh {
+		t.Errorf("thread's ConvIndex = %s, want the latest issued %s", th.ConvIndex, fresh)
+	}
+}
+
 // testRaw is a Raw of head and body.
 func testRaw(head, body string) *Raw {
 	return &Raw{Head: []byte(head), Body: strings.NewReader(body), Size: int64(len(body))}

@@ -52,7 +52,10 @@ func (s *Store) CreateOutbound(ctx context.Context, th *Thread, m *Message, mint
 		}
 		id, conv := mint(t.ID, msg.ID)
 		msg.InternetMessageID = strings.ToLower(id)
-		if conv != "" && t.ConvIndex == "" {
+		// Every header issued stays indexed: a thread started before the
+		// Thread-Index prefix was fixed gets the new header on its next
+		// send, and replies to its earlier mail still carry the old one.
+		if conv != "" && t.ConvIndex != conv {
 			t.ConvIndex = conv
 			if err := tx.Bucket(bConvIndex).Put(key(t.Tenant, conv), putU64(t.ID)); err != nil {
 				return err

@@ -13,11 +13,22 @@ import (
 //	header (22 bytes): reserved 0x01, 5 bytes of FILETIME>>24 (big-endian), 16-byte GUID
 //	child  (5 bytes each): 1 bit delta code, 31 bits time delta, 8 bits random
 //
-// syncrelay derives the whole header from the thread: the GUID is
-// HMAC-SHA256(secret, "syncrelay-thread-index-v1" || uvarint(len(tenant)) ||
-// tenant || uvarint(thread))[:16] and the FILETIME part is a fixed epoch
-// (convEpoch), so every message of a thread carries the same 22 bytes and an
-// Outlook reply that keeps only Thread-Index still names the thread.
+// syncrelay fixes the first 6 bytes (convPrefix) and derives the GUID from
+// the thread: HMAC-SHA256(secret, "syncrelay-thread-index-v1" ||
+// uvarint(len(tenant)) || tenant || uvarint(thread))[:16]. So every message
+// of a thread carries the same 22 bytes and an Outlook reply that keeps only
+// Thread-Index still names the thread, and every syncrelay Thread-Index
+// starts with the same 8 base64 characters (ThreadIndexPrefix, 6 bytes = 8
+// characters exactly), which the admins' routing rules match on (SPEC §3,
+// §9).
+//
+// The prefix's FILETIME is 1994-08-14, before Outlook and Exchange existed:
+// no client with a working clock starts a conversation there, so a rule on
+// the prefix never forwards an Outlook conversation syncrelay did not start.
+// It is recent enough that child blocks (delta code 1 reaches about 57
+// years) still encode reply times until 2051. Threads issued before the
+// prefix was fixed (header time 2020-01-01) keep matching: the store indexes
+// every conversation header it issued.
 
 const (
 	// ConvHeaderLen is the length of the conversation index header.
@@ -29,8 +40,14 @@ const (
 	MaxReplyLevels = 64
 )
 
-// convEpoch is the fixed time stored in every conversation index header.
-var convEpoch = time.Date(2020, time.January, 1, 0, 0, 0, 0, time.UTC)
+// ThreadIndexPrefix is the base64 text every syncrelay Thread-Index value
+// starts with: convPrefix encoded ("\x01" + FILETIME>>24 of 1994-08-14,
+// chosen to read "Sync").
+const ThreadIndexPrefix = "AQG5Sync"
+
+// convPrefix is the fixed start of every conversation index header syncrelay
+// issues: the reserved byte 0x01 and the 5 FILETIME bytes.
+const convPrefix = "\x01\x01\xb9\x4b\x29\xdc"
 
 // filetime converts t to a Windows FILETIME (100 ns intervals since
 // 1601-01-01 UTC); times before 1601 become 0.
@@ -63,12 +80,8 @@ func (k *Keyring) ConversationIndex(tenant string, thread uint64) [ConvHeaderLen
 
 func convHeader(mac []byte) [ConvHeaderLen]byte {
 	var c [ConvHeaderLen]byte
-	c[0] = 0x01
-	ft := filetime(convEpoch) >> 24
-	for i := 0; i < 5; i++ {
-		c[1+i] = byte(ft >> (8 * (4 - i)))
-	}
-	copy(c[6:], mac[:16])
+	copy(c[:], convPrefix)
+	copy(c[len(convPrefix):], mac[:16])
 	return c
 }
 

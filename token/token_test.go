@@ -328,16 +328,17 @@ func TestConversationIndex(t *testing.T) {
 	if c != k.ConversationIndex("acme", 1) {
 		t.Fatal("not deterministic")
 	}
+	if got := base64.StdEncoding.EncodeToString(c[:6]); got != ThreadIndexPrefix {
+		t.Errorf("first 6 bytes encode as %q, want ThreadIndexPrefix %q", got, ThreadIndexPrefix)
+	}
 	if c[0] != 0x01 {
 		t.Errorf("reserved byte = %#x, want 0x01", c[0])
 	}
-	var ft uint64
-	for _, b := range c[1:6] {
-		ft = ft<<8 | uint64(b)
-	}
-	got := time.Unix(int64(ft<<24/1e7)-11644473600, 0).UTC()
-	if d := got.Sub(convEpoch); d < -2*time.Second || d > 0 {
-		t.Errorf("header time = %v, want about %v", got, convEpoch)
+	// The header time predates Outlook (no real conversation starts there)
+	// yet leaves child blocks (delta code 1: 2^54 x 100 ns) room until 2050.
+	hdr := headerTime(c)
+	if !hdr.Before(time.Date(1996, 1, 1, 0, 0, 0, 0, time.UTC)) || hdr.Add(time.Duration(1<<54)*100).Before(time.Date(2050, 1, 1, 0, 0, 0, 0, time.UTC)) {
+		t.Errorf("header time = %v, want before 1996 and within 57 years of 2050", hdr)
 	}
 	distinct := map[[22]byte]string{}
 	for name, v := range map[string][22]byte{
@@ -354,13 +355,40 @@ func TestConversationIndex(t *testing.T) {
 	}
 }
 
+// headerTime decodes the FILETIME of a conversation index header.
+func headerTime(c [ConvHeaderLen]byte) time.Time {
+	var ft uint64
+	for _, b := range c[1:6] {
+		ft = ft<<8 | uint64(b)
+	}
+	ft <<= 24
+	return time.Unix(int64(ft/1e7)-11644473600, int64(ft%1e7)*100).UTC()
+}
+
+// TestThreadIndexPrefix: every value syncrelay issues, at any reply depth,
+// starts with ThreadIndexPrefix.
+func TestThreadIndexPrefix(t *testing.T) {
+	k := testKeyring(t)
+	for _, tt := range []struct {
+		tenant string
+		thread uint64
+		reply  int
+	}{{"acme", 1, 0}, {"acme", 2, 1}, {"a", 0, 5}, {strings.Repeat("z", MaxTenantLen), math.MaxUint64, MaxReplyLevels}} {
+		v := k.ThreadIndex(tt.tenant, tt.thread, time.Now(), tt.reply)
+		if !strings.HasPrefix(v, ThreadIndexPrefix) {
+			t.Errorf("ThreadIndex(%q, %d, reply %d) = %q, want prefix %q", tt.tenant, tt.thread, tt.reply, v, ThreadIndexPrefix)
+		}
+	}
+}
+
 func TestThreadIndex(t *testing.T) {
 	k := testKeyring(t)
 	conv := k.ConversationIndex("acme", 77)
+	hdr := headerTime(conv)
 	dates := []time.Time{
-		time.Date(2020, 6, 1, 12, 0, 0, 0, time.UTC),                // < 1.7 years after epoch: delta code 0
+		hdr.AddDate(1, 0, 0), // < 1.7 years after the header time: delta code 0
 		time.Date(2026, 3, 4, 5, 6, 7, 0, time.FixedZone("", 3600)), // delta code 1
-		time.Date(2019, 1, 1, 0, 0, 0, 0, time.UTC),                 // before the epoch: clamped to 0
+		hdr.AddDate(-1, 0, 0), // before the header time: clamped to 0
 	}
 	for _, date := range dates {
 		for _, reply := range []int{-1, 0, 1, 2, 5, MaxReplyLevels + 10} {
@@ -392,11 +420,11 @@ func TestThreadIndex(t *testing.T) {
 				} else {
 					delta = uint64(blk&0x7fffffff) << 23
 				}
-				hdr := filetime(convEpoch) >> 24 << 24
-				decoded := hdr + delta
+				base := filetime(hdr)
+				decoded := base + delta
 				want := filetime(date)
-				if date.Before(convEpoch) {
-					want = hdr
+				if date.Before(hdr) {
+					want = base
 				}
 				if diff := int64(want - decoded); diff < 0 || diff >= 1<<23 {
 					t.Errorf("date %v level %d: decoded filetime off by %d", date, i, diff)

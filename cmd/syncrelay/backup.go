@@ -238,8 +238,8 @@ func runRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			"  a new key would make every reply to earlier mail unmatchable.\n", err, c.SecretKeyPath(), config.EnvSecretKey)
 	default:
 		if st, err := store.Open(dir, store.Options{ReadOnly: true}); err == nil {
-			if id, ok, err := st.LatestIssuedMessageID(ctx); err == nil && ok && !keyMinted(keys, id) {
-				fmt.Fprintf(stderr, "WARNING: the secret key at %s did not mint the tokens in this backup; use the key of the server the backup came from.\n", c.SecretKeyPath())
+			if match, known, err := daemon.KeyMatches(ctx, keys, st); err == nil && known && !match {
+				fmt.Fprintf(stderr, "WARNING: the secret key at %s does not match the data in this backup (the daemon will refuse to start with it); use the key of the server the backup came from.\n", c.SecretKeyPath())
 			}
 			st.Close()
 		}
@@ -374,6 +374,25 @@ func (a *adminClient) tenants(ctx context.Context) ([]*store.Tenant, error) {
 		return nil, fmt.Errorf("GET /v1/tenants: %w", err)
 	}
 	return out.Tenants, nil
+}
+
+// keyFingerprint asks the daemon for the secret key fingerprint recorded
+// with the data ("" when none is).
+func (a *adminClient) keyFingerprint(ctx context.Context) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := a.get(ctx, "/v1/admin/key-fingerprint")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Fingerprint string `json:"key_fingerprint"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return "", fmt.Errorf("GET /v1/admin/key-fingerprint: %w", err)
+	}
+	return out.Fingerprint, nil
 }
 
 func (a *adminClient) backup(ctx context.Context, w io.Writer) error {

@@ -25,7 +25,6 @@ import (
 	"syncrelay/daemon"
 	"syncrelay/setup"
 	"syncrelay/store"
-	"syncrelay/token"
 )
 
 // `syncrelay check` is what an email admin (or ops) runs to know whether
@@ -427,6 +426,11 @@ type storeView struct {
 	// instead.
 	activity *store.TenantActivity
 	daemon   *adminClient
+	// keyFP is the secret key fingerprint recorded with the data ("" if
+	// none), read directly or, while the daemon runs, through its API.
+	keyFP    string
+	hasData  bool  // the store holds data a new key would orphan
+	keyFPErr error // the running daemon could not say
 }
 
 func checkStore(ctx context.Context, rep *checkReport, c *config.Config, tenantID string) *storeView {
@@ -476,6 +480,9 @@ func checkStore(ctx context.Context, rep *checkReport, c *config.Config, tenantI
 		if ts, err := cl.tenants(ctx); err == nil {
 			sv.tenants, sv.known = ts, true
 		}
+		// The daemon recorded its key's fingerprint at start.
+		sv.keyFP, sv.keyFPErr = cl.keyFingerprint(ctx)
+		sv.hasData = sv.keyFP != ""
 		return sv
 	}
 	if err != nil {
@@ -491,6 +498,12 @@ func checkStore(ctx context.Context, rep *checkReport, c *config.Config, tenantI
 	if err == nil && tenantID != "" {
 		now := time.Now()
 		sv.activity, err = st.TenantActivity(ctx, tenantID, now, now.Add(-24*time.Hour))
+	}
+	if err == nil {
+		sv.keyFP, _, err = st.KeyFingerprint(ctx)
+	}
+	if err == nil {
+		sv.hasData, err = st.HasData(ctx)
 	}
 	st.Close()
 	if err != nil {
@@ -522,31 +535,18 @@ func plural(n int, one, many string) string {
 // --- secrets ---
 
 func checkSecrets(rep *checkReport, c *config.Config, sv *storeView) {
-	hasData := len(sv.tenants) > 0
+	hasData := len(sv.tenants) > 0 || sv.hasData
 	keys, _, err := daemon.LoadKeys(c, false)
 	switch {
 	case err != nil && errors.Is(err, os.ErrNotExist) && !hasData:
 		rep.add("secret-key", checkOK, fmt.Sprintf("no key at %s yet: the daemon generates it at first start (back it up, it is not in backups)", c.SecretKeyPath()), "")
 	case err != nil && errors.Is(err, os.ErrNotExist):
-		rep.add("secret-key", checkFail, fmt.Sprintf("the store has data but there is no secret key at %s: the daemon would generate a new one, and every existing thread token would stop matching (replies discarded)", c.SecretKeyPath()),
-			"copy secret.key from the old server or from where you keep it (it is not part of syncrelay backups), or set "+config.EnvSecretKey)
+		rep.add("secret-key", checkFail, fmt.Sprintf("the store has data but there is no secret key at %s: the daemon refuses to start without it (a new key would make every stored grant undecryptable and every reply to earlier mail unmatched)", c.SecretKeyPath()),
+			"restore the key file that was backed up with this store: copy secret.key from the old server or from where you keep it (it is not part of syncrelay backups), or set "+config.EnvSecretKey)
 	case err != nil:
 		rep.add("secret-key", checkFail, err.Error(), "the key file holds 64 hex characters on one line (openssl rand -hex 32)")
 	default:
-		msg := "secret key " + c.SecretKeyPath()
-		if c.Secrets.Key != nil {
-			msg = "secret key from " + config.EnvSecretKey
-		}
-		status := checkOK
-		fix := ""
-		if sv.issued != "" {
-			if keyMinted(keys, sv.issued) {
-				msg += " matches the data (it minted the latest sent message's token)"
-			} else {
-				status, fix = checkFail, "use the key this data was created with; a different key makes every reply to earlier mail unmatchable"
-				msg += " did NOT mint the tokens in this store: replies to earlier mail will not match"
-			}
-		}
+		status, msg, fix := keyAgainstData(c, keys, sv)
 		rep.add("secret-key", status, msg, fix)
 	}
 	if len(c.API.Tokens) == 0 {
@@ -557,19 +557,30 @@ func checkSecrets(rep *checkReport, c *config.Config, sv *storeView) {
 	}
 }
 
-// keyMinted reports whether msgid ("sr.TOKEN@host") carries a token made
-// with keys (whatever the hostname).
-func keyMinted(keys *daemon.Keys, msgid string) bool {
-	local, _, ok := strings.Cut(msgid, "@")
-	if !ok || !strings.HasPrefix(strings.ToLower(local), token.Prefix) {
-		return false
+// keyAgainstData compares the configured key with the data: by the key
+// fingerprint recorded in the store, else (data from before fingerprints)
+// by the latest token syncrelay issued.
+func keyAgainstData(c *config.Config, keys *daemon.Keys, sv *storeView) (status, msg, fix string) {
+	msg = "secret key " + daemon.KeySource(c)
+	restore := "restore the key file that was backed up with this store; a different key makes every stored grant undecryptable and every reply to earlier mail unmatched"
+	switch {
+	case sv.keyFPErr != nil:
+		return checkWarn, msg + fmt.Sprintf(": cannot compare it with the data, the running daemon did not give its key fingerprint (%v)", sv.keyFPErr),
+			"upgrade the running daemon, or stop it and run check again"
+	case sv.keyFP == keys.Fingerprint:
+		return checkOK, msg + " matches the data (the key fingerprint recorded in store.dir)", ""
+	case sv.keyFP != "":
+		msg += fmt.Sprintf(" does not match the data in store.dir %s: it is not the key this data was created with", c.Store.Dir)
+		if sv.daemon != nil {
+			msg += "; the running daemon still uses the key it read at start, but will refuse to start again with this one"
+		}
+		return checkFail, msg, restore
+	case sv.issued != "" && keys.Minted(sv.issued):
+		return checkOK, msg + " matches the data (it minted the latest sent message's token)", ""
+	case sv.issued != "":
+		return checkFail, msg + " did NOT mint the tokens in this store: replies to earlier mail will not match", restore
 	}
-	kr, err := token.New(keys.Token, "localhost")
-	if err != nil {
-		return false
-	}
-	_, ok = kr.Parse(local[len(token.Prefix):])
-	return ok
+	return checkOK, msg, ""
 }
 
 // --- providers ---

@@ -253,7 +253,7 @@ secret = "whsec"
 		if r == nil || r.InboundAddress != e.inbound {
 			t.Fatalf("tenant rules %+v", r)
 		}
-		if r.Google.Regex != `(?i)sr\.[a-z0-9]+@relay\.test|x-syncrelay-thread:` || r.Google.AlsoDeliver != e.inbound ||
+		if r.Google.Regex != `(?i)sr\.[a-z0-9]+@relay\.test|x-syncrelay-thread:|thread-index:\s*AQG5Sync` || r.Google.AlsoDeliver != e.inbound ||
 			strings.Join(r.Google.Directions, ",") != "Inbound,Outbound,Internal - sending,Internal - receiving" ||
 			r.Google.Location != "Full headers" || r.Google.MatchType != "Matches regex" {
 			t.Errorf("google rule %+v", r.Google)
@@ -262,6 +262,7 @@ secret = "whsec"
 			`New-TransportRule -Name 'syncrelay acme: References' -HeaderMatchesMessageHeader 'References' -HeaderMatchesPatterns 'sr\.\w*@relay\.test' -BlindCopyTo '` + e.inbound + `' -Mode Enforce`,
 			`New-TransportRule -Name 'syncrelay acme: In-Reply-To' -HeaderMatchesMessageHeader 'In-Reply-To' -HeaderMatchesPatterns 'sr\.\w*@relay\.test' -BlindCopyTo '` + e.inbound + `' -Mode Enforce`,
 			`New-TransportRule -Name 'syncrelay acme: X-Syncrelay-Thread' -HeaderMatchesMessageHeader 'X-Syncrelay-Thread' -HeaderMatchesPatterns '^\w\w*$' -BlindCopyTo '` + e.inbound + `' -Mode Enforce`,
+			`New-TransportRule -Name 'syncrelay acme: Thread-Index' -HeaderMatchesMessageHeader 'Thread-Index' -HeaderMatchesPatterns '^AQG5Sync' -BlindCopyTo '` + e.inbound + `' -Mode Enforce`,
 		}
 		if strings.Join(r.Exchange.PowerShell, "\n") != strings.Join(wantPS, "\n") {
 			t.Errorf("exchange rules:\n%s\nwant\n%s", strings.Join(r.Exchange.PowerShell, "\n"), strings.Join(wantPS, "\n"))
@@ -285,7 +286,7 @@ secret = "whsec"
 		code, out, _ := runCmd(t, "check", "-config", cfg, "-tenant", "acme")
 		for _, s := range []string{
 			"Google Workspace: content compliance rule",
-			"Expression:  (?i)sr\\.[a-z0-9]+@relay\\.test|x-syncrelay-thread:",
+			"Expression:  (?i)sr\\.[a-z0-9]+@relay\\.test|x-syncrelay-thread:|thread-index:\\s*AQG5Sync",
 			"Also deliver to > Add more recipients > Add > Basic > " + e.inbound,
 			"Add recipients > to the Bcc box > " + e.inbound,
 			"All checks passed (1 warning).",
