@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -334,7 +335,11 @@ func (c *trackedConn) endWith(reply string) {
 	to := c.replyTo
 	c.mu.Unlock()
 
-	if to != nil && reply != "" {
+	if to == nil {
+		reply = "" // mid TLS handshake: nothing can be said
+	}
+	c.log.Debug("ending connection", "reply", strings.TrimSpace(reply))
+	if reply != "" {
 		to.SetWriteDeadline(time.Now().Add(finalReplyTimeout))
 		io.WriteString(to, reply)
 	}
