@@ -18,9 +18,14 @@ import (
 // Both DATA and BDAT bodies go through bodyChecker, which rejects a bare CR
 // (a CR not followed by LF) or a bare LF (an LF not preceded by CR) anywhere
 // in the message, enforces the size and line limits, and writes the message
-// to the spool. After a violation it keeps reading to the end of the message
-// (DATA's CRLF.CRLF, BDAT's LAST chunk), writing nothing more, so that the
-// session stays in step with the client and gets exactly one reply.
+// to the spool. It checks bytes however they are split into reads: a BDAT
+// read may hold many lines, or part of one. After a violation it keeps
+// reading to the end of the message (DATA's CRLF.CRLF, BDAT's LAST chunk),
+// writing nothing more, so that the session stays in step with the client
+// and gets exactly one reply. One exception: a DATA body with a bare CR or
+// LF ends at the first "." line that a sender taking a lone CR or LF for a
+// line ending would end it with ("x\n.\r\n"); it is refused there and the
+// connection closed, rather than held until the data timeout.
 //
 // DATA needs more than a check of what go-smtp's dot-decoder hands to
 // Session.Data: in go-smtp v0.25.1 that decoder drops the CR of a line that
@@ -81,7 +86,15 @@ type bodyChecker struct {
 	prevCR  bool  // the last byte was CR
 	midLine bool  // the bytes so far do not end with CRLF
 
-	bareEOL  bool
+	// afterBare: the last byte was a bare LF or a CR (a CR followed by a
+	// "." is bare). dotAfterBare: the last two were such a byte and ".".
+	afterBare, dotAfterBare bool
+
+	bareEOL bool
+	// fakeEnd: a "." line ended by a bare CR or LF, or after one: where a
+	// sender that takes a lone CR or LF for a line ending thinks the
+	// message ended (DATA stops reading there; see readData).
+	fakeEnd  bool
 	tooBig   bool
 	longLine bool
 	writeErr error
@@ -91,20 +104,17 @@ func (b *bodyChecker) failed() bool {
 	return b.bareEOL || b.tooBig || b.longLine || b.writeErr != nil
 }
 
-// feed checks p, the next bytes of the message, and stores them unless the
+// feed checks p, the next bytes of the message however they are split (a
+// BDAT read may hold many lines, or part of one), and stores them unless the
 // message has already failed.
 func (b *bodyChecker) feed(p []byte) {
-	// Fast path, almost every call from readData: one whole line ending in
-	// CRLF with no other CR (ReadSlice leaves no other LF), at a line start.
-	if n := len(p); n >= 2 && !b.midLine && p[n-1] == '\n' && p[n-2] == '\r' &&
-		bytes.IndexByte(p[:n-2], '\r') < 0 {
-		if b.maxLine > 0 && n > b.maxLine {
-			b.longLine = true
+	for rest := p; len(rest) > 0; {
+		i := bytes.IndexByte(rest, '\n') + 1
+		if i == 0 {
+			i = len(rest)
 		}
-		b.prevCR = false
-		b.lineLen = 0
-	} else {
-		b.scan(p)
+		b.checkLine(rest[:i])
+		rest = rest[i:]
 	}
 	b.n += int64(len(p))
 	if b.max > 0 && b.n > b.max {
@@ -118,9 +128,32 @@ func (b *bodyChecker) feed(p []byte) {
 	}
 }
 
-// scan is feed's byte-by-byte check, for anything but a whole CRLF line.
+// checkLine checks p, which holds no LF but possibly its last byte.
+func (b *bodyChecker) checkLine(p []byte) {
+	// Fast path, almost every line of a message: a whole line ending in
+	// CRLF with no other CR, at a line start.
+	if n := len(p); n >= 2 && !b.midLine && p[n-1] == '\n' && p[n-2] == '\r' &&
+		bytes.IndexByte(p[:n-2], '\r') < 0 {
+		if b.maxLine > 0 && n > b.maxLine {
+			b.longLine = true
+		}
+		b.prevCR = false
+		b.lineLen = 0
+		b.afterBare, b.dotAfterBare = false, false
+		return
+	}
+	b.scan(p)
+}
+
+// scan is checkLine's byte-by-byte check, for anything but a whole CRLF line.
 func (b *bodyChecker) scan(p []byte) {
 	for _, c := range p {
+		eol := c == '\r' || c == '\n'
+		if b.dotAfterBare && eol {
+			b.fakeEnd = true
+		}
+		b.dotAfterBare = b.afterBare && c == '.'
+		b.afterBare = c == '\r' || (c == '\n' && !b.prevCR)
 		switch {
 		case c == '\n':
 			if !b.prevCR {
@@ -200,33 +233,79 @@ func readError(err error) error {
 // starting with "." has it removed; the message ends at a line that is
 // exactly ".". The terminator line is left unread in br. arm is called
 // before each read that may block (to extend the data timeout). It returns
-// nil at the terminator or the read error.
+// nil at the terminator, or the read error.
+//
+// It also returns nil, with b.fakeEnd set, at a "." line that a sender
+// taking a lone CR or LF for a line ending would end the message with
+// ("x\n.\r\n", "\r\n.\n"): that message has a bare CR or LF, so it is
+// refused and the connection closed anyway, and waiting for a CRLF.CRLF
+// that such a sender never sends would only hold it until the data timeout.
 func readData(br *bufio.Reader, b *bodyChecker, arm func()) error {
 	for {
 		if br.Buffered() < 3 {
-			arm() // only a read from the socket (Peek(3) included) can block
+			arm() // only a read from the socket (a Peek included) can block
 		}
 		if b.atLineStart() {
-			p, err := br.Peek(1)
-			if err != nil {
+			if end, err := dotLine(br, b); end || err != nil {
 				return err
 			}
-			if p[0] == '.' {
-				if p, err = br.Peek(3); err != nil {
-					return err
-				}
-				if p[1] == '\r' && p[2] == '\n' {
-					return nil
-				}
-				br.Discard(1) // dot-stuffing; what follows is content
-			}
 		}
-		line, err := br.ReadSlice('\n')
-		b.feed(line)
-		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+		line, err := nextLine(br)
+		if err != nil {
 			return err
 		}
+		b.feed(line)
+		br.Discard(len(line))
+		if b.fakeEnd {
+			return nil
+		}
 	}
+}
+
+// dotLine handles a "." at the start of a CRLF line. It reports whether the
+// message ends here: at ".\r\n" (left unread), or at a "." followed by a
+// bare CR or LF (b.fakeEnd). Otherwise it drops a leading dot (dot-stuffing).
+func dotLine(br *bufio.Reader, b *bodyChecker) (end bool, err error) {
+	p, err := br.Peek(1)
+	if err != nil || p[0] != '.' {
+		return false, err
+	}
+	if p, err = br.Peek(2); err != nil {
+		return false, err
+	}
+	switch p[1] {
+	case '\r':
+		if p, err = br.Peek(3); err != nil {
+			return false, err
+		}
+		if p[2] == '\n' {
+			return true, nil
+		}
+	case '\n':
+	default:
+		br.Discard(1) // dot-stuffing; what follows is content
+		return false, nil
+	}
+	b.bareEOL, b.fakeEnd = true, true
+	return true, nil
+}
+
+// nextLine returns the buffered bytes up to the first LF, or all of them
+// when none is an LF, reading only when nothing is buffered: the part of a
+// line that has arrived is checked at once, so a lone CR is seen without
+// waiting for an LF that a sender ending lines with CR never sends. The
+// bytes stay in br until discarded.
+func nextLine(br *bufio.Reader) ([]byte, error) {
+	if br.Buffered() == 0 {
+		if _, err := br.Peek(1); err != nil {
+			return nil, err
+		}
+	}
+	p, _ := br.Peek(br.Buffered())
+	if i := bytes.IndexByte(p, '\n'); i >= 0 {
+		p = p[:i+1]
+	}
+	return p, nil
 }
 
 // dataHandoff lets go-smtp's own decoder read the terminator readData left

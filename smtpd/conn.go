@@ -3,21 +3,38 @@ package smtpd
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// Replies written by the listener itself, before go-smtp sees a connection.
+// Replies written by this package itself rather than through go-smtp: by
+// the listener before go-smtp sees a connection, and as the last reply of a
+// connection that ends outside a message (trackedConn.endWith).
 const (
 	replyTooMany      = "421 4.7.0 Too many connections, try again later\r\n"
 	replyShuttingDown = "421 4.3.2 Service shutting down, try again later\r\n"
+	replyIdleTimeout  = "421 4.4.2 Idle timeout, closing connection\r\n"
+	replyBDATTimeout  = "421 4.4.2 Timeout waiting for message data, closing connection\r\n"
 )
+
+// finalReplyTimeout bounds the write of a reply that ends a connection: a
+// client that does not read must not hold a shutdown.
+const finalReplyTimeout = 5 * time.Second
+
+// errEnded is what reads return once this package has ended a connection.
+// It wraps net.ErrClosed because that (or io.EOF) is what go-smtp closes a
+// connection on without writing a reply of its own.
+var errEnded = fmt.Errorf("smtpd: connection ended: %w", net.ErrClosed)
 
 // capListener admits connections under the global and per-IP caps. A
 // connection over a cap (or arriving while the server shuts down) is answered
@@ -98,6 +115,7 @@ func (s *Server) admit(c net.Conn) *trackedConn {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	tc := &trackedConn{Conn: c, s: s, id: id, key: key, log: log, ctx: ctx, cancel: cancel, opened: time.Now()}
+	tc.replyTo = tc
 	s.conns[tc] = struct{}{}
 	s.perIP[key]++
 	s.wg.Add(1)
@@ -110,8 +128,9 @@ func (s *Server) admit(c net.Conn) *trackedConn {
 
 // trackedConn is the net.Conn go-smtp reads and writes (directly, or under
 // a tls.Conn after STARTTLS). It carries the session id and the per-connection
-// context, releases its cap slots on Close, makes read errors sticky, and lets
-// Shutdown end idle sessions without cutting a transaction short.
+// context, releases its cap slots on Close, makes read errors sticky, decides
+// how a connection ends outside a message body (endWith), and lets Shutdown
+// end every session that is not inside DATA/BDAT at once.
 type trackedConn struct {
 	net.Conn
 	s      *Server
@@ -122,15 +141,23 @@ type trackedConn struct {
 	cancel context.CancelFunc
 	opened time.Time
 
-	// inTxn is true from an accepted MAIL until the transaction ends
-	// (reply to DATA/BDAT LAST, RSET, or a new EHLO).
-	inTxn atomic.Bool
+	// bodies counts the Session.Data calls running: a DATA or BDAT body
+	// being received or committed. Shutdown lets those finish.
+	bodies atomic.Int32
+	// dataBody is set while readData reads a DATA body on go-smtp's
+	// goroutine: read errors then go back to it as they are.
+	dataBody atomic.Bool
 
 	mu           sync.Mutex
 	readDeadline time.Time // as last set by go-smtp or the session
 	kicked       bool      // Shutdown asked this connection to end
 	rerr         error     // first read error, returned by every later Read
 	dead         bool      // poisoned: no further transaction may run
+	ended        bool      // endWith ran
+	// replyTo is what go-smtp writes replies to: this conn, the tls.Conn
+	// over it once a session runs over TLS, nil while a TLS handshake is
+	// under way (no reply can be written until the next EHLO).
+	replyTo net.Conn
 
 	closeOnce sync.Once
 
@@ -197,17 +224,6 @@ func (c *trackedConn) flushLocked() error {
 	return err
 }
 
-// errShuttingDown is what a Read returns once Shutdown has asked an idle
-// session to end. It is a timeout so that go-smtp answers "421 4.4.2" and
-// closes the connection (rather than closing silently).
-var errShuttingDown error = shutdownError{}
-
-type shutdownError struct{}
-
-func (shutdownError) Error() string   { return "smtpd: server shutting down" }
-func (shutdownError) Timeout() bool   { return true }
-func (shutdownError) Temporary() bool { return true }
-
 // Read makes every read error sticky. go-smtp resets the read deadline
 // before each command, so without this a timed-out DATA or BDAT would be
 // followed by go-smtp reading the rest of the message body as commands:
@@ -220,12 +236,14 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, err
 		}
-		if c.kicked && !c.inTxn.Load() {
-			c.rerr = errShuttingDown
-			c.mu.Unlock()
-			return 0, errShuttingDown
-		}
+		idle := c.kicked && c.bodies.Load() == 0
 		c.mu.Unlock()
+		if idle {
+			// Shutdown, and not inside a message: a sender whose
+			// transaction is cut before DATA retries (SPEC §12).
+			c.endWith(replyShuttingDown)
+			return 0, errEnded
+		}
 
 		if err := c.flush(); err != nil {
 			c.mu.Lock()
@@ -239,23 +257,120 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 		if err == nil {
 			return n, nil
 		}
-		c.mu.Lock()
-		var ne net.Error
-		if c.kicked && c.inTxn.Load() && errors.As(err, &ne) && ne.Timeout() &&
-			(c.readDeadline.IsZero() || time.Now().Before(c.readDeadline)) {
-			// Woken by Shutdown in the middle of a transaction: let it
-			// finish under its own deadline.
-			c.Conn.SetReadDeadline(c.readDeadline)
-			c.mu.Unlock()
+		if c.wokenByKick(err) {
 			if n > 0 {
 				return n, nil
 			}
 			continue
 		}
-		c.rerr = err
-		c.mu.Unlock()
-		return n, err
+		return n, c.readFailed(err)
 	}
+}
+
+// wokenByKick reports whether err is the timeout kick provoked rather than
+// a real one; inside a message the read then goes on under its own deadline.
+func (c *trackedConn) wokenByKick(err error) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var ne net.Error
+	if !c.kicked || !errors.As(err, &ne) || !ne.Timeout() ||
+		(!c.readDeadline.IsZero() && !time.Now().Before(c.readDeadline)) {
+		return false
+	}
+	if c.bodies.Load() > 0 {
+		c.Conn.SetReadDeadline(c.readDeadline)
+	}
+	return true
+}
+
+// readFailed decides what a failed read means. In a DATA body the error
+// goes back to readData, which turns it into the reply. Anywhere else (a
+// command, a BDAT chunk, a TLS handshake) the connection ends here: go-smtp
+// would answer a timeout in a BDAT chunk with "554 5.0.0" and the error's
+// text, and take a client that went away in the middle of a chunk for the
+// end of the chunk (io.Copy ends at EOF without error), delivering what
+// arrived. So a timeout gets a 421, anything else a silent close, and
+// go-smtp only sees errEnded.
+func (c *trackedConn) readFailed(err error) error {
+	c.mu.Lock()
+	if c.rerr != nil { // endWith ran meanwhile (Mail while draining)
+		err = c.rerr
+		c.mu.Unlock()
+		return err
+	}
+	if c.dataBody.Load() {
+		c.rerr = errEnded // after this error, go-smtp's drain and next command end quietly
+		c.mu.Unlock()
+		return err
+	}
+	c.mu.Unlock()
+	var ne net.Error
+	switch {
+	case !errors.As(err, &ne) || !ne.Timeout():
+		c.endWith("")
+	case c.bodies.Load() > 0: // between or inside BDAT chunks
+		c.endWith(replyBDATTimeout)
+	default:
+		c.endWith(replyIdleTimeout)
+	}
+	return errEnded
+}
+
+// endWith ends the connection on go-smtp's goroutine (from a Read or a
+// session callback). It sends reply ("" for none) as the last thing the
+// client gets, through TLS when the session runs over it, then shuts the
+// sending side (TLS close_notify, TCP FIN), so that nothing go-smtp may
+// still write reaches the client, and every later read returns errEnded,
+// on which go-smtp closes the connection quietly.
+func (c *trackedConn) endWith(reply string) {
+	c.mu.Lock()
+	if c.ended {
+		c.mu.Unlock()
+		return
+	}
+	c.ended = true
+	if c.rerr == nil {
+		c.rerr = errEnded
+	}
+	to := c.replyTo
+	c.mu.Unlock()
+
+	if to == nil {
+		reply = "" // mid TLS handshake: nothing can be said
+	}
+	c.log.Debug("ending connection", "reply", strings.TrimSpace(reply))
+	if reply != "" {
+		to.SetWriteDeadline(time.Now().Add(finalReplyTimeout))
+		io.WriteString(to, reply)
+	}
+	if tc, ok := to.(*tls.Conn); ok {
+		tc.CloseWrite() // sends close_notify; later writes through TLS fail
+	}
+	c.wmu.Lock()
+	c.flushLocked()
+	if c.werr == nil {
+		c.werr = errEnded
+	}
+	c.wmu.Unlock()
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+}
+
+func (c *trackedConn) setReplyTo(w net.Conn) {
+	c.mu.Lock()
+	c.replyTo = w
+	c.mu.Unlock()
+}
+
+// stopReading makes every later read fail: the DATA reader stopped before
+// go-smtp's end of data, and go-smtp's drain must not wait for more.
+func (c *trackedConn) stopReading() {
+	c.mu.Lock()
+	if c.rerr == nil {
+		c.rerr = errEnded
+	}
+	c.mu.Unlock()
 }
 
 func (c *trackedConn) SetReadDeadline(t time.Time) error {
@@ -266,14 +381,30 @@ func (c *trackedConn) SetReadDeadline(t time.Time) error {
 }
 
 func (c *trackedConn) SetDeadline(t time.Time) error {
+	c.flushBefore(t)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.readDeadline = t
 	return c.Conn.SetDeadline(t)
 }
 
-// kick wakes a Read blocked on this connection so that an idle session
-// notices the shutdown; a session in a transaction goes on reading.
+func (c *trackedConn) SetWriteDeadline(t time.Time) error {
+	c.flushBefore(t)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// flushBefore writes the held replies before a write deadline that has
+// already passed takes effect: they were written before it was set. A
+// tls.Conn closing sends close_notify and then sets the deadline to now,
+// which would otherwise lose the last reply (221, 421) and the alert.
+func (c *trackedConn) flushBefore(t time.Time) {
+	if !t.IsZero() && !t.After(time.Now()) {
+		c.flush()
+	}
+}
+
+// kick wakes a Read blocked on this connection so that a session outside a
+// message notices the shutdown; one inside DATA/BDAT goes on reading.
 func (c *trackedConn) kick() {
 	c.mu.Lock()
 	c.kicked = true
@@ -282,22 +413,14 @@ func (c *trackedConn) kick() {
 }
 
 // poison ends the connection right after a reply has been written: no more
-// bytes are read from or written to the client (the write side gets a FIN
-// now; go-smtp closes the rest when its next read fails), and the session
+// bytes are read from or written to the client (the write side is shut now;
+// go-smtp closes the rest when its next read fails), and the session
 // refuses any command go-smtp may still find in its read buffer.
 func (c *trackedConn) poison() {
 	c.mu.Lock()
 	c.dead = true
-	if c.rerr == nil {
-		c.rerr = net.ErrClosed // go-smtp ends the session quietly on this
-	}
 	c.mu.Unlock()
-	c.flush()
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	} else {
-		c.Conn.Close()
-	}
+	c.endWith("")
 }
 
 func (c *trackedConn) isDead() bool {

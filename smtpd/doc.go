@@ -36,6 +36,7 @@
 //	550 5.6.0 Bare CR or LF not allowed      see below; after DATA the connection closes
 //	554 5.6.0 Message line too long          a line over MaxLineLength; the connection closes
 //	421 4.4.2 Timeout waiting for message data, closing connection
+//	421 4.4.2 Idle timeout, closing connection
 //	421 4.3.2 Service shutting down, try again later
 //	421 4.7.0 Too many connections, try again later   (written by the listener)
 //
@@ -44,13 +45,15 @@
 // A message body may contain a CR only as part of CRLF and an LF only after
 // a CR. A body with a bare CR or bare LF is read to its end and rejected
 // with one 550 5.6.0; the Deliverer never sees it. DATA is framed on
-// CRLF.CRLF exactly (RFC 5321 §4.5.2, with dot-unstuffing; "\n.\r\n" does
-// not end a message). After rejecting such a DATA body the server closes the
-// connection: where a malformed message ends is exactly what a sending MTA
-// and we may disagree on (that disagreement is SMTP smuggling, e.g.
-// "\r\r\n.\r\n"), so nothing after it is ever read as a command. BDAT
-// bodies, framed by byte counts, get the same checks and the session goes
-// on. See body.go for why DATA is decoded from go-smtp's buffered reader
+// CRLF.CRLF exactly (RFC 5321 §4.5.2, with dot-unstuffing; "\n.\r\n" never
+// ends a good message). A DATA body with a bare CR or LF ends at CRLF.CRLF
+// or at the first "." line a lenient sender would end it with ("x\n.\r\n",
+// "\r\n.\n", "\r.\r"), whichever comes first, and is refused there. After
+// rejecting such a DATA body the server closes the connection: where a
+// malformed message ends is exactly what a sending MTA and we may disagree
+// on (that disagreement is SMTP smuggling, e.g. "\r\r\n.\r\n"), so nothing
+// after it is ever read as a command. BDAT bodies, framed by byte counts,
+// get the same checks and the session goes on. See body.go for why DATA is decoded from go-smtp's buffered reader
 // rather than from the reader go-smtp hands to Session.Data (go-smtp's
 // decoder drops the CR of a line starting ".\r").
 //
@@ -68,10 +71,19 @@
 // counts as one IP); over a cap a client gets 421 4.7.0 and is closed.
 // After any read error or timeout, a connection gets its reply and is
 // closed: go-smtp would otherwise reset the deadline and read what is left
-// of a message body as commands. Shutdown refuses new connections, ends
-// idle sessions with a 421 (go-smtp's "421 4.4.2 Idle timeout"), lets
-// sessions in a transaction finish it and get their reply, then closes them.
-// At the Shutdown deadline the rest are closed and their contexts canceled.
+// of a message body as commands. Outside a DATA body this package, not
+// go-smtp, ends the connection (trackedConn.endWith): a timeout gets
+// "421 4.4.2" (also inside a BDAT chunk, where go-smtp would answer 554 with
+// the error's text), a client that goes away a silent close (go-smtp would
+// take the end of the stream for the end of a BDAT chunk and deliver what
+// arrived). Over TLS the last reply is sent, then close_notify.
+//
+// Shutdown refuses new connections and ends every session that is not
+// inside DATA/BDAT (idle, or between commands, including after MAIL/RCPT)
+// at once with "421 4.3.2 Service shutting down, try again later": its
+// sender retries. A session receiving a message body or waiting for its
+// commit finishes it and gets its reply, then the same 421. At the Shutdown
+// deadline the rest are closed and their contexts canceled.
 //
 // Contexts: Recipients and the Deliverer get the transaction's context,
 // canceled when the transaction ends (reply sent, RSET) or the connection is

@@ -166,7 +166,13 @@ func New(o Options, rcpts Recipients, d Deliverer) (*Server, error) {
 		// set once here and never replaced: SetTLSConfig swaps what this
 		// indirection returns instead.
 		srv.TLSConfig = &tls.Config{
-			GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+				if tc := trackedOf(hello.Conn); tc != nil {
+					// TLS from here on: a reply of ours in clear text
+					// would break the stream; the next EHLO sets the
+					// tls.Conn to write to.
+					tc.setReplyTo(nil)
+				}
 				return s.tlsCfg.Load(), nil
 			},
 		}
@@ -226,11 +232,14 @@ func (s *Server) SetTLSConfig(c *tls.Config) {
 	s.tlsCfg.Store(c)
 }
 
-// Shutdown stops accepting connections (new ones are refused), ends idle
-// sessions with a 421, and lets every session that is in a transaction
-// finish it and get its reply. It returns nil once all connections are
-// closed, or ctx's error after closing the remaining ones by force when ctx
-// ends first (their per-transaction contexts are canceled too).
+// Shutdown stops accepting connections (new ones are refused), ends every
+// session that is not inside a message (idle, or between commands,
+// including after MAIL/RCPT) at once with "421 4.3.2", and lets the
+// sessions inside DATA/BDAT (receiving the body or waiting for its commit)
+// finish and get their reply, then ends them likewise (SPEC §12). It
+// returns nil once all connections are closed, or ctx's error after closing
+// the remaining ones by force when ctx ends first (their per-transaction
+// contexts are canceled too).
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true

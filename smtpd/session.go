@@ -65,6 +65,7 @@ func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	ss := &session{s: s, conn: c, nc: nc, tc: tc, remote: nc.RemoteAddr()}
 	if tc != nil {
 		ss.id, ss.log, ss.connCtx = tc.id, tc.log, tc.ctx
+		tc.setReplyTo(nc) // the tls.Conn after STARTTLS
 	} else { // not through our listener; cannot happen via Serve
 		ss.id = newSessionID()
 		ss.log = s.log.With("session", ss.id)
@@ -110,12 +111,6 @@ type session struct {
 // still finds in its buffer is refused (and its reply is never sent).
 func (ss *session) dead() bool { return ss.tc != nil && ss.tc.isDead() }
 
-func (ss *session) setInTxn(v bool) {
-	if ss.tc != nil {
-		ss.tc.inTxn.Store(v)
-	}
-}
-
 func (ss *session) draining() bool {
 	ss.s.mu.Lock()
 	defer ss.s.mu.Unlock()
@@ -137,6 +132,12 @@ func (ss *session) mail(from string) error {
 		return reply(replyAborted)
 	}
 	if ss.draining() {
+		// A MAIL go-smtp found in its buffer after Shutdown began (the
+		// next transaction pipelined behind a message being committed):
+		// end here rather than answer the rest of the pipeline.
+		if ss.tc != nil {
+			ss.tc.endWith(replyShuttingDown)
+		}
 		return reply(replyShutdown)
 	}
 	ss.mu.Lock()
@@ -148,7 +149,6 @@ func (ss *session) mail(from string) error {
 	ss.ctx, ss.cancel = context.WithCancel(ss.connCtx)
 	ss.from = from
 	ss.helo = ss.conn.Hostname()
-	ss.setInTxn(true)
 	return nil
 }
 
@@ -204,6 +204,11 @@ func (ss *session) rcpt(to string) (err error) {
 func (ss *session) Data(r io.Reader) error {
 	start := time.Now()
 	_, bdat := r.(*io.PipeReader)
+	if ss.tc != nil {
+		// Inside a message until the reply is decided: Shutdown waits.
+		ss.tc.bodies.Add(1)
+		defer ss.tc.bodies.Add(-1)
+	}
 
 	ss.mu.Lock()
 	ctx, active := ss.ctx, ss.active
@@ -269,12 +274,27 @@ func (ss *session) readBody(r io.Reader, bdat bool, sp *spool.Spool) (size int64
 	defer func() {
 		size, closeAfter = b.n, b.bareEOL && !bdat
 	}()
+	if !bdat && ss.tc != nil {
+		// A read error in a DATA body comes back here and becomes the
+		// reply (trackedConn.readFailed).
+		ss.tc.dataBody.Store(true)
+		defer ss.tc.dataBody.Store(false)
+	}
 	noArm := func() {}
 	switch br := rawDataBuffer(r); {
 	case bdat:
 		err = readDecoded(r, b, noArm)
 	case br != nil:
-		if err = readData(br, b, ss.dataTimer()); err == nil {
+		err = readData(br, b, ss.dataTimer())
+		switch {
+		case err != nil:
+		case b.fakeEnd:
+			// We stopped before go-smtp's end of data: its drain must not
+			// wait for one. The connection closes after the reply.
+			if ss.tc != nil {
+				ss.tc.stopReading()
+			}
+		default:
 			if herr := dataHandoff(r); herr != nil {
 				b.bareEOL = true // out of step with go-smtp: close
 				return 0, false, herr
@@ -330,7 +350,6 @@ func (ss *session) Reset() {
 	ss.from, ss.helo = "", ""
 	ss.rcpts, ss.tenants = nil, nil
 	ss.attempts = 0
-	ss.setInTxn(false)
 }
 
 // Logout is called when the connection closes (and at STARTTLS).
