@@ -9,14 +9,14 @@ import (
 	"strings"
 	"testing"
 
-	"syncrelay/store"
+	"syncrelay/store/bolt"
 )
 
 const testToken = "test-token-123"
 
-func newTestServer(t *testing.T) (*httptest.Server, *Server, *store.Store) {
+func newTestServer(t *testing.T) (*httptest.Server, *Server, *bolt.Store) {
 	t.Helper()
-	st, err := store.Open(t.TempDir(), store.Options{CompactNow: true})
+	st, err := bolt.Open(t.TempDir(), bolt.Options{CompactNow: true})
 	if err != nil {
 		t.Fatal(err)
 	}

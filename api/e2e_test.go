@@ -32,6 +32,7 @@ import (
 	"syncrelay/router"
 	"syncrelay/smtpd"
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 	"syncrelay/token"
 	"syncrelay/webhook"
 )
@@ -65,7 +66,7 @@ type hookReceiver struct {
 
 type e2e struct {
 	t        *testing.T
-	st       *store.Store
+	st       *bolt.Store
 	api      *httptest.Server
 	smtpAddr string
 	keys     *token.Keyring
@@ -89,7 +90,7 @@ func startE2E(t *testing.T) *e2e {
 	c.DNS.ZoneFile = zone
 	log := slog.New(slog.DiscardHandler)
 
-	st, err := store.Open(c.Store.Dir, store.Options{})
+	st, err := bolt.Open(c.Store.Dir, bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 )
 
 // call sends a request as actor ("" for no X-Acting-User) and returns the
@@ -53,7 +54,7 @@ type world struct {
 	t   *testing.T
 	hs  *httptest.Server
 	srv *Server
-	st  *store.Store
+	st  *bolt.Store
 }
 
 // Users of acme (all team members unless noted).

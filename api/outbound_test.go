@@ -29,6 +29,7 @@ import (
 	"syncrelay/outbound/providertest"
 	"syncrelay/router"
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 	"syncrelay/token"
 	"syncrelay/trust"
 )
@@ -41,7 +42,7 @@ type obEnv struct {
 	dir   string
 	prov  string
 	stub  *providertest.Stub
-	st    *store.Store
+	st    *bolt.Store
 	hs    *httptest.Server
 	kr    *token.Keyring
 	om    *oauth.Manager
@@ -64,7 +65,7 @@ func newObEnv(t *testing.T, provider string, tweak func(*outbound.Options)) *obE
 // start opens the store and serves the API; restart-safe.
 func (e *obEnv) start() {
 	t := e.t
-	st, err := store.Open(e.dir, store.Options{})
+	st, err := bolt.Open(e.dir, bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,10 +15,11 @@ import (
 
 	"syncrelay/setup"
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 )
 
-var _ statusStore = (*store.Store)(nil)
-var _ backupStore = (*store.Store)(nil)
+var _ statusStore = (*bolt.Store)(nil)
+var _ backupStore = (*bolt.Store)(nil)
 
 type testClock struct {
 	mu sync.Mutex
@@ -36,10 +37,10 @@ func (c *testClock) Now() time.Time {
 
 func (c *testClock) Set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
 
-func newStatusServer(t *testing.T, staleAfter time.Duration) (*httptest.Server, *store.Store, *testClock) {
+func newStatusServer(t *testing.T, staleAfter time.Duration) (*httptest.Server, *bolt.Store, *testClock) {
 	t.Helper()
 	clock := &testClock{}
-	st, err := store.Open(t.TempDir(), store.Options{Now: clock.Now})
+	st, err := bolt.Open(t.TempDir(), bolt.Options{Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,14 +308,14 @@ func TestAdminBackup(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(t.TempDir(), "restored")
-	res, err := store.Restore(context.Background(), bytes.NewReader(archive), dir)
+	res, err := bolt.Restore(context.Background(), bytes.NewReader(archive), dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.Manifest.Tenants != 1 || res.Manifest.RawFiles != 0 {
 		t.Fatalf("manifest %+v", res.Manifest)
 	}
-	r, err := store.Open(dir, store.Options{})
+	r, err := bolt.Open(dir, bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,7 @@ import (
 	"syncrelay/router"
 	"syncrelay/smtpd"
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 	"syncrelay/token"
 	"syncrelay/trust"
 	"syncrelay/webhook"
@@ -80,7 +81,7 @@ func NewPipeline(c *config.Config, st router.Store, keys *Keys, log *slog.Logger
 // stdout receives the one-time dev token notice.
 func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writer) error {
 	log = withContextAttrs(log)
-	st, err := store.Open(c.Store.Dir, store.Options{LockTimeout: c.Store.OpenTimeout.Duration, Log: log})
+	st, err := bolt.Open(c.Store.Dir, bolt.Options{LockTimeout: c.Store.OpenTimeout.Duration, Log: log})
 	if err != nil {
 		return err
 	}
@@ -224,7 +225,7 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	return runErr
 }
 
-func warnPolicyOff(ctx context.Context, st *store.Store, log *slog.Logger) error {
+func warnPolicyOff(ctx context.Context, st *bolt.Store, log *slog.Logger) error {
 	ts, err := st.Tenants(ctx)
 	if err != nil {
 		return err
@@ -240,7 +241,7 @@ func warnPolicyOff(ctx context.Context, st *store.Store, log *slog.Logger) error
 // storeHousekeeping expires quarantined messages and then compacts the
 // store every hour, so the bytes of removed and expired messages leave the
 // disk within a couple of hours (SPEC §11: within 24).
-func storeHousekeeping(ctx context.Context, st *store.Store, log *slog.Logger) {
+func storeHousekeeping(ctx context.Context, st *bolt.Store, log *slog.Logger) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {
@@ -266,7 +267,7 @@ func storeHousekeeping(ctx context.Context, st *store.Store, log *slog.Logger) {
 // webhooks.url is set; the returned function stops it and waits for the
 // deliveries in flight. With no URL, events stay in the durable outbox
 // (and in the outbox metrics) until one is configured.
-func startWebhooks(c *config.Config, st *store.Store, reg prometheus.Registerer, log *slog.Logger) (stop func(), err error) {
+func startWebhooks(c *config.Config, st *bolt.Store, reg prometheus.Registerer, log *slog.Logger) (stop func(), err error) {
 	if c.Webhooks.URL == "" {
 		reg.MustRegister(webhook.NewOutboxCollector(st, log, time.Now))
 		log.Info("webhooks disabled (webhooks.url is empty): events are kept in the outbox until a URL is configured")
@@ -289,7 +290,7 @@ func startWebhooks(c *config.Config, st *store.Store, reg prometheus.Registerer,
 // newOutbound builds the OAuth grant manager and the sender from
 // [providers.*] and [outbound] (issue 4). A provider without client_id
 // cannot be connected; sending through it is refused until it is.
-func newOutbound(c *config.Config, st *store.Store, keys *Keys, kr *token.Keyring, reg prometheus.Registerer, log *slog.Logger) (api.OutboundOptions, error) {
+func newOutbound(c *config.Config, st *bolt.Store, keys *Keys, kr *token.Keyring, reg prometheus.Registerer, log *slog.Logger) (api.OutboundOptions, error) {
 	pc := func(p config.Provider) oauth.ProviderConfig {
 		return oauth.ProviderConfig{ClientID: p.ClientID, ClientSecret: p.ClientSecret, RedirectURL: p.RedirectURL,
 			AuthURL: p.AuthURL, TokenURL: p.TokenURL}
@@ -322,7 +323,7 @@ func newOutbound(c *config.Config, st *store.Store, keys *Keys, kr *token.Keyrin
 // outboundJanitor removes expired OAuth states, idempotency keys and rate
 // slots, and fails sends left "sending" by a process that stopped during the
 // provider call (no send lasts an hour: retries are bounded by [outbound]).
-func outboundJanitor(ctx context.Context, st *store.Store, log *slog.Logger) {
+func outboundJanitor(ctx context.Context, st *bolt.Store, log *slog.Logger) {
 	t := time.NewTicker(10 * time.Minute)
 	defer t.Stop()
 	for {

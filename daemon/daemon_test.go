@@ -21,6 +21,7 @@ import (
 	"syncrelay/internal/dnstest"
 	"syncrelay/internal/testutil"
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 	"syncrelay/token"
 )
 
@@ -62,7 +63,7 @@ zone_file = %q
 
 	// Seed the store before the daemon locks it, as the ATS would have
 	// through the API: a tenant, a candidate and a sent message.
-	st, err := store.Open(cfg.Store.Dir, store.Options{})
+	st, err := bolt.Open(cfg.Store.Dir, bolt.Options{})
 	if err != nil {
 		tb.Fatal(err)
 	}

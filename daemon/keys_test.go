@@ -10,6 +10,7 @@ import (
 
 	"syncrelay/config"
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 	"syncrelay/token"
 )
 
@@ -17,7 +18,7 @@ import (
 // recorded key fingerprint, as stores written before fingerprints are.
 func legacyStore(t *testing.T, dir string, master []byte) {
 	t.Helper()
-	st, err := store.Open(dir, store.Options{})
+	st, err := bolt.Open(dir, bolt.Options{})
 	mustT(t, err)
 	defer st.Close()
 	kr, err := token.New(fingerprintTestKeys(master).Token, "relay.test")
@@ -62,7 +63,7 @@ func TestOpenKeys(t *testing.T) {
 			if tt.key != nil {
 				mustT(t, os.WriteFile(c.SecretKeyPath(), []byte(hex.EncodeToString(tt.key)+"\n"), 0o600))
 			}
-			st, err := store.Open(dir, store.Options{})
+			st, err := bolt.Open(dir, bolt.Options{})
 			mustT(t, err)
 			defer st.Close()
 			ctx := context.Background()

@@ -16,6 +16,7 @@ import (
 
 	"syncrelay/outbound/providertest"
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 )
 
 var (
@@ -31,7 +32,7 @@ func (c *clock) advance(d time.Duration) { c.off.Add(int64(d)) }
 type env struct {
 	t     *testing.T
 	dir   string
-	st    *store.Store
+	st    *bolt.Store
 	stub  *providertest.Stub
 	m     *Manager
 	clock *clock
@@ -52,7 +53,7 @@ func newEnv(t *testing.T, provider string) *env {
 // open (re)opens the store and builds a fresh Manager, as a restart does.
 func (e *env) open() {
 	e.t.Helper()
-	st, err := store.Open(e.dir, store.Options{})
+	st, err := bolt.Open(e.dir, bolt.Options{})
 	must(e.t, err)
 	e.t.Cleanup(func() { st.Close() })
 	e.st = st

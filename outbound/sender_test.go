@@ -17,12 +17,13 @@ import (
 	"syncrelay/outbound"
 	"syncrelay/outbound/providertest"
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 	"syncrelay/token"
 )
 
 type env struct {
 	t      *testing.T
-	st     *store.Store
+	st     *bolt.Store
 	stub   *providertest.Stub
 	om     *oauth.Manager
 	kr     *token.Keyring
@@ -34,7 +35,7 @@ type env struct {
 func newEnv(t *testing.T, provider string, tweak func(*outbound.Options)) *env {
 	t.Helper()
 	e := &env{t: t, stub: providertest.Start(t, provider)}
-	st, err := store.Open(t.TempDir(), store.Options{})
+	st, err := bolt.Open(t.TempDir(), bolt.Options{})
 	must(t, err)
 	t.Cleanup(func() { st.Close() })
 	e.st = st

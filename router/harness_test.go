@@ -16,6 +16,7 @@ import (
 	"syncrelay/dnsres"
 	"syncrelay/internal/dnstest"
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 	"syncrelay/token"
 	"syncrelay/trust"
 )
@@ -30,7 +31,7 @@ const testHost = "relay.test"
 // DNS server on loopback serving DKIM keys, and the router.
 type env struct {
 	t      testing.TB
-	st     *store.Store
+	st     *bolt.Store
 	dir    string
 	kr     *token.Keyring
 	dns    *dnstest.Server
@@ -43,7 +44,7 @@ type env struct {
 func newEnv(t testing.TB, provider string) *env {
 	t.Helper()
 	dir := t.TempDir()
-	st, err := store.Open(dir, store.Options{})
+	st, err := bolt.Open(dir, bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

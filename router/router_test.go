@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 	"syncrelay/token"
 )
 
@@ -298,7 +299,7 @@ func TestMIMEDepthLimit(t *testing.T) {
 
 // faultStore injects storage failures into the real store.
 type faultStore struct {
-	*store.Store
+	*bolt.Store
 	failPut, failCommit bool
 }
 

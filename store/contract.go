@@ -10,7 +10,7 @@ import (
 // tables, files or engine types, so that the bbolt backend (one node) and
 // the PostgreSQL backend (several nodes) are interchangeable and both pass
 // store/storetest. Consumers still declare the small interface they need
-// where they use it; Backend is the whole of what a backend must provide.
+// where they use it; Store is the whole of what a backend must provide.
 //
 // Conventions every backend keeps:
 //   - Errors callers branch on are ErrNotFound, ErrExists, ErrStale,
@@ -25,7 +25,7 @@ import (
 //   - All cross-request state (OAuth state, idempotency keys, outbox,
 //     learned Message-IDs, counters) lives in the store, so several
 //     processes can share one store where the backend allows it.
-type Backend interface {
+type Store interface {
 	Tenants
 	People
 	Threads
@@ -196,5 +196,3 @@ type CompactStats struct {
 	Moved      int   // live messages moved
 	FreedBytes int64 // bytes given back to the file system
 }
-
-var _ Backend = (*Store)(nil)

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 )
 
 const secret = "whsec-test"
@@ -59,9 +60,9 @@ func (r *receiver) deliveries() []delivery {
 	return append([]delivery(nil), r.got...)
 }
 
-func openStore(t *testing.T) *store.Store {
+func openStore(t *testing.T) *bolt.Store {
 	t.Helper()
-	st, err := store.Open(t.TempDir(), store.Options{})
+	st, err := bolt.Open(t.TempDir(), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +105,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func eventState(t *testing.T, st *store.Store, seq uint64) *store.Event {
+func eventState(t *testing.T, st *bolt.Store, seq uint64) *store.Event {
 	t.Helper()
 	e, err := st.OutboxEvent(context.Background(), seq)
 	if err != nil {

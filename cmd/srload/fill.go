@@ -18,6 +18,7 @@ import (
 	"syncrelay/cmd/srload/loadgen"
 	"syncrelay/config"
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 )
 
 // fill commits n stored messages straight through the store (the daemon
@@ -48,7 +49,7 @@ func fill(args []string) error {
 	if err != nil {
 		return err
 	}
-	st, err := store.Open(c.Store.Dir, store.Options{LockTimeout: c.Store.OpenTimeout.Duration})
+	st, err := bolt.Open(c.Store.Dir, bolt.Options{LockTimeout: c.Store.OpenTimeout.Duration})
 	if err != nil {
 		return err
 	}

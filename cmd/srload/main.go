@@ -47,7 +47,7 @@ import (
 	"syncrelay/cmd/srload/loadgen"
 	"syncrelay/config"
 	"syncrelay/daemon"
-	"syncrelay/store"
+	"syncrelay/store/bolt"
 	"syncrelay/token"
 )
 
@@ -132,7 +132,7 @@ func prepare(args []string) error {
 	if err != nil {
 		return err
 	}
-	st, err := store.Open(c.Store.Dir, store.Options{LockTimeout: c.Store.OpenTimeout.Duration})
+	st, err := bolt.Open(c.Store.Dir, bolt.Options{LockTimeout: c.Store.OpenTimeout.Duration})
 	if err != nil {
 		return err
 	}

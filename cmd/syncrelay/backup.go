@@ -17,6 +17,7 @@ import (
 	"syncrelay/config"
 	"syncrelay/daemon"
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 )
 
 // `syncrelay backup -o FILE` writes a consistent backup archive (see
@@ -87,7 +88,7 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) int
 // backupSource is either the store opened read-only or the daemon's API.
 type backupSource struct {
 	how    string
-	st     *store.Store
+	st     *bolt.Store
 	client *adminClient
 }
 
@@ -109,7 +110,7 @@ func openBackupSource(c *config.Config, base string) (*backupSource, error) {
 	if _, err := os.Stat(c.DBPath()); errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("no store at %s (check store.dir, or -config)", c.Store.Dir)
 	}
-	st, err := store.Open(c.Store.Dir, store.Options{ReadOnly: true, LockTimeout: 300 * time.Millisecond})
+	st, err := bolt.Open(c.Store.Dir, bolt.Options{ReadOnly: true, LockTimeout: 300 * time.Millisecond})
 	if err == nil {
 		return &backupSource{how: "no daemon running: read the store directly", st: st}, nil
 	}
@@ -148,7 +149,7 @@ func backupToFile(ctx context.Context, src *backupSource, path string) (*store.B
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return nil, err
 	}
-	m, err := store.VerifyBackup(ctx, bufferedReader(f))
+	m, err := bolt.VerifyBackup(ctx, bufferedReader(f))
 	if err != nil {
 		return nil, fmt.Errorf("the archive failed its check, not keeping it: %w", err)
 	}
@@ -175,7 +176,7 @@ func backupToStream(ctx context.Context, src *backupSource, w io.Writer) (*store
 	}
 	done := make(chan result, 1)
 	go func() {
-		m, err := store.VerifyBackup(ctx, pr)
+		m, err := bolt.VerifyBackup(ctx, pr)
 		io.Copy(io.Discard, pr) // keep the writer going whatever happened
 		done <- result{m, err}
 	}()
@@ -221,7 +222,7 @@ func runRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		defer f.Close()
 		in = f
 	}
-	res, err := store.Restore(ctx, bufferedReader(in), dir)
+	res, err := bolt.Restore(ctx, bufferedReader(in), dir)
 	if err != nil {
 		fmt.Fprintf(stderr, "syncrelay restore: %v\n  %s was left as it was\n", err, dir)
 		return 1
@@ -237,7 +238,7 @@ func runRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			"  Copy secret.key from the old server to %s (or set %s) BEFORE starting the daemon:\n"+
 			"  a new key would make every reply to earlier mail unmatchable.\n", err, c.SecretKeyPath(), config.EnvSecretKey)
 	default:
-		if st, err := store.Open(dir, store.Options{ReadOnly: true}); err == nil {
+		if st, err := bolt.Open(dir, bolt.Options{ReadOnly: true}); err == nil {
 			if match, known, err := daemon.KeyMatches(ctx, keys, st); err == nil && known && !match {
 				fmt.Fprintf(stderr, "WARNING: the secret key at %s does not match the data in this backup (the daemon will refuse to start with it); use the key of the server the backup came from.\n", c.SecretKeyPath())
 			}

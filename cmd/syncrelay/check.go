@@ -25,6 +25,7 @@ import (
 	"syncrelay/daemon"
 	"syncrelay/setup"
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 )
 
 // `syncrelay check` is what an email admin (or ops) runs to know whether
@@ -464,7 +465,7 @@ func checkStore(ctx context.Context, rep *checkReport, c *config.Config, tenantI
 		sv.known = true
 		return sv
 	}
-	st, err := store.Open(dir, store.Options{ReadOnly: true, LockTimeout: 300 * time.Millisecond})
+	st, err := bolt.Open(dir, bolt.Options{ReadOnly: true, LockTimeout: 300 * time.Millisecond})
 	if errors.Is(err, store.ErrLocked) {
 		cl, cerr := newAdminClient(c)
 		if cerr == nil {

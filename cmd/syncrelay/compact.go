@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"io"
 
-	"syncrelay/store"
+	"syncrelay/store/bolt"
 )
 
 // runCompact frees the bytes of removed and expired messages now, on a
@@ -24,7 +24,7 @@ func runCompact(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if !ok {
 		return 1
 	}
-	st, err := store.Open(c.Store.Dir, store.Options{LockTimeout: c.Store.OpenTimeout.Duration, CompactNow: true})
+	st, err := bolt.Open(c.Store.Dir, bolt.Options{LockTimeout: c.Store.OpenTimeout.Duration, CompactNow: true})
 	if err != nil {
 		fmt.Fprintf(stderr, "syncrelay compact: %v\n", explainLocked(err))
 		return 1

@@ -39,6 +39,7 @@ import (
 	"syncrelay/internal/dnstest"
 	"syncrelay/internal/testutil"
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 	"syncrelay/token"
 )
 
@@ -78,7 +79,7 @@ func newOpsEnv(t *testing.T, policy string) *opsEnv {
 	must(t, err)
 	kr, err := token.New(keys.Token, "relay.test")
 	must(t, err)
-	st, err := store.Open(e.data, store.Options{})
+	st, err := bolt.Open(e.data, bolt.Options{})
 	must(t, err)
 	defer st.Close()
 	ctx := context.Background()
@@ -816,7 +817,7 @@ func TestBackupRestoreUnderLoad(t *testing.T) {
 // messagesByID maps each stored inbound message's Message-ID to its raw bytes.
 func messagesByID(t *testing.T, dir string) map[string]string {
 	t.Helper()
-	st, err := store.Open(dir, store.Options{ReadOnly: true})
+	st, err := bolt.Open(dir, bolt.Options{ReadOnly: true})
 	must(t, err)
 	defer st.Close()
 	ctx := context.Background()
@@ -1041,7 +1042,7 @@ func TestDistConfigAndUnit(t *testing.T) {
 // committed raw files stay.
 func TestStartupCollectsOrphans(t *testing.T) {
 	e := newOpsEnv(t, store.PolicyOff)
-	st, err := store.Open(e.data, store.Options{})
+	st, err := bolt.Open(e.data, bolt.Options{})
 	must(t, err)
 	st.Close()
 	// A large message's file written, never committed.

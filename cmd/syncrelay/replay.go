@@ -19,6 +19,7 @@ import (
 	"syncrelay/daemon"
 	"syncrelay/router"
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 )
 
 // replayLine is one line of replay's output.
@@ -73,10 +74,10 @@ type memBody []byte
 func (b memBody) Open() io.Reader { return bytes.NewReader(b) }
 func (b memBody) Size() int64     { return int64(len(b)) }
 
-func openForReplay(c *config.Config, commit bool, stderr io.Writer) (*store.Store, func(), error) {
+func openForReplay(c *config.Config, commit bool, stderr io.Writer) (*bolt.Store, func(), error) {
 	timeout := c.Store.OpenTimeout.Duration
 	if commit {
-		st, err := store.Open(c.Store.Dir, store.Options{LockTimeout: timeout})
+		st, err := bolt.Open(c.Store.Dir, bolt.Options{LockTimeout: timeout})
 		if err != nil {
 			return nil, nil, explainLocked(err)
 		}
@@ -85,7 +86,7 @@ func openForReplay(c *config.Config, commit bool, stderr io.Writer) (*store.Stor
 	if _, err := os.Stat(filepath.Join(c.Store.Dir, config.DBFileName)); errors.Is(err, os.ErrNotExist) {
 		return nil, nil, fmt.Errorf("no store at %s (run the daemon once and create a tenant, or pass -config)", c.Store.Dir)
 	}
-	ro, err := store.Open(c.Store.Dir, store.Options{LockTimeout: timeout, ReadOnly: true})
+	ro, err := bolt.Open(c.Store.Dir, bolt.Options{LockTimeout: timeout, ReadOnly: true})
 	if err != nil {
 		return nil, nil, explainLocked(err)
 	}
@@ -104,7 +105,7 @@ func explainLocked(err error) error {
 	return err
 }
 
-func pickTenant(ctx context.Context, st *store.Store, want string) (string, error) {
+func pickTenant(ctx context.Context, st *bolt.Store, want string) (string, error) {
 	if want != "" {
 		if _, err := st.Tenant(ctx, want); err != nil {
 			return "", fmt.Errorf("-tenant: %w", err)
@@ -168,7 +169,7 @@ func replayLocal(ctx context.Context, c *config.Config, tenant string, commit bo
 func replaySMTP(ctx context.Context, c *config.Config, addr, tenant string, files []string, stdout, stderr io.Writer) int {
 	rcpt := tenant
 	if !strings.Contains(rcpt, "@") {
-		st, err := store.Open(c.Store.Dir, store.Options{LockTimeout: 500 * time.Millisecond, ReadOnly: true})
+		st, err := bolt.Open(c.Store.Dir, bolt.Options{LockTimeout: 500 * time.Millisecond, ReadOnly: true})
 		if err != nil {
 			fmt.Fprintf(stderr, "syncrelay replay: %v\n  with -smtp, pass the tenant's inbound address as -tenant\n", err)
 			return 1

@@ -26,6 +26,7 @@ import (
 	"syncrelay/router"
 	"syncrelay/smtpd"
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 	"syncrelay/test/internal/harness"
 )
 
@@ -215,7 +216,7 @@ func TestStoreFaults(t *testing.T) {
 // faultStore is the real store with injectable faults on the raw writer
 // and on the commit's result.
 type faultStore struct {
-	*store.Store
+	*bolt.Store
 	mu     sync.Mutex
 	rawErr func(ctx context.Context, in *store.Incoming) (store.CommitResult, error)
 	lost   atomic.Bool // commit, then report failure
@@ -301,7 +302,7 @@ func TestInjectedWriter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := store.Open(data, store.Options{})
+	st, err := bolt.Open(data, bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 
 	"github.com/emersion/go-msgauth/dkim"
 
-	"syncrelay/store"
+	"syncrelay/store/bolt"
 	"syncrelay/token"
 )
 
@@ -107,7 +107,7 @@ func TestGeneratedMailVerifies(t *testing.T) {
 }
 
 func TestPrepare(t *testing.T) {
-	st, err := store.Open(t.TempDir(), store.Options{})
+	st, err := bolt.Open(t.TempDir(), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"syncrelay/store"
+	"syncrelay/store/bolt"
 	"syncrelay/token"
 )
 
@@ -107,7 +108,7 @@ func (o *PrepareOptions) fill() {
 // Message-ID is minted with kr exactly as the sender does, and a fresh
 // RSA-2048 DKIM key for the candidate's domain. The store must not already
 // hold the tenant.
-func Prepare(ctx context.Context, st *store.Store, kr *token.Keyring, o PrepareOptions) (*Manifest, error) {
+func Prepare(ctx context.Context, st *bolt.Store, kr *token.Keyring, o PrepareOptions) (*Manifest, error) {
 	o.fill()
 	if o.Hostname == "" {
 		o.Hostname = kr.Hostname()

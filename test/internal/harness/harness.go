@@ -22,12 +22,10 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"syncrelay/cmd/srload/loadgen"
 	"syncrelay/internal/testutil"
 	"syncrelay/mailhdr"
-	"syncrelay/store"
+	"syncrelay/store/bolt"
 )
 
 // Bins are the paths of the built binaries.
@@ -282,22 +280,12 @@ func CountLines(path string) int {
 	return bytes.Count(data, []byte("\n"))
 }
 
-// CheckBolt opens the database read-only and runs bbolt's consistency check.
+// CheckBolt checks the stopped store in data: bbolt's consistency check,
+// and every record's raw bytes present and hashing to what was recorded.
 func CheckBolt(t testing.TB, data string) {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(data, "syncrelay.db"), 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatalf("bbolt open: %v", err)
-	}
-	defer db.Close()
-	err = db.View(func(tx *bolt.Tx) error {
-		for err := range tx.Check() {
-			t.Errorf("bbolt check: %v", err)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	if err := bolt.VerifyDir(data); err != nil {
+		t.Errorf("store check: %v", err)
 	}
 }
 
@@ -307,7 +295,7 @@ func CheckBolt(t testing.TB, data string) {
 // Message-ID. It returns how many were checked.
 func VerifyAcked(t testing.TB, data, tenant string, acked map[string]Reply) int {
 	t.Helper()
-	st, err := store.Open(data, store.Options{ReadOnly: true, LockTimeout: 5 * time.Second})
+	st, err := bolt.Open(data, bolt.Options{ReadOnly: true, LockTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatalf("store does not open: %v", err)
 	}
@@ -316,12 +304,12 @@ func VerifyAcked(t testing.TB, data, tenant string, acked map[string]Reply) int 
 }
 
 // VerifyIn is VerifyAcked on an open store.
-func VerifyIn(t testing.TB, st *store.Store, tenant string, acked map[string]Reply) int {
+func VerifyIn(t testing.TB, st *bolt.Store, tenant string, acked map[string]Reply) int {
 	t.Helper()
 	return verify(t, st, tenant, acked)
 }
 
-func verify(t testing.TB, st *store.Store, tenant string, acked map[string]Reply) int {
+func verify(t testing.TB, st *bolt.Store, tenant string, acked map[string]Reply) int {
 	t.Helper()
 	ctx := context.Background()
 	bad := 0
@@ -370,7 +358,7 @@ func verify(t testing.TB, st *store.Store, tenant string, acked map[string]Reply
 			fail("%s: read raw: %v", id, err)
 			continue
 		}
-		if got := hex.EncodeToString(h.Sum(nil)); got != store.RawSum(m.Raw) {
+		if got := hex.EncodeToString(h.Sum(nil)); got != bolt.RawSum(m.Raw) {
 			fail("%s: raw file %s holds content hashing to %s", id, m.Raw, got)
 		}
 		if r.Kind == "match" && !bytes.Contains(head.Bytes(), []byte("Message-ID: "+id+"\r\n")) {

@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"context"
@@ -176,7 +176,7 @@ func TestLearnSentCopyID(t *testing.T) {
 	ctx := context.Background()
 	th, sent := newThread(t, s)
 	res, err := s.CommitInbound(ctx, &Incoming{Message: Message{Tenant: "acme", InternetMessageID: "cafe@mail.gmail.com"},
-		Learn: &Ref{th.ID, sent.ID}, Mailbox: "rec@acme.test"})
+		Learn: &Ref{Thread: th.ID, Message: sent.ID}, Mailbox: "rec@acme.test"})
 	if err != nil || res.Decision != Duplicate {
 		t.Fatalf("learn = %+v %v", res, err)
 	}

@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"bytes"
@@ -34,16 +34,6 @@ import (
 // future, is covered without knowing about these indexes.
 
 var bOutboxIdx = []byte("outbox_index")
-
-// Outbox event states.
-const (
-	EventPending   = "pending"
-	EventDelivered = "delivered"
-	EventDead      = "dead"
-)
-
-// ErrNotDead is returned when redelivering an event that is not dead-lettered.
-var ErrNotDead = errors.New("event is not dead-lettered")
 
 var keyIndexed = []byte("mindexed")
 
@@ -292,12 +282,6 @@ func (s *Store) EventFailed(ctx context.Context, seq uint64, attempt int, at tim
 	})
 }
 
-// DeadLetter is a dead-lettered event and when it was given up.
-type DeadLetter struct {
-	Event  *Event
-	DeadAt time.Time
-}
-
 // DeadLetters lists dead-lettered events in outbox order, optionally of one
 // tenant only, starting after seq after. It returns at most limit events
 // and whether more follow.
@@ -398,13 +382,6 @@ func (s *Store) Redeliver(ctx context.Context, tenant string, seqs []uint64, now
 		return nil
 	})
 	return out, err
-}
-
-// OutboxStats describes the outbox for metrics.
-type OutboxStats struct {
-	Pending       int       // events not yet delivered nor dead
-	OldestPending time.Time // creation time of the oldest pending event; zero if none
-	Dead          int       // dead-lettered events
 }
 
 // OutboxStats counts pending and dead events.

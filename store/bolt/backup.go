@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"archive/tar"
@@ -56,18 +56,6 @@ const (
 	BackupManifestName = "syncrelay-backup.json"
 	backupDBName       = "syncrelay.db"
 )
-
-// BackupManifest describes an archive; it is its first entry.
-type BackupManifest struct {
-	Format        int       `json:"format"`
-	CreatedAt     time.Time `json:"created_at"`
-	SchemaVersion int       `json:"schema_version"`
-	DBBytes       int64     `json:"db_bytes"`
-	RawFiles      int       `json:"raw_files"`
-	RawBytes      int64     `json:"raw_bytes"`
-	Tenants       int       `json:"tenants"`
-	Messages      int       `json:"messages"`
-}
 
 // ErrNotEmpty is returned by Restore when the target already holds a store.
 var ErrNotEmpty = errors.New("data directory already holds a store")

@@ -1,11 +1,9 @@
-package store
+package bolt
 
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -14,47 +12,6 @@ var (
 	bDelegations = []byte("delegations") // tenant/u64 -> Delegation
 	bDelegPair   = []byte("deleg_pair")  // tenant/requester/grantor -> u64 of the open delegation
 )
-
-// Delegation (Send For) states.
-const (
-	DelegationRequested = "requested"
-	DelegationActive    = "active"
-	DelegationDeclined  = "declined"
-	DelegationRevoked   = "revoked"
-)
-
-// ErrTransition means a delegation cannot move from its state to the one asked.
-var ErrTransition = errors.New("delegation state does not allow this change")
-
-// Delegation lets Requester send as Grantor once the grantor approved it.
-type Delegation struct {
-	Tenant    string            `json:"tenant"`
-	ID        uint64            `json:"id"`
-	Requester string            `json:"requester"`
-	Grantor   string            `json:"grantor"`
-	Status    string            `json:"status"`
-	Created   time.Time         `json:"created_at"`
-	Updated   time.Time         `json:"updated_at"`
-	History   []DelegationEvent `json:"history"`
-}
-
-// DelegationEvent is one entry of a delegation's audit trail. By is the
-// acting user, or "" when the ATS acted without naming one.
-type DelegationEvent struct {
-	At     time.Time `json:"at"`
-	By     string    `json:"by"`
-	From   string    `json:"from,omitempty"`
-	To     string    `json:"to"`
-	Reason string    `json:"reason,omitempty"`
-}
-
-// DelegationRef is a delegation's external id.
-func DelegationRef(id uint64) string { return fmt.Sprintf("d-%d", id) }
-
-// open reports whether a delegation still counts for its pair.
-func (d *Delegation) open() bool {
-	return d.Status == DelegationRequested || d.Status == DelegationActive
-}
 
 func delegationEventData(d *Delegation) map[string]any {
 	return map[string]any{
@@ -80,7 +37,7 @@ func (s *Store) CreateDelegation(ctx context.Context, d *Delegation, by string) 
 		pk := key(d.Tenant, d.Requester, d.Grantor)
 		if id := getU64(pb.Get(pk)); id != 0 {
 			var cur Delegation
-			if err := getJSON(db, keyU64(d.Tenant, id), &cur); err == nil && cur.open() {
+			if err := getJSON(db, keyU64(d.Tenant, id), &cur); err == nil && cur.Live() {
 				return fmt.Errorf("delegation %s from %q to %q is %s: %w", DelegationRef(cur.ID), d.Requester, d.Grantor, cur.Status, ErrExists)
 			}
 		}
@@ -151,7 +108,7 @@ func (s *Store) TransitionDelegation(ctx context.Context, tenant string, id uint
 		if err := putJSON(db, keyU64(tenant, id), &d); err != nil {
 			return err
 		}
-		if !d.open() {
+		if !d.Live() {
 			pb := tx.Bucket(bDelegPair)
 			pk := key(tenant, d.Requester, d.Grantor)
 			if getU64(pb.Get(pk)) == d.ID {
@@ -211,7 +168,7 @@ func (s *Store) OpenDelegation(ctx context.Context, tenant, requester, grantor s
 		if err := getJSON(tx.Bucket(bDelegations), keyU64(tenant, id), &d); err != nil {
 			return err
 		}
-		if !d.open() {
+		if !d.Live() {
 			return ErrNotFound
 		}
 		return nil
@@ -221,6 +178,3 @@ func (s *Store) OpenDelegation(ctx context.Context, tenant, requester, grantor s
 	}
 	return &d, nil
 }
-
-// ParseDelegationRef parses "d-<n>".
-func ParseDelegationRef(s string) (uint64, bool) { return ParseRef("d-", s) }

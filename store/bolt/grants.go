@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"bytes"
@@ -11,36 +11,6 @@ import (
 )
 
 var bGrants = []byte("grants") // tenant/user -> Grant
-
-// Grant statuses as the API shows them.
-const (
-	GrantNone   = "none"
-	GrantActive = "active"
-	GrantBroken = "broken"
-)
-
-// Grant is a user's send-only OAuth grant. The store never sees the token:
-// Sealed is the AES-256-GCM ciphertext made by the oauth package with
-// GrantRecordID as associated data, so a sealed blob copied onto another
-// user's record does not decrypt.
-type Grant struct {
-	Tenant   string   `json:"tenant"`
-	User     string   `json:"user"`
-	Provider string   `json:"provider"`
-	Status   string   `json:"status"` // active | broken
-	Scopes   []string `json:"scopes,omitempty"`
-	Sealed   []byte   `json:"sealed,omitempty"`
-	// Version grows with every write, so a refresh that raced with a new
-	// consent (or another node's refresh) cannot overwrite it (ErrStale).
-	Version      uint64    `json:"version"`
-	Connected    time.Time `json:"connected_at"`
-	Refreshed    time.Time `json:"refreshed_at,omitzero"`
-	BrokenAt     time.Time `json:"broken_at,omitzero"`
-	BrokenReason string    `json:"broken_reason,omitempty"`
-}
-
-// GrantRecordID is the grant's record id, used as the AEAD associated data.
-func GrantRecordID(tenant, user string) string { return "grant/" + tenant + "/" + user }
 
 // PutGrant stores a freshly consented grant for an existing user, replacing
 // any earlier one (a reconnect repairs a broken grant). It sets Status to

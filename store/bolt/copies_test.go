@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"context"
@@ -136,7 +136,7 @@ func TestLearnNeverTakesAnIDOver(t *testing.T) {
 	onB := commitCopy(t, s, b.ID, "r1@cand.test", "", "")
 
 	for _, id := range []string{"r1@cand.test", "fresh@mail.gmail.com"} {
-		res, err := s.CommitInbound(ctx, &Incoming{Message: Message{Tenant: "acme", InternetMessageID: id}, Learn: &Ref{a.ID, sentA.ID}})
+		res, err := s.CommitInbound(ctx, &Incoming{Message: Message{Tenant: "acme", InternetMessageID: id}, Learn: &Ref{Thread: a.ID, Message: sentA.ID}})
 		if err != nil || res.Decision != Duplicate {
 			t.Fatalf("learn %s = %+v %v", id, res, err)
 		}

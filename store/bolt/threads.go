@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"context"
@@ -10,11 +10,6 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 )
-
-// MintFunc returns the Message-ID (without <>) and the hex Thread-Index
-// conversation header ("" if none) that a new outbound message carries,
-// given the ids the store allocated for it.
-type MintFunc func(thread, message uint64) (msgid, convIndex string)
 
 // CreateOutbound records a message syncrelay is about to send, and its new
 // thread when th.ID is 0 (th.ID must otherwise name an existing thread of
@@ -86,7 +81,7 @@ func (s *Store) CreateOutbound(ctx context.Context, th *Thread, m *Message, mint
 // putMessage stores a new message and indexes it: under its duplicate key
 // dk on its thread, and under its Message-ID for matching rule 2.
 func (s *Store) putMessage(tx *bolt.Tx, m *Message, dk string) error {
-	if err := indexMsgID(tx, m.Tenant, m.InternetMessageID, Ref{m.Thread, m.ID}); err != nil {
+	if err := indexMsgID(tx, m.Tenant, m.InternetMessageID, Ref{Thread: m.Thread, Message: m.ID}); err != nil {
 		return err
 	}
 	if dk != "" {
@@ -280,37 +275,6 @@ func (s *Store) LookupCopy(ctx context.Context, tenant string, thread uint64, ms
 	return r, ok, err
 }
 
-// Incoming is a matched message to commit.
-type Incoming struct {
-	Message Message // Tenant, Thread, InternetMessageID ... set by the caller
-	// Raw is the message's bytes, stored with it (nil: no raw copy, e.g.
-	// a copy of a message already held).
-	Raw     *Raw
-	Mailbox string // the mailbox this copy came through
-	// Digest (hex sha256 of the DATA) is the duplicate key of a message
-	// without a usable Message-ID, so that a redelivery is stored once.
-	Digest string
-	// LearnID, when set, is a provider-assigned Message-ID to learn for
-	// Ref (a user's forwarded sent copy); no new message is stored.
-	Learn *Ref
-	// Event, when non-nil, is enqueued as message.received with the new
-	// message's ids filled in; it is not enqueued for duplicates.
-	Event map[string]any
-}
-
-// Commit outcomes.
-const (
-	Stored    = "stored"
-	Duplicate = "duplicate"
-)
-
-// CommitResult says what CommitInbound did.
-type CommitResult struct {
-	Decision string // Stored or Duplicate
-	Ref      Ref
-	Removed  bool // the duplicate's original was removed from the profile
-}
-
 // CommitInbound durably records a matched message (group commit). The same
 // Message-ID (or content, without one) on the same thread is stored once: a
 // later copy only adds its mailbox, and a removed message stays removed. A
@@ -398,7 +362,7 @@ func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, 
 				return err
 			}
 		}
-		res = CommitResult{Decision: Stored, Ref: Ref{th.ID, m.ID}}
+		res = CommitResult{Decision: Stored, Ref: Ref{Thread: th.ID, Message: m.ID}}
 		return nil
 	})
 	return res, err
@@ -495,7 +459,7 @@ func threadCopy(tx *bolt.Tx, tenant string, thread uint64, dk string) (Ref, bool
 		return Ref{}, false
 	}
 	if id := getU64(tx.Bucket(bThreadCopy).Get(copyKey(tenant, thread, dk))); id != 0 {
-		return Ref{thread, id}, true
+		return Ref{Thread: thread, Message: id}, true
 	}
 	// Stores written before duplicates were per thread only have the
 	// tenant-wide index, whose ids were then unique within the tenant.
@@ -527,27 +491,7 @@ func parseRef(b []byte) (Ref, bool) {
 	if len(b) != 16 {
 		return Ref{}, false
 	}
-	return Ref{getU64(b[:8]), getU64(b[8:])}, true
-}
-
-// MessageRef and ThreadRef are the external ids of messages and threads.
-func MessageRef(id uint64) string { return fmt.Sprintf("m-%d", id) }
-func ThreadRef(id uint64) string  { return fmt.Sprintf("th-%d", id) }
-
-// ParseRef parses an external id with the given prefix ("m-" or "th-").
-func ParseRef(prefix, s string) (uint64, bool) {
-	rest, ok := strings.CutPrefix(s, prefix)
-	if !ok || rest == "" || len(rest) > 20 {
-		return 0, false
-	}
-	var v uint64
-	for _, c := range rest {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		v = v*10 + uint64(c-'0')
-	}
-	return v, v != 0
+	return Ref{Thread: getU64(b[:8]), Message: getU64(b[8:])}, true
 }
 
 // --- outbox ---

@@ -1,11 +1,10 @@
-package store
+package bolt
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 
@@ -277,20 +276,6 @@ func (s *Store) Candidates(ctx context.Context, tenant string) ([]*Candidate, er
 		})
 	})
 	return out, err
-}
-
-// IsTenantAddress reports whether addr belongs to the tenant: a user's email
-// or an address in one of its domains.
-func IsTenantAddress(t *Tenant, u *User, addr string) bool {
-	if u != nil {
-		return true
-	}
-	at := strings.LastIndexByte(addr, '@')
-	if at < 0 {
-		return false
-	}
-	dom := strings.ToLower(addr[at+1:])
-	return slices.ContainsFunc(t.Domains, func(d string) bool { return strings.EqualFold(d, dom) })
 }
 
 func forPrefix(b *bolt.Bucket, prefix []byte, fn func(k, v []byte) error) error {

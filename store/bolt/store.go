@@ -7,7 +7,7 @@
 // message, look up a Message-ID ...), never of buckets, so that a shared
 // PostgreSQL backend can implement the same operations later. bbolt types
 // do not leave this package.
-package store
+package bolt
 
 import (
 	"encoding/binary"
@@ -21,14 +21,6 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-)
-
-// Errors callers branch on.
-var (
-	ErrNotFound = errors.New("not found")
-	ErrExists   = errors.New("already exists")
-	ErrLocked   = errors.New("database is locked by another syncrelay")
-	ErrClosed   = errors.New("store is closed")
 )
 
 // SchemaVersion is the version this code writes. Older stores are migrated

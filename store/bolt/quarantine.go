@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"context"
@@ -8,21 +8,6 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 )
-
-// Quarantined is a message kept aside for admin review because it failed
-// the tenant's DKIM policy (dkim_policy = quarantine). It is never on a
-// profile and expires after the retention period.
-type Quarantined struct {
-	Tenant   string       `json:"tenant"`
-	ID       uint64       `json:"id"`
-	Raw      string       `json:"raw"`
-	Size     int64        `json:"size"`
-	Reason   string       `json:"reason"`
-	Thread   uint64       `json:"thread"`
-	DKIM     []AuthResult `json:"dkim,omitempty"`
-	Received time.Time    `json:"received"`
-	Expires  time.Time    `json:"expires"`
-}
 
 // Quarantine records a quarantined message with its raw bytes.
 func (s *Store) Quarantine(ctx context.Context, q *Quarantined, raw *Raw, keep time.Duration) error {

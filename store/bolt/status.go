@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"bytes"
@@ -21,12 +21,6 @@ import (
 // cannot collide with a router decision (they are plain words).
 const authCounter = "_auth"
 
-// UnalignedSigners is the pseudo-decision under which the router counts,
-// per signing domain, the valid but unaligned DKIM signatures on refused
-// mail of the tenant's own users (reason dkim_unaligned), so the status
-// can name the domain to add to signing_domains.
-const UnalignedSigners = "_unaligned_signer"
-
 // Authentication counter reasons.
 const (
 	authChecked  = "checked"   // a DKIM/ARC verdict was reached
@@ -48,40 +42,6 @@ func (s *Store) CountAuth(tenant string, dkimPass, arcPass bool) {
 	if dkimPass || arcPass {
 		s.Count(tenant, authCounter, authPassed)
 	}
-}
-
-// WindowCounts are a tenant's counters over one window.
-type WindowCounts struct {
-	// Since is the start of the window: counters have hour granularity,
-	// so it is the start of the clock hour the window begins in.
-	Since time.Time
-	// Total is the number of messages received (all decisions).
-	Total uint64
-	// Decisions is the count per decision ("stored", "discarded" ...).
-	Decisions map[string]uint64
-	// Reasons is the count per "decision/reason" ("discarded/no_match").
-	Reasons map[string]uint64
-	// AuthChecked counts messages of interest whose DKIM/ARC was
-	// verified; AuthDKIMPass those with a passing DKIM signature,
-	// AuthARCPass those with a passing ARC chain, AuthPassed either.
-	AuthChecked, AuthDKIMPass, AuthARCPass, AuthPassed uint64
-	// UnalignedSigners counts, per signing domain, the unaligned DKIM
-	// passes on refused mail of the tenant's own users.
-	UnalignedSigners map[string]uint64
-}
-
-// TenantActivity is what the status endpoint reports about a tenant.
-type TenantActivity struct {
-	// LastForwarded is when the last message reached the tenant's inbound
-	// address, whatever its decision (zero: never).
-	LastForwarded time.Time
-	// LastHour and LastDay are the counters of the windows ending now.
-	LastHour, LastDay WindowCounts
-	// Sent is the number of messages sent through the API (not failed)
-	// since SentSince; LastSent the newest of them (zero if none).
-	Sent      int
-	SentSince time.Time
-	LastSent  time.Time
 }
 
 // TenantActivity gathers a tenant's forwarding activity as of now: the

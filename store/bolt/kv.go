@@ -1,10 +1,9 @@
-package store
+package bolt
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -22,10 +21,6 @@ import (
 // limits them to 32 KiB.
 
 const kvPrefix = "ttl/"
-
-// ErrStale means a record changed since the caller read it (an optimistic
-// update lost a race); re-read and decide again.
-var ErrStale = errors.New("record changed concurrently")
 
 type kvEntry struct {
 	Expires time.Time       `json:"expires"`
