@@ -3,6 +3,8 @@ package bolt
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -36,6 +38,7 @@ func BenchmarkCommitInbound(b *testing.B) {
 	var n atomic.Int64
 	b.SetParallelism(10) // 20 committers on 2 CPUs, as bench/run.sh's 20 sessions
 	b.SetBytes(int64(len(body)))
+	wb0 := writeBytes(b)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
@@ -53,4 +56,22 @@ func BenchmarkCommitInbound(b *testing.B) {
 			}
 		}
 	})
+	b.StopTimer()
+	b.ReportMetric(float64(writeBytes(b)-wb0)/float64(b.N)/1024, "KiB-written/op")
+}
+
+// writeBytes is what this process caused to be written to storage so far
+// (/proc/self/io write_bytes).
+func writeBytes(b *testing.B) int64 {
+	data, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		b.Skip("no /proc/self/io")
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "write_bytes: "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
 }
