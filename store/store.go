@@ -158,6 +158,7 @@ func Open(dir string, o Options) (*Store, error) {
 		return nil, err
 	}
 	s.segs.register = s.registerSegment
+	s.segs.now = s.now
 	if o.CompactNow {
 		s.grace = 0
 	}
