@@ -94,6 +94,8 @@ type Store struct {
 	logger *slog.Logger
 
 	commits chan *commitReq
+	queueMu sync.RWMutex // held shared while queueing a commit; Close takes it
+	closed  bool         // no more commits are queued; guarded by queueMu
 	stop    chan struct{}
 	done    chan struct{}
 	counts  *counterBuf
@@ -185,6 +187,9 @@ func (s *Store) Dir() string { return s.dir }
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		if s.stop != nil {
+			s.queueMu.Lock()
+			s.closed = true
+			s.queueMu.Unlock()
 			close(s.stop)
 			<-s.done
 			_ = s.flushCounters()
