@@ -176,8 +176,8 @@ func testCountersFlushedAtClose(e *env) {
 // and then comes back (nothing is delivered twice within a lease, nothing
 // is lost).
 func testLeaseSurvivesReopen(e *env) {
-	now := e.now()
 	e.enqueue(tenantID, "message.received", 1)
+	now := e.now()
 	if evs, _ := e.b.ClaimEvents(e.ctx, now, 10, time.Minute); len(evs) != 1 {
 		e.fatalf("claim = %v", evs)
 	}

@@ -62,6 +62,16 @@ func testKVCreateOnce(e *env) {
 	if v.N != 1 {
 		e.fatalf("second CreateKV overwrote: %+v", v)
 	}
+	// The API records the outcome over its claim (PutKV); the key stays
+	// claimed, and readers see the outcome.
+	e.must(e.b.PutKV(e.ctx, "idem/acme/k1", kvRecord{N: 4}, time.Hour), "PutKV outcome")
+	if err := e.b.CreateKV(e.ctx, "idem/acme/k1", kvRecord{N: 5}, time.Hour); !errors.Is(err, store.ErrExists) {
+		e.fatalf("CreateKV over a recorded outcome = %v, want ErrExists", err)
+	}
+	e.must(e.b.GetKV(e.ctx, "idem/acme/k1", &v), "GetKV")
+	if v.N != 4 {
+		e.fatalf("outcome = %+v", v)
+	}
 	// Released (the request failed): the key can be claimed again.
 	e.must(e.b.DeleteKV(e.ctx, "idem/acme/k1"), "DeleteKV")
 	e.must(e.b.CreateKV(e.ctx, "idem/acme/k1", kvRecord{N: 3}, time.Hour), "CreateKV after release")

@@ -93,9 +93,9 @@ func testOutboxClaimLease(e *env) {
 }
 
 func testOutboxLifecycle(e *env) {
-	now := e.now()
 	evs := e.enqueue(tenantID, "message.received", 2)
 	evs = append(evs, e.enqueue("beta", "message.received", 1)...)
+	now := e.now()
 	a, b, c := evs[0].Seq, evs[1].Seq, evs[2].Seq
 	claimed, _ := e.b.ClaimEvents(e.ctx, now.Add(time.Second), 10, time.Minute)
 	if len(claimed) != 3 {
@@ -163,11 +163,11 @@ func testOutboxLifecycle(e *env) {
 }
 
 func testOutboxDeadPaging(e *env) {
-	now := e.now()
 	tenants := []string{tenantID, "beta", tenantID}
 	for _, tn := range tenants {
 		e.enqueue(tn, "grant.broken", 1)
 	}
+	now := e.now()
 	claimed, _ := e.b.ClaimEvents(e.ctx, now, 10, time.Minute)
 	if len(claimed) != 3 {
 		e.fatalf("claim = %v", seqsOf(claimed))
@@ -208,8 +208,8 @@ func deadEvents(dl []store.DeadLetter) []*store.Event {
 // letters given up before deadBefore are deleted, at most limit per call;
 // pending events never are.
 func testOutboxPrune(e *env) {
-	now := e.now()
 	evs := e.enqueue(tenantID, "message.received", 5)
+	now := e.now()
 	claimed, _ := e.b.ClaimEvents(e.ctx, now, 10, time.Minute)
 	if len(claimed) != 5 {
 		e.fatalf("claim = %v", seqsOf(claimed))
@@ -240,9 +240,9 @@ func testOutboxPrune(e *env) {
 // testOutboxConcurrentClaims: deliverers claiming at once (goroutines,
 // nodes) never get the same event within its lease.
 func testOutboxConcurrentClaims(e *env) {
-	now := e.now()
 	const events, claimers = 40, 6
 	e.enqueue(tenantID, "message.received", events)
+	now := e.now()
 	var mu sync.Mutex
 	got := map[uint64]int{}
 	parallel(claimers, func(int) {
