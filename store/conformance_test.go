@@ -15,7 +15,7 @@ import (
 // TestConformance runs the store contract's suite against the bbolt
 // backend.
 func TestConformance(t *testing.T) {
-	storetest.Run(t, storetest.Factory{Open: openBolt, Skip: boltKnownGaps})
+	storetest.Run(t, storetest.Factory{Open: openBolt, RawSum: store.RawSum, Skip: boltKnownGaps})
 }
 
 // boltKnownGaps are contract expectations the bbolt backend does not meet

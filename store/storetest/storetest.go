@@ -36,6 +36,9 @@ type Factory struct {
 	// reads the real one: tests that move time forward by more than a
 	// few milliseconds are then skipped.
 	RealClock bool
+	// RawSum, when set, returns the SHA-256 (hex) a Raw locator records
+	// for its bytes; the suite then checks every read against it.
+	RawSum func(loc string) string
 	// Skip lists subtests ("Group/Name") this backend is known to fail,
 	// with the reason. They are skipped, and the reason is printed, so
 	// a known gap stays visible instead of being hidden by a weaker test.
