@@ -18,6 +18,7 @@ var threadTests = []test{
 	{"CandidateThreadsNewestFirst", testCandidateThreads},
 	{"PagingSkipsRemoved", testThreadPaging},
 	{"ThreadInvolves", testThreadInvolves},
+	{"ThreadInvolvesOwnRecordsOnly", testThreadInvolvesOwnRecordsOnly},
 	{"UpdateMessage", testUpdateMessage},
 	{"LatestIssuedMessageID", testLatestIssued},
 	{"FailStaleSends", testFailStaleSends},
@@ -76,21 +77,18 @@ func testOutboundExistingThread(e *env) {
 	th, first := e.send(tenantID, "c-1", 0)
 	th2 := store.Thread{Tenant: tenantID, ID: th.ID}
 	m2 := store.Message{From: "boss@acme.test", SentBy: "u-boss", Status: "sending"}
-	err := e.b.CreateOutbound(e.ctx, &th2, &m2, func(thread, msg uint64) (string, string) {
-		return mintID(thread, msg), "ffff" // a thread keeps the conversation issued first
-	})
-	e.must(err, "CreateOutbound on an existing thread")
+	e.must(e.b.CreateOutbound(e.ctx, &th2, &m2, mint), "CreateOutbound on an existing thread")
 	if th2.ID != th.ID || m2.Thread != th.ID || m2.Candidate != "c-1" || m2.ID == first.ID {
 		e.fatalf("second message %+v on thread %+v", m2, th2)
 	}
-	if th2.ConvIndex != th.ConvIndex || th2.Subject != "Interview" {
+	if th2.ConvIndex != th.ConvIndex || th2.Subject != "Interview" || th2.CreatedBy != "u-rec" {
 		e.fatalf("thread changed by a second message: %+v", th2)
 	}
 	if !slices.Contains(th2.Participants, "u-rec") || !slices.Contains(th2.Participants, "u-boss") {
 		e.fatalf("participants = %v", th2.Participants)
 	}
-	if _, ok, _ := e.b.ThreadByConvIndex(e.ctx, tenantID, "ffff"); ok {
-		e.fatalf("a second conversation header was indexed")
+	if id, ok, _ := e.b.ThreadByConvIndex(e.ctx, tenantID, th.ConvIndex); !ok || id != th.ID {
+		e.fatalf("conversation lost by a second message: %d %v", id, ok)
 	}
 	for _, m := range []store.Message{first, m2} {
 		if ref, ok, _ := e.b.LookupMsgID(e.ctx, tenantID, m.InternetMessageID); !ok || ref.Message != m.ID {
@@ -232,20 +230,25 @@ func msgIDs(ms []*store.Message) []uint64 {
 	return out
 }
 
+// testThreadInvolves: a participant of a thread (SPEC §3, who sees a
+// secret thread) is a user who sent a message on it through syncrelay, had
+// one sent for them (Send For), or was a To/Cc recipient of one sent
+// through syncrelay.
 func testThreadInvolves(e *env) {
 	e.seed()
-	th, _ := e.send(tenantID, "c-1", 0) // sent by u-rec to carl
-	in := reply(th.ID, "r1@cand.test", "HM@acme.test", nil)
-	in.Message.Cc = []string{"Boss@Acme.test"}
-	e.commit(in)
+	th := store.Thread{Tenant: tenantID, Candidate: "c-1", CreatedBy: "u-rec"}
+	m := store.Message{From: "boss@acme.test", To: []string{"carl@cand.test"}, Cc: []string{"HM@Acme.test"},
+		SentBy: "u-rec", SendFor: "u-boss", Status: "sent"}
+	e.must(e.b.CreateOutbound(e.ctx, &th, &m, mint), "CreateOutbound")
 	other, _ := e.send(tenantID, "c-2", 0)
 	for _, c := range []struct {
 		user, email string
 		want        bool
 	}{
-		{"u-rec", "", true},                // sent one
-		{"u-boss", "boss@acme.test", true}, // Cc of one, case-insensitive
-		{"u-hm", "hm@acme.test", true},     // a copy came through their mailbox
+		{"u-rec", "", true},            // sent it
+		{"u-boss", "", true},           // it was sent for them
+		{"u-hm", "hm@acme.test", true}, // Cc, case-insensitive
+		{"u-hm", "", false},            // an address is needed to match To/Cc
 		{"u-x", "x@acme.test", false},
 		{"", "", false},
 	} {
@@ -254,8 +257,34 @@ func testThreadInvolves(e *env) {
 			e.fatalf("ThreadInvolves(%q, %q) = %v %v, want %v", c.user, c.email, got, err, c.want)
 		}
 	}
-	if got, _ := e.b.ThreadInvolves(e.ctx, tenantID, other.ID, "u-boss", "boss@acme.test"); got {
+	if got, _ := e.b.ThreadInvolves(e.ctx, tenantID, other.ID, "u-boss", "hm@acme.test"); got {
 		e.fatalf("involvement leaks across threads")
+	}
+}
+
+// testThreadInvolvesOwnRecordsOnly: what a sender controls never makes
+// anyone a participant (SPEC §3): the To/Cc of inbound mail, the mailbox
+// a copy came through (X-Original-To, Delivered-To), a From without an
+// aligned DKIM pass.
+func testThreadInvolvesOwnRecordsOnly(e *env) {
+	e.seed()
+	th, _ := e.send(tenantID, "c-1", 0)
+	in := reply(th.ID, "r1@cand.test", "HM@acme.test", nil)
+	in.Message.To = []string{"rec@acme.test", "boss@acme.test"}
+	in.Message.Cc = []string{"cc@acme.test"}
+	e.commit(in)
+	spoof := reply(th.ID, "r2@cand.test", "", nil)
+	spoof.Message.From, spoof.Message.Direction = "mallory@acme.test", store.Outbound
+	e.commit(spoof)
+	for _, c := range []struct{ user, email string }{
+		{"u-boss", "boss@acme.test"},
+		{"u-cc", "cc@acme.test"},
+		{"u-hm", "hm@acme.test"},
+		{"u-mallory", "mallory@acme.test"},
+	} {
+		if got, err := e.b.ThreadInvolves(e.ctx, tenantID, th.ID, c.user, c.email); err != nil || got {
+			e.fatalf("ThreadInvolves(%q, %q) = %v %v, want false", c.user, c.email, got, err)
+		}
 	}
 }
 
