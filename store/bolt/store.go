@@ -91,6 +91,8 @@ type Store struct {
 	logger *slog.Logger
 
 	commits chan *commitReq
+	queueMu sync.RWMutex // held shared while queueing a commit; Close takes it
+	closed  bool         // no more commits are queued; guarded by queueMu
 	stop    chan struct{}
 	done    chan struct{}
 	counts  *counterBuf
@@ -155,6 +157,7 @@ func Open(dir string, o Options) (*Store, error) {
 		return nil, err
 	}
 	s.segs.register = s.registerSegment
+	s.segs.now = s.now
 	if o.CompactNow {
 		s.grace = 0
 	}
@@ -181,6 +184,9 @@ func (s *Store) Dir() string { return s.dir }
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		if s.stop != nil {
+			s.queueMu.Lock()
+			s.closed = true
+			s.queueMu.Unlock()
 			close(s.stop)
 			<-s.done
 			_ = s.flushCounters()
