@@ -74,7 +74,7 @@ type memBody []byte
 func (b memBody) Open() io.Reader { return bytes.NewReader(b) }
 func (b memBody) Size() int64     { return int64(len(b)) }
 
-func openForReplay(c *config.Config, commit bool, stderr io.Writer) (*bolt.Store, func(), error) {
+func openForReplay(c *config.Config, commit bool, stderr io.Writer) (store.Store, func(), error) {
 	timeout := c.Store.OpenTimeout.Duration
 	if commit {
 		st, err := bolt.Open(c.Store.Dir, bolt.Options{LockTimeout: timeout})
@@ -105,7 +105,7 @@ func explainLocked(err error) error {
 	return err
 }
 
-func pickTenant(ctx context.Context, st *bolt.Store, want string) (string, error) {
+func pickTenant(ctx context.Context, st store.Tenants, want string) (string, error) {
 	if want != "" {
 		if _, err := st.Tenant(ctx, want); err != nil {
 			return "", fmt.Errorf("-tenant: %w", err)
