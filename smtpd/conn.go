@@ -144,7 +144,7 @@ type trackedConn struct {
 	// bodies counts the Session.Data calls running: a DATA or BDAT body
 	// being received or committed. Shutdown lets those finish.
 	bodies atomic.Int32
-	// dataBody is set while readData reads a DATA body on go-smtp's
+	// dataBody is set while readBody reads a DATA body on go-smtp's
 	// goroutine: read errors then go back to it as they are.
 	dataBody atomic.Bool
 
@@ -284,7 +284,7 @@ func (c *trackedConn) wokenByKick(err error) bool {
 }
 
 // readFailed decides what a failed read means. In a DATA body the error
-// goes back to readData, which turns it into the reply. Anywhere else (a
+// goes back to readBody, which turns it into the reply. Anywhere else (a
 // command, a BDAT chunk, a TLS handshake) the connection ends here: go-smtp
 // would answer a timeout in a BDAT chunk with "554 5.0.0" and the error's
 // text, and take a client that went away in the middle of a chunk for the

@@ -53,9 +53,9 @@
 // malformed message ends is exactly what a sending MTA and we may disagree
 // on (that disagreement is SMTP smuggling, e.g. "\r\r\n.\r\n"), so nothing
 // after it is ever read as a command. BDAT bodies, framed by byte counts,
-// get the same checks and the session goes on. See body.go for why DATA is decoded from go-smtp's buffered reader
-// rather than from the reader go-smtp hands to Session.Data (go-smtp's
-// decoder drops the CR of a line starting ".\r").
+// get the same checks and the session goes on. DATA is decoded by a
+// patched go-smtp (third_party/go-smtp): upstream's decoder drops the CR of
+// a line starting ".\r"; see body.go.
 //
 // # Logging
 //
