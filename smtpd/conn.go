@@ -17,16 +17,6 @@ import (
 	"time"
 )
 
-// Replies written by this package itself rather than through go-smtp: by
-// the listener before go-smtp sees a connection, and as the last reply of a
-// connection that ends outside a message (trackedConn.endWith).
-const (
-	replyTooMany      = "421 4.7.0 Too many connections, try again later\r\n"
-	replyShuttingDown = "421 4.3.2 Service shutting down, try again later\r\n"
-	replyIdleTimeout  = "421 4.4.2 Idle timeout, closing connection\r\n"
-	replyBDATTimeout  = "421 4.4.2 Timeout waiting for message data, closing connection\r\n"
-)
-
 // finalReplyTimeout bounds the write of a reply that ends a connection: a
 // client that does not read must not hold a shutdown.
 const finalReplyTimeout = 5 * time.Second

@@ -37,16 +37,18 @@ type Delivery struct {
 	Message  *spool.Spool
 	Received time.Time
 	// LogArgs, set by the Deliverer, are key-value pairs added to the
-	// session's "message" log line (what was decided, and why).
+	// session's "message" log line (what was decided, and why: the
+	// router's Outcome.Log).
 	LogArgs []any
 }
 
 // Deliverer decides and (for kept mail) durably commits one message. Return
-// nil for "250 2.0.0 OK"; return an *smtp.SMTPError (unwrapped) for a
+// nil for "250 2.0.0 OK"; a *Verdict for a decision, answered from the
+// reply table (replies.go); an *smtp.SMTPError (unwrapped) for any other
 // deliberate reply, any code including 250 with a custom text; any other
-// error becomes "451 4.3.0 Temporary local problem, try again later" and is
-// logged with the session id. A panic is recovered and treated likewise.
-// ctx is canceled when the connection ends.
+// error becomes "451 4.3.0 Temporary local problem, try again later" (452
+// 4.3.1 for a full disk) and is logged with the session id. A panic is
+// recovered and treated likewise. ctx is canceled when the connection ends.
 type Deliverer interface {
 	Deliver(ctx context.Context, d *Delivery) error
 }
