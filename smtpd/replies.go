@@ -45,21 +45,11 @@ var (
 		Message: "No valid recipients"}
 )
 
-// Decisions a Verdict names (SPEC §8; the router's decisions).
-const (
-	Stored      = "stored"
-	Duplicate   = "duplicate"
-	Discarded   = "discarded"
-	Quarantined = "quarantined"
-	Rejected    = "rejected"
-	Tempfail    = "tempfail"
-)
-
 // Verdict is what a Deliverer decided for a message. Returned (as a
 // pointer) from Deliver, it is answered from the reply table (ReplyFor):
 // the Deliverer decides, this package says it in SMTP.
 type Verdict struct {
-	Decision string // Stored, Duplicate, Discarded, Quarantined, Rejected or Tempfail
+	Decision string // the router's: stored, duplicate, discarded, quarantined, rejected or tempfail
 	Reason   string // e.g. "dkim_fail"; picks the reply of a refusal
 	// Detail completes the reply text of some refusals in fixed words (the
 	// DKIM failure, a limit); never internal detail.
@@ -86,24 +76,24 @@ var ok250 = smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, 
 
 // verdictReplies is the table, first match wins.
 var verdictReplies = []verdictReply{
-	{decision: Stored, reply: ok250, namesDecision: true},
-	{decision: Duplicate, reply: ok250, namesDecision: true},
-	{decision: Discarded, reply: ok250, namesDecision: true},
-	{decision: Quarantined, reply: ok250, namesDecision: true},
-	{decision: Rejected, reason: "header_too_large", reply: smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
+	{decision: "stored", reply: ok250, namesDecision: true},
+	{decision: "duplicate", reply: ok250, namesDecision: true},
+	{decision: "discarded", reply: ok250, namesDecision: true},
+	{decision: "quarantined", reply: ok250, namesDecision: true},
+	{decision: "rejected", reason: "header_too_large", reply: smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
 		Message: "Message header exceeds "}, detail: true, suffix: " bytes"},
-	{decision: Rejected, reason: "malformed_header", reply: smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+	{decision: "rejected", reason: "malformed_header", reply: smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
 		Message: "Malformed message header"}},
-	{decision: Rejected, reason: "mime_too_deep", reply: smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+	{decision: "rejected", reason: "mime_too_deep", reply: smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
 		Message: "MIME nesting deeper than "}, detail: true},
 	// dkim_fail, dkim_unaligned: the reply gives the reason in fixed
 	// words; resolver addresses, zone file paths and Go errors stay in the
 	// log.
-	{decision: Rejected, reply: smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+	{decision: "rejected", reply: smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
 		Message: "DKIM verification failed: "}, detail: true},
-	{decision: Tempfail, reason: "dkim_temperror", reply: smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 3},
+	{decision: "tempfail", reason: "dkim_temperror", reply: smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 3},
 		Message: "Temporary DNS failure verifying DKIM, try again later"}},
-	{decision: Tempfail, reply: replyTempLocal},
+	{decision: "tempfail", reply: replyTempLocal},
 }
 
 // ReplyFor returns the reply to v from the table; ok is false for a

@@ -19,20 +19,20 @@ func TestVerdictReplies(t *testing.T) {
 		err  error
 		want string // "code enhanced text"
 	}{
-		{"stored", &Verdict{Decision: Stored, Reason: "token"}, "250 2.0.0 OK: stored"},
-		{"duplicate", &Verdict{Decision: Duplicate, Reason: "sent_copy"}, "250 2.0.0 OK: duplicate"},
-		{"discarded", &Verdict{Decision: Discarded, Reason: "no_match"}, "250 2.0.0 OK: discarded"},
-		{"quarantined", &Verdict{Decision: Quarantined, Reason: "dkim_fail"}, "250 2.0.0 OK: quarantined"},
-		{"header too large", &Verdict{Decision: Rejected, Reason: "header_too_large", Detail: "1048576"},
+		{"stored", &Verdict{Decision: "stored", Reason: "token"}, "250 2.0.0 OK: stored"},
+		{"duplicate", &Verdict{Decision: "duplicate", Reason: "sent_copy"}, "250 2.0.0 OK: duplicate"},
+		{"discarded", &Verdict{Decision: "discarded", Reason: "no_match"}, "250 2.0.0 OK: discarded"},
+		{"quarantined", &Verdict{Decision: "quarantined", Reason: "dkim_fail"}, "250 2.0.0 OK: quarantined"},
+		{"header too large", &Verdict{Decision: "rejected", Reason: "header_too_large", Detail: "1048576"},
 			"552 5.3.4 Message header exceeds 1048576 bytes"},
-		{"malformed header", &Verdict{Decision: Rejected, Reason: "malformed_header"}, "554 5.6.0 Malformed message header"},
-		{"mime too deep", &Verdict{Decision: Rejected, Reason: "mime_too_deep", Detail: "20"}, "554 5.6.0 MIME nesting deeper than 20"},
-		{"dkim", &Verdict{Decision: Rejected, Reason: "dkim_fail", Detail: "no valid signature"},
+		{"malformed header", &Verdict{Decision: "rejected", Reason: "malformed_header"}, "554 5.6.0 Malformed message header"},
+		{"mime too deep", &Verdict{Decision: "rejected", Reason: "mime_too_deep", Detail: "20"}, "554 5.6.0 MIME nesting deeper than 20"},
+		{"dkim", &Verdict{Decision: "rejected", Reason: "dkim_fail", Detail: "no valid signature"},
 			"550 5.7.1 DKIM verification failed: no valid signature"},
-		{"dkim unaligned", &Verdict{Decision: Rejected, Reason: "dkim_unaligned", Detail: "d=other.test"},
+		{"dkim unaligned", &Verdict{Decision: "rejected", Reason: "dkim_unaligned", Detail: "d=other.test"},
 			"550 5.7.1 DKIM verification failed: d=other.test"},
-		{"dns", &Verdict{Decision: Tempfail, Reason: "dkim_temperror"}, "451 4.4.3 Temporary DNS failure verifying DKIM, try again later"},
-		{"local", &Verdict{Decision: Tempfail, Reason: "local_error"}, "451 4.3.0 Temporary local problem, try again later"},
+		{"dns", &Verdict{Decision: "tempfail", Reason: "dkim_temperror"}, "451 4.4.3 Temporary DNS failure verifying DKIM, try again later"},
+		{"local", &Verdict{Decision: "tempfail", Reason: "local_error"}, "451 4.3.0 Temporary local problem, try again later"},
 		{"unknown decision", &Verdict{Decision: "maybe"}, "451 4.3.0 Temporary local problem, try again later"},
 		{"full disk", fmt.Errorf("router: commit: %w", &os.PathError{Op: "write", Path: "/srv/data/raw/seg", Err: syscall.ENOSPC}),
 			"452 4.3.1 Insufficient system storage, try again later"},
@@ -56,7 +56,7 @@ func TestVerdictReplies(t *testing.T) {
 }
 
 func TestReplyForCoversEveryDecision(t *testing.T) {
-	for _, d := range []string{Stored, Duplicate, Discarded, Quarantined, Rejected, Tempfail} {
+	for _, d := range []string{"stored", "duplicate", "discarded", "quarantined", "rejected", "tempfail"} {
 		r, ok := ReplyFor(Verdict{Decision: d, Reason: "some_reason"})
 		if !ok || r.Code/100 == 3 || r.EnhancedCode[0] != r.Code/100 || r.Message == "" {
 			t.Errorf("%s: %+v %v", d, r, ok)
