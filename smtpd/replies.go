@@ -72,14 +72,14 @@ type verdictReply struct {
 	namesDecision    bool
 }
 
-var ok250 = smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK"}
+var replyDKIMFailed = smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "DKIM verification failed: "}
 
 // verdictReplies is the table, first match wins.
 var verdictReplies = []verdictReply{
-	{decision: "stored", reply: ok250, namesDecision: true},
-	{decision: "duplicate", reply: ok250, namesDecision: true},
-	{decision: "discarded", reply: ok250, namesDecision: true},
-	{decision: "quarantined", reply: ok250, namesDecision: true},
+	{decision: "stored", reply: replyOK, namesDecision: true},
+	{decision: "duplicate", reply: replyOK, namesDecision: true},
+	{decision: "discarded", reply: replyOK, namesDecision: true},
+	{decision: "quarantined", reply: replyOK, namesDecision: true},
 	{decision: "rejected", reason: "header_too_large", reply: smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
 		Message: "Message header exceeds "}, detail: true, suffix: " bytes"},
 	{decision: "rejected", reason: "malformed_header", reply: smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
@@ -89,8 +89,10 @@ var verdictReplies = []verdictReply{
 	// dkim_fail, dkim_unaligned: the reply gives the reason in fixed
 	// words; resolver addresses, zone file paths and Go errors stay in the
 	// log.
-	{decision: "rejected", reply: smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-		Message: "DKIM verification failed: "}, detail: true},
+	{decision: "rejected", reason: "dkim_fail", reply: replyDKIMFailed, detail: true},
+	{decision: "rejected", reason: "dkim_unaligned", reply: replyDKIMFailed, detail: true},
+	// A refusal this table does not name yet.
+	{decision: "rejected", reply: smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 0, 0}, Message: "Message refused"}},
 	{decision: "tempfail", reason: "dkim_temperror", reply: smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 3},
 		Message: "Temporary DNS failure verifying DKIM, try again later"}},
 	{decision: "tempfail", reply: replyTempLocal},

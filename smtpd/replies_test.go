@@ -31,6 +31,7 @@ func TestVerdictReplies(t *testing.T) {
 			"550 5.7.1 DKIM verification failed: no valid signature"},
 		{"dkim unaligned", &Verdict{Decision: "rejected", Reason: "dkim_unaligned", Detail: "d=other.test"},
 			"550 5.7.1 DKIM verification failed: d=other.test"},
+		{"other refusal", &Verdict{Decision: "rejected", Reason: "new_reason", Detail: "ignored"}, "554 5.0.0 Message refused"},
 		{"dns", &Verdict{Decision: "tempfail", Reason: "dkim_temperror"}, "451 4.4.3 Temporary DNS failure verifying DKIM, try again later"},
 		{"local", &Verdict{Decision: "tempfail", Reason: "local_error"}, "451 4.3.0 Temporary local problem, try again later"},
 		{"unknown decision", &Verdict{Decision: "maybe"}, "451 4.3.0 Temporary local problem, try again later"},
