@@ -213,7 +213,8 @@ func readError(err error) error {
 // or for DATA (stopAtFake) at a fake terminator (b.fakeEnd), or the read
 // error. arm is called before each read (to extend the data timeout).
 func readDecoded(r io.Reader, b *bodyChecker, stopAtFake bool, arm func()) error {
-	buf := make([]byte, 32<<10)
+	// go-smtp's DATA reader returns at most what its 4 KiB buffer holds.
+	buf := make([]byte, 8<<10)
 	for {
 		arm()
 		n, err := r.Read(buf)
