@@ -54,7 +54,9 @@
 // CRLF.CRLF exactly (RFC 5321 §4.5.2, with dot-unstuffing; "\n.\r\n" never
 // ends a good message). A DATA body with a bare CR or LF ends at CRLF.CRLF
 // or at the first "." line a lenient sender would end it with ("x\n.\r\n",
-// "\r\n.\n", "\r.\r"), whichever comes first, and is refused there. After
+// "\r\n.\n", "\r.\r"; also a bare CR or LF at the start of a line, since
+// go-smtp's decoder has removed any dot before it), whichever comes first,
+// and is refused there. After
 // rejecting such a DATA body the server closes the connection: where a
 // malformed message ends is exactly what a sending MTA and we may disagree
 // on (that disagreement is SMTP smuggling, e.g. "\r\r\n.\r\n"), so nothing
