@@ -2,8 +2,9 @@ package smtpd
 
 // What this package assumes about go-smtp, and the test that checks each:
 //
-//   - the build uses the patched copy of the version go.mod requires, and
-//     its patches are still needed: TestGoSMTPIsThePatchedCopy,
+//   - the build uses the patched copy of the version go.mod requires, it
+//     differs from upstream only in data.go, and its patches are still
+//     needed: TestGoSMTPIsThePatchedCopy, TestGoSMTPCopyDiffersOnlyInDataGo,
 //     TestUpstreamGoSMTPStillNeedsPatches;
 //   - DATA reaches Session.Data dot-unstuffed, framed on CRLF.CRLF only,
 //     every CR kept, as it arrives: TestDataDecoding,
@@ -62,6 +63,58 @@ func TestGoSMTPIsThePatchedCopy(t *testing.T) {
 	}
 }
 
+// upstreamGoSMTP is the pristine upstream module of the version go.mod
+// requires, in the module cache; the test is skipped when it is not there.
+func upstreamGoSMTP(t *testing.T) (dir, version string) {
+	t.Helper()
+	version = goSMTPVersion(t)
+	out, err := exec.Command("go", "env", "GOMODCACHE").Output()
+	if err != nil {
+		t.Skipf("no go command: %v", err)
+	}
+	dir = filepath.Join(strings.TrimSpace(string(out)), goSMTP+"@"+version)
+	if _, err := os.Stat(filepath.Join(dir, "data.go")); err != nil {
+		t.Skipf("upstream go-smtp %s is not in the module cache (go mod download %s@%s)", version, goSMTP, version)
+	}
+	return dir, version
+}
+
+// third_party/go-smtp is upstream's module but for data.go and the files
+// SYNCRELAY.md names: nothing else was changed by hand.
+func TestGoSMTPCopyDiffersOnlyInDataGo(t *testing.T) {
+	upstream, _ := upstreamGoSMTP(t)
+	const copyDir = "../third_party/go-smtp"
+	seen := map[string]bool{}
+	err := filepath.WalkDir(upstream, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(upstream, p)
+		seen[rel] = true
+		want, _ := os.ReadFile(p)
+		got, err := os.ReadFile(filepath.Join(copyDir, rel))
+		if err != nil {
+			t.Errorf("%s missing from the copy", rel)
+		} else if rel != "data.go" && string(got) != string(want) {
+			t.Errorf("%s differs from upstream", rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	filepath.WalkDir(copyDir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(copyDir, p)
+		if !seen[rel] && rel != "SYNCRELAY.md" && rel != "syncrelay_test.go" {
+			t.Errorf("%s is not upstream's and not named in SYNCRELAY.md", rel)
+		}
+		return nil
+	})
+}
+
 // The patches to go-smtp's DATA decoder are still needed: their
 // reproductions (third_party/go-smtp/syncrelay_test.go) fail on the
 // pristine upstream module of the same version. When one passes there,
@@ -70,15 +123,7 @@ func TestUpstreamGoSMTPStillNeedsPatches(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds upstream go-smtp")
 	}
-	version := goSMTPVersion(t)
-	out, err := exec.Command("go", "env", "GOMODCACHE").Output()
-	if err != nil {
-		t.Skipf("no go command: %v", err)
-	}
-	upstream := filepath.Join(strings.TrimSpace(string(out)), goSMTP+"@"+version)
-	if _, err := os.Stat(filepath.Join(upstream, "data.go")); err != nil {
-		t.Skipf("upstream go-smtp %s is not in the module cache (go mod download %s@%s)", version, goSMTP, version)
-	}
+	upstream, version := upstreamGoSMTP(t)
 	dir := t.TempDir()
 	if err := os.CopyFS(dir, os.DirFS(upstream)); err != nil {
 		t.Fatal(err)
