@@ -1,0 +1,96 @@
+package testenv
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+)
+
+// API calls the daemon's HTTP API with d.Token and returns the status and
+// the decoded JSON object (nil when the body is not one).
+func (d *Daemon) API(t testing.TB, method, path, body string) (int, map[string]any) {
+	t.Helper()
+	code, m, _ := Call(t, "http://"+d.HTTP, d.Token, "", method, path, body)
+	return code, m
+}
+
+// Call is one HTTP API request to base with a bearer token and, if actor
+// is set, X-Acting-User. It returns the status, the body decoded as a JSON
+// object (nil when it is not one) and the raw body.
+func Call(t testing.TB, base, token, actor, method, path, body string) (int, map[string]any, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	if actor != "" {
+		req.Header.Set("X-Acting-User", actor)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if json.Unmarshal(raw, &m) != nil {
+		m = nil
+	}
+	return resp.StatusCode, m, raw
+}
+
+// Envelope is one SMTP transaction's envelope and client name.
+type Envelope struct {
+	Helo, From string
+	To         []string
+}
+
+// Send runs one transaction over a new connection to addr. It returns the
+// reply to the end of DATA: its code and text (without the enhanced code
+// for a 250). A failure before DATA's end fails the test.
+func Send(t testing.TB, addr string, env Envelope, raw string) (int, string) {
+	t.Helper()
+	c, err := smtp.Dial(addr)
+	must(t, err)
+	defer c.Close()
+	must(t, c.Hello(env.Helo))
+	code, text := SendOn(t, c, env, raw)
+	c.Quit()
+	return code, text
+}
+
+// SendOn runs one transaction on an open, greeted client c (see Send).
+func SendOn(t testing.TB, c *smtp.Client, env Envelope, raw string) (int, string) {
+	t.Helper()
+	must(t, c.Mail(env.From, nil))
+	for _, r := range env.To {
+		must(t, c.Rcpt(r, nil))
+	}
+	w, err := c.Data()
+	must(t, err)
+	_, err = io.WriteString(w, raw)
+	must(t, err)
+	resp, err := w.CloseWithResponse()
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return se.Code, se.Message
+	}
+	must(t, err)
+	return 250, strings.TrimPrefix(resp.StatusText, "2.0.0 ")
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
