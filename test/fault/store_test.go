@@ -21,12 +21,12 @@ import (
 	"syncrelay/cmd/srload/loadgen"
 	"syncrelay/config"
 	"syncrelay/daemon"
+	"syncrelay/internal/testenv"
 	"syncrelay/internal/testutil"
 	"syncrelay/router"
 	"syncrelay/smtpd"
 	"syncrelay/store"
 	"syncrelay/store/bolt"
-	"syncrelay/internal/testenv"
 )
 
 // runDaemon runs daemon.Run in this process (so that the test can reach
