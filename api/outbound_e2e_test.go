@@ -20,7 +20,7 @@ import (
 
 	"syncrelay/config"
 	"syncrelay/daemon"
-	"syncrelay/internal/dnstest"
+	"syncrelay/internal/dkimtest"
 	"syncrelay/internal/testenv"
 	"syncrelay/outbound/providertest"
 )
@@ -43,7 +43,7 @@ func TestOutboundEndToEndOverSMTP(t *testing.T) {
 	stub := providertest.Start(t, "google")
 	dir := t.TempDir()
 	httpAddr := freeAddr(t) // in the config before the start: the OAuth redirect URL names it
-	key, txt := dnstest.GenRSA(t, 2048)
+	key, txt := dkimtest.RSA(t, 0)
 	var quoted []string
 	for len(txt) > 0 {
 		n := min(len(txt), 200)

@@ -16,7 +16,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"syncrelay/config"
-	"syncrelay/internal/dnstest"
+	"syncrelay/internal/dkimtest"
 	"syncrelay/internal/testenv"
 	"syncrelay/store"
 	"syncrelay/store/bolt"
@@ -37,7 +37,7 @@ type fixture struct {
 func startFixture(tb testing.TB) *fixture {
 	tb.Helper()
 	dir := tb.TempDir()
-	key, txt := dnstest.GenRSA(tb, 2048)
+	key, txt := dkimtest.RSA(tb, 0)
 	zone := filepath.Join(dir, "zone.txt")
 	if err := os.WriteFile(zone, []byte(fmt.Sprintf("s1._domainkey.cand.test TXT %q\n", txt)), 0o600); err != nil {
 		tb.Fatal(err)

@@ -36,6 +36,7 @@ import (
 
 	"syncrelay/config"
 	"syncrelay/daemon"
+	"syncrelay/internal/dkimtest"
 	"syncrelay/internal/dnstest"
 	"syncrelay/internal/testenv"
 	"syncrelay/store"
@@ -395,7 +396,7 @@ secret = "whsec"
 // no token, key, body, or subject/address of discarded mail was logged.
 func TestTrafficMetricsStatusAndNoLeaks(t *testing.T) {
 	e := newOpsEnv(t, store.PolicyRequire)
-	key, txt := dnstest.GenRSA(t, 2048)
+	key, txt := dkimtest.RSA(t, 0)
 	zone := filepath.Join(e.dir, "zone.txt")
 	must(t, os.WriteFile(zone, []byte(fmt.Sprintf("s1._domainkey.cand.test TXT %q\n", txt)), 0o600))
 	cfgPath := e.config(t, "leak.toml", "", fmt.Sprintf("[dns]\nzone_file = %q\n[log]\nlevel = \"debug\"\nformat = \"json\"\n", zone))
