@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -109,16 +108,7 @@ func startE2E(t *testing.T) *e2e {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
+	smtpAddr := testenv.ServeSMTP(t, srv)
 
 	hs := httptest.NewServer(api.New(api.Options{Store: st, Tokens: []string{e2eToken}, Hostname: "relay.test"}))
 	t.Cleanup(hs.Close)
@@ -142,7 +132,7 @@ func startE2E(t *testing.T) *e2e {
 	go func() { d.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 
-	e := &e2e{t: t, st: st, api: hs, smtpAddr: ln.Addr().String(), keys: p.Keys, hooks: hooks}
+	e := &e2e{t: t, st: st, api: hs, smtpAddr: smtpAddr, keys: p.Keys, hooks: hooks}
 	signer := func(domain string, key crypto.Signer) func(string) string {
 		return func(raw string) string {
 			var out bytes.Buffer

@@ -1,12 +1,15 @@
 package testenv
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 )
@@ -23,6 +26,17 @@ func (d *Daemon) API(t testing.TB, method, path, body string) (int, map[string]a
 // is set, X-Acting-User. It returns the status, the body decoded as a JSON
 // object (nil when it is not one) and the raw body.
 func Call(t testing.TB, base, token, actor, method, path, body string) (int, map[string]any, []byte) {
+	t.Helper()
+	code, _, raw := Do(t, base, token, actor, method, path, body)
+	var m map[string]any
+	if json.Unmarshal(raw, &m) != nil {
+		m = nil
+	}
+	return code, m, raw
+}
+
+// Do is Call returning the response headers instead of decoding the body.
+func Do(t testing.TB, base, token, actor, method, path, body string) (int, http.Header, []byte) {
 	t.Helper()
 	req, err := http.NewRequest(method, base+path, strings.NewReader(body))
 	if err != nil {
@@ -41,11 +55,31 @@ func Call(t testing.TB, base, token, actor, method, path, body string) (int, map
 	if err != nil {
 		t.Fatal(err)
 	}
-	var m map[string]any
-	if json.Unmarshal(raw, &m) != nil {
-		m = nil
+	return resp.StatusCode, resp.Header, raw
+}
+
+// SMTPServer is what ServeSMTP serves (an *smtpd.Server; an interface so
+// that smtpd's own tests may use this package).
+type SMTPServer interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+}
+
+// ServeSMTP serves srv on a new loopback listener until the test ends
+// (then shuts it down, waiting 10 s at most) and returns its address.
+func ServeSMTP(t testing.TB, srv SMTPServer) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	return resp.StatusCode, m, raw
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return ln.Addr().String()
 }
 
 // Envelope is one SMTP transaction's envelope and client name.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,7 +13,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -281,18 +279,8 @@ func TestInjectedWriter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		st.Close()
-	})
-	cl := newClient(t, ln.Addr().String(), man, 8192)
+	t.Cleanup(func() { st.Close() }) // after the server's shutdown: cleanups run last first
+	cl := newClient(t, testenv.ServeSMTP(t, srv), man, 8192)
 	led := ledger{}
 	rawDir := filepath.Join(data, "raw")
 
