@@ -9,17 +9,15 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-smtp"
 
 	"syncrelay/config"
-	"syncrelay/internal/dnstest"
-	"syncrelay/internal/testutil"
+	"syncrelay/internal/dkimtest"
+	"syncrelay/internal/testenv"
 	"syncrelay/store"
 	"syncrelay/store/bolt"
 	"syncrelay/token"
@@ -36,27 +34,16 @@ type fixture struct {
 	stop     func()
 }
 
-var servingRE = regexp.MustCompile(`smtp=(\S+)`)
-
 func startFixture(tb testing.TB) *fixture {
 	tb.Helper()
 	dir := tb.TempDir()
-	key, txt := dnstest.GenRSA(tb, 2048)
+	key, txt := dkimtest.RSA(tb, 0)
 	zone := filepath.Join(dir, "zone.txt")
 	if err := os.WriteFile(zone, []byte(fmt.Sprintf("s1._domainkey.cand.test TXT %q\n", txt)), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	cfg, err := config.Parse([]byte(fmt.Sprintf(`[smtp]
-listen = "127.0.0.1:0"
-hostname = "relay.test"
-max_connections_per_ip = 200
-[http]
-listen = "127.0.0.1:0"
-[store]
-dir = %q
-[dns]
-zone_file = %q
-`, filepath.Join(dir, "data"), zone)), "bench.toml")
+	cfg, err := config.Parse([]byte(testenv.Config{Data: filepath.Join(dir, "data"), Zone: zone,
+		SMTP: "max_connections_per_ip = 200"}.TOML()), "bench.toml")
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -85,30 +72,15 @@ zone_file = %q
 	}))
 	st.Close()
 
-	logs := &testutil.SyncBuf{}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- Run(runCtx, cfg, slog.New(slog.NewTextHandler(logs, nil)), io.Discard) }()
-	deadline := time.Now().Add(10 * time.Second)
-	var addr string
-	for addr == "" {
-		if mm := servingRE.FindStringSubmatch(logs.String()); mm != nil {
-			addr = mm[1]
-		} else if time.Now().After(deadline) {
-			tb.Fatalf("daemon did not start: %s", logs)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	d := testenv.StartInProcess(tb, func(ctx context.Context, logs io.Writer) error {
+		return Run(ctx, cfg, slog.New(slog.NewTextHandler(logs, nil)), io.Discard)
+	})
+	addr := d.SMTP
 	return &fixture{
 		smtpAddr: addr, inbound: ten.InboundAddress, refs: "<" + m.InternetMessageID + ">",
 		signer: &dkim.SignOptions{Domain: "cand.test", Selector: "s1", Signer: key,
 			HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed},
-		stop: func() {
-			cancel()
-			if err := <-done; err != nil {
-				tb.Errorf("Run: %v", err)
-			}
-		},
+		stop: func() { d.Stop(tb) },
 	}
 }
 
