@@ -4,7 +4,7 @@
 //
 // The PEM files (PKCS#8) in testdata/dkim were made once with
 //
-//	for i in 0 1 2 3; do
+//	for i in 0 1 2 3; do  # RSA: also 4 to 7
 //		openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out rsa2048-$i.pem
 //		openssl genpkey -algorithm ed25519 -out ed25519-$i.pem
 //	done
@@ -50,6 +50,9 @@ func load(t testing.TB, name string) any {
 
 // RSA returns fixed RSA-2048 key i (0 <= i < N) and its DKIM key record
 // ("v=DKIM1; k=rsa; p=<base64 SubjectPublicKeyInfo>").
+// RSAKeys is how many fixed RSA keys there are (RSA's i is 0 to RSAKeys-1).
+const RSAKeys = 8
+
 func RSA(t testing.TB, i int) (*rsa.PrivateKey, string) {
 	t.Helper()
 	k, ok := load(t, fmt.Sprintf("rsa2048-%d.pem", i)).(*rsa.PrivateKey)
