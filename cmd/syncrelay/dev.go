@@ -25,9 +25,13 @@ func serveDev(ctx context.Context, c *config.Config, log *slog.Logger, stdout io
 	log.Warn("DEV MODE: NOT FOR PRODUCTION: local provider stand-ins and a generated DKIM zone; loopback only",
 		"google_auth_url", c.Providers.Google.AuthURL, "zone_file", c.DNS.ZoneFile)
 	actx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go env.AnnounceWhenReady(actx, stdout, log)
-	if err := daemon.Run(ctx, c, log, stdout); err != nil {
+	announced := make(chan struct{})
+	go func() { env.AnnounceWhenReady(actx, stdout, log); close(announced) }()
+	err = daemon.Run(ctx, c, log, stdout)
+	// env.Close removes the state file only after the announcer is done.
+	cancel()
+	<-announced
+	if err != nil {
 		log.Error("syncrelay stopped", "err", err)
 		return 1
 	}
@@ -36,7 +40,7 @@ func serveDev(ctx context.Context, c *config.Config, log *slog.Logger, stdout io
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("demo", "demo [-config FILE]", stderr)
-	cfgPath := fs.String("config", "", "the config `serve -dev` was started with (it finds the daemon through store.dir)")
+	cfgPath := fs.String("config", "", "the config serve -dev was started with (it finds the daemon through store.dir)")
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}

@@ -107,7 +107,7 @@ func loadConfig(path string, stderr io.Writer) (*config.Config, bool) {
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("serve", "serve [-config FILE] [-dev]", stderr)
 	cfgPath := fs.String("config", "", "config file (TOML); without it the embedded defaults are used")
-	dev := fs.Bool("dev", false, "dev mode, NOT FOR PRODUCTION: local Google/Microsoft stand-ins and DKIM zone, loopback only (see `demo`)")
+	dev := fs.Bool("dev", false, "dev mode, NOT FOR PRODUCTION: local Google/Microsoft stand-ins and DKIM zone, loopback only (then run: syncrelay demo)")
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
