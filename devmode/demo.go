@@ -39,7 +39,10 @@ const (
 type Demo struct {
 	State State
 	Token string // an API bearer token
-	Out   io.Writer
+	// TokenHint is the shell words that give Token, for the closing
+	// hints (e.g. "$(cat data/api-token)").
+	TokenHint string
+	Out       io.Writer
 
 	http *http.Client
 	step int
@@ -420,14 +423,14 @@ func (d *Demo) next() {
 	fmt.Fprintf(d.Out, `
 Done: a message sent, the signed reply stored on the candidate, the stranger discarded.
 
-Look around with the API (the token is in %s/api-token unless api.tokens_file says otherwise):
+Look around with the API:
 
-    TOKEN=$(cat data/api-token)
+    TOKEN=%s
     curl -s -H "Authorization: Bearer $TOKEN" -H 'X-Acting-User: %s' http://%s/v1/tenants/%s/candidates/%s/threads
     curl -s -H "Authorization: Bearer $TOKEN" http://%s/v1/tenants/%s/status
 
 Run the demo again to add another thread; stop the dev daemon with Ctrl-C.
-`, "data", DemoUser, d.State.HTTP, DemoTenant, DemoCandidate, d.State.HTTP, DemoTenant)
+`, d.TokenHint, DemoUser, d.State.HTTP, DemoTenant, DemoCandidate, d.State.HTTP, DemoTenant)
 }
 
 // call does one API request, as actor when not "".

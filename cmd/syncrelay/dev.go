@@ -57,12 +57,12 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "syncrelay demo: %v\n", err)
 		return 1
 	}
-	tok, err := demoToken(c)
+	tok, hint, err := demoToken(c)
 	if err != nil {
 		fmt.Fprintf(stderr, "syncrelay demo: %v\n", err)
 		return 1
 	}
-	d := &devmode.Demo{State: st, Token: tok, Out: stdout}
+	d := &devmode.Demo{State: st, Token: tok, TokenHint: hint, Out: stdout}
 	if err := d.Run(ctx); err != nil {
 		fmt.Fprintf(stderr, "syncrelay demo: %v\n", err)
 		return 1
@@ -70,19 +70,21 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// demoToken is the first API token: from the config (environment or
-// api.tokens_file) or the dev token the daemon generated.
-func demoToken(c *config.Config) (string, error) {
-	if len(c.API.Tokens) > 0 {
-		return c.API.Tokens[0], nil
+// demoToken is the first API token (from the config, or the dev token the
+// daemon generated) and shell words that give it, for the demo's hints.
+func demoToken(c *config.Config) (tok, hint string, err error) {
+	switch {
+	case len(c.API.Tokens) > 0 && os.Getenv(config.EnvAPITokens) != "":
+		return c.API.Tokens[0], "'<a token from $" + config.EnvAPITokens + ">'", nil
+	case len(c.API.Tokens) > 0:
+		return c.API.Tokens[0], "'<a token from " + c.API.TokensFile + ">'", nil
 	}
 	b, err := os.ReadFile(c.APITokenPath())
 	if err != nil {
-		return "", fmt.Errorf("API token: %w", err)
+		return "", "", fmt.Errorf("API token: %w", err)
 	}
-	tok := strings.TrimSpace(string(b))
-	if tok == "" {
-		return "", fmt.Errorf("API token: %s is empty", c.APITokenPath())
+	if tok = strings.TrimSpace(string(b)); tok == "" {
+		return "", "", fmt.Errorf("API token: %s is empty", c.APITokenPath())
 	}
-	return tok, nil
+	return tok, "$(cat " + c.APITokenPath() + ")", nil
 }
