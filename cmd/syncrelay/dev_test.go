@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syncrelay/internal/testenv"
 	"syscall"
 	"testing"
 	"time"
@@ -44,27 +45,27 @@ func TestReadmeTryingIt(t *testing.T) {
 	dir := t.TempDir()
 	d := startDaemon(t, dir, cmds[0][1:]...)
 	waitStdout(t, d, "dev mode is ready")
-	out := d.stdout.String()
-	if !strings.Contains(out, "NOT FOR PRODUCTION") || !strings.Contains(d.stderr.String(), "DEV MODE: NOT FOR PRODUCTION") {
-		t.Errorf("not marked as dev mode:\n%s\n%s", out, d.stderr)
+	out := d.Stdout.String()
+	if !strings.Contains(out, "NOT FOR PRODUCTION") || !strings.Contains(d.Logs.String(), "DEV MODE: NOT FOR PRODUCTION") {
+		t.Errorf("not marked as dev mode:\n%s\n%s", out, d.Logs)
 	}
 	// First-run output names the README's next command.
 	if !strings.Contains(out, "go run ./cmd/syncrelay "+strings.Join(cmds[1], " ")) {
 		t.Errorf("first-run output does not say what to do next:\n%s", out)
 	}
-	if !strings.Contains(d.smtp, "127.0.0.1:") || !strings.Contains(d.http, "127.0.0.1:") {
-		t.Errorf("listening on %s / %s", d.smtp, d.http)
+	if !strings.Contains(d.SMTP, "127.0.0.1:") || !strings.Contains(d.HTTP, "127.0.0.1:") {
+		t.Errorf("listening on %s / %s", d.SMTP, d.HTTP)
 	}
 
 	demo := func() (string, error) {
-		c := exec.Command(binPath, cmds[1]...)
+		c := exec.Command(bins.Syncrelay, cmds[1]...)
 		c.Dir = dir
 		b, err := c.CombinedOutput()
 		return string(b), err
 	}
 	dout, err := demo()
 	if err != nil {
-		t.Fatalf("demo: %v\n%s\ndaemon:\n%s", err, dout, d.stderr)
+		t.Fatalf("demo: %v\n%s\ndaemon:\n%s", err, dout, d.Logs)
 	}
 	for _, want := range []string{"status sent", "consent approved", "the Gmail stand-in received it", "250 2.0.0 OK: stored",
 		"250 2.0.0 OK: discarded", `"from": "carl@cand.test"`, "stored/token", "discarded/no_match", "curl "} {
@@ -75,16 +76,16 @@ func TestReadmeTryingIt(t *testing.T) {
 
 	// The API agrees: the signed reply is on the candidate's thread, the
 	// stranger nowhere.
-	d.token = readToken(t, filepath.Join(dir, "data"))
+	d.Token = readToken(t, filepath.Join(dir, "data"))
 	checkTimeline(t, timelineAs(t, d, "u-rita"), 1)
-	code, st := d.api(t, "GET", "/v1/tenants/acme/status", "")
+	code, st := d.API(t, "GET", "/v1/tenants/acme/status", "")
 	reasons, _ := st["last_hour"].(map[string]any)["reasons"].(map[string]any)
 	if code != 200 || reasons["stored/token"] != 1.0 || reasons["discarded/no_match"] != 1.0 {
 		t.Errorf("status %d %v", code, st)
 	}
 	// Nothing of the discarded message is logged.
 	for _, s := range []string{"deals@shop.test", "50% off", "Buy now"} {
-		if strings.Contains(d.stderr.String(), s) {
+		if strings.Contains(d.Logs.String(), s) {
 			t.Errorf("log carries %q of the discarded message", s)
 		}
 	}
@@ -96,9 +97,9 @@ func TestReadmeTryingIt(t *testing.T) {
 	checkTimeline(t, timelineAs(t, d, "u-rita"), 2)
 
 	// Stopping removes the state file; the demo then says what to do.
-	must(t, d.cmd.Process.Signal(syscall.SIGTERM))
-	if code := d.wait(t); code != 0 {
-		t.Fatalf("exit %d:\n%s", code, d.stderr)
+	must(t, d.Cmd.Process.Signal(syscall.SIGTERM))
+	if code := d.Wait(t); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, d.Logs)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "data", "dev-mode.json")); !os.IsNotExist(err) {
 		t.Errorf("dev-mode.json left behind: %v", err)
@@ -108,10 +109,10 @@ func TestReadmeTryingIt(t *testing.T) {
 	}
 }
 
-func timelineAs(t *testing.T, d *proc, user string) map[string]any {
+func timelineAs(t *testing.T, d *testenv.Daemon, user string) map[string]any {
 	t.Helper()
-	req, _ := http.NewRequest("GET", "http://"+d.http+"/v1/tenants/acme/candidates/c-carl/threads", nil)
-	req.Header.Set("Authorization", "Bearer "+d.token)
+	req, _ := http.NewRequest("GET", "http://"+d.HTTP+"/v1/tenants/acme/candidates/c-carl/threads", nil)
+	req.Header.Set("Authorization", "Bearer "+d.Token)
 	req.Header.Set("X-Acting-User", user)
 	resp, err := http.DefaultClient.Do(req)
 	must(t, err)
@@ -149,12 +150,12 @@ func checkTimeline(t *testing.T, tl map[string]any, n int) {
 	}
 }
 
-func waitStdout(t *testing.T, d *proc, s string) {
+func waitStdout(t *testing.T, d *testenv.Daemon, s string) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(d.stdout.String(), s) {
+	for !strings.Contains(d.Stdout.String(), s) {
 		if time.Now().After(deadline) {
-			t.Fatalf("no %q on stdout:\n%s\n%s", s, d.stdout, d.stderr)
+			t.Fatalf("no %q on stdout:\n%s\n%s", s, d.Stdout, d.Logs)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -173,7 +174,7 @@ func TestServeDevRefusesNonLoopback(t *testing.T) {
 			cfg := filepath.Join(dir, "syncrelay.toml")
 			must(t, os.WriteFile(cfg, []byte(fmt.Sprintf("[smtp]\nlisten = %q\n[http]\nlisten = %q\n[store]\ndir = %q\n",
 				tc.smtp, tc.http, filepath.Join(dir, "data"))), 0o600))
-			out, err := exec.Command(binPath, "serve", "-dev", "-config", cfg).CombinedOutput()
+			out, err := exec.Command(bins.Syncrelay, "serve", "-dev", "-config", cfg).CombinedOutput()
 			var ee *exec.ExitError
 			if !errorsAs(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "loopback") {
 				t.Fatalf("serve -dev on %s / %s: %v\n%s", tc.smtp, tc.http, err, out)
