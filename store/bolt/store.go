@@ -130,6 +130,13 @@ func Open(dir string, o Options) (*Store, error) {
 		Timeout:      o.LockTimeout,
 		ReadOnly:     o.ReadOnly,
 		FreelistType: bolt.FreelistMapType,
+		// bbolt otherwise writes its whole freelist on every commit: on the
+		// benchmark's 1M-message store (81,340 free pages) that was a
+		// 300 KB pwrite per batch, 60% of the database's writes (strace),
+		// and c1M fell to 0.37 of the empty store's rate. The cost is a
+		// scan of the file at open to rebuild the list (0.1 to 0.4 s at
+		// 2 GB here).
+		NoFreelistSync: true,
 	})
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("store: %s: %w (waited %s for its lock; stop the other process or use another store.dir)", path, ErrLocked, o.LockTimeout)
