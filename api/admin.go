@@ -17,7 +17,8 @@ import (
 // truncated archive for a complete one (the archive's end marker and its
 // manifest's counts are checked by `syncrelay backup` as well).
 
-type backupStore interface {
+// BackupSource writes a consistent backup archive of the store.
+type BackupSource interface {
 	Backup(ctx context.Context, w io.Writer) (*store.BackupManifest, error)
 }
 
@@ -34,9 +35,9 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 }
 
 func (s *Server) adminBackup(w http.ResponseWriter, r *http.Request) {
-	bs, ok := s.o.Store.(backupStore)
-	if !ok {
-		writeProblem(w, http.StatusNotImplemented, "not-implemented", "Not implemented", "this store cannot be backed up through the API")
+	bs := s.o.Backup
+	if bs == nil {
+		writeProblem(w, http.StatusNotImplemented, "not-implemented", "Not implemented", "this store is not backed up through the API (with PostgreSQL, use pg_dump or point-in-time recovery)")
 		return
 	}
 	start := time.Now()
@@ -72,12 +73,7 @@ type keyFingerprintStore interface {
 }
 
 func (s *Server) adminKeyFingerprint(w http.ResponseWriter, r *http.Request) {
-	ks, ok := s.o.Store.(keyFingerprintStore)
-	if !ok {
-		writeProblem(w, http.StatusNotImplemented, "not-implemented", "Not implemented", "this store records no key fingerprint")
-		return
-	}
-	fp, ok, err := ks.KeyFingerprint(r.Context())
+	fp, ok, err := s.o.Store.KeyFingerprint(r.Context())
 	if err != nil {
 		s.storeError(w, r, err)
 		return

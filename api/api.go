@@ -38,8 +38,11 @@ type Store interface {
 	CreateCandidate(ctx context.Context, c *store.Candidate) error
 	Candidate(ctx context.Context, tenant, id string) (*store.Candidate, error)
 	Candidates(ctx context.Context, tenant string) ([]*store.Candidate, error)
-	TimelineStore // timeline.go, threads.go
-	OutboxStore   // webhooks.go
+	TimelineStore       // timeline.go, threads.go
+	OutboxStore         // webhooks.go
+	statusStore         // status.go
+	keyFingerprintStore // admin.go
+	OutboundStore       // messages.go, delegations.go
 }
 
 // Options configure the API server.
@@ -59,6 +62,9 @@ type Options struct {
 	Outbound OutboundOptions
 	// StaleAfter is status.stale_after, see forwardingVerdict (0: 24h).
 	StaleAfter time.Duration
+	// Backup streams backups (GET /v1/admin/backup); nil where the
+	// backend's backup is the database's own (PostgreSQL: pg_dump, PITR).
+	Backup BackupSource
 }
 
 // Server is the HTTP API.

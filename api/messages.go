@@ -62,15 +62,12 @@ func (s *Server) outboundRoutes() {
 	s.handle("DELETE /v1/tenants/{t}/delegations/{id}", s.auth(s.revokeDelegation))
 }
 
-// obStore returns the store with the outbound operations, or nil.
+// obStore returns the store with the outbound operations.
 func (s *Server) obStore() OutboundStore {
 	if s.o.Outbound.Store != nil {
 		return s.o.Outbound.Store
 	}
-	if st, ok := s.o.Store.(OutboundStore); ok {
-		return st
-	}
-	return nil
+	return s.o.Store
 }
 
 // obTenant checks that the path's tenant exists.

@@ -140,11 +140,7 @@ func (s *Server) staleAfter() time.Duration {
 }
 
 func (s *Server) tenantStatus(w http.ResponseWriter, r *http.Request) {
-	ss, ok := s.o.Store.(statusStore)
-	if !ok {
-		writeProblem(w, http.StatusNotImplemented, "not-implemented", "Not implemented", "this store does not report forwarding health")
-		return
-	}
+	ss := s.o.Store
 	ctx := r.Context()
 	t, err := s.o.Store.Tenant(ctx, r.PathValue("t"))
 	if err != nil {

@@ -19,7 +19,7 @@ import (
 )
 
 var _ statusStore = (*bolt.Store)(nil)
-var _ backupStore = (*bolt.Store)(nil)
+var _ BackupSource = (*bolt.Store)(nil)
 
 type testClock struct {
 	mu sync.Mutex
@@ -45,7 +45,7 @@ func newStatusServer(t *testing.T, staleAfter time.Duration) (*httptest.Server, 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	s := New(Options{Store: st, Tokens: []string{testToken}, Hostname: "relay.test", StaleAfter: staleAfter})
+	s := New(Options{Store: st, Tokens: []string{testToken}, Hostname: "relay.test", StaleAfter: staleAfter, Backup: st})
 	hs := httptest.NewServer(s)
 	t.Cleanup(hs.Close)
 	return hs, st, clock

@@ -154,7 +154,7 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	apiSrv := api.New(api.Options{
 		Store: st, Tokens: tokens, Hostname: c.SMTP.Hostname,
 		MaxBodyBytes: c.HTTP.MaxBodyBytes, Gatherer: reg, Log: log, StaleAfter: c.Status.StaleAfter.Duration,
-		Outbound: outb,
+		Outbound: outb, Backup: st,
 	})
 	httpSrv := &http.Server{
 		Handler:           apiSrv,

@@ -37,6 +37,7 @@ type Store interface {
 	Outbox
 	Stats
 	Maintenance
+	KeyRecords
 	Close() error
 }
 
@@ -188,6 +189,18 @@ type Maintenance interface {
 	// CollectOrphans removes bytes no committed record refers to (left
 	// by a crash between writing and committing).
 	CollectOrphans(ctx context.Context) (int, error)
+}
+
+// KeyRecords tie the data to the server secret it was written with, so
+// that a node never starts (or generates a key) next to data of another key.
+type KeyRecords interface {
+	// KeyFingerprint is the recorded fingerprint (never the key).
+	KeyFingerprint(ctx context.Context) (fp string, ok bool, err error)
+	// SetKeyFingerprint records fp; it never replaces a different one.
+	SetKeyFingerprint(ctx context.Context, fp string) error
+	// HasData reports whether the store holds anything a new key would
+	// orphan (tenants, threads, messages, grants, a fingerprint ...).
+	HasData(ctx context.Context) (bool, error)
 }
 
 // CompactStats says what a compaction did.

@@ -41,13 +41,21 @@ func (s *Store) group(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 		return errors.New("store: opened read-only")
 	}
 	r := &commitReq{fn: fn, err: make(chan error, 1)}
+	// Queue under the shared lock: Close stops the loop only once no
+	// request is being queued, so every queued request gets an outcome
+	// (a select on stop could pick the send after Close and wait forever).
+	s.queueMu.RLock()
+	if s.closed {
+		s.queueMu.RUnlock()
+		return ErrClosed
+	}
 	select {
 	case s.commits <- r:
-	case <-s.stop:
-		return ErrClosed
 	case <-ctx.Done():
+		s.queueMu.RUnlock()
 		return ctx.Err()
 	}
+	s.queueMu.RUnlock()
 	// Once queued, wait for the outcome even if ctx ends: the caller must
 	// know whether its data is committed.
 	return <-r.err

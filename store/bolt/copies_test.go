@@ -163,7 +163,7 @@ func TestDuplicatesInOlderStores(t *testing.T) {
 	b, _ := newThread(t, s)
 	first := commitCopy(t, s, a.ID, "old@cand.test", "", "")
 	if err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bThreadCopy).Delete(copyKey("acme", a.ID, "old@cand.test"))
+		return tx.Bucket(bMsgID).Delete(copyKey("acme", a.ID, "old@cand.test"))
 	}); err != nil {
 		t.Fatal(err)
 	}

@@ -54,6 +54,9 @@ type segLog struct {
 	// register durably records a new segment before anything is written to
 	// it, so that commits can tell a new segment from a compacted one.
 	register func(id uint64) error
+	// now is the store's clock: seal times are compared with it by
+	// Compact, so they must come from the same clock.
+	now func() time.Time
 
 	dmu   sync.Mutex // the segments written since the last flush
 	dirty map[*segment]struct{}
@@ -138,6 +141,13 @@ func openSegLog(dir string, committed map[uint64]int64, scratch bool) (*segLog, 
 	return l, nil
 }
 
+func (l *segLog) clock() time.Time {
+	if l.now == nil {
+		return time.Now()
+	}
+	return l.now()
+}
+
 func (l *segLog) close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -175,7 +185,7 @@ func (l *segLog) reserve(n int64) (*segment, int64, error) {
 // message is written to it.
 func (l *segLog) rotate() error {
 	if l.active != nil {
-		l.active.sealed = time.Now()
+		l.active.sealed = l.clock()
 		l.active = nil
 	}
 	id := l.nextID
@@ -207,7 +217,7 @@ func (l *segLog) seal() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.active != nil {
-		l.active.sealed = time.Now()
+		l.active.sealed = l.clock()
 		l.active = nil
 	}
 }
@@ -268,7 +278,7 @@ func (l *segLog) flush() error {
 			// pages (fsyncgate): never append to this file again.
 			l.mu.Lock()
 			if l.active == s {
-				l.active.sealed = time.Now()
+				l.active.sealed = l.clock()
 				l.active = nil
 			}
 			l.mu.Unlock()

@@ -43,16 +43,20 @@ var (
 	bCandThread = []byte("cand_thread") // tenant/cand/u64 -> ""
 	bMessages   = []byte("messages")    // tenant/u64 -> Message
 	bThreadMsg  = []byte("thread_msg")  // tenant/u64 thread/u64 msg -> ""
-	bMsgID      = []byte("msgid")       // tenant/msgid -> Ref (issued, learned and received ids; first holder keeps it)
-	bThreadCopy = []byte("thread_copy") // tenant/u64 thread/dedup key -> u64 msg (duplicates are per thread)
-	bConvIndex  = []byte("conv_index")  // tenant/hex -> thread u64
-	bCounters   = []byte("counters")    // tenant/hour/decision/reason -> u64
-	bOutbox     = []byte("outbox")      // u64 seq -> Event
-	bKV         = []byte("kv")          // small cross-request state (oauth state, idempotency ...)
-	bQuarantine = []byte("quarantine")  // tenant/u64 -> Quarantined
+	// bMsgID holds two kinds of keys, side by side so that one message's
+	// entries share a page (each random page a commit dirties is 4 KiB
+	// written):
+	//   tenant/msgid                 -> Ref: issued, learned and received ids; the first holder keeps it
+	//   tenant/dedup key 0x00 thread -> u64 msg: duplicates are per thread (copyKey)
+	bMsgID      = []byte("msgid")
+	bConvIndex  = []byte("conv_index") // tenant/hex -> thread u64
+	bCounters   = []byte("counters")   // tenant/hour/decision/reason -> u64
+	bOutbox     = []byte("outbox")     // u64 seq -> Event
+	bKV         = []byte("kv")         // small cross-request state (oauth state, idempotency ...)
+	bQuarantine = []byte("quarantine") // tenant/u64 -> Quarantined
 
 	allBuckets = [][]byte{bMeta, bTenants, bInbound, bUsers, bUserEmail, bCands, bCandEmail,
-		bThreads, bCandThread, bMessages, bThreadMsg, bMsgID, bThreadCopy, bConvIndex, bCounters, bOutbox, bKV, bQuarantine,
+		bThreads, bCandThread, bMessages, bThreadMsg, bMsgID, bConvIndex, bCounters, bOutbox, bKV, bQuarantine,
 		bGrants, bDelegations, bDelegPair, bOutboxIdx, bSegs, bSegRecs, bBigFiles}
 
 	keySchema = []byte("schema_version")
@@ -87,6 +91,8 @@ type Store struct {
 	logger *slog.Logger
 
 	commits chan *commitReq
+	queueMu sync.RWMutex // held shared while queueing a commit; Close takes it
+	closed  bool         // no more commits are queued; guarded by queueMu
 	stop    chan struct{}
 	done    chan struct{}
 	counts  *counterBuf
@@ -151,6 +157,7 @@ func Open(dir string, o Options) (*Store, error) {
 		return nil, err
 	}
 	s.segs.register = s.registerSegment
+	s.segs.now = s.now
 	if o.CompactNow {
 		s.grace = 0
 	}
@@ -177,6 +184,9 @@ func (s *Store) Dir() string { return s.dir }
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		if s.stop != nil {
+			s.queueMu.Lock()
+			s.closed = true
+			s.queueMu.Unlock()
 			close(s.stop)
 			<-s.done
 			_ = s.flushCounters()

@@ -399,3 +399,33 @@ func TestConvIndexEveryIssuedHeader(t *testing.T) {
 func testRaw(head, body string) *Raw {
 	return &Raw{Head: []byte(head), Body: strings.NewReader(body), Size: int64(len(body))}
 }
+
+// TestLastActivityFromMessages: an inbound commit does not rewrite the
+// thread record, yet the thread's LastActivity (and so the timeline's
+// order) follows its newest message.
+func TestLastActivityFromMessages(t *testing.T) {
+	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	s, err := Open(t.TempDir(), Options{Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	seed(t, s)
+	ctx := context.Background()
+	older, _ := newThread(t, s)
+	now = now.Add(time.Hour)
+	newer, _ := newThread(t, s)
+	now = now.Add(time.Hour)
+	if _, err := s.CommitInbound(ctx, &Incoming{Message: Message{Tenant: "acme", Thread: older.ID, Direction: Inbound,
+		InternetMessageID: "late@cand.test"}, Raw: testRaw("", "x\r\n")}); err != nil {
+		t.Fatal(err)
+	}
+	th, err := s.Thread(ctx, "acme", older.ID)
+	if err != nil || !th.LastActivity.Equal(now) {
+		t.Fatalf("LastActivity = %v %v, want %v", th.LastActivity, err, now)
+	}
+	ths, err := s.CandidateThreads(ctx, "acme", "c-1")
+	if err != nil || len(ths) != 2 || ths[0].ID != older.ID || ths[1].ID != newer.ID {
+		t.Fatalf("timeline order after a reply on the older thread: %v", err)
+	}
+}

@@ -1,7 +1,9 @@
 package bolt
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -85,7 +87,7 @@ func (s *Store) putMessage(tx *bolt.Tx, m *Message, dk string) error {
 		return err
 	}
 	if dk != "" {
-		if err := putIfAbsent(tx.Bucket(bThreadCopy), copyKey(m.Tenant, m.Thread, dk), putU64(m.ID)); err != nil {
+		if err := putIfAbsent(tx.Bucket(bMsgID), copyKey(m.Tenant, m.Thread, dk), putU64(m.ID)); err != nil {
 			return err
 		}
 	}
@@ -139,7 +141,7 @@ func (s *Store) UpdateMessage(ctx context.Context, tenant string, id uint64, raw
 func (s *Store) Thread(ctx context.Context, tenant string, id uint64) (*Thread, error) {
 	var t Thread
 	err := s.db.View(func(tx *bolt.Tx) error {
-		return getJSON(tx.Bucket(bThreads), keyU64(tenant, id), &t)
+		return getThread(tx, tenant, id, &t)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("thread %d: %w", id, err)
@@ -147,11 +149,39 @@ func (s *Store) Thread(ctx context.Context, tenant string, id uint64) (*Thread, 
 	return &t, nil
 }
 
+// getThread reads a thread. Its LastActivity is the later of the record's
+// (set when syncrelay sends on it) and the newest message's arrival: an
+// inbound commit does not rewrite the thread record, which would dirty one
+// more page per message in every batch.
+func getThread(tx *bolt.Tx, tenant string, id uint64, t *Thread) error {
+	if err := getJSON(tx.Bucket(bThreads), keyU64(tenant, id), t); err != nil {
+		return err
+	}
+	prefix := keyU64(tenant, id)
+	c := tx.Bucket(bThreadMsg).Cursor()
+	k, _ := c.Seek(append(slicesClone(prefix), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
+	if k == nil {
+		k, _ = c.Last()
+	} else {
+		k, _ = c.Prev()
+	}
+	if k == nil || len(k) != len(prefix)+8 || !bytes.HasPrefix(k, prefix) {
+		return nil
+	}
+	var m struct {
+		Received time.Time `json:"received"`
+	}
+	if err := getJSON(tx.Bucket(bMessages), keyU64(tenant, getU64(k[len(prefix):])), &m); err == nil && m.Received.After(t.LastActivity) {
+		t.LastActivity = m.Received
+	}
+	return nil
+}
+
 // UpdateThread applies fn to a stored thread and saves it.
 func (s *Store) UpdateThread(ctx context.Context, tenant string, id uint64, fn func(*Thread) error) (*Thread, error) {
 	var out Thread
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		if err := getJSON(tx.Bucket(bThreads), keyU64(tenant, id), &out); err != nil {
+		if err := getThread(tx, tenant, id, &out); err != nil {
 			return fmt.Errorf("thread %d: %w", id, err)
 		}
 		if err := fn(&out); err != nil {
@@ -228,11 +258,10 @@ func (s *Store) ThreadMessages(ctx context.Context, tenant string, thread uint64
 func (s *Store) CandidateThreads(ctx context.Context, tenant, cand string) ([]*Thread, error) {
 	var out []*Thread
 	err := s.db.View(func(tx *bolt.Tx) error {
-		tb := tx.Bucket(bThreads)
 		prefix := key(tenant, cand, "")
 		return forPrefix(tx.Bucket(bCandThread), prefix, func(k, _ []byte) error {
 			var t Thread
-			if err := getJSON(tb, keyU64(tenant, getU64(k[len(prefix):])), &t); err != nil {
+			if err := getThread(tx, tenant, getU64(k[len(prefix):]), &t); err != nil {
 				return err
 			}
 			out = append(out, &t)
@@ -304,7 +333,7 @@ func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, 
 				if err := indexMsgID(tx, tenant, id, *in.Learn); err != nil {
 					return err
 				}
-				if err := putIfAbsent(tx.Bucket(bThreadCopy), copyKey(tenant, in.Learn.Thread, id), putU64(in.Learn.Message)); err != nil {
+				if err := putIfAbsent(tx.Bucket(bMsgID), copyKey(tenant, in.Learn.Thread, id), putU64(in.Learn.Message)); err != nil {
 					return err
 				}
 			}
@@ -344,10 +373,6 @@ func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, 
 			m.InternetMessageID = fmt.Sprintf("no-id.%d%s", m.ID, syntheticDomain)
 		}
 		if err := s.putMessage(tx, &m, dk); err != nil {
-			return err
-		}
-		th.LastActivity = now
-		if err := putJSON(tx.Bucket(bThreads), keyU64(tenant, th.ID), &th); err != nil {
 			return err
 		}
 		if in.Event != nil {
@@ -449,8 +474,11 @@ func dedupKey(msgid, digest string) string {
 	return ""
 }
 
+// copyKey is the msgid-bucket key of a thread's duplicate key: next to the
+// tenant-wide entry of the same id. Normalised Message-IDs hold no control
+// characters, so the 0x00 cannot be part of an id.
 func copyKey(tenant string, thread uint64, dk string) []byte {
-	return append(append(keyU64(tenant, thread), '/'), dk...)
+	return binary.BigEndian.AppendUint64(append(key(tenant, dk), 0), thread)
 }
 
 // threadCopy finds the message of a thread with duplicate key dk.
@@ -458,7 +486,7 @@ func threadCopy(tx *bolt.Tx, tenant string, thread uint64, dk string) (Ref, bool
 	if dk == "" {
 		return Ref{}, false
 	}
-	if id := getU64(tx.Bucket(bThreadCopy).Get(copyKey(tenant, thread, dk))); id != 0 {
+	if id := getU64(tx.Bucket(bMsgID).Get(copyKey(tenant, thread, dk))); id != 0 {
 		return Ref{Thread: thread, Message: id}, true
 	}
 	// Stores written before duplicates were per thread only have the

@@ -1,0 +1,77 @@
+package bolt
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// BenchmarkCommitInbound: concurrent sessions committing new 4 KiB
+// messages (segment append, group commit with one fdatasync per batch).
+func BenchmarkCommitInbound(b *testing.B) {
+	s, err := Open(b.TempDir(), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if err := s.CreateTenant(ctx, &Tenant{ID: "acme", Domains: []string{"acme.test"}, InboundAddress: "acme-x@relay.test"}); err != nil {
+		b.Fatal(err)
+	}
+	if err := s.CreateCandidate(ctx, &Candidate{Tenant: "acme", ID: "c-1", Emails: []string{"carl@cand.test"}}); err != nil {
+		b.Fatal(err)
+	}
+	var threads []uint64
+	for range 64 {
+		th := Thread{Tenant: "acme", Candidate: "c-1", CreatedBy: "u"}
+		m := Message{SentBy: "u"}
+		if err := s.CreateOutbound(ctx, &th, &m, func(t, msg uint64) (string, string) { return fmt.Sprintf("sr.%d.%d@relay.test", t, msg), "" }); err != nil {
+			b.Fatal(err)
+		}
+		threads = append(threads, th.ID)
+	}
+	body := strings.Repeat("x", 4000) + "\r\n"
+	var n atomic.Int64
+	b.SetParallelism(10) // 20 committers on 2 CPUs, as bench/run.sh's 20 sessions
+	b.SetBytes(int64(len(body)))
+	wb0 := writeBytes(b)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := n.Add(1)
+			id := fmt.Sprintf("bench%d@cand.test", i)
+			_, err := s.CommitInbound(ctx, &Incoming{
+				Message: Message{Tenant: "acme", Thread: threads[i%int64(len(threads))], Direction: Inbound, InternetMessageID: id,
+					From: "carl@cand.test", Subject: "Re: hello"},
+				Raw:   &Raw{Head: []byte("Authentication-Results: relay.test; dkim=pass\r\n"), Body: strings.NewReader(body), Size: int64(len(body))},
+				Event: map[string]any{"direction": "inbound", "auto_reply": false, "notify_users": []string{"u"}},
+			})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(writeBytes(b)-wb0)/float64(b.N)/1024, "KiB-written/op")
+}
+
+// writeBytes is what this process caused to be written to storage so far
+// (/proc/self/io write_bytes).
+func writeBytes(b *testing.B) int64 {
+	data, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		b.Skip("no /proc/self/io")
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "write_bytes: "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
+}

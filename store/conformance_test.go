@@ -1,0 +1,108 @@
+package store_test
+
+import (
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"syncrelay/store"
+	"syncrelay/store/storetest"
+)
+
+// TestConformance runs the store contract's suite against the bbolt
+// backend.
+func TestConformance(t *testing.T) {
+	storetest.Run(t, storetest.Factory{Open: openBolt, RawSum: store.RawSum, Skip: boltKnownGaps})
+}
+
+// boltKnownGaps are contract expectations the bbolt backend of this
+// branch does not meet. Each is skipped with its reason (visible with -v),
+// not weakened. Both are fixed on main by the h-audience merge (315d718):
+// drop the entries when merging.
+var boltKnownGaps = map[string]string{
+	// SPEC §3: a copy matching another thread is not a duplicate and never
+	// changes the first thread's message; here Message-IDs are
+	// de-duplicated per tenant, so the copy adds its mailbox to a message
+	// of another thread.
+	"InboundMail/SameIDOtherThread": "Message-IDs are de-duplicated per tenant, not per thread (SPEC §3)",
+	// SPEC §3: headers a sender controls never add anyone to a secret
+	// thread's audience; here the To/Cc of inbound mail and the mailbox a
+	// copy came through count.
+	"Threads/ThreadInvolvesOwnRecordsOnly": "ThreadInvolves counts inbound To/Cc and mailboxes (SPEC §3)",
+}
+
+// openBolt opens a fresh bbolt store in a temp dir. Reopen opens the same
+// dir again; Crash copies the data dir as a killed process leaves it (no
+// counter flush, no clean close: the suite calls it with nothing in
+// flight, so the copy is what kill -9 would leave) and opens the copy.
+func openBolt(t *testing.T, now func() time.Time) *storetest.Instance {
+	dir := t.TempDir()
+	open := func(t *testing.T) *store.Store {
+		t.Helper()
+		s, err := store.Open(dir, store.Options{CompactNow: true, Now: now, LockTimeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	cur := open(t)
+	return &storetest.Instance{
+		Backend: cur,
+		Reopen: func(t *testing.T) storetest.Backend {
+			cur = open(t)
+			return cur
+		},
+		Crash: func(t *testing.T) storetest.Backend {
+			t.Helper()
+			crashed := t.TempDir()
+			if err := copyDir(dir, crashed); err != nil {
+				t.Fatalf("copy the data dir: %v", err)
+			}
+			_ = cur.Close() // flushes into the abandoned dir, not the copy
+			dir = crashed
+			cur = open(t)
+			return cur
+		},
+	}
+}
+
+// copyDir copies the regular files under src to dst.
+func copyDir(src, dst string) error {
+	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(dst, rel)
+		if d.IsDir() {
+			return os.MkdirAll(target, 0o700)
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		return copyFile(path, target)
+	})
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}

@@ -1,0 +1,78 @@
+package storetest
+
+import (
+	"errors"
+	"time"
+
+	"syncrelay/store"
+)
+
+var quarantineTests = []test{
+	{"KeepListExpire", testQuarantine},
+}
+
+// testQuarantine: a quarantined message is kept with its bytes, listed per
+// tenant, never on a profile, and expires after keep: the record goes and
+// its bytes are freed by the next compaction.
+func testQuarantine(e *env) {
+	e.seed()
+	e.mkTenant("beta", "beta-8899aabbccddeeff@relay.test")
+	th, _ := e.send(tenantID, "c-1", 0)
+	quarantine := func(tenant, reason, body string, keep time.Duration) *store.Quarantined {
+		e.t.Helper()
+		q := &store.Quarantined{Tenant: tenant, Reason: reason, Thread: th.ID,
+			DKIM: []store.AuthResult{{Domain: "cand.test", Result: "fail"}}}
+		e.must(e.b.Quarantine(e.ctx, q, rawOf("Authentication-Results: x; dkim=fail\r\n", body), keep), "Quarantine")
+		return q
+	}
+	keep := time.Minute
+	if e.f.RealClock {
+		keep = 50 * time.Millisecond
+	}
+	short := quarantine(tenantID, "dkim_fail", pattern(3000, "short-lived"), keep)
+	long := quarantine(tenantID, "dkim_fail", pattern(3000, "long-lived"), 48*time.Hour)
+	quarantine("beta", "dkim_fail", "other tenant\r\n", keep)
+
+	if short.ID == 0 || short.ID == long.ID || short.Raw == "" || short.Received.IsZero() ||
+		!short.Expires.Equal(short.Received.Add(keep)) || short.Size != int64(len("Authentication-Results: x; dkim=fail\r\n")+3000) {
+		e.fatalf("Quarantine filled in %+v", short)
+	}
+	e.mustRaw(e.b, short.Raw, []byte("Authentication-Results: x; dkim=fail\r\n"+pattern(3000, "short-lived")))
+	qs, err := e.b.QuarantinedMessages(e.ctx, tenantID)
+	e.must(err, "QuarantinedMessages")
+	if len(qs) != 2 || qs[0].ID != short.ID || qs[1].ID != long.ID || qs[0].Reason != "dkim_fail" || qs[0].Thread != th.ID || qs[0].Raw != short.Raw {
+		e.fatalf("QuarantinedMessages = %+v", qs)
+	}
+	// Quarantine is not the profile.
+	if msgs, _ := e.b.ThreadMessages(e.ctx, tenantID, th.ID); len(msgs) != 1 {
+		e.fatalf("a quarantined message reached the thread")
+	}
+
+	// Nothing is due yet.
+	if n, err := e.b.ExpireQuarantine(e.ctx); err != nil || n != 0 {
+		e.fatalf("early ExpireQuarantine = %d %v", n, err)
+	}
+	e.advance(keep + keep/2)
+	if n, err := e.b.ExpireQuarantine(e.ctx); err != nil || n != 2 { // acme's short one and beta's
+		e.fatalf("ExpireQuarantine = %d %v, want 2", n, err)
+	}
+	qs, _ = e.b.QuarantinedMessages(e.ctx, tenantID)
+	if len(qs) != 1 || qs[0].ID != long.ID {
+		e.fatalf("after expiry: %+v", qs)
+	}
+	if qs, _ := e.b.QuarantinedMessages(e.ctx, "beta"); len(qs) != 0 {
+		e.fatalf("beta's expired quarantine kept: %+v", qs)
+	}
+	if _, err := e.b.Compact(e.ctx); err != nil {
+		e.fatalf("Compact: %v", err)
+	}
+	if _, err := e.readRaw(e.b, short.Raw); !errors.Is(err, store.ErrNotFound) {
+		e.fatalf("expired quarantine's bytes readable after Compact: %v", err)
+	}
+	// Compaction may have moved the live one's bytes: read its record again.
+	qs, _ = e.b.QuarantinedMessages(e.ctx, tenantID)
+	if len(qs) != 1 {
+		e.fatalf("after Compact: %+v", qs)
+	}
+	e.mustRaw(e.b, qs[0].Raw, []byte("Authentication-Results: x; dkim=fail\r\n"+pattern(3000, "long-lived")))
+}
