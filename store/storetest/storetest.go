@@ -22,7 +22,7 @@ import (
 
 // Backend is the contract under test. It is the only place the suite
 // names the contract type.
-type Backend = store.Backend
+type Backend = store.Store
 
 // Factory opens the backends the suite tests.
 type Factory struct {

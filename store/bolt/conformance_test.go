@@ -1,4 +1,4 @@
-package store_test
+package bolt_test
 
 import (
 	"io"
@@ -8,30 +8,14 @@ import (
 	"testing"
 	"time"
 
-	"syncrelay/store"
+	"syncrelay/store/bolt"
 	"syncrelay/store/storetest"
 )
 
 // TestConformance runs the store contract's suite against the bbolt
 // backend.
 func TestConformance(t *testing.T) {
-	storetest.Run(t, storetest.Factory{Open: openBolt, RawSum: store.RawSum, Skip: boltKnownGaps})
-}
-
-// boltKnownGaps are contract expectations the bbolt backend of this
-// branch does not meet. Each is skipped with its reason (visible with -v),
-// not weakened. Both are fixed on main by the h-audience merge (315d718):
-// drop the entries when merging.
-var boltKnownGaps = map[string]string{
-	// SPEC §3: a copy matching another thread is not a duplicate and never
-	// changes the first thread's message; here Message-IDs are
-	// de-duplicated per tenant, so the copy adds its mailbox to a message
-	// of another thread.
-	"InboundMail/SameIDOtherThread": "Message-IDs are de-duplicated per tenant, not per thread (SPEC §3)",
-	// SPEC §3: headers a sender controls never add anyone to a secret
-	// thread's audience; here the To/Cc of inbound mail and the mailbox a
-	// copy came through count.
-	"Threads/ThreadInvolvesOwnRecordsOnly": "ThreadInvolves counts inbound To/Cc and mailboxes (SPEC §3)",
+	storetest.Run(t, storetest.Factory{Open: openBolt, RawSum: bolt.RawSum})
 }
 
 // openBolt opens a fresh bbolt store in a temp dir. Reopen opens the same
@@ -40,9 +24,9 @@ var boltKnownGaps = map[string]string{
 // flight, so the copy is what kill -9 would leave) and opens the copy.
 func openBolt(t *testing.T, now func() time.Time) *storetest.Instance {
 	dir := t.TempDir()
-	open := func(t *testing.T) *store.Store {
+	open := func(t *testing.T) *bolt.Store {
 		t.Helper()
-		s, err := store.Open(dir, store.Options{CompactNow: true, Now: now, LockTimeout: 5 * time.Second})
+		s, err := bolt.Open(dir, bolt.Options{CompactNow: true, Now: now, LockTimeout: 5 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
