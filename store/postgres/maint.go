@@ -11,9 +11,9 @@ import (
 	"syncrelay/store"
 )
 
-// ErrBackupUnsupported is Backup's answer: PostgreSQL's own tools are the
-// backup of this backend.
-var ErrBackupUnsupported = errors.New("the postgres backend is backed up with PostgreSQL's tools (pg_dump, or base backups with WAL archiving for point-in-time recovery), not syncrelay backup")
+// ErrBackupUnsupported is Backup's answer (it wraps errors.ErrUnsupported):
+// PostgreSQL's own tools are the backup of this backend.
+var ErrBackupUnsupported = fmt.Errorf("the postgres backend is backed up with PostgreSQL's tools (pg_dump, or base backups with WAL archiving for point-in-time recovery), not syncrelay backup: %w", errors.ErrUnsupported)
 
 // Backup is not done by syncrelay for this backend (ErrBackupUnsupported).
 func (s *Store) Backup(ctx context.Context, w io.Writer) (*store.BackupManifest, error) {
