@@ -19,9 +19,9 @@ import (
 
 	"syncrelay/config"
 	"syncrelay/internal/dnstest"
+	"syncrelay/internal/pgtest"
 	"syncrelay/internal/testutil"
 	"syncrelay/store"
-	"syncrelay/store/bolt"
 	"syncrelay/token"
 )
 
@@ -29,6 +29,7 @@ import (
 // thread started by a (recorded) outbound message, and a DKIM key for the
 // candidate's domain in a zone file.
 type fixture struct {
+	cfg      *config.Config
 	smtpAddr string
 	inbound  string
 	refs     string
@@ -38,7 +39,11 @@ type fixture struct {
 
 var servingRE = regexp.MustCompile(`smtp=(\S+)`)
 
-func startFixture(tb testing.TB) *fixture {
+func startFixture(tb testing.TB) *fixture { return startFixtureOn(tb, "") }
+
+// startFixtureOn starts the fixture on the store described by extra
+// [store] lines ("": bbolt in a temp dir).
+func startFixtureOn(tb testing.TB, storeConf string) *fixture {
 	tb.Helper()
 	dir := tb.TempDir()
 	key, txt := dnstest.GenRSA(tb, 2048)
@@ -54,16 +59,17 @@ max_connections_per_ip = 200
 listen = "127.0.0.1:0"
 [store]
 dir = %q
+%s
 [dns]
 zone_file = %q
-`, filepath.Join(dir, "data"), zone)), "bench.toml")
+`, filepath.Join(dir, "data"), storeConf, zone)), "bench.toml")
 	if err != nil {
 		tb.Fatal(err)
 	}
 
 	// Seed the store before the daemon locks it, as the ATS would have
 	// through the API: a tenant, a candidate and a sent message.
-	st, err := bolt.Open(cfg.Store.Dir, bolt.Options{})
+	st, err := OpenStore(context.Background(), cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -100,6 +106,7 @@ zone_file = %q
 		time.Sleep(10 * time.Millisecond)
 	}
 	return &fixture{
+		cfg:      cfg,
 		smtpAddr: addr, inbound: ten.InboundAddress, refs: "<" + m.InternetMessageID + ">",
 		signer: &dkim.SignOptions{Domain: "cand.test", Selector: "s1", Signer: key,
 			HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed},
@@ -150,19 +157,46 @@ func (f *fixture) send(tb testing.TB, msgs [][]byte) []string {
 	return texts
 }
 
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// TestEndToEndOverSMTP runs the daemon on each backend: a matching reply
+// is stored (once) on the thread, an unrelated message is not.
 func TestEndToEndOverSMTP(t *testing.T) {
-	f := startFixture(t)
-	defer f.stop()
-	got := f.send(t, [][]byte{
-		f.message(t, 1, true, "See you Tuesday.\r\n"),
-		f.message(t, 1, true, "See you Tuesday.\r\n"),
-		f.message(t, 2, false, "Unrelated.\r\n"),
-	})
-	want := []string{"2.0.0 OK: stored", "2.0.0 OK: duplicate", "2.0.0 OK: discarded"}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("replies %q, want %q", got, want)
-		}
+	for _, tc := range []struct {
+		name  string
+		store func(t *testing.T) string
+	}{
+		{"bbolt", func(*testing.T) string { return "" }},
+		{"postgres", func(t *testing.T) string {
+			return fmt.Sprintf("backend = \"postgres\"\ndsn = %q", pgtest.DSN(t))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := startFixtureOn(t, tc.store(t))
+			got := f.send(t, [][]byte{
+				f.message(t, 1, true, "See you Tuesday.\r\n"),
+				f.message(t, 1, true, "See you Tuesday.\r\n"),
+				f.message(t, 2, false, "Unrelated.\r\n"),
+			})
+			f.stop()
+			want := []string{"2.0.0 OK: stored", "2.0.0 OK: duplicate", "2.0.0 OK: discarded"}
+			for i := range want {
+				if got[i] != want[i] {
+					t.Fatalf("replies %q, want %q", got, want)
+				}
+			}
+			// The backend the config names holds the stored reply.
+			st, err := OpenStore(context.Background(), f.cfg, slog.New(slog.DiscardHandler))
+			mustT(t, err)
+			defer st.Close()
+			ths, err := st.CandidateThreads(context.Background(), "acme", "c-1")
+			mustT(t, err)
+			msgs, err := st.ThreadMessages(context.Background(), "acme", ths[0].ID)
+			mustT(t, err)
+			if len(msgs) != 2 || msgs[1].InternetMessageID != "m1@cand.test" {
+				t.Errorf("thread holds %d messages: %+v", len(msgs), msgs)
+			}
+		})
 	}
 }
 
