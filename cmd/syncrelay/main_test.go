@@ -19,6 +19,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"syncrelay/internal/pgtest"
 	"syncrelay/internal/testutil"
 )
 
@@ -37,7 +38,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
 		os.Exit(1)
 	}
-	code := m.Run()
+	code := pgtest.Main(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

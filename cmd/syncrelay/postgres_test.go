@@ -1,10 +1,16 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"syncrelay/internal/pgtest"
+	"syncrelay/store"
+	"syncrelay/store/postgres"
 )
 
 // TestBackupPostgresExplains: with the postgres backend, backup writes
@@ -21,5 +27,39 @@ func TestBackupPostgresExplains(t *testing.T) {
 	}
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Errorf("backup wrote %s: %v", out, err)
+	}
+}
+
+// TestCheckPostgres: check connects to the DSN, reports the schema and
+// the durability of commits, and never echoes the password.
+func TestCheckPostgres(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "c.toml")
+	write := func(dsn string) {
+		must(t, os.WriteFile(cfg, []byte(fmt.Sprintf("[store]\ndir = %q\nbackend = \"postgres\"\ndsn = %q\n", dir, dsn)), 0o600))
+	}
+	write(dsn)
+	_, rep := checkJSON(t, "-config", cfg)
+	if c := rep.get(t, "store"); c.Status != checkOK || !strings.Contains(c.Message, "no syncrelay schema yet") {
+		t.Errorf("fresh database: %+v", c)
+	}
+	if c := rep.get(t, "store-durability"); c.Status != checkWarn || !strings.Contains(c.Message, "synchronous_standby_names is empty") {
+		t.Errorf("durability without a standby: %+v", c)
+	}
+
+	st, err := postgres.Open(context.Background(), dsn, postgres.Options{})
+	must(t, err)
+	must(t, st.CreateTenant(context.Background(), &store.Tenant{ID: "acme", InboundAddress: "acme-x@relay.test"}))
+	st.Close()
+	_, rep = checkJSON(t, "-config", cfg)
+	if c := rep.get(t, "store"); c.Status != checkOK || !strings.Contains(c.Message, "schema version 1 (1 tenant)") {
+		t.Errorf("migrated database: %+v", c)
+	}
+
+	write("postgres://u:hunter2@127.0.0.1:1/none?connect_timeout=2")
+	_, rep = checkJSON(t, "-config", cfg)
+	if c := rep.get(t, "store"); c.Status != checkFail || strings.Contains(c.Message+c.Fix, "hunter2") {
+		t.Errorf("unreachable database: %+v", c)
 	}
 }
