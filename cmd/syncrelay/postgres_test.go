@@ -63,3 +63,27 @@ func TestCheckPostgres(t *testing.T) {
 		t.Errorf("unreachable database: %+v", c)
 	}
 }
+
+// TestBboltOnlyCommandsPostgres: commands that only make sense on a bbolt
+// store say what to do instead with the postgres backend.
+func TestBboltOnlyCommandsPostgres(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "c.toml")
+	must(t, os.WriteFile(cfg, []byte("[store]\nbackend = \"postgres\"\ndsn = \"postgres://u@127.0.0.1:1/x\"\n"), 0o600))
+	eml := filepath.Join(dir, "m.eml")
+	must(t, os.WriteFile(eml, []byte("From: a@b.test\r\n\r\nhi\r\n"), 0o600))
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"replay", "-config", cfg, eml}, 1, "-smtp ADDR -tenant INBOUND-ADDRESS"},
+		{[]string{"replay", "-config", cfg, "-smtp", "127.0.0.1:1", "-tenant", "acme", eml}, 1, "-smtp ADDR -tenant INBOUND-ADDRESS"},
+		{[]string{"compact", "-config", cfg}, 0, "nothing to compact"},
+	} {
+		code, out, errs := runCmd(t, tc.args...)
+		if code != tc.code || !strings.Contains(out+errs, tc.want) {
+			t.Errorf("%v: %d %q %q", tc.args, code, out, errs)
+		}
+	}
+}
