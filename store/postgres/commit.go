@@ -33,13 +33,22 @@ const (
 type commitReq struct {
 	key string
 	fn  func(ctx context.Context, tx pgx.Tx) error
+	// op, when set instead of fn, makes the request's pipelined form: the
+	// statements of every such request of a batch go to the server in one
+	// round trip per step (see pipeline.go). It returns a fresh state
+	// for each attempt.
+	op  func() batchOp
 	err chan error
 }
 
 // group runs fn in a shared transaction and returns once it is committed
 // (or failed). key orders the request within its batch.
 func (s *Store) group(ctx context.Context, key string, fn func(ctx context.Context, tx pgx.Tx) error) error {
-	r := &commitReq{key: key, fn: fn, err: make(chan error, 1)}
+	return s.queue(ctx, &commitReq{key: key, fn: fn, err: make(chan error, 1)})
+}
+
+// queue hands r to the commit loop and waits for its outcome.
+func (s *Store) queue(ctx context.Context, r *commitReq) error {
 	select {
 	case <-s.stop:
 		return store.ErrClosed
@@ -112,12 +121,17 @@ func (s *Store) runBatch(batch []*commitReq) {
 	retries := 0
 	for len(batch) > 0 {
 		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			ops := make([]batchOp, len(batch))
 			for i, r := range batch {
+				if r.op != nil {
+					ops[i] = r.op()
+					continue
+				}
 				if err := r.fn(ctx, tx); err != nil {
 					return &errRequest{i: i, err: err}
 				}
 			}
-			return nil
+			return runPipeline(ctx, tx, ops)
 		})
 		if retryable(err) && retries < maxRetries {
 			retries++

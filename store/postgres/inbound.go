@@ -2,8 +2,11 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -28,16 +31,19 @@ func (s *Store) CommitInbound(ctx context.Context, in *store.Incoming) (store.Co
 	if in.Learn != nil {
 		thread = in.Learn.Thread
 	}
-	err = s.group(ctx, threadKey(tenant, thread), func(ctx context.Context, tx pgx.Tx) error {
-		var err error
-		if in.Learn != nil {
+	key := threadKey(tenant, thread)
+	if in.Learn != nil {
+		err = s.group(ctx, key, func(ctx context.Context, tx pgx.Tx) error {
+			var err error
 			res, err = learn(ctx, tx, in)
 			return err
-		}
-		res, err = s.commitNew(ctx, tx, in, body, now)
-		return err
-	})
-	return res, err
+		})
+		return res, err
+	}
+	r := &commitReq{key: key, err: make(chan error, 1), op: func() batchOp {
+		return &commitOp{in: in, body: body, now: now, res: &res}
+	}}
+	return res, s.queue(ctx, r)
 }
 
 // learn records a provider-assigned Message-ID of a sent message (its
@@ -81,64 +87,168 @@ func duplicate(ctx context.Context, tx pgx.Tx, tenant string, ref store.Ref, mbo
 	return store.CommitResult{Decision: store.Duplicate, Ref: ref, Removed: m.Removed}, updateMessage(ctx, tx, m)
 }
 
-func (s *Store) commitNew(ctx context.Context, tx pgx.Tx, in *store.Incoming, body []byte, now time.Time) (store.CommitResult, error) {
-	tenant := in.Message.Tenant
-	var th store.Thread
-	// Locking the thread serialises copies of one thread across nodes, so
-	// the duplicate check below sees the other node's committed copy.
-	if err := getJSON(ctx, tx, &th, "SELECT data FROM threads WHERE tenant = $1 AND id = $2 FOR UPDATE", tenant, in.Message.Thread); err != nil {
-		return store.CommitResult{}, fmt.Errorf("thread %d: %w", in.Message.Thread, err)
-	}
-	m := in.Message
-	if err := tx.QueryRow(ctx, "SELECT nextval('message_ids')").Scan(&m.ID); err != nil {
-		return store.CommitResult{}, err
-	}
-	dk := dedupKey(m.InternetMessageID, in.Digest)
-	if dk != "" {
-		holder, err := claimCopy(ctx, tx, tenant, th.ID, dk, m.ID)
+// commitOp is CommitInbound of a new copy, pipelined (see pipeline.go):
+//
+//  1. lock the thread (serialising copies of one thread across nodes, so
+//     the claim below sees the other node's committed copy), allocate the
+//     message and blob ids, claim the duplicate key;
+//  2. a new message: write its bytes, record and indexes, touch the thread
+//     and enqueue its event; a duplicate: read the message it duplicates;
+//  3. a duplicate: add the copy's mailbox to it.
+type commitOp struct {
+	in   *store.Incoming
+	body []byte
+	now  time.Time
+	res  *store.CommitResult
+
+	step   int
+	th     store.Thread
+	id     uint64
+	blob   int64
+	holder uint64 // the message holding the duplicate key (id: this one)
+	dup    store.Message
+}
+
+func (o *commitOp) next(p *pipe) bool {
+	o.step++
+	switch o.step {
+	case 1:
+		o.lockAndClaim(p)
+		return true
+	case 2:
+		if o.holder == 0 && o.dk() != "" {
+			// The key was committed by another transaction while the
+			// claim waited, after the claim's snapshot: read it again.
+			o.step--
+			p.row(func(r pgx.Row) error { return r.Scan(&o.holder) },
+				"SELECT message FROM thread_copies WHERE tenant = $1 AND thread = $2 AND dk = $3", o.in.Message.Tenant, o.th.ID, o.dk())
+			return true
+		}
+		if o.holder != o.id {
+			p.row(func(r pgx.Row) error { return scanJSON(r, &o.dup) },
+				"SELECT data FROM messages WHERE tenant = $1 AND id = $2 FOR UPDATE", o.in.Message.Tenant, o.holder)
+			return true
+		}
+		return o.store(p)
+	case 3:
+		if o.holder == o.id {
+			return false
+		}
+		m, ok := p.dups[o.holder]
+		if !ok {
+			m = &o.dup
+		}
+		*o.res = store.CommitResult{Decision: store.Duplicate, Ref: store.Ref{Thread: o.th.ID, Message: o.holder}, Removed: m.Removed}
+		before := len(m.Mailboxes)
+		addMailbox(m, o.in.Mailbox)
+		if len(m.Mailboxes) == before {
+			return false // a redelivery through a known mailbox changes nothing
+		}
+		p.dups[o.holder] = m
+		data, err := encode(m)
 		if err != nil {
-			return store.CommitResult{}, err
+			p.row(func(pgx.Row) error { return err }, "SELECT 1")
+			return true
 		}
-		if holder != m.ID {
-			return duplicate(ctx, tx, tenant, store.Ref{Thread: th.ID, Message: holder}, in.Mailbox)
-		}
+		p.exec("UPDATE messages SET data = $3 WHERE tenant = $1 AND id = $2", m.Tenant, m.ID, data)
+		return true
 	}
-	m.Candidate, m.Received = th.Candidate, now
+	return false
+}
+
+func (o *commitOp) dk() string { return dedupKey(o.in.Message.InternetMessageID, o.in.Digest) }
+
+func (o *commitOp) lockAndClaim(p *pipe) {
+	tenant, thread := o.in.Message.Tenant, o.in.Message.Thread
+	p.row(func(r pgx.Row) error {
+		if err := scanJSON(r, &o.th); err != nil {
+			return fmt.Errorf("thread %d: %w", thread, err)
+		}
+		return nil
+	}, "SELECT data FROM threads WHERE tenant = $1 AND id = $2 FOR UPDATE", tenant, thread)
+	p.row(func(r pgx.Row) error {
+		err := r.Scan(&o.id, &o.blob)
+		if o.dk() == "" {
+			o.holder = o.id // no key: never a duplicate
+		}
+		return err
+	}, "SELECT nextval('message_ids'), nextval(pg_get_serial_sequence('raw_blobs', 'id'))")
+	o.holder = 0
+	if dk := o.dk(); dk != "" {
+		// currval: the id allocated just above, in this session.
+		p.row(func(r pgx.Row) error {
+			err := r.Scan(&o.holder)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil // read again in the next step
+			}
+			return err
+		}, `WITH ins AS (
+				INSERT INTO thread_copies (tenant, thread, dk, message) VALUES ($1, $2, $3, currval('message_ids'))
+				ON CONFLICT DO NOTHING RETURNING message)
+			SELECT message FROM ins UNION ALL
+			SELECT message FROM thread_copies WHERE tenant = $1 AND thread = $2 AND dk = $3
+			LIMIT 1`, tenant, thread, dk)
+	}
+}
+
+// store queues the writes of a new message.
+func (o *commitOp) store(p *pipe) bool {
+	in := o.in
+	m := in.Message
+	m.ID, m.Candidate, m.Received = o.id, o.th.Candidate, o.now
 	m.Mailboxes = nil
 	addMailbox(&m, in.Mailbox)
 	if m.InternetMessageID == "" {
 		// No usable Message-ID: a synthetic one marks it (never indexed
-		// for matching); the digest in dk de-duplicates it.
+		// for matching); the digest in the key de-duplicates it.
 		m.InternetMessageID = fmt.Sprintf("no-id.%d%s", m.ID, syntheticDomain)
 	}
+	m.Raw, m.Size = "", 0
 	if in.Raw != nil {
-		var err error
-		if m.Raw, err = putRaw(ctx, tx, body); err != nil {
-			return store.CommitResult{}, err
-		}
-		m.Size = int64(len(body))
-	} else {
-		m.Raw, m.Size = "", 0
+		m.Raw, m.Size = rawPrefix+strconv.FormatInt(o.blob, 10), int64(len(o.body))
+		p.exec("INSERT INTO raw_blobs (id, bytes) VALUES ($1, $2)", o.blob, o.body)
 	}
-	// dk is already claimed above.
-	if err := insertMessage(ctx, tx, &m, ""); err != nil {
-		return store.CommitResult{}, err
-	}
-	th.LastActivity = now
-	if err := putThread(ctx, tx, &th); err != nil {
-		return store.CommitResult{}, err
-	}
-	if in.Event != nil {
-		data := make(map[string]any, len(in.Event)+3)
-		for k, v := range in.Event {
-			data[k] = v
-		}
-		data["message_id"] = store.MessageRef(m.ID)
-		data["thread_id"] = store.ThreadRef(th.ID)
-		data["candidate"] = th.Candidate
-		if err := enqueue(ctx, tx, tenant, "message.received", data, now); err != nil {
-			return store.CommitResult{}, err
+	th := o.th
+	th.LastActivity = o.now
+	mdata, err := encode(&m)
+	if err == nil {
+		var tdata []byte
+		if tdata, err = encode(&th); err == nil {
+			p.exec(`INSERT INTO messages (tenant, id, thread, direction, status, sent_by, msgid, received, data)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+				m.Tenant, m.ID, m.Thread, m.Direction, m.Status, m.SentBy, m.InternetMessageID, m.Received, mdata)
+			if !synthetic(m.InternetMessageID) {
+				p.exec("INSERT INTO msgids (tenant, msgid, thread, message) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+					m.Tenant, m.InternetMessageID, m.Thread, m.ID)
+			}
+			p.exec("UPDATE threads SET data = $3 WHERE tenant = $1 AND id = $2", th.Tenant, th.ID, tdata)
+			err = o.event(p, &m)
 		}
 	}
-	return store.CommitResult{Decision: store.Stored, Ref: store.Ref{Thread: th.ID, Message: m.ID}}, nil
+	if err != nil {
+		p.row(func(pgx.Row) error { return err }, "SELECT 1")
+	}
+	*o.res = store.CommitResult{Decision: store.Stored, Ref: store.Ref{Thread: o.th.ID, Message: m.ID}}
+	return true
+}
+
+// event queues message.received with the new message's ids.
+func (o *commitOp) event(p *pipe, m *store.Message) error {
+	if o.in.Event == nil {
+		return nil
+	}
+	data := make(map[string]any, len(o.in.Event)+3)
+	for k, v := range o.in.Event {
+		data[k] = v
+	}
+	data["message_id"] = store.MessageRef(m.ID)
+	data["thread_id"] = store.ThreadRef(o.th.ID)
+	data["candidate"] = o.th.Candidate
+	b, err := json.Marshal(data)
+	if err != nil {
+		return err
+	}
+	p.exec(`INSERT INTO outbox (tenant, type, created, state, next_attempt, data) VALUES ($1, 'message.received', $2, 'pending', $2, $3)`,
+		m.Tenant, o.now, b)
+	return nil
 }

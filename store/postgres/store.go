@@ -240,6 +240,15 @@ func getJSON(ctx context.Context, q querier, v any, sql string, args ...any) err
 	return decode(data, v)
 }
 
+// scanJSON decodes a row's one data column into v (ErrNotFound if none).
+func scanJSON(r pgx.Row, v any) error {
+	var data []byte
+	if err := r.Scan(&data); err != nil {
+		return notFound(err)
+	}
+	return decode(data, v)
+}
+
 // listJSON reads the data column of every row into a new T each.
 func listJSON[T any](ctx context.Context, q querier, sql string, args ...any) ([]*T, error) {
 	rows, err := q.Query(ctx, sql, args...)
