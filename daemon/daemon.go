@@ -193,6 +193,7 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	// Ready only now: the store is open (orphans collected) and both
 	// listeners accept.
 	apiSrv.SetReady(true)
+	stopProbe := probeStore(ctx, st, apiSrv, log)
 	log.Info("syncrelay serving", "smtp", smtpLn.Addr().String(), "http", httpLn.Addr().String(),
 		"hostname", c.SMTP.Hostname, "starttls", tlsConf != nil, "data", c.Store.Dir)
 
@@ -202,6 +203,7 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	case err := <-errc:
 		runErr = fmt.Errorf("listener stopped: %w", err)
 	}
+	stopProbe()
 	apiSrv.SetReady(false)
 	log.Info("shutting down: no new connections, finishing sessions in flight", "timeout", c.SMTP.ShutdownTimeout.Duration.String())
 
@@ -266,6 +268,56 @@ func backupSource(st Store) api.BackupSource {
 	}
 	return nil
 }
+
+// pinger is a store whose database can become unreachable while the
+// process runs (PostgreSQL).
+type pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// probeStore keeps /readyz in step with the database of a shared store:
+// 503 while it does not answer (mail then gets 451 and is retried), 200
+// again once it does. The returned function stops the probe and waits.
+func probeStore(ctx context.Context, st Store, srv *api.Server, log *slog.Logger) (stop func()) {
+	p, ok := st.(pinger)
+	if !ok {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(storeProbeInterval)
+		defer t.Stop()
+		up := true
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			pctx, pcancel := context.WithTimeout(ctx, storeProbeInterval)
+			err := p.Ping(pctx)
+			pcancel()
+			if ctx.Err() != nil {
+				return
+			}
+			if (err == nil) != up {
+				up = err == nil
+				if up {
+					log.Info("store reachable again: ready")
+				} else {
+					log.Warn("store unreachable: not ready", "err", err)
+				}
+			}
+			srv.SetReady(up)
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// storeProbeInterval is how often probeStore asks the database.
+const storeProbeInterval = time.Second
 
 func warnPolicyOff(ctx context.Context, st Store, log *slog.Logger) error {
 	ts, err := st.Tenants(ctx)

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -30,6 +32,7 @@ import (
 // candidate's domain in a zone file.
 type fixture struct {
 	cfg      *config.Config
+	httpAddr string
 	smtpAddr string
 	inbound  string
 	refs     string
@@ -37,7 +40,10 @@ type fixture struct {
 	stop     func()
 }
 
-var servingRE = regexp.MustCompile(`smtp=(\S+)`)
+var (
+	servingRE = regexp.MustCompile(`smtp=(\S+)`)
+	httpRE    = regexp.MustCompile(`http=(\S+)`)
+)
 
 func startFixture(tb testing.TB) *fixture { return startFixtureOn(tb, "") }
 
@@ -105,8 +111,13 @@ zone_file = %q
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	var httpAddr string
+	if mm := httpRE.FindStringSubmatch(logs.String()); mm != nil {
+		httpAddr = mm[1]
+	}
 	return &fixture{
 		cfg:      cfg,
+		httpAddr: httpAddr,
 		smtpAddr: addr, inbound: ten.InboundAddress, refs: "<" + m.InternetMessageID + ">",
 		signer: &dkim.SignOptions{Domain: "cand.test", Selector: "s1", Signer: key,
 			HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed},
@@ -198,6 +209,71 @@ func TestEndToEndOverSMTP(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPostgresOutage: while the database is down /readyz is 503 and mail
+// is refused with a 4xx (the sender retries); when it is back the node is
+// ready again by itself and stores mail.
+func TestPostgresOutage(t *testing.T) {
+	pg := pgtest.Own(t)
+	dsn, err := pg.CreateDB(context.Background())
+	mustT(t, err)
+	f := startFixtureOn(t, fmt.Sprintf("backend = \"postgres\"\ndsn = %q", dsn))
+	defer f.stop()
+	waitReady := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			code := 0
+			if resp, err := http.Get("http://" + f.httpAddr + "/readyz"); err == nil {
+				code = resp.StatusCode
+				resp.Body.Close()
+			}
+			if code == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("/readyz = %d, want %d", code, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitReady(http.StatusOK)
+	pg.Halt()
+	waitReady(http.StatusServiceUnavailable)
+	if code, _ := f.try(t, f.message(t, 1, true, "During the outage.\r\n")); code < 400 || code >= 500 {
+		t.Errorf("delivery during the outage: %d, want 4xx", code)
+	}
+	mustT(t, pg.Resume())
+	waitReady(http.StatusOK)
+	if got := f.send(t, [][]byte{f.message(t, 1, true, "After the outage.\r\n")}); got[0] != "2.0.0 OK: stored" {
+		t.Errorf("delivery after the outage: %q", got)
+	}
+}
+
+// try delivers one message and returns the SMTP code of the first
+// refusal (at RCPT or DATA), or 250.
+func (f *fixture) try(tb testing.TB, raw []byte) (int, string) {
+	c, err := smtp.Dial(f.smtpAddr)
+	mustT(tb, err)
+	defer c.Close()
+	mustT(tb, c.Hello("test.test"))
+	mustT(tb, c.Mail("fwd@acme.test", nil))
+	var se *smtp.SMTPError
+	if err := c.Rcpt(f.inbound, nil); errors.As(err, &se) {
+		return se.Code, se.Message
+	} else if err != nil {
+		tb.Fatal(err)
+	}
+	w, err := c.Data()
+	mustT(tb, err)
+	w.Write(raw)
+	resp, err := w.CloseWithResponse()
+	if errors.As(err, &se) {
+		return se.Code, se.Message
+	}
+	mustT(tb, err)
+	return 250, resp.StatusText
 }
 
 // BenchmarkSMTPEndToEnd measures the whole inbound path over a real TCP

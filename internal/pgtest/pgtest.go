@@ -88,6 +88,29 @@ func DSN(t testing.TB) string {
 // Shared returns the package's cluster, starting it on first use.
 func Shared(t testing.TB) *Cluster {
 	t.Helper()
+	skipUnavailable(t)
+	shared.once.Do(func() { shared.c, shared.err = Start() })
+	if shared.err != nil {
+		t.Fatalf("pgtest: %v", shared.err)
+	}
+	return shared.c
+}
+
+// Own starts a cluster for this test alone (one that the test may Halt and
+// Resume), stopped when the test ends. It skips like DSN.
+func Own(t testing.TB) *Cluster {
+	t.Helper()
+	skipUnavailable(t)
+	c, err := Start()
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(c.Stop)
+	return c
+}
+
+func skipUnavailable(t testing.TB) {
+	t.Helper()
 	if !Available() {
 		msg := "pgtest: PostgreSQL 15 not installed (" + BinDir + "/initdb missing; apt-get install postgresql-15)"
 		if Required() {
@@ -95,11 +118,6 @@ func Shared(t testing.TB) *Cluster {
 		}
 		t.Skip(msg)
 	}
-	shared.once.Do(func() { shared.c, shared.err = Start() })
-	if shared.err != nil {
-		t.Fatalf("pgtest: %v", shared.err)
-	}
-	return shared.c
 }
 
 // Start initialises and starts a cluster in a new temporary directory.
@@ -120,8 +138,7 @@ func (c *Cluster) start() error {
 	if err := c.ownDir(); err != nil {
 		return err
 	}
-	data := filepath.Join(c.dir, "data")
-	if out, err := c.run(filepath.Join(BinDir, "initdb"), "-D", data, "-U", "postgres",
+	if out, err := c.run(filepath.Join(BinDir, "initdb"), "-D", c.data(), "-U", "postgres",
 		"--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C").CombinedOutput(); err != nil {
 		return fmt.Errorf("initdb: %w: %s", err, out)
 	}
@@ -130,9 +147,16 @@ func (c *Cluster) start() error {
 		return err
 	}
 	c.port = port
+	return c.Resume()
+}
+
+func (c *Cluster) data() string { return filepath.Join(c.dir, "data") }
+
+// Resume starts the server (again, after Halt) on the same port.
+func (c *Cluster) Resume() error {
 	// fsync stays on: the tests must see the durability production has.
-	c.cmd = c.run(filepath.Join(BinDir, "postgres"), "-D", data,
-		"-c", "listen_addresses=127.0.0.1", "-c", "port="+strconv.Itoa(port),
+	c.cmd = c.run(filepath.Join(BinDir, "postgres"), "-D", c.data(),
+		"-c", "listen_addresses=127.0.0.1", "-c", "port="+strconv.Itoa(c.port),
 		"-c", "unix_socket_directories="+c.dir, "-c", "fsync=on",
 		"-c", "max_connections=200", "-c", "shared_buffers=32MB")
 	var logBuf bytes.Buffer
@@ -220,21 +244,29 @@ func (c *Cluster) CreateDB(ctx context.Context) (string, error) {
 // Port is the TCP port the server listens on (127.0.0.1).
 func (c *Cluster) Port() int { return c.port }
 
-// Stop stops the server (fast shutdown) and removes its directory.
-func (c *Cluster) Stop() {
-	if c.cmd != nil && c.cmd.Process != nil {
-		// pg_ctl as the server's user: signalling runuser would not
-		// reliably reach postgres.
-		_ = c.run(filepath.Join(BinDir, "pg_ctl"), "stop", "-D", filepath.Join(c.dir, "data"), "-m", "fast", "-w").Run()
-		done := make(chan error, 1)
-		go func() { done <- c.cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = c.cmd.Process.Kill()
-			<-done
-		}
+// Halt stops the server (fast shutdown: clients are disconnected) and
+// keeps its data; Resume starts it again.
+func (c *Cluster) Halt() {
+	if c.cmd == nil || c.cmd.Process == nil {
+		return
 	}
+	// pg_ctl as the server's user: signalling runuser would not reliably
+	// reach postgres.
+	_ = c.run(filepath.Join(BinDir, "pg_ctl"), "stop", "-D", c.data(), "-m", "fast", "-w").Run()
+	done := make(chan error, 1)
+	go func() { done <- c.cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		_ = c.cmd.Process.Kill()
+		<-done
+	}
+	c.cmd = nil
+}
+
+// Stop stops the server and removes its directory.
+func (c *Cluster) Stop() {
+	c.Halt()
 	if c.dir != "" && strings.HasPrefix(filepath.Base(c.dir), "syncrelay-pg-") {
 		_ = os.RemoveAll(c.dir)
 	}
