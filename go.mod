@@ -32,3 +32,6 @@ require (
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+// A patched copy of the same version: see third_party/go-smtp/SYNCRELAY.md.
+replace github.com/emersion/go-smtp => ./third_party/go-smtp

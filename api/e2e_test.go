@@ -29,7 +29,6 @@ import (
 	"syncrelay/config"
 	"syncrelay/daemon"
 	"syncrelay/internal/dnstest"
-	"syncrelay/router"
 	"syncrelay/smtpd"
 	"syncrelay/store"
 	"syncrelay/store/bolt"
@@ -41,22 +40,6 @@ const (
 	e2eToken  = "e2e-token"
 	e2eSecret = "e2e-webhook-secret"
 )
-
-// routeDeliverer hands each accepted SMTP transaction to the router, one
-// Route per tenant, and answers with its decision (as daemon does).
-type routeDeliverer struct{ r *router.Router }
-
-func (d routeDeliverer) Deliver(ctx context.Context, del *smtpd.Delivery) error {
-	var out router.Outcome
-	for _, t := range del.Tenants {
-		o, err := d.r.Route(ctx, router.Input{Tenant: t, Body: del.Message})
-		if err != nil || o.Code != 250 {
-			return &smtp.SMTPError{Code: o.Code, EnhancedCode: smtp.EnhancedCode(o.Enhanced), Message: o.Text}
-		}
-		out = o
-	}
-	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: " + out.Decision}
-}
 
 type hookReceiver struct {
 	mu   sync.Mutex
@@ -104,7 +87,7 @@ func startE2E(t *testing.T) *e2e {
 		t.Fatal(err)
 	}
 
-	srv, err := smtpd.New(smtpd.Options{Hostname: "relay.test", SpoolDir: t.TempDir()}, st, routeDeliverer{p.Router})
+	srv, err := smtpd.New(smtpd.Options{Hostname: "relay.test", SpoolDir: t.TempDir()}, st, &daemon.Deliverer{Router: p.Router})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -143,7 +143,7 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 		SpoolDir:            spoolDir,
 		Logger:              log,
 		Observer:            m,
-	}, st, &deliverer{router: p.Router, metrics: m, auth: st, log: log})
+	}, st, &Deliverer{Router: p.Router, Metrics: m, Auth: st})
 	if err != nil {
 		return err
 	}

@@ -567,7 +567,7 @@ func headerOf(raw string) textproto.Header {
 }
 
 // checkEffects verifies what a decision left in the store.
-func (c *corpus) checkEffects(tpl *corpusTemplate, raw string, out Outcome, before corpusSnapshot) {
+func (c *corpus) checkEffects(tpl *corpusTemplate, raw string, out routed, before corpusSnapshot) {
 	t := c.t
 	t.Helper()
 	ctx := context.Background()
@@ -733,7 +733,7 @@ func nonNil(a []store.AuthResult) []store.AuthResult {
 	return a
 }
 
-func lineOf(file string, o Outcome) corpusLine {
+func lineOf(file string, o routed) corpusLine {
 	return corpusLine{File: file, Decision: o.Decision, Reason: o.Reason, SMTPCode: o.Code, Tenant: o.Tenant, Thread: o.Thread,
 		Candidate: o.Candidate, Direction: o.Direction, MatchedBy: o.MatchedBy, AutoReply: o.AutoReply, DKIM: nonNil(o.DKIM), ARC: o.ARC}
 }
@@ -756,7 +756,7 @@ func TestCorpus(t *testing.T) {
 		tpl := parseCorpusTemplate(t, path)
 		raw := c.render(tpl)
 		before := c.snapshot()
-		out, err := e.r.Route(context.Background(), Input{Tenant: tpl.tenant, Body: memBody(raw)})
+		out, err := e.routeIn(context.Background(), Input{Tenant: tpl.tenant, Body: memBody(raw)})
 		if err != nil {
 			t.Errorf("%s: route: %v", tpl.file, err)
 		}

@@ -25,7 +25,7 @@ func FuzzRoute(f *testing.F) {
 		Tempfail: func(c int) bool { return c/100 == 4 },
 	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		out, err := e.r.Route(context.Background(), Input{Tenant: "acme", Body: memBody(raw)})
+		out, err := e.routeIn(context.Background(), Input{Tenant: "acme", Body: memBody(raw)})
 		if err != nil {
 			t.Fatalf("error on input %q: %v", raw, err)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"syncrelay/dnsres"
 	"syncrelay/internal/dnstest"
+	"syncrelay/smtpd"
 	"syncrelay/store"
 	"syncrelay/store/bolt"
 	"syncrelay/token"
@@ -136,8 +137,29 @@ type memBody []byte
 func (b memBody) Open() io.Reader { return bytes.NewReader(b) }
 func (b memBody) Size() int64     { return int64(len(b)) }
 
-func (e *env) route(tenant, raw string) Outcome {
+func (e *env) route(tenant, raw string) routed {
 	e.t.Helper()
-	out, _ := e.r.Route(context.Background(), Input{Tenant: tenant, Body: memBody(crlf(raw))})
+	out, _ := e.routeIn(context.Background(), Input{Tenant: tenant, Body: memBody(crlf(raw))})
 	return out
+}
+
+// routed is an Outcome with the SMTP reply smtpd's reply table gives it:
+// what the forwarding server is told.
+type routed struct {
+	Outcome
+	Code     int
+	Enhanced [3]int
+	Text     string
+}
+
+// routeIn runs Route as the daemon does: the decision's log line is
+// written (on the session's "message" line there), the reply comes from
+// smtpd's table.
+func (e *env) routeIn(ctx context.Context, in Input) (routed, error) {
+	out, err := e.r.Route(ctx, in)
+	if len(out.Log) > 0 {
+		e.r.Log.InfoContext(ctx, "message", out.Log...)
+	}
+	r, _ := smtpd.ReplyFor(smtpd.Verdict{Decision: out.Decision, Reason: out.Reason, Detail: out.Detail})
+	return routed{Outcome: out, Code: r.Code, Enhanced: [3]int(r.EnhancedCode), Text: r.Message}, err
 }

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/mail"
+	"strconv"
 	"strings"
 	"time"
 
@@ -96,13 +97,12 @@ type Input struct {
 	Body   Body
 }
 
-// Outcome is the decision for one message; its JSON is replay's output line.
+// Outcome is the decision for one message; its JSON is replay's output
+// line. It holds no SMTP reply: smtpd's reply table turns Decision, Reason
+// and Detail into one.
 type Outcome struct {
 	Decision  string             `json:"decision"`
 	Reason    string             `json:"reason"`
-	Code      int                `json:"smtp_code"`
-	Enhanced  [3]int             `json:"-"`
-	Text      string             `json:"-"`
 	Tenant    string             `json:"tenant"`
 	Thread    string             `json:"thread"`
 	Candidate string             `json:"candidate"`
@@ -112,242 +112,344 @@ type Outcome struct {
 	DKIM      []store.AuthResult `json:"dkim"`
 	ARC       string             `json:"arc"`
 	Message   string             `json:"message,omitempty"`
+	// Detail completes the reply to a refusal in fixed words (which DKIM
+	// check failed, a limit); never resolver addresses, paths or Go errors.
+	Detail string `json:"-"`
+	// Log is the decision's log line as key-value pairs, "decision" first
+	// (reason, thread, msgid_hash ...): the caller writes it, on the SMTP
+	// session's one "message" line. Route logs only warnings itself.
+	Log []any `json:"-"`
 }
 
-func (o *Outcome) reply(decision, reason string, code int, enh [3]int, text string) {
-	o.Decision, o.Reason, o.Code, o.Enhanced, o.Text = decision, reason, code, enh, text
+func (o *Outcome) decide(decision, reason string) { o.Decision, o.Reason = decision, reason }
+
+// logAs sets the decision's log line.
+func (o *Outcome) logAs(decision string, args ...any) {
+	o.Log = append(append(make([]any, 0, len(args)+2), "decision", decision), args...)
 }
 
-// Route decides one message. It returns an error only together with a
-// tempfail outcome, for storage or other local trouble the sender should
-// retry; every other problem is a decision.
+// Route decides one message: parse, match (default-deny), authenticate,
+// commit. It returns an error only together with a tempfail outcome, for
+// storage or other local trouble the sender should retry; every other
+// problem is a decision.
 func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 	out = Outcome{Tenant: in.Tenant, DKIM: []store.AuthResult{}}
 	defer func() {
 		if err != nil {
-			out.reply(Tempfail, "local_error", 451, [3]int{4, 3, 0}, "Temporary local problem, try again later")
+			out.decide(Tempfail, "local_error")
 		}
 		r.Store.Count(in.Tenant, out.Decision, out.Reason)
 	}()
 
+	msg, refusal := r.parse(in)
+	if refusal != "" {
+		r.refuse(&out, refusal)
+		return out, nil
+	}
+	m, discard, err := r.matchThread(ctx, msg)
+	if err != nil {
+		return out, err
+	}
+	if discard != "" {
+		out.decide(Discarded, discard)
+		out.logAs(Discarded, "reason", discard, "msgid_hash", r.hashID(msg.msgID))
+		return out, nil
+	}
 	// Matching needs only the tenant's id; its record (domains, DKIM
 	// policy) is read once the message is of interest, so discarded mail
 	// costs no tenant read (a bbolt read and a JSON decode: 6% of the
 	// discard path's CPU under bench/run.sh).
-	ten := &store.Tenant{ID: in.Tenant}
-
-	hdr, err := r.readHeader(in.Body)
-	if err != nil {
-		var tooBig *headerTooLarge
-		if errors.As(err, &tooBig) {
-			out.reply(Rejected, "header_too_large", 552, [3]int{5, 3, 4}, fmt.Sprintf("Message header exceeds %d bytes", r.MaxHeaderBytes))
-		} else {
-			out.reply(Rejected, "malformed_header", 554, [3]int{5, 6, 0}, "Malformed message header")
-		}
-		return out, nil
-	}
-
-	fromAddr := firstAddress(hdr.Get("From"))
-	// Whether From is a tenant user matters to matching only through
-	// X-Syncrelay-Thread (rule 3, sent copies), and to the direction of a
-	// kept message: discarded mail without that header skips the read.
-	var fromUser *store.User
-	userKnown := false
-	lookupUser := func() error {
-		if userKnown || fromAddr == "" {
-			return nil
-		}
-		userKnown = true
-		u, err := r.Store.UserByEmail(ctx, ten.ID, fromAddr)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("router: %w", err)
-		}
-		fromUser = u
-		return nil
-	}
-	if hdr.Get("X-Syncrelay-Thread") != "" {
-		if err := lookupUser(); err != nil {
-			return out, err
-		}
-	}
-	msgID, _ := mailhdr.NormalizeMsgID(hdr.Get("Message-Id"))
-
-	// A DSN is tried first: bounces often carry References to the
-	// original, and must mark it bounced rather than be stored as a reply.
-	var dsn *mailhdr.DSN
-	var m match
-	if isReport(hdr) {
-		dsn, m, err = r.matchDSN(ctx, ten, hdr, in.Body)
-		if err != nil {
-			return out, err
-		}
-	}
-	if dsn != nil && !strings.EqualFold(dsn.Action, "failed") {
-		// A delay or relay notice about our message is not a bounce and
-		// not the candidate's mail: nothing to keep.
-		out.reply(Discarded, "delivery_report", 250, [3]int{2, 0, 0}, "OK")
-		r.logf(ctx, slog.LevelInfo, "discarded", "reason", "delivery_report", "msgid_hash", r.hashID(msgID))
-		return out, nil
-	}
-	if !m.ok {
-		m, err = r.match(ctx, ten, hdr, fromUser)
-		if err != nil {
-			return out, err
-		}
-	}
-	if !m.ok {
-		out.reply(Discarded, "no_match", 250, [3]int{2, 0, 0}, "OK")
-		r.logf(ctx, slog.LevelInfo, "discarded", "reason", "no_match", "msgid_hash", r.hashID(msgID))
-		return out, nil
-	}
-	if ten, err = r.Store.Tenant(ctx, in.Tenant); err != nil {
+	if msg.tenant, err = r.Store.Tenant(ctx, in.Tenant); err != nil {
 		return out, fmt.Errorf("router: %w", err)
 	}
 	out.MatchedBy = m.by
 	out.Thread = store.ThreadRef(m.thread.ID)
 	out.Candidate = m.thread.Candidate
+	if refusal := r.checkMIME(msg); refusal != "" {
+		r.refuse(&out, refusal)
+		return out, nil
+	}
 
-	if r.MaxMIMEDepth > 0 {
-		if _, derr := mailhdr.MIMEDepth(hdr, bodyAfterHeader(in.Body), r.MaxMIMEDepth); derr != nil {
-			out.reply(Rejected, "mime_too_deep", 554, [3]int{5, 6, 0}, fmt.Sprintf("MIME nesting deeper than %d", r.MaxMIMEDepth))
-			return out, nil
+	a, err := r.authenticate(ctx, msg, &out)
+	switch {
+	case err != nil:
+		return out, err
+	case a.temporary:
+		out.decide(Tempfail, "dkim_temperror")
+		return out, nil
+	case a.refusal != "" && a.policy == store.PolicyQuarantine:
+		return out, r.quarantine(ctx, &out, msg, a, m)
+	case a.refusal != "":
+		out.decide(Rejected, a.refusal)
+		out.Detail = trust.ReplyReason(a.verdict, a.sealers)
+		out.logAs(Rejected, "reason", a.refusal, "why", a.why, "thread", out.Thread)
+		return out, nil
+	case m.dsn != nil:
+		return out, r.bounce(ctx, msg, m, &out)
+	}
+	return out, r.commit(ctx, msg, m, a, &out)
+}
+
+// refuse decides a refusal of the message's content (reason as parse and
+// checkMIME name it).
+func (r *Router) refuse(out *Outcome, reason string) {
+	out.decide(Rejected, reason)
+	switch reason {
+	case "header_too_large":
+		out.Detail = strconv.FormatInt(r.MaxHeaderBytes, 10)
+	case "mime_too_deep":
+		out.Detail = strconv.Itoa(r.MaxMIMEDepth)
+	}
+}
+
+// parsed is a message whose header has been read.
+type parsed struct {
+	in     Input
+	hdr    textproto.Header
+	from   string // the first From address, lowercased ("" if none)
+	msgID  string // normalized Message-ID ("" if none)
+	tenant *store.Tenant
+
+	// fromUser is the tenant user From names, read only when needed
+	// (lookupUser).
+	fromUser  *store.User
+	userKnown bool
+}
+
+// parse reads the header; refusal names what is wrong with it
+// ("header_too_large", "malformed_header"), "" when nothing is.
+func (r *Router) parse(in Input) (msg *parsed, refusal string) {
+	hdr, err := r.readHeader(in.Body)
+	if err != nil {
+		var tooBig *headerTooLarge
+		if errors.As(err, &tooBig) {
+			return nil, "header_too_large"
+		}
+		return nil, "malformed_header"
+	}
+	msgID, _ := mailhdr.NormalizeMsgID(hdr.Get("Message-Id"))
+	return &parsed{
+		in: in, hdr: hdr, from: firstAddress(hdr.Get("From")), msgID: msgID,
+		tenant: &store.Tenant{ID: in.Tenant},
+	}, ""
+}
+
+// checkMIME refuses a message nested deeper than MaxMIMEDepth
+// ("mime_too_deep"); only mail of interest gets this far.
+func (r *Router) checkMIME(msg *parsed) (refusal string) {
+	if r.MaxMIMEDepth <= 0 {
+		return ""
+	}
+	if _, err := mailhdr.MIMEDepth(msg.hdr, bodyAfterHeader(msg.in.Body), r.MaxMIMEDepth); err != nil {
+		return "mime_too_deep"
+	}
+	return ""
+}
+
+// lookupUser reads the tenant user From names, once. Whether From is a
+// tenant user matters to matching only through X-Syncrelay-Thread (rule 3,
+// sent copies), and to the direction of a kept message: discarded mail
+// without that header skips the read.
+func (r *Router) lookupUser(ctx context.Context, msg *parsed) error {
+	if msg.userKnown || msg.from == "" {
+		return nil
+	}
+	msg.userKnown = true
+	u, err := r.Store.UserByEmail(ctx, msg.tenant.ID, msg.from)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
+	msg.fromUser = u
+	return nil
+}
+
+// matchThread applies default-deny: it returns the thread the message
+// belongs to, or the reason it is discarded ("no_match", or
+// "delivery_report" for a delay or relay notice about our mail).
+func (r *Router) matchThread(ctx context.Context, msg *parsed) (m match, discard string, err error) {
+	if msg.hdr.Get("X-Syncrelay-Thread") != "" {
+		if err := r.lookupUser(ctx, msg); err != nil {
+			return m, "", err
 		}
 	}
-
-	// Authenticate only what is of interest: discards never cost a DNS query.
-	verdict, err := r.Verifier.Verify(ctx, in.Body.Open())
-	if err != nil {
-		return out, fmt.Errorf("router: dkim: %w", err)
+	// A DSN is tried first: bounces often carry References to the
+	// original, and must mark it bounced rather than be stored as a reply.
+	if isReport(msg.hdr) {
+		if m, err = r.matchDSN(ctx, msg.tenant, msg.hdr, msg.in.Body); err != nil {
+			return m, "", err
+		}
 	}
-	for _, d := range verdict.DKIM {
+	if m.dsn != nil && !strings.EqualFold(m.dsn.Action, "failed") {
+		// A delay or relay notice about our message is not a bounce and
+		// not the candidate's mail: nothing to keep.
+		return match{}, "delivery_report", nil
+	}
+	if !m.ok {
+		if m, err = r.match(ctx, msg.tenant, msg.hdr, msg.fromUser); err != nil {
+			return m, "", err
+		}
+	}
+	if !m.ok {
+		return m, "no_match", nil
+	}
+	return m, "", nil
+}
+
+// auth is what authenticate found.
+type auth struct {
+	verdict   trust.Verdict
+	sealers   []string
+	policy    string // the tenant's DKIM policy, store.PolicyRequire if unset
+	pass      bool   // trust.DecideFor passed
+	why       string // for the log: why it did not
+	temporary bool   // not passed for a temporary DNS failure: tempfail
+	refusal   string // "dkim_fail" or "dkim_unaligned": refuse or quarantine
+}
+
+// authenticate checks DKIM and ARC (only mail of interest gets this far:
+// discards never cost a DNS query) and applies the tenant's policy. It
+// records the results on out.
+func (r *Router) authenticate(ctx context.Context, msg *parsed, out *Outcome) (a auth, err error) {
+	ten := msg.tenant
+	if a.verdict, err = r.Verifier.Verify(ctx, msg.in.Body.Open()); err != nil {
+		return a, fmt.Errorf("router: dkim: %w", err)
+	}
+	for _, d := range a.verdict.DKIM {
 		out.DKIM = append(out.DKIM, store.AuthResult{Domain: d.Domain, Result: d.Result})
 	}
-	out.ARC = verdict.ARC.Result
-	sealers := trustedSealers(ten)
-	pass, why := trust.DecideFor(verdict, owner(ten), sealers)
-	policy := ten.DKIMPolicy
-	if policy == "" {
-		policy = store.PolicyRequire
+	out.ARC = a.verdict.ARC.Result
+	a.sealers = trustedSealers(ten)
+	a.pass, a.why = trust.DecideFor(a.verdict, owner(ten), a.sealers)
+	if a.policy = ten.DKIMPolicy; a.policy == "" {
+		a.policy = store.PolicyRequire
 	}
-	if !pass && policy != store.PolicyOff {
-		if verdict.Temporary {
-			out.reply(Tempfail, "dkim_temperror", 451, [3]int{4, 4, 3}, "Temporary DNS failure verifying DKIM, try again later")
-			return out, nil
+	if a.pass || a.policy == store.PolicyOff {
+		return a, nil
+	}
+	if a.verdict.Temporary {
+		a.temporary = true
+		return a, nil
+	}
+	a.refusal = "dkim_fail"
+	if signers := trust.PassedDomains(a.verdict); len(signers) > 0 {
+		if err := r.lookupUser(ctx, msg); err != nil {
+			return a, err
 		}
-		reason := "dkim_fail"
-		if signers := trust.PassedDomains(verdict); len(signers) > 0 {
-			if err := lookupUser(); err != nil {
-				return out, err
+		if store.IsTenantAddress(ten, msg.fromUser, msg.from) {
+			// The tenant's own mail, validly signed by a domain it has
+			// not declared: a setup problem at the company (custom
+			// DKIM, or signing_domains) that status and check name.
+			a.refusal = ReasonDKIMUnaligned
+			for _, d := range signers {
+				r.Store.Count(ten.ID, store.UnalignedSigners, d)
 			}
-			if store.IsTenantAddress(ten, fromUser, fromAddr) {
-				// The tenant's own mail, validly signed by a domain it has
-				// not declared: a setup problem at the company (custom
-				// DKIM, or signing_domains) that status and check name.
-				reason = ReasonDKIMUnaligned
-				for _, d := range signers {
-					r.Store.Count(ten.ID, store.UnalignedSigners, d)
-				}
-			}
 		}
-		if policy == store.PolicyQuarantine {
-			return r.quarantine(ctx, out, in, verdict, m, reason, why)
-		}
-		// The reply gives the reason in fixed words; resolver addresses,
-		// zone file paths and Go errors stay in the log.
-		out.reply(Rejected, reason, 550, [3]int{5, 7, 1}, "DKIM verification failed: "+trust.ReplyReason(verdict, sealers))
-		r.logf(ctx, slog.LevelInfo, "rejected", "reason", reason, "why", why, "thread", out.Thread)
-		return out, nil
 	}
+	return a, nil
+}
 
-	if dsn != nil {
-		already, err := r.Store.MarkBounced(ctx, ten.ID, m.ref.Message, dsn.Status, dsn.Diagnostic)
-		if err != nil {
-			return out, fmt.Errorf("router: bounce: %w", err)
-		}
-		out.Direction = store.Inbound
-		out.Message = store.MessageRef(m.ref.Message)
-		if already {
-			out.reply(Duplicate, "bounce", 250, [3]int{2, 0, 0}, "OK")
-			return out, nil
-		}
-		out.reply(Stored, "bounce", 250, [3]int{2, 0, 0}, "OK")
-		r.logf(ctx, slog.LevelInfo, "bounce recorded", "thread", out.Thread, "message", out.Message, "status", dsn.Status)
-		return out, nil
-	}
-
-	if err := lookupUser(); err != nil {
-		return out, err
+// bounce marks the sent message a failed DSN reports on.
+func (r *Router) bounce(ctx context.Context, msg *parsed, m match, out *Outcome) error {
+	already, err := r.Store.MarkBounced(ctx, msg.tenant.ID, m.ref.Message, m.dsn.Status, m.dsn.Diagnostic)
+	if err != nil {
+		return fmt.Errorf("router: bounce: %w", err)
 	}
 	out.Direction = store.Inbound
-	if fromUser != nil || (fromAddr != "" && store.IsTenantAddress(ten, nil, fromAddr)) {
+	out.Message = store.MessageRef(m.ref.Message)
+	if already {
+		out.decide(Duplicate, "bounce")
+		return nil
+	}
+	out.decide(Stored, "bounce")
+	out.logAs("bounce recorded", "thread", out.Thread, "message", out.Message, "status", m.dsn.Status)
+	return nil
+}
+
+// commit stores a message of interest durably, or records it as a
+// duplicate of what the thread holds.
+func (r *Router) commit(ctx context.Context, msg *parsed, m match, a auth, out *Outcome) error {
+	if err := r.lookupUser(ctx, msg); err != nil {
+		return err
+	}
+	ten, hdr := msg.tenant, msg.hdr
+	out.Direction = store.Inbound
+	if msg.fromUser != nil || (msg.from != "" && store.IsTenantAddress(ten, nil, msg.from)) {
 		out.Direction = store.Outbound
 	}
 	auto, _ := mailhdr.AutoReply(hdr)
 	out.AutoReply = auto
 
-	inc := &store.Incoming{Mailbox: mailbox(hdr, fromAddr, out.Direction), Learn: m.sentCopy}
+	inc := &store.Incoming{Mailbox: mailbox(hdr, msg.from, out.Direction), Learn: m.sentCopy}
 	inc.Message = store.Message{
-		Tenant: ten.ID, Thread: m.thread.ID, Direction: out.Direction, InternetMessageID: msgID,
-		From: fromAddr, To: addresses(hdr.Get("To")), Cc: addresses(hdr.Get("Cc")), Subject: decodeHeader(hdr.Get("Subject")),
+		Tenant: ten.ID, Thread: m.thread.ID, Direction: out.Direction, InternetMessageID: msg.msgID,
+		From: msg.from, To: addresses(hdr.Get("To")), Cc: addresses(hdr.Get("Cc")), Subject: decodeHeader(hdr.Get("Subject")),
 		AutoReply: auto, MatchedBy: m.by, DKIM: out.DKIM, ARC: out.ARC,
 		// Under dkim_policy=off nothing vouches for From, so it names no participant.
-		AuthAligned: pass && policy != store.PolicyOff,
+		AuthAligned: a.pass && a.policy != store.PolicyOff,
 	}
 	if d, derr := mail.ParseDate(hdr.Get("Date")); derr == nil {
 		inc.Message.Date = d.UTC()
 	}
-	if m.sentCopy == nil && msgID == "" {
-		if inc.Digest, err = contentDigest(in.Body); err != nil {
-			return out, err
+	var err error
+	if m.sentCopy == nil && msg.msgID == "" {
+		if inc.Digest, err = contentDigest(msg.in.Body); err != nil {
+			return err
 		}
 	}
 	if m.sentCopy == nil {
 		// A copy of a message this thread already holds needs no second raw file.
-		if _, dup, lerr := r.Store.LookupCopy(ctx, ten.ID, m.thread.ID, msgID, inc.Digest); lerr != nil {
-			return out, fmt.Errorf("router: %w", lerr)
+		if _, dup, lerr := r.Store.LookupCopy(ctx, ten.ID, m.thread.ID, msg.msgID, inc.Digest); lerr != nil {
+			return fmt.Errorf("router: %w", lerr)
 		} else if !dup {
-			head := []byte("Authentication-Results: " + trust.AuthResults(r.Hostname, verdict) + "\r\n")
-			inc.Raw = &store.Raw{Head: head, Body: in.Body.Open(), Size: in.Body.Size()}
+			inc.Raw = r.raw(msg, a.verdict)
 		}
 		inc.Event = map[string]any{"direction": out.Direction, "auto_reply": auto, "notify_users": notifyUsers(m.thread, out.Direction, auto)}
 	}
 	res, err := r.Store.CommitInbound(ctx, inc)
 	if err != nil {
-		return out, fmt.Errorf("router: commit: %w", err)
+		return fmt.Errorf("router: commit: %w", err)
 	}
 	out.Message = store.MessageRef(res.Ref.Message)
 	switch {
 	case m.sentCopy != nil:
-		out.reply(Duplicate, "sent_copy", 250, [3]int{2, 0, 0}, "OK")
+		out.decide(Duplicate, "sent_copy")
 	case res.Decision == store.Duplicate && res.Removed:
-		out.reply(Duplicate, "removed", 250, [3]int{2, 0, 0}, "OK")
+		out.decide(Duplicate, "removed")
 	case res.Decision == store.Duplicate:
-		out.reply(Duplicate, "duplicate", 250, [3]int{2, 0, 0}, "OK")
+		out.decide(Duplicate, "duplicate")
 	default:
-		out.reply(Stored, m.by, 250, [3]int{2, 0, 0}, "OK")
+		out.decide(Stored, m.by)
 	}
-	r.logf(ctx, slog.LevelInfo, out.Decision, "reason", out.Reason, "thread", out.Thread, "message", out.Message,
+	out.logAs(out.Decision, "reason", out.Reason, "thread", out.Thread, "message", out.Message,
 		"matched_by", out.MatchedBy, "direction", out.Direction)
-	return out, nil
+	return nil
 }
 
-func (r *Router) quarantine(ctx context.Context, out Outcome, in Input, v trust.Verdict, m match, reason, why string) (Outcome, error) {
+// raw is the message as stored: our Authentication-Results, then the DATA.
+func (r *Router) raw(msg *parsed, v trust.Verdict) *store.Raw {
 	head := []byte("Authentication-Results: " + trust.AuthResults(r.Hostname, v) + "\r\n")
-	raw := &store.Raw{Head: head, Body: in.Body.Open(), Size: in.Body.Size()}
-	q := &store.Quarantined{Tenant: in.Tenant, Reason: why, Thread: m.thread.ID, DKIM: out.DKIM}
+	return &store.Raw{Head: head, Body: msg.in.Body.Open(), Size: msg.in.Body.Size()}
+}
+
+// quarantine keeps a message that failed DKIM under dkim_policy=quarantine
+// for review instead of refusing it.
+func (r *Router) quarantine(ctx context.Context, out *Outcome, msg *parsed, a auth, m match) error {
+	q := &store.Quarantined{Tenant: msg.tenant.ID, Reason: a.why, Thread: m.thread.ID, DKIM: out.DKIM}
 	keep := r.QuarantineFor
 	if keep <= 0 {
 		keep = 7 * 24 * time.Hour
 	}
-	if err := r.Store.Quarantine(ctx, q, raw, keep); err != nil {
-		return out, fmt.Errorf("router: quarantine: %w", err)
+	if err := r.Store.Quarantine(ctx, q, r.raw(msg, a.verdict), keep); err != nil {
+		return fmt.Errorf("router: quarantine: %w", err)
 	}
-	out.reply(Quarantined, reason, 250, [3]int{2, 0, 0}, "OK")
-	r.logf(ctx, slog.LevelWarn, "quarantined", "why", why, "thread", out.Thread)
-	return out, nil
+	out.decide(Quarantined, a.refusal)
+	if r.Log != nil {
+		r.Log.WarnContext(ctx, "quarantined", "why", a.why, "thread", out.Thread)
+	}
+	return nil
 }
 
 // match is the outcome of the thread-matching rules.
@@ -356,7 +458,8 @@ type match struct {
 	by       string
 	ref      store.Ref // the referenced message, when known
 	thread   *store.Thread
-	sentCopy *store.Ref // set when the message is a user's forwarded sent copy
+	sentCopy *store.Ref   // set when the message is a user's forwarded sent copy
+	dsn      *mailhdr.DSN // set when the message is a failed DSN about our mail
 }
 
 // match applies SPEC §3's rules in order.
@@ -442,18 +545,18 @@ func (r *Router) withSentCopy(ctx context.Context, tenant string, hdr textproto.
 }
 
 // matchDSN matches a delivery status notification by the Message-IDs of the
-// returned original.
-func (r *Router) matchDSN(ctx context.Context, ten *store.Tenant, hdr textproto.Header, body Body) (*mailhdr.DSN, match, error) {
+// returned original (m.dsn is set when it does).
+func (r *Router) matchDSN(ctx context.Context, ten *store.Tenant, hdr textproto.Header, body Body) (match, error) {
 	d, ok, err := mailhdr.ParseDSN(hdr, bodyAfterHeader(body), max(r.MaxMIMEDepth, 1), body.Size())
 	if err != nil || !ok {
-		return nil, match{}, nil // not a DSN we can read: match it as ordinary mail
+		return match{}, nil // not a DSN we can read: match it as ordinary mail
 	}
 	for _, id := range d.OriginalMessageIDs {
 		var ref store.Ref
 		if tok, ok := r.Keys.ParseMessageID(id); ok && tok.Tenant == ten.ID {
 			ref = store.Ref{Thread: tok.Thread, Message: tok.Message}
 		} else if lref, ok, err := r.Store.LookupMsgID(ctx, ten.ID, id); err != nil {
-			return nil, match{}, fmt.Errorf("router: %w", err)
+			return match{}, fmt.Errorf("router: %w", err)
 		} else if ok {
 			ref = lref
 		} else {
@@ -464,46 +567,19 @@ func (r *Router) matchDSN(ctx context.Context, ten *store.Tenant, hdr textproto.
 			continue
 		}
 		if err != nil {
-			return nil, match{}, fmt.Errorf("router: %w", err)
+			return match{}, fmt.Errorf("router: %w", err)
 		}
 		if sent.Direction != store.Outbound {
 			continue
 		}
 		m, err := r.threadMatch(ctx, ten.ID, ByDSN, ref)
 		if err != nil || !m.ok {
-			return nil, m, err
+			return m, err
 		}
-		return &d, m, nil
+		m.dsn = &d
+		return m, nil
 	}
-	return nil, match{}, nil
-}
-
-func (r *Router) logf(ctx context.Context, level slog.Level, msg string, args ...any) {
-	if dl, ok := ctx.Value(decisionLogKey{}).(*DecisionLog); ok && level == slog.LevelInfo {
-		dl.Args = append(append(dl.Args, "decision", msg), args...)
-		return
-	}
-	if r.Log != nil {
-		r.Log.Log(ctx, level, msg, args...)
-	}
-}
-
-// DecisionLog collects the router's info-level decision line (the decision
-// and its attributes: reason, thread, msgid_hash ...) instead of logging
-// it, for a caller that writes one line per message: the SMTP session's
-// "message" line carries it, which halves the log lines (and a tenth of the
-// discard path's CPU went to logging). Warnings are still logged directly.
-type DecisionLog struct {
-	Args []any // key-value pairs, "decision" first
-}
-
-type decisionLogKey struct{}
-
-// WithDecisionLog returns a context under which Route collects its decision
-// line in the returned DecisionLog.
-func WithDecisionLog(ctx context.Context) (context.Context, *DecisionLog) {
-	dl := &DecisionLog{}
-	return context.WithValue(ctx, decisionLogKey{}, dl), dl
+	return match{}, nil
 }
 
 // hashID is the only trace of a discarded message: a salted hash of its

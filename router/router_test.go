@@ -323,7 +323,7 @@ func TestStorageFaultsAreTempfail(t *testing.T) {
 	raw := e.sign("cand.test", reply("carl@cand.test", "ft@cand.test", "<"+sent.InternetMessageID+">", ""))
 	for _, c := range []struct{ put, commit bool }{{true, false}, {false, true}} {
 		fs.failPut, fs.failCommit = c.put, c.commit
-		out, err := e.r.Route(context.Background(), Input{Tenant: "acme", Body: memBody(crlf(raw))})
+		out, err := e.routeIn(context.Background(), Input{Tenant: "acme", Body: memBody(crlf(raw))})
 		if !errors.Is(err, errDisk) || out.Decision != Tempfail || out.Code != 451 || out.Enhanced[0] != 4 {
 			t.Fatalf("fault %+v: outcome %+v err %v", c, out, err)
 		}

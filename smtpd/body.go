@@ -1,14 +1,10 @@
 package smtpd
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"io"
 	"net"
-	"reflect"
-	"sync/atomic"
-	"unsafe"
 
 	"github.com/emersion/go-smtp"
 )
@@ -27,53 +23,26 @@ import (
 // line ending would end it with ("x\n.\r\n"); it is refused there and the
 // connection closed, rather than held until the data timeout.
 //
-// DATA needs more than a check of what go-smtp's dot-decoder hands to
-// Session.Data: in go-smtp v0.25.1 that decoder drops the CR of a line that
-// starts with ".\r" not followed by "\n" (net/textproto, from which it was
-// copied, puts it back with UnreadByte; go-smtp lost that line). So
-// "\r\n.\rMAIL FROM:..." reaches Data as "\r\nMAIL FROM:...", and the bare CR
-// — one of the SMTP smuggling patterns — would be invisible. We therefore
-// decode DATA ourselves from go-smtp's buffered connection reader (the
-// *bufio.Reader inside the reader given to Data), with the same framing
-// rules, and stop just before the final ".\r\n", which we leave for go-smtp's
-// decoder: reading three bytes ".\r\n" at the start of a line, it reports
-// io.EOF, and its own drain after Data returns finds nothing more to read.
-// go-smtp stays the only one deciding where the message ends in the stream
-// it reads commands from, and we check that it agrees (dataHandoff).
+// DATA is decoded by go-smtp (dot-unstuffing, the CRLF.CRLF terminator).
+// The build uses a patched copy of go-smtp (third_party/go-smtp, see its
+// README): upstream's decoder drops the CR of a line that starts with ".\r"
+// not followed by "\n", which would hide that bare CR — one of the SMTP
+// smuggling patterns — and its Read blocks until the caller's buffer is
+// full, which would hold a message that ends at a fake terminator until the
+// data timeout. With both fixed, what Session.Data reads is exactly the
+// message, as it arrives; gosmtp_test.go checks each assumption this
+// package makes about go-smtp.
 //
-// Finding that *bufio.Reader uses reflection on an unexported field, checked
-// by package path, type name, field name and field type; if any of those
-// ever changes (a go-smtp upgrade), we fall back to checking go-smtp's
-// decoded output, log an error, and count it in fallbackDecodes, which the
-// tests assert stays 0, so the upgrade cannot pass CI silently.
-
-// fallbackDecodes counts DATA bodies read without the raw-stream decoder.
-var fallbackDecodes atomic.Int64
-
-var bufioReaderType = reflect.TypeFor[*bufio.Reader]()
-
-// rawDataBuffer returns the *bufio.Reader that go-smtp's DATA reader decodes
-// from, or nil if r is not that reader (BDAT gives an *io.PipeReader) or its
-// layout is not the one this package was written against.
-func rawDataBuffer(r io.Reader) *bufio.Reader {
-	v := reflect.ValueOf(r)
-	if v.Kind() != reflect.Pointer || v.IsNil() {
-		return nil
-	}
-	e := v.Elem()
-	t := e.Type()
-	if e.Kind() != reflect.Struct || t.PkgPath() != "github.com/emersion/go-smtp" || t.Name() != "dataReader" {
-		return nil
-	}
-	f := e.FieldByName("r")
-	if !f.IsValid() || f.Type() != bufioReaderType {
-		return nil
-	}
-	// f is addressable (reached through a pointer) and of type
-	// *bufio.Reader, checked above: reading it through NewAt is type-safe.
-	br, _ := reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Interface().(*bufio.Reader)
-	return br
-}
+// The decoder consumes a "." that starts a line, so a fake terminator at a
+// line start (".\n", ".\rX") reaches us as a bare LF or CR at a line start:
+// the checker takes any such byte for a fake end. That also stops at a
+// plain "\r\n\n", a little earlier than a lenient sender would; the
+// message is refused for its bare LF either way.
+//
+// go-smtp enforces MaxMessageBytes on DATA itself: past it, its reader
+// returns ErrDataTooLarge (552) and, after Data returns, drains the rest of
+// the message with the same decoder, so the session stays in step. That
+// rest is not checked for bare CR or LF.
 
 // bodyChecker checks and stores a message body as it streams past.
 type bodyChecker struct {
@@ -89,11 +58,14 @@ type bodyChecker struct {
 	// afterBare: the last byte was a bare LF or a CR (a CR followed by a
 	// "." is bare). dotAfterBare: the last two were such a byte and ".".
 	afterBare, dotAfterBare bool
+	// crAtStart: the last byte was a CR at the start of a line.
+	crAtStart bool
 
 	bareEOL bool
-	// fakeEnd: a "." line ended by a bare CR or LF, or after one: where a
-	// sender that takes a lone CR or LF for a line ending thinks the
-	// message ended (DATA stops reading there; see readData).
+	// fakeEnd: a "." line ended by a bare CR or LF, or after one, or a
+	// bare CR or LF at a line start (where the decoder removed a "."):
+	// where a sender that takes a lone CR or LF for a line ending may
+	// think the message ended (DATA stops reading there; see readBody).
 	fakeEnd  bool
 	tooBig   bool
 	longLine bool
@@ -139,7 +111,7 @@ func (b *bodyChecker) checkLine(p []byte) {
 		}
 		b.prevCR = false
 		b.lineLen = 0
-		b.afterBare, b.dotAfterBare = false, false
+		b.afterBare, b.dotAfterBare, b.crAtStart = false, false, false
 		return
 	}
 	b.scan(p)
@@ -152,6 +124,10 @@ func (b *bodyChecker) scan(p []byte) {
 		if b.dotAfterBare && eol {
 			b.fakeEnd = true
 		}
+		if b.lineStartBare(c) {
+			b.fakeEnd = true
+		}
+		b.crAtStart = c == '\r' && !b.midLine
 		b.dotAfterBare = b.afterBare && c == '.'
 		b.afterBare = c == '\r' || (c == '\n' && !b.prevCR)
 		switch {
@@ -179,10 +155,14 @@ func (b *bodyChecker) scan(p []byte) {
 	}
 }
 
-// atLineStart reports whether the bytes so far end with CRLF (or there are
-// none): only there can a "." start the terminator line or be stuffed. After
-// a bare LF it is false, as in go-smtp, so "\n.\r\n" does not end a message.
-func (b *bodyChecker) atLineStart() bool { return !b.midLine }
+// lineStartBare reports whether c makes a bare LF at a line start, or
+// follows a CR at a line start that is therefore bare.
+func (b *bodyChecker) lineStartBare(c byte) bool {
+	if c == '\n' {
+		return !b.prevCR && !b.midLine
+	}
+	return b.crAtStart
+}
 
 // end is called after the last byte of the message. It returns the reply
 // error for a failed message (errors other than SMTP replies are internal).
@@ -214,7 +194,7 @@ func readError(err error) error {
 	case err == nil:
 		return nil
 	case errors.As(err, &se):
-		return se // go-smtp's own size limit in the fallback path
+		return se // go-smtp's own size limit (ErrDataTooLarge)
 	case errors.Is(err, smtp.ErrTooLongLine):
 		return reply(replyLineTooLong)
 	case errors.As(err, &ne) && ne.Timeout():
@@ -228,107 +208,20 @@ func readError(err error) error {
 	return err
 }
 
-// readData reads a DATA body from br, go-smtp's buffered reader positioned
-// just after the "354" reply, and feeds it to b. RFC 5321 §4.5.2: a line
-// starting with "." has it removed; the message ends at a line that is
-// exactly ".". The terminator line is left unread in br. arm is called
-// before each read that may block (to extend the data timeout). It returns
-// nil at the terminator, or the read error.
-//
-// It also returns nil, with b.fakeEnd set, at a "." line that a sender
-// taking a lone CR or LF for a line ending would end the message with
-// ("x\n.\r\n", "\r\n.\n"): that message has a bare CR or LF, so it is
-// refused and the connection closed anyway, and waiting for a CRLF.CRLF
-// that such a sender never sends would only hold it until the data timeout.
-func readData(br *bufio.Reader, b *bodyChecker, arm func()) error {
-	for {
-		if br.Buffered() < 3 {
-			arm() // only a read from the socket (a Peek included) can block
-		}
-		if b.atLineStart() {
-			if end, err := dotLine(br, b); end || err != nil {
-				return err
-			}
-		}
-		line, err := nextLine(br)
-		if err != nil {
-			return err
-		}
-		b.feed(line)
-		br.Discard(len(line))
-		if b.fakeEnd {
-			return nil
-		}
-	}
-}
-
-// dotLine handles a "." at the start of a CRLF line. It reports whether the
-// message ends here: at ".\r\n" (left unread), or at a "." followed by a
-// bare CR or LF (b.fakeEnd). Otherwise it drops a leading dot (dot-stuffing).
-func dotLine(br *bufio.Reader, b *bodyChecker) (end bool, err error) {
-	p, err := br.Peek(1)
-	if err != nil || p[0] != '.' {
-		return false, err
-	}
-	if p, err = br.Peek(2); err != nil {
-		return false, err
-	}
-	switch p[1] {
-	case '\r':
-		if p, err = br.Peek(3); err != nil {
-			return false, err
-		}
-		if p[2] == '\n' {
-			return true, nil
-		}
-	case '\n':
-	default:
-		br.Discard(1) // dot-stuffing; what follows is content
-		return false, nil
-	}
-	b.bareEOL, b.fakeEnd = true, true
-	return true, nil
-}
-
-// nextLine returns the buffered bytes up to the first LF, or all of them
-// when none is an LF, reading only when nothing is buffered: the part of a
-// line that has arrived is checked at once, so a lone CR is seen without
-// waiting for an LF that a sender ending lines with CR never sends. The
-// bytes stay in br until discarded.
-func nextLine(br *bufio.Reader) ([]byte, error) {
-	if br.Buffered() == 0 {
-		if _, err := br.Peek(1); err != nil {
-			return nil, err
-		}
-	}
-	p, _ := br.Peek(br.Buffered())
-	if i := bytes.IndexByte(p, '\n'); i >= 0 {
-		p = p[:i+1]
-	}
-	return p, nil
-}
-
-// dataHandoff lets go-smtp's own decoder read the terminator readData left
-// in the buffer, and checks that it sees exactly the end of the message.
-func dataHandoff(dr io.Reader) error {
-	var buf [64]byte
-	n, err := dr.Read(buf[:])
-	if n == 0 && err == io.EOF {
-		return nil
-	}
-	io.Copy(io.Discard, dr)
-	return errors.New("smtpd: go-smtp's DATA decoder disagrees on the end of the message")
-}
-
-// readDecoded is the fallback for DATA when rawDataBuffer fails, and the
-// reader for BDAT: it checks r's output as is (BDAT bodies are not
-// dot-stuffed). It reads r to its end.
-func readDecoded(r io.Reader, b *bodyChecker, arm func()) error {
-	buf := make([]byte, 32<<10)
+// readDecoded reads a message body from r (go-smtp's decoded DATA, or a
+// BDAT pipe) and feeds it to b. It returns nil at the end of the message,
+// or for DATA (stopAtFake) at a fake terminator (b.fakeEnd), or the read
+// error. arm is called before each read (to extend the data timeout).
+func readDecoded(r io.Reader, b *bodyChecker, stopAtFake bool, arm func()) error {
+	// go-smtp's DATA reader returns at most what its 4 KiB buffer holds.
+	buf := make([]byte, 8<<10)
 	for {
 		arm()
 		n, err := r.Read(buf)
 		b.feed(buf[:n])
+		if stopAtFake && b.fakeEnd {
+			return nil
+		}
 		if err == io.EOF {
 			return nil
 		}

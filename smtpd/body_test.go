@@ -1,67 +1,55 @@
 package smtpd
 
 import (
-	"bufio"
 	"bytes"
-	"io"
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 )
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
-// readData on its own: framing, dot-unstuffing and the checks, and what is
-// left in the buffer for go-smtp.
-func TestReadData(t *testing.T) {
+// DATA as go-smtp (the patched copy in third_party/go-smtp) decodes it and
+// readBody checks it, over a real connection: framing, dot-unstuffing, and
+// where a message with a bare CR or LF ends. Each case runs on its own
+// connection; after a refused one the connection is closed.
+func TestDataDecoding(t *testing.T) {
+	ts := startServer(t, Options{MaxLineLength: -1, DataTimeout: 20 * time.Second})
 	for _, tc := range []struct {
-		in, body, rest string
-		bare           bool
-		fake           bool // ends at a "." line with a bare CR or LF
-		eof            bool // no terminator: runs out of input
+		in, body string
+		bare     bool // refused with 550 5.6.0 and closed
 	}{
-		{in: ".\r\nNEXT", body: "", rest: ".\r\nNEXT"},
-		{in: "a\r\n.\r\n", body: "a\r\n", rest: ".\r\n"},
-		{in: "..a\r\n..\r\n.\r\n", body: ".a\r\n.\r\n", rest: ".\r\n"},
-		{in: ".a\r\n.\r\n", body: "a\r\n", rest: ".\r\n"},
-		{in: "a\r\n.\rb\r\n.\r\n", bare: true, fake: true}, // the CR go-smtp's decoder drops
-		{in: "a\r\n.\nb\r\n.\r\n", bare: true, fake: true}, // bare LF after the dot
-		{in: "a\n.\r\nb\r\n.\r\n", bare: true, fake: true}, // "\n.\r\n" ends a doomed message, never a good one
-		{in: "a\r.\rb\r\n.\r\n", bare: true, fake: true},
-		{in: "a\n.\n", bare: true, fake: true},
-		{in: "a\n..\r\nb\r\n.\r\n", bare: true, rest: ".\r\n"},              // "..": a stuffed dot to anyone
-		{in: "a\r\r\n.\r\nb\r\n.\r\n", bare: true, rest: ".\r\nb\r\n.\r\n"}, // literal CRLF.CRLF ends it
-		{in: "a\r\n", eof: true},
-		{in: "a\r\n.", eof: true},
-		{in: strings.Repeat("x", 5000) + "\r\n.\r\n", body: strings.Repeat("x", 5000) + "\r\n", rest: ".\r\n"}, // longer than the buffer
+		{in: ".\r\n", body: ""},
+		{in: "a\r\n.\r\n", body: "a\r\n"},
+		{in: "..a\r\n..\r\n.\r\n", body: ".a\r\n.\r\n"},
+		{in: ".a\r\n.\r\n", body: "a\r\n"},
+		{in: "a\r\n.\rb\r\n.\r\n", bare: true}, // the CR upstream go-smtp's decoder drops
+		{in: "a\r\n.\nb\r\n.\r\n", bare: true}, // bare LF after the dot
+		{in: "a\n.\r\nb\r\n.\r\n", bare: true}, // "\n.\r\n" ends a doomed message, never a good one
+		{in: "a\r.\rb\r\n.\r\n", bare: true},
+		{in: "a\n.\n", bare: true},
+		{in: "a\n..\r\nb\r\n.\r\n", bare: true},                                                 // "..": a stuffed dot to anyone
+		{in: "a\r\r\n.\r\nb\r\n.\r\n", bare: true},                                              // literal CRLF.CRLF ends it
+		{in: strings.Repeat("x", 5000) + "\r\n.\r\n", body: strings.Repeat("x", 5000) + "\r\n"}, // longer than a read
 	} {
-		var out bytes.Buffer
-		br := bufio.NewReaderSize(strings.NewReader(tc.in), 16)
-		b := &bodyChecker{dst: &out}
-		err := readData(br, b, func() {})
-		if tc.eof {
-			if err == nil {
-				t.Errorf("%q: no error without a terminator", tc.in)
+		before := len(ts.del.all())
+		r := ts.inData(t, inboundAddr)
+		r.send(tc.in)
+		if tc.bare {
+			if txt := r.expect(550); txt != "5.6.0 Bare CR or LF not allowed" {
+				t.Errorf("%q: reply %q", tc.in, txt)
+			}
+			r.expectClosed()
+			if n := len(ts.del.all()); n != before {
+				t.Errorf("%q delivered", tc.in)
 			}
 			continue
 		}
-		if err != nil {
-			t.Errorf("%q: %v", tc.in, err)
-			continue
-		}
-		if b.fakeEnd != tc.fake {
-			t.Errorf("%q: fakeEnd %v", tc.in, b.fakeEnd)
-		}
-		rest, _ := io.ReadAll(br)
-		if !tc.fake && string(rest) != tc.rest {
-			t.Errorf("%q: left %q, want %q", tc.in, rest, tc.rest)
-		}
-		endErr := b.end()
-		if tc.bare != (endErr != nil) {
-			t.Errorf("%q: end() = %v", tc.in, endErr)
-		}
-		if !tc.bare && out.String() != tc.body {
-			t.Errorf("%q: body %q, want %q", tc.in, out.String(), tc.body)
+		r.expect(250)
+		d := ts.del.all()
+		if len(d) != before+1 || !bytes.Equal(d[before].body, []byte(tc.body)) {
+			t.Errorf("%q: delivered %d, want body %q", tc.in, len(d)-before, tc.body)
 		}
 	}
 }

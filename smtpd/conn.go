@@ -17,16 +17,6 @@ import (
 	"time"
 )
 
-// Replies written by this package itself rather than through go-smtp: by
-// the listener before go-smtp sees a connection, and as the last reply of a
-// connection that ends outside a message (trackedConn.endWith).
-const (
-	replyTooMany      = "421 4.7.0 Too many connections, try again later\r\n"
-	replyShuttingDown = "421 4.3.2 Service shutting down, try again later\r\n"
-	replyIdleTimeout  = "421 4.4.2 Idle timeout, closing connection\r\n"
-	replyBDATTimeout  = "421 4.4.2 Timeout waiting for message data, closing connection\r\n"
-)
-
 // finalReplyTimeout bounds the write of a reply that ends a connection: a
 // client that does not read must not hold a shutdown.
 const finalReplyTimeout = 5 * time.Second
@@ -144,7 +134,7 @@ type trackedConn struct {
 	// bodies counts the Session.Data calls running: a DATA or BDAT body
 	// being received or committed. Shutdown lets those finish.
 	bodies atomic.Int32
-	// dataBody is set while readData reads a DATA body on go-smtp's
+	// dataBody is set while readBody reads a DATA body on go-smtp's
 	// goroutine: read errors then go back to it as they are.
 	dataBody atomic.Bool
 
@@ -284,7 +274,7 @@ func (c *trackedConn) wokenByKick(err error) bool {
 }
 
 // readFailed decides what a failed read means. In a DATA body the error
-// goes back to readData, which turns it into the reply. Anywhere else (a
+// goes back to readBody, which turns it into the reply. Anywhere else (a
 // command, a BDAT chunk, a TLS handshake) the connection ends here: go-smtp
 // would answer a timeout in a BDAT chunk with "554 5.0.0" and the error's
 // text, and take a client that went away in the middle of a chunk for the

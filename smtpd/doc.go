@@ -10,6 +10,9 @@
 // callbacks — is produced by one function, mapError:
 //
 //   - nil means success: 250.
+//   - A *Verdict (the decision of the Deliverer: stored, discarded,
+//     rejected ...) is answered from the reply table in replies.go, the
+//     one home of syncrelay's replies.
 //   - An *smtp.SMTPError, returned as that exact type (not wrapped), is a
 //     deliberate reply and is sent as is: any 2xx/4xx/5xx code for DATA
 //     (a Deliverer may answer 250 with its own text, 550 5.7.1 for a DKIM
@@ -18,7 +21,9 @@
 //     else X.0.0 is sent; control characters are removed from its text.
 //   - Any other error, and any panic in a callback, is an internal problem:
 //     it is logged (error level, with the session id) and the client gets
-//     "451 4.3.0 Temporary local problem, try again later", never the
+//     "451 4.3.0 Temporary local problem, try again later" ("452 4.3.1
+//     Insufficient system storage, try again later" when the error is
+//     ENOSPC: the disk is full), never the
 //     error's text. The sender keeps the message and retries: nothing we
 //     could not handle is lost, and nothing internal leaks.
 //
@@ -31,6 +36,7 @@
 //
 //	550 5.1.1 No such recipient here         RCPT to an address that is not a tenant's
 //	451 4.3.0 Temporary local problem, ...   Recipients lookup or Deliverer error, panic
+//	452 4.3.1 Insufficient system storage... such an error that is ENOSPC (a full disk)
 //	452 4.5.3 Too many recipients            more than MaxRecipients RCPT commands
 //	552 5.3.4 Maximum message size exceeded  body over MaxMessageBytes (also MAIL SIZE=)
 //	550 5.6.0 Bare CR or LF not allowed      see below; after DATA the connection closes
@@ -48,14 +54,16 @@
 // CRLF.CRLF exactly (RFC 5321 §4.5.2, with dot-unstuffing; "\n.\r\n" never
 // ends a good message). A DATA body with a bare CR or LF ends at CRLF.CRLF
 // or at the first "." line a lenient sender would end it with ("x\n.\r\n",
-// "\r\n.\n", "\r.\r"), whichever comes first, and is refused there. After
+// "\r\n.\n", "\r.\r"; also a bare CR or LF at the start of a line, since
+// go-smtp's decoder has removed any dot before it), whichever comes first,
+// and is refused there. After
 // rejecting such a DATA body the server closes the connection: where a
 // malformed message ends is exactly what a sending MTA and we may disagree
 // on (that disagreement is SMTP smuggling, e.g. "\r\r\n.\r\n"), so nothing
 // after it is ever read as a command. BDAT bodies, framed by byte counts,
-// get the same checks and the session goes on. See body.go for why DATA is decoded from go-smtp's buffered reader
-// rather than from the reader go-smtp hands to Session.Data (go-smtp's
-// decoder drops the CR of a line starting ".\r").
+// get the same checks and the session goes on. DATA is decoded by a
+// patched go-smtp (third_party/go-smtp): upstream's decoder drops the CR of
+// a line starting ".\r"; see body.go.
 //
 // # Logging
 //

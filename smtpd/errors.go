@@ -1,45 +1,14 @@
 package smtpd
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
 	"strings"
+	"syscall"
 
 	"github.com/emersion/go-smtp"
-)
-
-// Replies this package chooses itself. Every one of them still goes out
-// through mapError, like the Deliverer's.
-var (
-	replyOK        = smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK"}
-	replyTempLocal = smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
-		Message: "Temporary local problem, try again later"}
-	replyNoSuchRcpt = smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1},
-		Message: "No such recipient here"}
-	replyTooManyRcpts = smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
-		Message: "Too many recipients"}
-	replyTooBig = smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
-		Message: "Maximum message size exceeded"}
-	// RFC 3463 has no code for bare line endings; X.6.0 "other or
-	// undefined media error" is the registered code that fits a body
-	// whose line structure is invalid. (5.6.11 is not in the IANA
-	// registry of enhanced status codes.)
-	replyBareEOL = smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
-		Message: "Bare CR or LF not allowed"}
-	// Same reasoning: RFC 5321 §4.5.3.1.6 line limit, a media error.
-	replyLineTooLong = smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
-		Message: "Message line too long"}
-	replyDataTimeout = smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
-		Message: "Timeout waiting for message data, closing connection"}
-	replyAborted = smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0},
-		Message: "Message transfer aborted"}
-	replyShutdown = smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2},
-		Message: "Service shutting down, try again later"}
-	replyNestedMail = smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
-		Message: "Nested MAIL command"}
-	replyNoRcpts = smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
-		Message: "No valid recipients"}
 )
 
 func reply(r smtp.SMTPError) *smtp.SMTPError { return &r }
@@ -76,6 +45,11 @@ const (
 //     or 5xx (4xx or 5xx for MAIL and RCPT, where go-smtp treats any error
 //     as a refusal), its enhanced code must be of the same class (or it
 //     becomes X.0.0), and its text loses control characters;
+//   - a *Verdict (a Deliverer's decision) is answered from the reply
+//     table (ReplyFor, replies.go), then treated as that SMTPError;
+//   - an error that is a full disk (syscall.ENOSPC, from the spool or the
+//     store) is logged and answered "452 4.3.1 Insufficient system
+//     storage, try again later";
 //   - anything else, including a recovered panic, is an internal error:
 //     it is logged with the session id and answered "451 4.3.0 Temporary
 //     local problem, try again later", so the sender retries and no
@@ -87,20 +61,47 @@ func mapError(log *slog.Logger, stage string, err error) error {
 	if err == nil {
 		return nil
 	}
-	if se, ok := err.(*smtp.SMTPError); ok {
-		if r, ok := sanitize(se, stage); ok {
-			return r
+	if v, ok := err.(*Verdict); ok {
+		r, known := ReplyFor(*v)
+		if !known {
+			log.Error("unknown verdict; answering 451", "stage", stage, "decision", v.Decision, "reason", v.Reason)
+			return reply(replyTempLocal)
 		}
-		log.Error("callback returned an unusable SMTP reply; answering 451",
-			"stage", stage, "code", se.Code)
-		return reply(replyTempLocal)
+		return sanitized(log, stage, &r)
+	}
+	if se, ok := err.(*smtp.SMTPError); ok {
+		return sanitized(log, stage, se)
 	}
 	if p, ok := err.(*panicError); ok {
 		log.Error("panic in callback; answering 451",
 			"stage", stage, "panic", fmt.Sprint(p.val), "stack", string(p.stack))
 		return reply(replyTempLocal)
 	}
+	if errors.Is(err, syscall.ENOSPC) {
+		log.Error("disk full; answering 452", "stage", stage, "err", err.Error())
+		return reply(replyNoSpace)
+	}
 	log.Error("internal error; answering 451", "stage", stage, "err", err.Error())
+	return reply(replyTempLocal)
+}
+
+// DataReply is the reply to DATA when the Deliverer returns err, as
+// mapError makes it (for replay, which runs the Deliverer without a
+// session); log gets what mapError logs.
+func DataReply(log *slog.Logger, err error) *smtp.SMTPError {
+	if r, ok := mapError(log, stageData, err).(*smtp.SMTPError); ok {
+		return r
+	}
+	return reply(replyOK)
+}
+
+// sanitized is se made safe to send (sanitize), or 451 when it is not usable.
+func sanitized(log *slog.Logger, stage string, se *smtp.SMTPError) *smtp.SMTPError {
+	if r, ok := sanitize(se, stage); ok {
+		return r
+	}
+	log.Error("callback returned an unusable SMTP reply; answering 451",
+		"stage", stage, "code", se.Code)
 	return reply(replyTempLocal)
 }
 

@@ -251,6 +251,31 @@ func (ts *testServer) raw(t testing.TB) *raw {
 	return r
 }
 
+// Layered session helpers, as in go-smtp's own tests: each step is the
+// one before plus one command, its reply checked.
+
+// greeted dials and reads the 220 greeting.
+func (ts *testServer) greeted(t testing.TB) *raw { return ts.raw(t) }
+
+// ehlod is greeted, then EHLO.
+func (ts *testServer) ehlod(t testing.TB) *raw {
+	t.Helper()
+	r := ts.greeted(t)
+	r.ehlo()
+	return r
+}
+
+// inData is ehlod, then MAIL, RCPT TO:<to> and DATA, answered 354: what is
+// sent next is the message.
+func (ts *testServer) inData(t testing.TB, to string) *raw {
+	t.Helper()
+	r := ts.ehlod(t)
+	r.envelope(to)
+	r.send("DATA\r\n")
+	r.expect(354)
+	return r
+}
+
 func (r *raw) send(s string) {
 	r.t.Helper()
 	r.c.SetWriteDeadline(time.Now().Add(5 * time.Second))

@@ -102,11 +102,7 @@ func TestShutdownPipelinedAfterCommit(t *testing.T) {
 		<-release
 		return nil
 	})
-	r := ts.raw(t)
-	r.ehlo()
-	r.envelope(inboundAddr)
-	r.send("DATA\r\n")
-	r.expect(354)
+	r := ts.inData(t, inboundAddr)
 	r.send(simpleBody + ".\r\nMAIL FROM:<" + senderAddr + ">\r\nRCPT TO:<" + inboundAddr + ">\r\nDATA\r\n")
 	<-committing
 	done := shutdownAsync(ts)
@@ -126,8 +122,7 @@ func TestShutdownPipelinedAfterCommit(t *testing.T) {
 // A session between BDAT chunks is inside a message: it may finish it.
 func TestShutdownGraceBetweenBDATChunks(t *testing.T) {
 	ts := startServer(t, Options{})
-	r := ts.raw(t)
-	r.ehlo()
+	r := ts.ehlod(t)
 	r.envelope(inboundAddr)
 	c1 := "Subject: x\r\n\r\n"
 	r.send(fmt.Sprintf("BDAT %d\r\n%s", len(c1), c1))
@@ -156,8 +151,7 @@ func TestFinalReplyOverTLS(t *testing.T) {
 		TLS:            &tls.Config{Certificates: []tls.Certificate{cert}},
 		CommandTimeout: 300 * time.Millisecond,
 	})
-	r := ts.raw(t)
-	r.ehlo()
+	r := ts.ehlod(t)
 	r.startTLS(pool)
 	r.ehlo()
 	r.send("QUIT\r\n")
@@ -184,8 +178,7 @@ func TestBDATChunkLineEndings(t *testing.T) {
 		{"Subject: x\r\n\r\n", "a\nb\nc\r\n"},
 	} {
 		ts := startServer(t, Options{})
-		r := ts.raw(t)
-		r.ehlo()
+		r := ts.ehlod(t)
 		r.envelope(inboundAddr)
 		for i, c := range chunks {
 			last := ""
@@ -225,8 +218,7 @@ func TestBDATChunkCutShort(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ts := startServer(t, Options{CommandTimeout: 300 * time.Millisecond})
-			r := ts.raw(t)
-			r.ehlo()
+			r := ts.ehlod(t)
 			r.envelope(inboundAddr)
 			if tc.first != "" {
 				r.send(fmt.Sprintf("BDAT %d\r\n%s", len(tc.first), tc.first))
@@ -262,11 +254,7 @@ func TestDataFakeTerminatorRefusedAtOnce(t *testing.T) {
 		"x\n.\r\n", "\r\n.\n.\r\n", "x\n.\n", "x\r.\r", "x\r.\r\n", "x\r\n.\n", "x\r\n.\rY",
 	} {
 		ts := startServer(t, Options{DataTimeout: 20 * time.Second})
-		r := ts.raw(t)
-		r.ehlo()
-		r.envelope(inboundAddr)
-		r.send("DATA\r\n")
-		r.expect(354)
+		r := ts.inData(t, inboundAddr)
 		r.send("Subject: x\r\n\r\n" + end)
 		code, text, ok := r.reply(2 * time.Second)
 		if !ok || code != 550 {

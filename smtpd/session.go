@@ -37,16 +37,18 @@ type Delivery struct {
 	Message  *spool.Spool
 	Received time.Time
 	// LogArgs, set by the Deliverer, are key-value pairs added to the
-	// session's "message" log line (what was decided, and why).
+	// session's "message" log line (what was decided, and why: the
+	// router's Outcome.Log).
 	LogArgs []any
 }
 
 // Deliverer decides and (for kept mail) durably commits one message. Return
-// nil for "250 2.0.0 OK"; return an *smtp.SMTPError (unwrapped) for a
+// nil for "250 2.0.0 OK"; a *Verdict for a decision, answered from the
+// reply table (replies.go); an *smtp.SMTPError (unwrapped) for any other
 // deliberate reply, any code including 250 with a custom text; any other
-// error becomes "451 4.3.0 Temporary local problem, try again later" and is
-// logged with the session id. A panic is recovered and treated likewise.
-// ctx is canceled when the connection ends.
+// error becomes "451 4.3.0 Temporary local problem, try again later" (452
+// 4.3.1 for a full disk) and is logged with the session id. A panic is
+// recovered and treated likewise. ctx is canceled when the connection ends.
 type Deliverer interface {
 	Deliver(ctx context.Context, d *Delivery) error
 }
@@ -280,33 +282,12 @@ func (ss *session) readBody(r io.Reader, bdat bool, sp *spool.Spool) (size int64
 		ss.tc.dataBody.Store(true)
 		defer ss.tc.dataBody.Store(false)
 	}
-	noArm := func() {}
-	switch br := rawDataBuffer(r); {
-	case bdat:
-		err = readDecoded(r, b, noArm)
-	case br != nil:
-		err = readData(br, b, ss.dataTimer())
-		switch {
-		case err != nil:
-		case b.fakeEnd:
-			// We stopped before go-smtp's end of data: its drain must not
-			// wait for one. The connection closes after the reply.
-			if ss.tc != nil {
-				ss.tc.stopReading()
-			}
-		default:
-			if herr := dataHandoff(r); herr != nil {
-				b.bareEOL = true // out of step with go-smtp: close
-				return 0, false, herr
-			}
-		}
-	default:
-		n := fallbackDecodes.Add(1)
-		if n == 1 {
-			ss.log.Error("cannot reach go-smtp's DATA buffer (go-smtp changed?): " +
-				"a bare CR after a leading dot is not detected")
-		}
-		err = readDecoded(r, b, ss.dataTimer())
+	if bdat {
+		err = readDecoded(r, b, false, func() {})
+	} else if err = readDecoded(r, b, true, ss.dataTimer()); err == nil && b.fakeEnd && ss.tc != nil {
+		// We stopped before go-smtp's end of data: its drain must not
+		// wait for one. The connection closes after the reply.
+		ss.tc.stopReading()
 	}
 	if err != nil {
 		return 0, false, readError(err)
@@ -314,7 +295,7 @@ func (ss *session) readBody(r io.Reader, bdat bool, sp *spool.Spool) (size int64
 	return 0, false, b.end()
 }
 
-// dataTimer returns the function readData calls before each read: it moves
+// dataTimer returns the function readDecoded calls before each read: it moves
 // the read deadline DataTimeout ahead, at most a few times per timeout.
 func (ss *session) dataTimer() func() {
 	t := ss.s.o.DataTimeout

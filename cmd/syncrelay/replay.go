@@ -18,6 +18,8 @@ import (
 	"syncrelay/config"
 	"syncrelay/daemon"
 	"syncrelay/router"
+	"syncrelay/smtpd"
+	"syncrelay/spool"
 	"syncrelay/store"
 	"syncrelay/store/bolt"
 )
@@ -26,6 +28,8 @@ import (
 type replayLine struct {
 	File string `json:"file"`
 	router.Outcome
+	// SMTPCode is the reply code the daemon gives (smtpd's reply table).
+	SMTPCode int `json:"smtp_code"`
 }
 
 func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -74,12 +78,7 @@ func readEML(path string) ([]byte, error) {
 	return bytes.ReplaceAll(b, []byte("\n"), []byte("\r\n")), nil
 }
 
-type memBody []byte
-
-func (b memBody) Open() io.Reader { return bytes.NewReader(b) }
-func (b memBody) Size() int64     { return int64(len(b)) }
-
-func openForReplay(c *config.Config, commit bool, stderr io.Writer) (*bolt.Store, func(), error) {
+func openForReplay(c *config.Config, commit bool, stderr io.Writer) (store.Store, func(), error) {
 	timeout := c.Store.OpenTimeout.Duration
 	if commit {
 		st, err := bolt.Open(c.Store.Dir, bolt.Options{LockTimeout: timeout})
@@ -110,7 +109,7 @@ func explainLocked(err error) error {
 	return err
 }
 
-func pickTenant(ctx context.Context, st *bolt.Store, want string) (string, error) {
+func pickTenant(ctx context.Context, st store.Tenants, want string) (string, error) {
 	if want != "" {
 		if _, err := st.Tenant(ctx, want); err != nil {
 			return "", fmt.Errorf("-tenant: %w", err)
@@ -156,6 +155,7 @@ func replayLocal(ctx context.Context, c *config.Config, tenant string, commit bo
 		fmt.Fprintf(stderr, "syncrelay replay: %v\n", err)
 		return 1
 	}
+	d := &daemon.Deliverer{Router: p.Router}
 	enc := json.NewEncoder(stdout)
 	status := 0
 	for _, f := range files {
@@ -165,10 +165,28 @@ func replayLocal(ctx context.Context, c *config.Config, tenant string, commit bo
 			status = 1
 			continue
 		}
-		out, _ := p.Router.Route(ctx, router.Input{Tenant: tenant, Body: memBody(raw)})
-		_ = enc.Encode(replayLine{File: f, Outcome: out})
+		line := replayOne(ctx, d, tenant, raw)
+		line.File = f
+		_ = enc.Encode(line)
 	}
 	return status
+}
+
+// replayOne runs raw through the daemon's Deliverer as a transaction to
+// tenant's inbound address, and answers it as the daemon's SMTP server
+// would.
+func replayOne(ctx context.Context, d *daemon.Deliverer, tenant string, raw []byte) replayLine {
+	sp := spool.New("", 0)
+	defer sp.Close()
+	_, err := sp.Write(raw)
+	var out router.Outcome
+	if err == nil {
+		out, err = d.Route(ctx, &smtpd.Delivery{SessionID: "replay", Tenants: []string{tenant}, Message: sp, Received: time.Now()})
+	}
+	if out.Decision == "" { // the spool failed: what the session would answer
+		out = router.Outcome{Decision: router.Tempfail, Reason: "local_error", Tenant: tenant, DKIM: []store.AuthResult{}}
+	}
+	return replayLine{Outcome: out, SMTPCode: smtpd.DataReply(slog.New(slog.DiscardHandler), err).Code}
 }
 
 func replaySMTP(ctx context.Context, c *config.Config, addr, tenant string, files []string, stdout, stderr io.Writer) int {
@@ -200,15 +218,15 @@ func replaySMTP(ctx context.Context, c *config.Config, addr, tenant string, file
 			status = 1
 			continue
 		}
-		out := router.Outcome{Tenant: tenant, DKIM: []store.AuthResult{}}
+		out := replayLine{File: f, Outcome: router.Outcome{Tenant: tenant, DKIM: []store.AuthResult{}}}
 		text, err := deliverSMTP(addr, "replay@"+c.SMTP.Hostname, rcpt, raw)
 		var se *smtp.SMTPError
 		switch {
 		case err == nil:
 			// The daemon names its decision in the 250 text: "OK: stored".
-			out.Code, out.Decision = 250, decisionFromReply(text)
+			out.SMTPCode, out.Decision = 250, decisionFromReply(text)
 		case errors.As(err, &se):
-			out.Code, out.Reason = se.Code, se.Message
+			out.SMTPCode, out.Reason = se.Code, se.Message
 			out.Decision = router.Rejected
 			if se.Code/100 == 4 {
 				out.Decision = router.Tempfail
@@ -217,7 +235,7 @@ func replaySMTP(ctx context.Context, c *config.Config, addr, tenant string, file
 			fmt.Fprintf(stderr, "syncrelay replay: %s: deliver to %s: %v\n", f, addr, err)
 			out.Decision, out.Reason = router.Tempfail, "connection: "+err.Error()
 		}
-		_ = enc.Encode(replayLine{File: f, Outcome: out})
+		_ = enc.Encode(out)
 	}
 	return status
 }

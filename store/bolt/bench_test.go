@@ -1,6 +1,7 @@
 package bolt
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // BenchmarkCommitInbound: concurrent sessions committing new 4 KiB
@@ -74,4 +77,63 @@ func writeBytes(b *testing.B) int64 {
 		}
 	}
 	return 0
+}
+
+// BenchmarkRawPlacement compares the two layouts SPEC §11 allows for small
+// messages, on the same group commit and the same record: the raw bytes as
+// a bbolt value in the transaction ("inline"), or appended to the segment
+// log and flushed once per batch before it ("segment", what the store
+// does). The record and index puts are the same in both.
+func BenchmarkRawPlacement(b *testing.B) {
+	body := []byte(strings.Repeat("x", 4094) + "\r\n")
+	rec := []byte(strings.Repeat(`{"field":"value"},`, 30))
+	for _, layout := range []string{"inline", "segment"} {
+		b.Run(layout, func(b *testing.B) {
+			s, err := Open(b.TempDir(), Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			ctx := context.Background()
+			inline := []byte("bench_inline")
+			if err := s.db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucketIfNotExists(inline); return err }); err != nil {
+				b.Fatal(err)
+			}
+			var n atomic.Uint64
+			b.SetParallelism(10)
+			b.SetBytes(int64(len(body)))
+			wb0 := writeBytes(b)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					id := n.Add(1)
+					var loc string
+					if layout == "segment" {
+						var err error
+						if loc, err = s.segs.append(nil, bytes.NewReader(body), int64(len(body))); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+					err := s.group(ctx, func(tx *bolt.Tx) error {
+						k := keyU64("bench", id)
+						if layout == "inline" {
+							if err := tx.Bucket(inline).Put(k, body); err != nil {
+								return err
+							}
+						} else if err := linkRaw(tx, loc, ownerKey(ownerMessage, "bench", id)); err != nil {
+							return err
+						}
+						return tx.Bucket(bMessages).Put(k, rec)
+					})
+					if err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			b.ReportMetric(float64(writeBytes(b)-wb0)/float64(b.N)/1024, "KiB-written/op")
+		})
+	}
 }

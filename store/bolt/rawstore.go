@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	bolt "go.etcd.io/bbolt"
+
+	"syncrelay/store"
 )
 
 // Raw bytes and the records that own them.
@@ -254,7 +256,7 @@ func (s *sectionFile) Close() error { return s.f.Close() }
 // so the production pipeline can run against today's data without changing
 // it (replay). Records of the copy keep their locators, but their bytes are
 // not copied: reading them gives ErrNotFound.
-func (s *Store) DryRun(ctx context.Context) (*Store, error) {
+func (s *Store) DryRun(ctx context.Context) (store.Store, error) {
 	tmp, err := os.MkdirTemp("", "syncrelay-dryrun-")
 	if err != nil {
 		return nil, err

@@ -104,25 +104,16 @@ func window(counts map[string]uint64, since time.Time) WindowCounts {
 func (s *Store) sentSince(tenant string, since time.Time) (n int, last time.Time, err error) {
 	prefix := []byte(tenant + "/")
 	err = s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bMessages).Cursor()
-		// The first key after every "tenant/..." key: '/'+1 is '0'.
-		k, v := c.Seek([]byte(tenant + "0"))
-		if k == nil {
-			k, v = c.Last()
-		} else {
-			k, v = c.Prev()
-		}
-		for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Prev() {
+		mb := tx.Bucket(bMessages)
+		c := tx.Bucket(bSentIdx).Cursor()
+		for k, _ := c.Seek(sentKey(tenant, since, 0)); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+16; k, _ = c.Next() {
 			var m struct {
 				Direction string    `json:"direction"`
 				Status    string    `json:"status"`
 				Received  time.Time `json:"received"`
 			}
-			if err := json.Unmarshal(v, &m); err != nil {
+			if err := getJSON(mb, keyU64(tenant, getU64(k[len(prefix)+8:])), &m); err != nil {
 				return err
-			}
-			if m.Received.Before(since) {
-				return nil
 			}
 			if m.Direction == Outbound && m.Status != "" && m.Status != "failed" {
 				n++
@@ -134,6 +125,12 @@ func (s *Store) sentSince(tenant string, since time.Time) (n int, last time.Time
 		return nil
 	})
 	return n, last, err
+}
+
+// sentKey is a message's key in bSentIdx.
+func sentKey(tenant string, at time.Time, id uint64) []byte {
+	k := append([]byte(tenant+"/"), putU64(uint64(max(at.UnixNano(), 0)))...)
+	return append(k, putU64(id)...)
 }
 
 // LatestIssuedMessageID returns the Message-ID (without <>) of a recent

@@ -48,7 +48,10 @@ var (
 	// written):
 	//   tenant/msgid                 -> Ref: issued, learned and received ids; the first holder keeps it
 	//   tenant/dedup key 0x00 thread -> u64 msg: duplicates are per thread (copyKey)
-	bMsgID      = []byte("msgid")
+	bMsgID = []byte("msgid")
+	// bSentIdx lists the messages sent through the API by time, so that the
+	// status reads the sends of its window, not every message of it.
+	bSentIdx    = []byte("sent_idx")   // tenant/ u64 unix ns / u64 msg -> ""
 	bConvIndex  = []byte("conv_index") // tenant/hex -> thread u64
 	bCounters   = []byte("counters")   // tenant/hour/decision/reason -> u64
 	bOutbox     = []byte("outbox")     // u64 seq -> Event
@@ -56,7 +59,7 @@ var (
 	bQuarantine = []byte("quarantine") // tenant/u64 -> Quarantined
 
 	allBuckets = [][]byte{bMeta, bTenants, bInbound, bUsers, bUserEmail, bCands, bCandEmail,
-		bThreads, bCandThread, bMessages, bThreadMsg, bMsgID, bConvIndex, bCounters, bOutbox, bKV, bQuarantine,
+		bThreads, bCandThread, bMessages, bThreadMsg, bMsgID, bSentIdx, bConvIndex, bCounters, bOutbox, bKV, bQuarantine,
 		bGrants, bDelegations, bDelegPair, bOutboxIdx, bSegs, bSegRecs, bBigFiles}
 
 	keySchema = []byte("schema_version")

@@ -67,6 +67,11 @@ func (s *Store) CreateOutbound(ctx context.Context, th *Thread, m *Message, mint
 		if err := s.putMessage(tx, &msg, msg.InternetMessageID); err != nil {
 			return err
 		}
+		if msg.Status != "" { // sent through the API: the status counts it
+			if err := tx.Bucket(bSentIdx).Put(sentKey(msg.Tenant, msg.Received, msg.ID), nil); err != nil {
+				return err
+			}
+		}
 		if err := putJSON(tb, keyU64(t.Tenant, t.ID), &t); err != nil {
 			return err
 		}
@@ -619,11 +624,12 @@ func (s *Store) Counts(ctx context.Context, tenant string, since time.Time) (map
 		out[rest[11:]] += n
 	}
 	err := s.db.View(func(tx *bolt.Tx) error {
-		if err := forPrefix(tx.Bucket(bCounters), []byte(tenant+"/"), func(k, v []byte) error {
+		// Keys are tenant/hour/...: start at the window's first hour, so
+		// the read is as long as the window, not as the tenant's history.
+		c := tx.Bucket(bCounters).Cursor()
+		prefix := []byte(tenant + "/")
+		for k, v := c.Seek(append(slicesClone(prefix), from...)); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			add(string(k), getU64(v))
-			return nil
-		}); err != nil {
-			return err
 		}
 		if v := tx.Bucket(bKV).Get(key("last_seen", tenant)); v != nil {
 			last, _ = time.Parse(time.RFC3339Nano, string(v))

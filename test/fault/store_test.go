@@ -17,13 +17,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"syncrelay/cmd/srload/loadgen"
 	"syncrelay/config"
 	"syncrelay/daemon"
 	"syncrelay/internal/testutil"
-	"syncrelay/router"
 	"syncrelay/smtpd"
 	"syncrelay/store"
 	"syncrelay/store/bolt"
@@ -261,17 +258,6 @@ func (f *failingReader) Read(p []byte) (int, error) {
 	return k, err
 }
 
-// deliverer maps the router's outcome to the SMTP reply as the daemon does.
-type deliverer struct{ r *router.Router }
-
-func (d deliverer) Deliver(ctx context.Context, del *smtpd.Delivery) error {
-	out, _ := d.r.Route(ctx, router.Input{Tenant: del.Tenants[0], Body: del.Message})
-	if out.Code == 250 {
-		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: " + out.Decision}
-	}
-	return &smtp.SMTPError{Code: out.Code, EnhancedCode: smtp.EnhancedCode(out.Enhanced), Message: out.Text}
-}
-
 func countFiles(t *testing.T, root string) (raw, tmp int) {
 	t.Helper()
 	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
@@ -311,7 +297,7 @@ func TestInjectedWriter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := smtpd.New(smtpd.Options{Hostname: c.SMTP.Hostname, SpoolDir: t.TempDir()}, st, deliverer{p.Router})
+	srv, err := smtpd.New(smtpd.Options{Hostname: c.SMTP.Hostname, SpoolDir: t.TempDir()}, st, &daemon.Deliverer{Router: p.Router})
 	if err != nil {
 		t.Fatal(err)
 	}

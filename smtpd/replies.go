@@ -1,0 +1,129 @@
+package smtpd
+
+import (
+	"github.com/emersion/go-smtp"
+)
+
+// The replies of syncrelay's SMTP server, in one place: those this package
+// chooses itself, and the table that turns a Deliverer's Verdict into a
+// reply. Every one of them goes out through mapError (but for the raw
+// ones at the end, written before or after go-smtp runs a session).
+
+// Replies this package chooses itself.
+var (
+	replyOK        = smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK"}
+	replyTempLocal = smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+		Message: "Temporary local problem, try again later"}
+	// A full disk (ENOSPC from the spool or the store): the sender retries
+	// (RFC 3463 X.3.1 "mail system full").
+	replyNoSpace = smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1},
+		Message: "Insufficient system storage, try again later"}
+	replyNoSuchRcpt = smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1},
+		Message: "No such recipient here"}
+	replyTooManyRcpts = smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
+		Message: "Too many recipients"}
+	replyTooBig = smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
+		Message: "Maximum message size exceeded"}
+	// RFC 3463 has no code for bare line endings; X.6.0 "other or
+	// undefined media error" is the registered code that fits a body
+	// whose line structure is invalid. (5.6.11 is not in the IANA
+	// registry of enhanced status codes.)
+	replyBareEOL = smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+		Message: "Bare CR or LF not allowed"}
+	// Same reasoning: RFC 5321 §4.5.3.1.6 line limit, a media error.
+	replyLineTooLong = smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+		Message: "Message line too long"}
+	replyDataTimeout = smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+		Message: "Timeout waiting for message data, closing connection"}
+	replyAborted = smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0},
+		Message: "Message transfer aborted"}
+	replyShutdown = smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2},
+		Message: "Service shutting down, try again later"}
+	replyNestedMail = smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
+		Message: "Nested MAIL command"}
+	replyNoRcpts = smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
+		Message: "No valid recipients"}
+)
+
+// Verdict is what a Deliverer decided for a message. Returned (as a
+// pointer) from Deliver, it is answered from the reply table (ReplyFor):
+// the Deliverer decides, this package says it in SMTP.
+type Verdict struct {
+	Decision string // the router's: stored, duplicate, discarded, quarantined, rejected or tempfail
+	Reason   string // e.g. "dkim_fail"; picks the reply of a refusal
+	// Detail completes the reply text of some refusals in fixed words (the
+	// DKIM failure, a limit); never internal detail.
+	Detail string
+}
+
+func (v *Verdict) Error() string { return "smtpd: verdict " + v.Decision + " (" + v.Reason + ")" }
+
+// verdictReply is one row of the table: a decision, and for refusals a
+// reason ("" matches any), answered with reply. Its text is completed by
+// the Verdict's Detail and suffix (detail), or by the decision's name
+// (namesDecision: "OK: stored", which helps admins reading the sender's
+// logs and replay -smtp, and tells the sender nothing its own forwarding
+// server should not know).
+type verdictReply struct {
+	decision, reason string
+	reply            smtp.SMTPError
+	detail           bool
+	suffix           string
+	namesDecision    bool
+}
+
+var replyDKIMFailed = smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "DKIM verification failed: "}
+
+// verdictReplies is the table, first match wins.
+var verdictReplies = []verdictReply{
+	{decision: "stored", reply: replyOK, namesDecision: true},
+	{decision: "duplicate", reply: replyOK, namesDecision: true},
+	{decision: "discarded", reply: replyOK, namesDecision: true},
+	{decision: "quarantined", reply: replyOK, namesDecision: true},
+	{decision: "rejected", reason: "header_too_large", reply: smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
+		Message: "Message header exceeds "}, detail: true, suffix: " bytes"},
+	{decision: "rejected", reason: "malformed_header", reply: smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+		Message: "Malformed message header"}},
+	{decision: "rejected", reason: "mime_too_deep", reply: smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+		Message: "MIME nesting deeper than "}, detail: true},
+	// dkim_fail, dkim_unaligned: the reply gives the reason in fixed
+	// words; resolver addresses, zone file paths and Go errors stay in the
+	// log.
+	{decision: "rejected", reason: "dkim_fail", reply: replyDKIMFailed, detail: true},
+	{decision: "rejected", reason: "dkim_unaligned", reply: replyDKIMFailed, detail: true},
+	// A refusal this table does not name yet.
+	{decision: "rejected", reply: smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 0, 0}, Message: "Message refused"}},
+	{decision: "tempfail", reason: "dkim_temperror", reply: smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 3},
+		Message: "Temporary DNS failure verifying DKIM, try again later"}},
+	{decision: "tempfail", reply: replyTempLocal},
+}
+
+// ReplyFor returns the reply to v from the table; ok is false for a
+// decision the table does not know (mapError answers that 451).
+func ReplyFor(v Verdict) (r smtp.SMTPError, ok bool) {
+	for i := range verdictReplies {
+		row := &verdictReplies[i]
+		if row.decision != v.Decision || (row.reason != "" && row.reason != v.Reason) {
+			continue
+		}
+		r = row.reply
+		switch {
+		case row.namesDecision:
+			r.Message += ": " + v.Decision
+		case row.detail:
+			r.Message += v.Detail + row.suffix
+		}
+		return r, true
+	}
+	return smtp.SMTPError{}, false
+}
+
+// Replies written by this package itself rather than through go-smtp: by
+// the listener before go-smtp sees a connection, and as the last reply of a
+// connection that ends outside a message (trackedConn.endWith).
+const (
+	replyTooMany      = "421 4.7.0 Too many connections, try again later\r\n"
+	replyShuttingDown = "421 4.3.2 Service shutting down, try again later\r\n"
+	replyIdleTimeout  = "421 4.4.2 Idle timeout, closing connection\r\n"
+	replyBDATTimeout  = "421 4.4.2 Timeout waiting for message data, closing connection\r\n"
+)
