@@ -228,13 +228,9 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	return runErr
 }
 
-// Store is what the daemon runs on: the store contract plus the batched
-// lookups the router uses. Both backends provide it.
-type Store interface {
-	store.Store
-	LookupMsgIDs(ctx context.Context, tenant string, ids []string) ([]store.Ref, error)
-	LookupCopy(ctx context.Context, tenant string, thread uint64, msgid, digest string) (store.Ref, bool, error)
-}
+// Store is what the daemon runs on: the store contract, which both
+// backends provide.
+type Store = store.Store
 
 var (
 	_ Store = (*bolt.Store)(nil)

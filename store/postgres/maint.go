@@ -65,3 +65,13 @@ func (s *Store) HasData(ctx context.Context) (bool, error) {
 		OR EXISTS (SELECT 1 FROM grants) OR EXISTS (SELECT 1 FROM quarantine)`).Scan(&has)
 	return has, err
 }
+
+// ErrDryRunUnsupported is DryRun's answer (it wraps errors.ErrUnsupported).
+var ErrDryRunUnsupported = fmt.Errorf("the postgres backend has no scratch copy for a dry run: replay against a running node with -smtp: %w", errors.ErrUnsupported)
+
+// DryRun is not offered: a copy of a shared database whose writes vanish
+// would need a transaction held open across the whole replay on one
+// connection, which the concurrent commit loop cannot share.
+func (s *Store) DryRun(ctx context.Context) (store.Store, error) {
+	return nil, ErrDryRunUnsupported
+}
