@@ -1,0 +1,188 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/emersion/go-msgauth/dkim"
+	"github.com/emersion/go-smtp"
+
+	"syncrelay/config"
+	"syncrelay/daemon"
+	"syncrelay/internal/dnstest"
+	"syncrelay/internal/pgtest"
+	"syncrelay/store"
+	"syncrelay/store/postgres"
+	"syncrelay/token"
+)
+
+// TestTwoNodesOnePostgres runs two real `syncrelay serve` processes with
+// the same config, DSN and secret key: a tenant created through node A is
+// accepted by node B at once, the same copy delivered to both at once is
+// stored once, and mail delivered to node B is on the timeline (and its
+// raw bytes) read through node A.
+func TestTwoNodesOnePostgres(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	dir := t.TempDir()
+	t.Setenv(config.EnvSecretKey, strings.Repeat("ab", config.SecretKeySize))
+	t.Setenv(config.EnvAPITokens, "multinode-token-0123456789abcdef")
+	dkimKey, txt := dnstest.GenRSA(t, 2048)
+	zone := filepath.Join(dir, "zone.txt")
+	must(t, os.WriteFile(zone, []byte(fmt.Sprintf("s1._domainkey.cand.test TXT %q\n", txt)), 0o600))
+	cfgPath := writeConfig(t, dir, fmt.Sprintf("backend = \"postgres\"\ndsn = %q\n[dns]\nzone_file = %q\n", dsn, zone))
+	a := startDaemon(t, dir, "-config", cfgPath)
+	b := startDaemon(t, dir, "-config", cfgPath)
+	a.token, b.token = "multinode-token-0123456789abcdef", "multinode-token-0123456789abcdef"
+
+	code, ten := a.api(t, "POST", "/v1/tenants", `{"id":"acme","name":"Acme","domains":["acme.test"],"provider":"google"}`)
+	if code != 201 {
+		t.Fatalf("create tenant on A: %d %v", code, ten)
+	}
+	inbound := ten["inbound_address"].(string)
+	// Node B accepts the new tenant's address at once (no 550 5.1.1).
+	if got := deliver(t, b.smtp, inbound, []byte("From: x@else.test\r\nMessage-ID: <u1@else.test>\r\nSubject: x\r\n\r\nnot of interest\r\n")); got != "2.0.0 OK: discarded" {
+		t.Fatalf("node B, tenant created on A: %q", got)
+	}
+	if code, _ := b.api(t, "POST", "/v1/tenants/acme/candidates", `{"id":"c-1","name":"Carl","emails":["carl@cand.test"]}`); code != 201 {
+		t.Fatalf("create candidate on B: %d", code)
+	}
+	if code, _ := a.api(t, "POST", "/v1/tenants/acme/users", `{"id":"u-rec","email":"rec@acme.test","name":"Rita","role":"admin"}`); code != 201 {
+		t.Fatalf("create user on A: %d", code)
+	}
+
+	// A thread started in syncrelay, as the ATS would through the API.
+	refs := seedThread(t, cfgPath, dsn)
+	signer := &dkim.SignOptions{Domain: "cand.test", Selector: "s1", Signer: dkimKey,
+		HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed}
+	reply := func(id, body string) []byte {
+		raw := fmt.Sprintf("From: carl@cand.test\r\nTo: rec@acme.test\r\nSubject: Re: hello\r\nMessage-ID: <%s@cand.test>\r\nReferences: %s\r\n\r\n%s\r\n", id, refs, body)
+		var out bytes.Buffer
+		must(t, dkim.Sign(&out, strings.NewReader(raw), signer))
+		return out.Bytes()
+	}
+
+	// The same copy reaching both nodes at once is stored once.
+	for i := range 5 {
+		msg := reply(fmt.Sprintf("both%d", i), "Both nodes.")
+		var wg sync.WaitGroup
+		got := make([]string, 2)
+		for j, n := range []*proc{a, b} {
+			wg.Add(1)
+			go func() { defer wg.Done(); got[j] = deliver(t, n.smtp, inbound, msg) }()
+		}
+		wg.Wait()
+		if strings.Join(got, "|") != "2.0.0 OK: stored|2.0.0 OK: duplicate" && strings.Join(got, "|") != "2.0.0 OK: duplicate|2.0.0 OK: stored" {
+			t.Errorf("copy %d on both nodes: %q", i, got)
+		}
+	}
+
+	// Mail delivered to B is on the timeline read through A, bytes too.
+	if got := deliver(t, b.smtp, inbound, reply("viaB", "Delivered to B.")); got != "2.0.0 OK: stored" {
+		t.Fatalf("delivery to B: %q", got)
+	}
+	code, threads := actingGet(t, a, "/v1/tenants/acme/candidates/c-1/threads")
+	if code != 200 {
+		t.Fatalf("threads on A: %d %v", code, threads)
+	}
+	th := threads["threads"].([]any)[0].(map[string]any)
+	code, full := actingGet(t, a, "/v1/tenants/acme/threads/"+th["id"].(string)+"/messages?limit=100")
+	if code != 200 {
+		t.Fatalf("thread messages on A: %d %v", code, full)
+	}
+	var viaB string
+	msgs := full["messages"].([]any)
+	for _, m := range msgs {
+		if m := m.(map[string]any); m["text"] == "Delivered to B." {
+			viaB = m["id"].(string)
+		}
+	}
+	if len(msgs) != 1+5+1 || viaB == "" {
+		t.Fatalf("A's timeline has %d messages (want 7, one delivered to B): %v", len(msgs), msgs)
+	}
+	req, _ := http.NewRequest("GET", "http://"+a.http+"/v1/tenants/acme/messages/"+viaB+"/raw", nil)
+	req.Header.Set("Authorization", "Bearer "+a.token)
+	req.Header.Set("X-Acting-User", "u-rec")
+	resp, err := http.DefaultClient.Do(req)
+	must(t, err)
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Contains(raw, []byte("Delivered to B.")) {
+		t.Errorf("raw of B's message through A: %d %q", resp.StatusCode, raw)
+	}
+}
+
+// actingGet is a GET through the API as the tenant's admin u-rec.
+func actingGet(t *testing.T, d *proc, path string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+d.http+path, nil)
+	req.Header.Set("Authorization", "Bearer "+d.token)
+	req.Header.Set("X-Acting-User", "u-rec")
+	resp, err := http.DefaultClient.Do(req)
+	must(t, err)
+	defer resp.Body.Close()
+	var m map[string]any
+	json.NewDecoder(resp.Body).Decode(&m)
+	return resp.StatusCode, m
+}
+
+// seedThread records a sent message (and its thread) in the shared
+// database with the nodes' key, and returns its Message-ID as References.
+func seedThread(t *testing.T, cfgPath, dsn string) string {
+	t.Helper()
+	c, err := config.Load(cfgPath)
+	must(t, err)
+	keys, _, err := daemon.LoadKeys(c, false)
+	must(t, err)
+	kr, err := token.New(keys.Token, c.SMTP.Hostname)
+	must(t, err)
+	st, err := postgres.Open(context.Background(), dsn, postgres.Options{})
+	must(t, err)
+	defer st.Close()
+	th := store.Thread{Tenant: "acme", Candidate: "c-1", CreatedBy: "u-rec"}
+	m := store.Message{From: "rec@acme.test", SentBy: "u-rec", Status: "sent"}
+	must(t, st.CreateOutbound(context.Background(), &th, &m, func(thread, id uint64) (string, string) {
+		conv := kr.ConversationIndex("acme", thread)
+		return strings.Trim(kr.MessageID(token.ID{Tenant: "acme", Thread: thread, Message: id}), "<>"), hex.EncodeToString(conv[:])
+	}))
+	return "<" + m.InternetMessageID + ">"
+}
+
+// deliver sends one message over a new SMTP session and returns the reply
+// text of DATA (or the error).
+func deliver(t *testing.T, addr, rcpt string, msg []byte) string {
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		return err.Error()
+	}
+	defer c.Close()
+	if err := c.Hello("client.test"); err != nil {
+		return err.Error()
+	}
+	if err := c.Mail("fwd@acme.test", nil); err != nil {
+		return err.Error()
+	}
+	if err := c.Rcpt(rcpt, nil); err != nil {
+		return err.Error()
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err.Error()
+	}
+	w.Write(msg)
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		return err.Error()
+	}
+	c.Quit()
+	return resp.StatusText
+}
