@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-smtp"
@@ -32,44 +33,8 @@ import (
 // stored once, and mail delivered to node B is on the timeline (and its
 // raw bytes) read through node A.
 func TestTwoNodesOnePostgres(t *testing.T) {
-	dsn := pgtest.DSN(t)
-	dir := t.TempDir()
-	t.Setenv(config.EnvSecretKey, strings.Repeat("ab", config.SecretKeySize))
-	t.Setenv(config.EnvAPITokens, "multinode-token-0123456789abcdef")
-	dkimKey, txt := dnstest.GenRSA(t, 2048)
-	zone := filepath.Join(dir, "zone.txt")
-	must(t, os.WriteFile(zone, []byte(fmt.Sprintf("s1._domainkey.cand.test TXT %q\n", txt)), 0o600))
-	cfgPath := writeConfig(t, dir, fmt.Sprintf("backend = \"postgres\"\ndsn = %q\n[dns]\nzone_file = %q\n", dsn, zone))
-	a := startDaemon(t, dir, "-config", cfgPath)
-	b := startDaemon(t, dir, "-config", cfgPath)
-	a.token, b.token = "multinode-token-0123456789abcdef", "multinode-token-0123456789abcdef"
-
-	code, ten := a.api(t, "POST", "/v1/tenants", `{"id":"acme","name":"Acme","domains":["acme.test"],"provider":"google"}`)
-	if code != 201 {
-		t.Fatalf("create tenant on A: %d %v", code, ten)
-	}
-	inbound := ten["inbound_address"].(string)
-	// Node B accepts the new tenant's address at once (no 550 5.1.1).
-	if got := deliver(t, b.smtp, inbound, []byte("From: x@else.test\r\nMessage-ID: <u1@else.test>\r\nSubject: x\r\n\r\nnot of interest\r\n")); got != "2.0.0 OK: discarded" {
-		t.Fatalf("node B, tenant created on A: %q", got)
-	}
-	if code, _ := b.api(t, "POST", "/v1/tenants/acme/candidates", `{"id":"c-1","name":"Carl","emails":["carl@cand.test"]}`); code != 201 {
-		t.Fatalf("create candidate on B: %d", code)
-	}
-	if code, _ := a.api(t, "POST", "/v1/tenants/acme/users", `{"id":"u-rec","email":"rec@acme.test","name":"Rita","role":"admin"}`); code != 201 {
-		t.Fatalf("create user on A: %d", code)
-	}
-
-	// A thread started in syncrelay, as the ATS would through the API.
-	refs := seedThread(t, cfgPath, dsn)
-	signer := &dkim.SignOptions{Domain: "cand.test", Selector: "s1", Signer: dkimKey,
-		HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed}
-	reply := func(id, body string) []byte {
-		raw := fmt.Sprintf("From: carl@cand.test\r\nTo: rec@acme.test\r\nSubject: Re: hello\r\nMessage-ID: <%s@cand.test>\r\nReferences: %s\r\n\r\n%s\r\n", id, refs, body)
-		var out bytes.Buffer
-		must(t, dkim.Sign(&out, strings.NewReader(raw), signer))
-		return out.Bytes()
-	}
+	n := startTwoNodes(t)
+	a, b, inbound, reply := n.a, n.b, n.inbound, n.reply
 
 	// The same copy reaching both nodes at once is stored once.
 	for i := range 5 {
@@ -119,6 +84,59 @@ func TestTwoNodesOnePostgres(t *testing.T) {
 	if resp.StatusCode != 200 || !bytes.Contains(raw, []byte("Delivered to B.")) {
 		t.Errorf("raw of B's message through A: %d %q", resp.StatusCode, raw)
 	}
+}
+
+// twoNodes are two real nodes on one database, with a tenant, a user, a
+// candidate and a thread started in syncrelay.
+type twoNodes struct {
+	a, b    *proc
+	dsn     string
+	inbound string
+	// reply is a DKIM-signed reply on the thread with Message-ID <id@cand.test>.
+	reply func(id, body string) []byte
+}
+
+func startTwoNodes(t *testing.T) *twoNodes {
+	t.Helper()
+	dsn := pgtest.DSN(t)
+	dir := t.TempDir()
+	t.Setenv(config.EnvSecretKey, strings.Repeat("ab", config.SecretKeySize))
+	t.Setenv(config.EnvAPITokens, "multinode-token-0123456789abcdef")
+	dkimKey, txt := dnstest.GenRSA(t, 2048)
+	zone := filepath.Join(dir, "zone.txt")
+	must(t, os.WriteFile(zone, []byte(fmt.Sprintf("s1._domainkey.cand.test TXT %q\n", txt)), 0o600))
+	cfgPath := writeConfig(t, dir, fmt.Sprintf("backend = \"postgres\"\ndsn = %q\n[dns]\nzone_file = %q\n", dsn, zone))
+	a := startDaemon(t, dir, "-config", cfgPath)
+	b := startDaemon(t, dir, "-config", cfgPath)
+	a.token, b.token = "multinode-token-0123456789abcdef", "multinode-token-0123456789abcdef"
+
+	code, ten := a.api(t, "POST", "/v1/tenants", `{"id":"acme","name":"Acme","domains":["acme.test"],"provider":"google"}`)
+	if code != 201 {
+		t.Fatalf("create tenant on A: %d %v", code, ten)
+	}
+	inbound := ten["inbound_address"].(string)
+	// Node B accepts the new tenant's address at once (no 550 5.1.1).
+	if got := deliver(t, b.smtp, inbound, []byte("From: x@else.test\r\nMessage-ID: <u1@else.test>\r\nSubject: x\r\n\r\nnot of interest\r\n")); got != "2.0.0 OK: discarded" {
+		t.Fatalf("node B, tenant created on A: %q", got)
+	}
+	if code, _ := b.api(t, "POST", "/v1/tenants/acme/candidates", `{"id":"c-1","name":"Carl","emails":["carl@cand.test"]}`); code != 201 {
+		t.Fatalf("create candidate on B: %d", code)
+	}
+	if code, _ := a.api(t, "POST", "/v1/tenants/acme/users", `{"id":"u-rec","email":"rec@acme.test","name":"Rita","role":"admin"}`); code != 201 {
+		t.Fatalf("create user on A: %d", code)
+	}
+
+	// A thread started in syncrelay, as the ATS would through the API.
+	refs := seedThread(t, cfgPath, dsn)
+	signer := &dkim.SignOptions{Domain: "cand.test", Selector: "s1", Signer: dkimKey,
+		HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed}
+	reply := func(id, body string) []byte {
+		raw := fmt.Sprintf("From: carl@cand.test\r\nTo: rec@acme.test\r\nSubject: Re: hello\r\nMessage-ID: <%s@cand.test>\r\nReferences: %s\r\n\r\n%s\r\n", id, refs, body)
+		var out bytes.Buffer
+		must(t, dkim.Sign(&out, strings.NewReader(raw), signer))
+		return out.Bytes()
+	}
+	return &twoNodes{a: a, b: b, dsn: dsn, inbound: inbound, reply: reply}
 }
 
 // actingGet is a GET through the API as the tenant's admin u-rec.
@@ -185,4 +203,102 @@ func deliver(t *testing.T, addr, rcpt string, msg []byte) string {
 	}
 	c.Quit()
 	return resp.StatusText
+}
+
+// TestKill9OneNodeLosesNothing: several SMTP clients deliver to both
+// nodes; node A is killed with SIGKILL mid-load. Every message that got a
+// 250 from either node is in the database with its bytes, and node B
+// keeps storing mail after the kill.
+func TestKill9OneNodeLosesNothing(t *testing.T) {
+	n := startTwoNodes(t)
+	type ack struct{ id, text string }
+	var (
+		mu     sync.Mutex
+		acks   []ack
+		afterB int // messages stored by B after the kill
+		killed = make(chan struct{})
+		stop   = make(chan struct{})
+		wg     sync.WaitGroup
+	)
+	for c := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				node := n.a
+				if (c+i)%2 == 1 {
+					node = n.b
+				}
+				id := fmt.Sprintf("k%d.%d", c, i)
+				got := deliver(t, node.smtp, n.inbound, n.reply(id, "Load "+id+"."))
+				if !strings.HasPrefix(got, "2.0.0 OK: stored") {
+					continue // refused or cut by the kill: the sender retries it
+				}
+				mu.Lock()
+				acks = append(acks, ack{id, got})
+				select {
+				case <-killed:
+					if node == n.b {
+						afterB++
+					}
+				default:
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	waitAcks := func(k int) {
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			mu.Lock()
+			got := len(acks)
+			mu.Unlock()
+			if got >= k {
+				return
+			}
+		}
+		t.Fatalf("fewer than %d acknowledged messages", k)
+	}
+	waitAcks(60)
+	must(t, n.a.cmd.Process.Kill())
+	<-n.a.exited
+	close(killed)
+	mu.Lock()
+	atKill := len(acks)
+	mu.Unlock()
+	waitAcks(atKill + 20)
+	close(stop)
+	wg.Wait()
+	if afterB == 0 {
+		t.Fatal("node B stored nothing after node A was killed")
+	}
+
+	st, err := postgres.Open(context.Background(), n.dsn, postgres.Options{})
+	must(t, err)
+	defer st.Close()
+	ctx := context.Background()
+	for _, a := range acks {
+		ref, ok, err := st.LookupMsgID(ctx, "acme", a.id+"@cand.test")
+		if err != nil || !ok {
+			t.Errorf("LOST: %s answered %q is not in the database (%v)", a.id, a.text, err)
+			continue
+		}
+		m, err := st.Message(ctx, "acme", ref.Message)
+		must(t, err)
+		f, err := st.OpenRaw(ctx, m.Raw)
+		if err != nil {
+			t.Errorf("%s: raw %q: %v", a.id, m.Raw, err)
+			continue
+		}
+		raw, _ := io.ReadAll(f)
+		f.Close()
+		if !bytes.Contains(raw, []byte("Load "+a.id+".")) || int64(len(raw)) != m.Size {
+			t.Errorf("%s: raw bytes (%d, record says %d) are not its message", a.id, len(raw), m.Size)
+		}
+	}
+	t.Logf("%d acknowledged messages verified (%d before the kill, %d stored by B after it)", len(acks), atKill, afterB)
 }
