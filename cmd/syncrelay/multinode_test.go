@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,7 +35,7 @@ import (
 // stored once, and mail delivered to node B is on the timeline (and its
 // raw bytes) read through node A.
 func TestTwoNodesOnePostgres(t *testing.T) {
-	n := startTwoNodes(t)
+	n := startTwoNodes(t, "")
 	a, b, inbound, reply := n.a, n.b, n.inbound, n.reply
 
 	// The same copy reaching both nodes at once is stored once.
@@ -90,13 +92,15 @@ func TestTwoNodesOnePostgres(t *testing.T) {
 // candidate and a thread started in syncrelay.
 type twoNodes struct {
 	a, b    *proc
+	dir     string // the nodes' working directory
+	cfg     string // their config file
 	dsn     string
 	inbound string
 	// reply is a DKIM-signed reply on the thread with Message-ID <id@cand.test>.
 	reply func(id, body string) []byte
 }
 
-func startTwoNodes(t *testing.T) *twoNodes {
+func startTwoNodes(t *testing.T, extra string) *twoNodes {
 	t.Helper()
 	dsn := pgtest.DSN(t)
 	dir := t.TempDir()
@@ -105,7 +109,7 @@ func startTwoNodes(t *testing.T) *twoNodes {
 	dkimKey, txt := dnstest.GenRSA(t, 2048)
 	zone := filepath.Join(dir, "zone.txt")
 	must(t, os.WriteFile(zone, []byte(fmt.Sprintf("s1._domainkey.cand.test TXT %q\n", txt)), 0o600))
-	cfgPath := writeConfig(t, dir, fmt.Sprintf("backend = \"postgres\"\ndsn = %q\n[dns]\nzone_file = %q\n", dsn, zone))
+	cfgPath := writeConfig(t, dir, fmt.Sprintf("backend = \"postgres\"\ndsn = %q\n[dns]\nzone_file = %q\n%s", dsn, zone, extra))
 	a := startDaemon(t, dir, "-config", cfgPath)
 	b := startDaemon(t, dir, "-config", cfgPath)
 	a.token, b.token = "multinode-token-0123456789abcdef", "multinode-token-0123456789abcdef"
@@ -136,7 +140,7 @@ func startTwoNodes(t *testing.T) *twoNodes {
 		must(t, dkim.Sign(&out, strings.NewReader(raw), signer))
 		return out.Bytes()
 	}
-	return &twoNodes{a: a, b: b, dsn: dsn, inbound: inbound, reply: reply}
+	return &twoNodes{a: a, b: b, dsn: dsn, inbound: inbound, reply: reply, dir: dir, cfg: cfgPath}
 }
 
 // actingGet is a GET through the API as the tenant's admin u-rec.
@@ -210,7 +214,7 @@ func deliver(t *testing.T, addr, rcpt string, msg []byte) string {
 // 250 from either node is in the database with its bytes, and node B
 // keeps storing mail after the kill.
 func TestKill9OneNodeLosesNothing(t *testing.T) {
-	n := startTwoNodes(t)
+	n := startTwoNodes(t, "")
 	type ack struct{ id, text string }
 	var (
 		mu     sync.Mutex
@@ -301,4 +305,68 @@ func TestKill9OneNodeLosesNothing(t *testing.T) {
 		}
 	}
 	t.Logf("%d acknowledged messages verified (%d before the kill, %d stored by B after it)", len(acks), atKill, afterB)
+}
+
+// TestWebhooksAcrossNodeRestarts: with both nodes delivering webhooks from
+// the shared outbox, every message.received event reaches the ATS (at
+// least once, de-duplicable by id) while node A stops and starts again.
+func TestWebhooksAcrossNodeRestarts(t *testing.T) {
+	var mu sync.Mutex
+	got := map[string]int{} // event id -> deliveries
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev struct {
+			ID   string `json:"id"`
+			Type string `json:"type"`
+		}
+		if json.NewDecoder(r.Body).Decode(&ev) == nil && ev.Type == "message.received" {
+			mu.Lock()
+			got[ev.ID]++
+			mu.Unlock()
+		}
+	}))
+	defer hook.Close()
+	t.Setenv(config.EnvWebhooksSecret, "multinode-webhook-secret")
+	n := startTwoNodes(t, fmt.Sprintf("[webhooks]\nurl = %q\n", hook.URL+"/hook"))
+
+	stored := 0
+	send := func(node *proc, from, to int) {
+		for i := from; i < to; i++ {
+			id := fmt.Sprintf("w%d", i)
+			if r := deliver(t, node.smtp, n.inbound, n.reply(id, "Hook "+id+".")); r != "2.0.0 OK: stored" {
+				t.Fatalf("%s: %q", id, r)
+			}
+			stored++
+		}
+	}
+	send(n.a, 0, 10)
+	send(n.b, 10, 20)
+	must(t, n.a.cmd.Process.Signal(syscall.SIGTERM))
+	if code := n.a.wait(t); code != 0 {
+		t.Fatalf("node A exit %d", code)
+	}
+	send(n.b, 20, 30) // only B delivers now
+	a2 := startDaemon(t, n.dir, "-config", n.cfg)
+	send(a2, 30, 40)
+	send(n.b, 40, 50)
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mu.Lock()
+		k := len(got)
+		mu.Unlock()
+		if k == stored {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d message.received events delivered", k, stored)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	dups := 0
+	for _, c := range got {
+		dups += c - 1
+	}
+	t.Logf("%d events delivered (%d delivered twice)", len(got), dups)
 }
