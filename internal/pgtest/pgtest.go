@@ -26,6 +26,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -161,6 +162,9 @@ func (c *Cluster) Resume() error {
 		"-c", "max_connections=200", "-c", "shared_buffers=32MB")
 	var logBuf bytes.Buffer
 	c.cmd.Stdout, c.cmd.Stderr = &logBuf, &logBuf
+	// A test binary that dies (panic, timeout) must not leave a server
+	// behind: runuser passes SIGTERM on to postgres, which then stops.
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := c.cmd.Start(); err != nil {
 		return fmt.Errorf("start postgres: %w", err)
 	}
