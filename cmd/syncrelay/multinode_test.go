@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,6 +25,7 @@ import (
 	"syncrelay/daemon"
 	"syncrelay/internal/dnstest"
 	"syncrelay/internal/pgtest"
+	"syncrelay/outbound/providertest"
 	"syncrelay/store"
 	"syncrelay/store/postgres"
 	"syncrelay/token"
@@ -369,4 +371,80 @@ func TestWebhooksAcrossNodeRestarts(t *testing.T) {
 		dups += c - 1
 	}
 	t.Logf("%d events delivered (%d delivered twice)", len(got), dups)
+}
+
+// TestConsentAndIdempotencyAcrossNodes: the OAuth consent started on node
+// A completes on node B (its state is in the database), a second use of
+// the state fails on either node, and an API send with the same
+// Idempotency-Key sent to both nodes at once reaches the provider once.
+func TestConsentAndIdempotencyAcrossNodes(t *testing.T) {
+	stub := providertest.Start(t, "google")
+	t.Setenv(config.EnvGoogleClientSecret, providertest.ClientSecret)
+	n := startTwoNodes(t, fmt.Sprintf(`[providers.google]
+client_id = %q
+redirect_url = "http://relay.test/oauth/google/callback"
+auth_url = %q
+token_url = %q
+api_base = %q
+`, providertest.ClientID, stub.AuthURL(), stub.TokenURL(), stub.APIBase()))
+
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	req, _ := http.NewRequest("GET", "http://"+n.a.http+"/oauth/google/start?tenant=acme&user=u-rec", nil)
+	req.Header.Set("Authorization", "Bearer "+n.a.token)
+	req.Header.Set("X-Acting-User", "u-rec")
+	resp, err := noFollow.Do(req)
+	must(t, err)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusFound {
+		t.Fatalf("consent start on A: %d", resp.StatusCode)
+	}
+	cb, err := url.Parse(stub.Authorize(t, resp.Header.Get("Location")))
+	must(t, err)
+	callback := func(node *proc) int {
+		u := *cb
+		u.Host = node.http // the load balancer may pick any node
+		r, err := http.Get(u.String())
+		must(t, err)
+		r.Body.Close()
+		return r.StatusCode
+	}
+	if code := callback(n.b); code != 200 {
+		t.Fatalf("consent callback on B: %d", code)
+	}
+	for _, node := range []*proc{n.a, n.b} {
+		if code := callback(node); code < 400 {
+			t.Errorf("second use of the OAuth state: %d", code)
+		}
+	}
+
+	send := func(node *proc) int {
+		req, _ := http.NewRequest("POST", "http://"+node.http+"/v1/tenants/acme/messages",
+			strings.NewReader(`{"candidate":"c-1","subject":"Interview","text":"Hello Carl","kind":"one_off"}`))
+		req.Header.Set("Authorization", "Bearer "+node.token)
+		req.Header.Set("X-Acting-User", "u-rec")
+		req.Header.Set("Idempotency-Key", "once-across-nodes")
+		r, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0
+		}
+		r.Body.Close()
+		return r.StatusCode
+	}
+	codes := make([]int, 2)
+	var wg sync.WaitGroup
+	for i, node := range []*proc{n.a, n.b} {
+		wg.Add(1)
+		go func() { defer wg.Done(); codes[i] = send(node) }()
+	}
+	wg.Wait()
+	// One node sends (201); the other replays it (201) or says the same
+	// request is in progress (409).
+	for _, c := range codes {
+		if c != 201 && c != 409 {
+			t.Errorf("send codes %v", codes)
+		}
+	}
+	if got := len(stub.Requests()); got != 1 {
+		t.Errorf("%d provider sends for one Idempotency-Key on two nodes (codes %v)", got, codes)
+	}
 }
