@@ -89,7 +89,7 @@ func duplicate(ctx context.Context, tx pgx.Tx, tenant string, ref store.Ref, mbo
 
 // commitOp is CommitInbound of a new copy, pipelined (see pipeline.go):
 //
-//  1. lock the thread (serialising copies of one thread across nodes, so
+//  1. lock the thread row, without changing it (serialising copies of one thread across nodes, so
 //     the claim below sees the other node's committed copy), allocate the
 //     message and blob ids, claim the duplicate key;
 //  2. a new message: write its bytes, record and indexes, touch the thread
@@ -165,7 +165,7 @@ func (o *commitOp) lockAndClaim(p *pipe) {
 			return fmt.Errorf("thread %d: %w", thread, err)
 		}
 		return nil
-	}, "SELECT data FROM threads WHERE tenant = $1 AND id = $2 FOR UPDATE", tenant, thread)
+	}, "SELECT data FROM threads WHERE tenant = $1 AND id = $2 FOR NO KEY UPDATE", tenant, thread)
 	p.row(func(r pgx.Row) error {
 		err := r.Scan(&o.id, &o.blob)
 		if o.dk() == "" {
@@ -208,22 +208,18 @@ func (o *commitOp) store(p *pipe) bool {
 		m.Raw, m.Size = rawPrefix+strconv.FormatInt(o.blob, 10), int64(len(o.body))
 		p.exec("INSERT INTO raw_blobs (id, bytes) VALUES ($1, $2)", o.blob, o.body)
 	}
-	th := o.th
-	th.LastActivity = o.now
+	// The thread is not rewritten: its LastActivity is read from its
+	// newest message (selectThread).
 	mdata, err := encode(&m)
 	if err == nil {
-		var tdata []byte
-		if tdata, err = encode(&th); err == nil {
-			p.exec(`INSERT INTO messages (tenant, id, thread, direction, status, sent_by, msgid, received, data)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-				m.Tenant, m.ID, m.Thread, m.Direction, m.Status, m.SentBy, m.InternetMessageID, m.Received, mdata)
-			if !synthetic(m.InternetMessageID) {
-				p.exec("INSERT INTO msgids (tenant, msgid, thread, message) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-					m.Tenant, m.InternetMessageID, m.Thread, m.ID)
-			}
-			p.exec("UPDATE threads SET data = $3 WHERE tenant = $1 AND id = $2", th.Tenant, th.ID, tdata)
-			err = o.event(p, &m)
+		p.exec(`INSERT INTO messages (tenant, id, thread, direction, status, sent_by, msgid, received, data)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+			m.Tenant, m.ID, m.Thread, m.Direction, m.Status, m.SentBy, m.InternetMessageID, m.Received, mdata)
+		if !synthetic(m.InternetMessageID) {
+			p.exec("INSERT INTO msgids (tenant, msgid, thread, message) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+				m.Tenant, m.InternetMessageID, m.Thread, m.ID)
 		}
+		err = o.event(p, &m)
 	}
 	if err != nil {
 		p.row(func(pgx.Row) error { return err }, "SELECT 1")

@@ -81,7 +81,10 @@ func Open(ctx context.Context, dsn string, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: connect: %w", err)
 	}
-	s := &Store{pool: pool, now: o.Now, node: o.Node, logger: o.Log, counts: newCounterBuf(),
+	clock := o.Now
+	// PostgreSQL keeps microseconds: times in records and in columns agree.
+	now := func() time.Time { return clock().Truncate(time.Microsecond) }
+	s := &Store{pool: pool, now: now, node: o.Node, logger: o.Log, counts: newCounterBuf(),
 		commits: make(chan *commitReq, 1024), stop: make(chan struct{}), done: make(chan struct{})}
 	if err := s.migrate(ctx); err != nil {
 		pool.Close()

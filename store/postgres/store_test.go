@@ -117,6 +117,10 @@ func TestCommitInboundAndRaw(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The thread's activity is its newest message's arrival.
+	if got, err := s.Thread(ctx, "acme", th.ID); err != nil || !got.LastActivity.Equal(m.Received) {
+		t.Errorf("thread LastActivity = %v (%v), want the reply's arrival %v", got.LastActivity, err, m.Received)
+	}
 	f, err := s.OpenRaw(ctx, m.Raw)
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -76,6 +77,29 @@ func (s *Store) CreateOutbound(ctx context.Context, th *store.Thread, m *store.M
 		return err
 	}
 	*th, *m = outTh, outM
+	return nil
+}
+
+// selectThread reads a thread record and the arrival of its newest
+// message: an inbound commit does not rewrite its thread (one more row
+// version per message on the hottest rows), so LastActivity is the later
+// of the two, as in store/bolt.
+const selectThread = `SELECT t.data, (SELECT m.received FROM messages m
+	WHERE m.tenant = t.tenant AND m.thread = t.id ORDER BY m.id DESC LIMIT 1) FROM threads t`
+
+// scanThread decodes a row of selectThread.
+func scanThread(r pgx.Row, t *store.Thread) error {
+	var data []byte
+	var newest *time.Time
+	if err := r.Scan(&data, &newest); err != nil {
+		return notFound(err)
+	}
+	if err := decode(data, t); err != nil {
+		return err
+	}
+	if newest != nil && newest.After(t.LastActivity) {
+		t.LastActivity = newest.UTC()
+	}
 	return nil
 }
 
@@ -207,7 +231,7 @@ func (s *Store) Message(ctx context.Context, tenant string, id uint64) (*store.M
 // Thread returns one thread of a tenant.
 func (s *Store) Thread(ctx context.Context, tenant string, id uint64) (*store.Thread, error) {
 	var t store.Thread
-	if err := getJSON(ctx, s.pool, &t, "SELECT data FROM threads WHERE tenant = $1 AND id = $2", tenant, id); err != nil {
+	if err := scanThread(s.pool.QueryRow(ctx, selectThread+" WHERE t.tenant = $1 AND t.id = $2", tenant, id), &t); err != nil {
 		return nil, fmt.Errorf("thread %d: %w", id, err)
 	}
 	return &t, nil
@@ -218,7 +242,7 @@ func (s *Store) UpdateThread(ctx context.Context, tenant string, id uint64, fn f
 	var out store.Thread
 	err := s.group(ctx, threadKey(tenant, id), func(ctx context.Context, tx pgx.Tx) error {
 		var t store.Thread
-		if err := getJSON(ctx, tx, &t, "SELECT data FROM threads WHERE tenant = $1 AND id = $2 FOR UPDATE", tenant, id); err != nil {
+		if err := scanThread(tx.QueryRow(ctx, selectThread+" WHERE t.tenant = $1 AND t.id = $2 FOR UPDATE OF t", tenant, id), &t); err != nil {
 			return fmt.Errorf("thread %d: %w", id, err)
 		}
 		if err := fn(&t); err != nil {
@@ -365,7 +389,21 @@ func involves(m *store.Message, userID, email string) bool {
 
 // CandidateThreads lists a candidate's threads, newest activity first.
 func (s *Store) CandidateThreads(ctx context.Context, tenant, cand string) ([]*store.Thread, error) {
-	out, err := listJSON[store.Thread](ctx, s.pool, "SELECT data FROM threads WHERE tenant = $1 AND candidate = $2 ORDER BY id", tenant, cand)
+	rows, err := s.pool.Query(ctx, selectThread+" WHERE t.tenant = $1 AND t.candidate = $2 ORDER BY t.id", tenant, cand)
+	if err != nil {
+		return nil, err
+	}
+	var out []*store.Thread
+	for rows.Next() {
+		t := new(store.Thread)
+		if err := scanThread(rows, t); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	rows.Close()
+	err = rows.Err()
 	slices.SortStableFunc(out, func(a, b *store.Thread) int { return b.LastActivity.Compare(a.LastActivity) })
 	return out, err
 }
