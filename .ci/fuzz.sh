@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # .ci/fuzz.sh: runs every fuzz target in the repository for a short,
-# bounded time, so that a regression in the parsers (DATA decoder, router,
-# tokens, header parsers) is caught in CI. Targets are found, not listed:
+# bounded time, so that a regression in the parsers (DATA decoder, whole
+# SMTP sessions, router, tokens, header parsers, DKIM/ARC tag lists) is
+# caught in CI. Targets are found, not listed:
 # every `func FuzzXxx(f *testing.F)` in a *_test.go file.
 #
 #   FUZZTIME  time per target (default 10s; go test -fuzztime syntax)

@@ -47,21 +47,15 @@ func (s *Server) createDelegation(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	t, ok := s.obTenant(w, r)
-	if !ok {
-		return
-	}
-	actor, ok := s.actingUser(w, r, t.ID, false)
-	if !ok {
-		return
-	}
 	var in struct {
 		Requester string `json:"requester"`
 		Grantor   string `json:"grantor"`
 	}
-	if !decode(w, r, &in) {
+	rq, ok := s.begin(w, r, prelude{tenant: true, actor: optionalActor, body: &in})
+	if !ok {
 		return
 	}
+	t, actor := rq.tenant, rq.actor
 	if in.Requester == "" || in.Grantor == "" {
 		invalid(w, "requester and grantor: both required (user ids)")
 		return
@@ -107,13 +101,11 @@ func (s *Server) listDelegations(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	t, ok := s.obTenant(w, r)
+	rq, ok := s.begin(w, r, prelude{tenant: true, actor: optionalActor})
 	if !ok {
 		return
 	}
-	if _, ok := s.actingUser(w, r, t.ID, false); !ok {
-		return
-	}
+	t := rq.tenant
 	q := r.URL.Query()
 	ds, err := st.Delegations(r.Context(), t.ID)
 	if err != nil {
@@ -145,10 +137,11 @@ func (s *Server) getDelegation(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	t, ok := s.obTenant(w, r)
+	rq, ok := s.begin(w, r, prelude{tenant: true})
 	if !ok {
 		return
 	}
+	t := rq.tenant
 	id, ok := s.obDelegationID(w, r)
 	if !ok {
 		return
@@ -180,14 +173,11 @@ func (s *Server) obDecide(w http.ResponseWriter, r *http.Request, to string) {
 	if !ok {
 		return
 	}
-	t, ok := s.obTenant(w, r)
+	rq, ok := s.begin(w, r, prelude{tenant: true, actor: requiredActor})
 	if !ok {
 		return
 	}
-	actor, ok := s.actingUser(w, r, t.ID, true)
-	if !ok {
-		return
-	}
+	t, actor := rq.tenant, rq.actor
 	id, ok := s.obDelegationID(w, r)
 	if !ok {
 		return
@@ -208,14 +198,11 @@ func (s *Server) revokeDelegation(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	t, ok := s.obTenant(w, r)
+	rq, ok := s.begin(w, r, prelude{tenant: true, actor: optionalActor})
 	if !ok {
 		return
 	}
-	actor, ok := s.actingUser(w, r, t.ID, false)
-	if !ok {
-		return
-	}
+	t, actor := rq.tenant, rq.actor
 	id, ok := s.obDelegationID(w, r)
 	if !ok {
 		return

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -29,6 +28,7 @@ import (
 	"syncrelay/config"
 	"syncrelay/daemon"
 	"syncrelay/internal/dnstest"
+	"syncrelay/internal/testenv"
 	"syncrelay/smtpd"
 	"syncrelay/store"
 	"syncrelay/store/bolt"
@@ -91,16 +91,7 @@ func startE2E(t *testing.T) *e2e {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
+	smtpAddr := testenv.ServeSMTP(t, srv)
 
 	hs := httptest.NewServer(api.New(api.Options{Store: st, Tokens: []string{e2eToken}, Hostname: "relay.test"}))
 	t.Cleanup(hs.Close)
@@ -124,7 +115,7 @@ func startE2E(t *testing.T) *e2e {
 	go func() { d.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 
-	e := &e2e{t: t, st: st, api: hs, smtpAddr: ln.Addr().String(), keys: p.Keys, hooks: hooks}
+	e := &e2e{t: t, st: st, api: hs, smtpAddr: smtpAddr, keys: p.Keys, hooks: hooks}
 	signer := func(domain string, key crypto.Signer) func(string) string {
 		return func(raw string) string {
 			var out bytes.Buffer
@@ -141,56 +132,22 @@ func startE2E(t *testing.T) *e2e {
 
 func (e *e2e) apiCall(method, path, actor, body string) (int, map[string]any) {
 	e.t.Helper()
-	req, _ := http.NewRequest(method, e.api.URL+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+e2eToken)
-	if actor != "" {
-		req.Header.Set("X-Acting-User", actor)
+	code, m, raw := testenv.Call(e.t, e.api.URL, e2eToken, actor, method, path, body)
+	if len(raw) > 0 && m == nil {
+		e.t.Fatalf("%s %s: %q", method, path, raw)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var m map[string]any
-	b, _ := io.ReadAll(resp.Body)
-	if len(b) > 0 {
-		if err := json.Unmarshal(b, &m); err != nil {
-			e.t.Fatalf("%s %s: %q", method, path, b)
-		}
-	}
-	return resp.StatusCode, m
+	return code, m
 }
 
-// deliver sends raw over SMTP to rcpt and returns the final reply text.
+// deliver sends raw over SMTP to rcpt and returns the final reply text
+// (a refusal as go-smtp's client words it).
 func (e *e2e) deliver(rcpt, raw string) string {
 	e.t.Helper()
-	c, err := smtp.Dial(e.smtpAddr)
-	if err != nil {
-		e.t.Fatal(err)
+	code, text := testenv.Send(e.t, e.smtpAddr, testenv.Envelope{Helo: "mx.forwarder.test", From: "fwd@acme.test", To: []string{rcpt}}, raw)
+	if code != 250 {
+		return (&smtp.SMTPError{Code: code, Message: text}).Error()
 	}
-	defer c.Close()
-	if err := c.Hello("mx.forwarder.test"); err != nil {
-		e.t.Fatal(err)
-	}
-	if err := c.Mail("fwd@acme.test", nil); err != nil {
-		e.t.Fatal(err)
-	}
-	if err := c.Rcpt(rcpt, nil); err != nil {
-		e.t.Fatal(err)
-	}
-	w, err := c.Data()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if _, err := io.WriteString(w, raw); err != nil {
-		e.t.Fatal(err)
-	}
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		return err.Error()
-	}
-	_ = c.Quit()
-	return strings.TrimPrefix(resp.StatusText, "2.0.0 ")
+	return text
 }
 
 func (e *e2e) hookBodies() [][]byte {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"syncrelay/internal/testenv"
 	"syncrelay/store"
 	"syncrelay/store/bolt"
 )
@@ -19,18 +20,7 @@ import (
 // status, headers and raw body.
 func call(t *testing.T, hs *httptest.Server, method, path, actor, body string) (int, http.Header, []byte) {
 	t.Helper()
-	req, _ := http.NewRequest(method, hs.URL+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+testToken)
-	if actor != "" {
-		req.Header.Set("X-Acting-User", actor)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, resp.Header, raw
+	return testenv.Do(t, hs.URL, testToken, actor, method, path, body)
 }
 
 // callJSON is call decoding a JSON object body.

@@ -70,16 +70,6 @@ func (s *Server) obStore() OutboundStore {
 	return s.o.Store
 }
 
-// obTenant checks that the path's tenant exists.
-func (s *Server) obTenant(w http.ResponseWriter, r *http.Request) (*store.Tenant, bool) {
-	t, err := s.o.Store.Tenant(r.Context(), r.PathValue("t"))
-	if err != nil {
-		s.storeError(w, r, err)
-		return nil, false
-	}
-	return t, true
-}
-
 // --- sending ---
 
 type obSendJSON struct {
@@ -184,22 +174,12 @@ func (s *Server) sendMessage(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	t, ok := s.obTenant(w, r)
-	if !ok {
-		return
-	}
-	actor, ok := s.actingUser(w, r, t.ID, true)
-	if !ok {
-		return
-	}
-	body, ok := obReadBody(w, r)
-	if !ok {
-		return
-	}
 	var in obSendJSON
-	if !decode(w, r, &in) {
+	rq, ok := s.begin(w, r, prelude{tenant: true, actor: requiredActor, raw: true, body: &in})
+	if !ok {
 		return
 	}
+	t, actor, body := rq.tenant, rq.actor, rq.raw
 	req := in.request(t.ID, actor.ID, outbound.KindOneOff)
 	if err := outbound.Validate(&req); err != nil {
 		var rf *outbound.Refusal
@@ -222,24 +202,14 @@ func (s *Server) sendBulk(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	t, ok := s.obTenant(w, r)
-	if !ok {
-		return
-	}
-	actor, ok := s.actingUser(w, r, t.ID, true)
-	if !ok {
-		return
-	}
-	body, ok := obReadBody(w, r)
-	if !ok {
-		return
-	}
 	var in struct {
 		Messages []obSendJSON `json:"messages"`
 	}
-	if !decode(w, r, &in) {
+	rq, ok := s.begin(w, r, prelude{tenant: true, actor: requiredActor, raw: true, body: &in})
+	if !ok {
 		return
 	}
+	t, actor, body := rq.tenant, rq.actor, rq.raw
 	maxBulk := s.o.Outbound.MaxBulk
 	if maxBulk <= 0 {
 		maxBulk = 500

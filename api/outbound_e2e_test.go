@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,7 +20,8 @@ import (
 
 	"syncrelay/config"
 	"syncrelay/daemon"
-	"syncrelay/internal/dnstest"
+	"syncrelay/internal/dkimtest"
+	"syncrelay/internal/testenv"
 	"syncrelay/outbound/providertest"
 )
 
@@ -42,8 +42,8 @@ func freeAddr(t *testing.T) string {
 func TestOutboundEndToEndOverSMTP(t *testing.T) {
 	stub := providertest.Start(t, "google")
 	dir := t.TempDir()
-	smtpAddr, httpAddr := freeAddr(t), freeAddr(t)
-	key, txt := dnstest.GenRSA(t, 2048)
+	httpAddr := freeAddr(t) // in the config before the start: the OAuth redirect URL names it
+	key, txt := dkimtest.RSA(t, 0)
 	var quoted []string
 	for len(txt) > 0 {
 		n := min(len(txt), 200)
@@ -58,19 +58,7 @@ func TestOutboundEndToEndOverSMTP(t *testing.T) {
 	}
 	must(os.WriteFile(filepath.Join(dir, "zone.txt"), []byte("s1._domainkey.cand.test TXT "+strings.Join(quoted, " ")+"\n"), 0o600))
 	must(os.WriteFile(filepath.Join(dir, "tokens"), []byte("e2e-token\n"), 0o600))
-	cfg := fmt.Sprintf(`
-[smtp]
-listen = %q
-hostname = "relay.test"
-[http]
-listen = %q
-[store]
-dir = "data"
-[dns]
-zone_file = "zone.txt"
-[api]
-tokens_file = "tokens"
-[providers.google]
+	cfg := testenv.Config{Data: "data", HTTPListen: httpAddr, Zone: "zone.txt", TokensFile: "tokens", Extra: fmt.Sprintf(`[providers.google]
 client_id = %q
 client_secret = %q
 redirect_url = "http://%s/oauth/google/callback"
@@ -80,49 +68,14 @@ api_base = %q
 [outbound]
 retry_base_delay = "10ms"
 max_retry_delay = "1s"
-`, smtpAddr, httpAddr, providertest.ClientID, providertest.ClientSecret, httpAddr, stub.AuthURL(), stub.TokenURL(), stub.APIBase())
+`, providertest.ClientID, providertest.ClientSecret, httpAddr, stub.AuthURL(), stub.TokenURL(), stub.APIBase())}.TOML()
 	c, err := config.Parse([]byte(cfg), filepath.Join(dir, "syncrelay.toml"))
 	must(err)
-	var logs bytes.Buffer
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- daemon.Run(ctx, c, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})), io.Discard)
-	}()
-	var stopOnce sync.Once
-	stop := func() {
-		stopOnce.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("daemon: %v", err)
-				}
-			case <-time.After(20 * time.Second):
-				t.Error("daemon did not stop")
-			}
-		})
-	}
-	t.Cleanup(stop)
+	d := testenv.StartInProcess(t, func(ctx context.Context, logs io.Writer) error {
+		return daemon.Run(ctx, c, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), io.Discard)
+	})
+	logs, smtpAddr, stop := d.Logs, d.SMTP, func() { d.Stop(t) }
 	base := "http://" + httpAddr
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := http.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon not ready: %v", err)
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("daemon stopped: %v", err)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
 	call := func(method, path, actor, body string, want int) map[string]any {
 		t.Helper()
 		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))

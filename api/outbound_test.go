@@ -23,6 +23,7 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 
 	"syncrelay/dnsres"
+	"syncrelay/internal/dkimtest"
 	"syncrelay/internal/dnstest"
 	"syncrelay/oauth"
 	"syncrelay/outbound"
@@ -675,8 +676,8 @@ func newObInbound(e *obEnv) *obInbound {
 		t.Fatal(err)
 	}
 	in := &obInbound{e: e, dns: srv, signers: map[string]crypto.Signer{}}
-	for _, d := range []string{"cand.test", "acme.test"} {
-		key, txt := dnstest.GenRSA(t, 2048)
+	for i, d := range []string{"cand.test", "acme.test"} {
+		key, txt := dkimtest.RSA(t, i)
 		srv.SetTXT("s1._domainkey."+d, txt)
 		in.signers[d] = key
 	}

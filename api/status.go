@@ -142,11 +142,11 @@ func (s *Server) staleAfter() time.Duration {
 func (s *Server) tenantStatus(w http.ResponseWriter, r *http.Request) {
 	ss := s.o.Store
 	ctx := r.Context()
-	t, err := s.o.Store.Tenant(ctx, r.PathValue("t"))
-	if err != nil {
-		s.storeError(w, r, err)
+	rq, ok := s.begin(w, r, prelude{tenant: true})
+	if !ok {
 		return
 	}
+	t := rq.tenant
 	now := time.Now().UTC()
 	stale := s.staleAfter()
 	a, err := ss.TenantActivity(ctx, t.ID, now, now.Add(-stale))

@@ -76,7 +76,7 @@ func (s *Server) createTenant(w http.ResponseWriter, r *http.Request) {
 		TrustedForwarders []string `json:"trusted_forwarders"`
 		SigningDomains    []string `json:"signing_domains"`
 	}
-	if !decode(w, r, &in) {
+	if _, ok := s.begin(w, r, prelude{body: &in}); !ok {
 		return
 	}
 	switch {
@@ -143,11 +143,11 @@ func (s *Server) listTenants(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getTenant(w http.ResponseWriter, r *http.Request) {
-	t, err := s.o.Store.Tenant(r.Context(), r.PathValue("t"))
-	if err != nil {
-		s.storeError(w, r, err)
+	rq, ok := s.begin(w, r, prelude{tenant: true})
+	if !ok {
 		return
 	}
+	t := rq.tenant
 	writeJSON(w, http.StatusOK, s.tenantOut(t, true))
 }
 
@@ -158,7 +158,7 @@ func (s *Server) patchTenant(w http.ResponseWriter, r *http.Request) {
 		Domains           *[]string `json:"domains"`
 		SigningDomains    *[]string `json:"signing_domains"`
 	}
-	if !decode(w, r, &in) {
+	if _, ok := s.begin(w, r, prelude{body: &in}); !ok {
 		return
 	}
 	if in.DKIMPolicy != nil && !validPolicy(*in.DKIMPolicy) {
@@ -247,7 +247,7 @@ func (s *Server) createUser(w http.ResponseWriter, r *http.Request) {
 		Name  string `json:"name"`
 		Role  string `json:"role"`
 	}
-	if !decode(w, r, &in) {
+	if _, ok := s.begin(w, r, prelude{body: &in}); !ok {
 		return
 	}
 	switch {
@@ -271,8 +271,7 @@ func (s *Server) createUser(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) listUsers(w http.ResponseWriter, r *http.Request) {
 	t := r.PathValue("t")
-	if _, err := s.o.Store.Tenant(r.Context(), t); err != nil {
-		s.storeError(w, r, err)
+	if _, ok := s.begin(w, r, prelude{tenant: true}); !ok {
 		return
 	}
 	us, err := s.o.Store.Users(r.Context(), t)
@@ -316,7 +315,7 @@ type candidateJSON struct {
 
 func (s *Server) createCandidate(w http.ResponseWriter, r *http.Request) {
 	var in candidateJSON
-	if !decode(w, r, &in) {
+	if _, ok := s.begin(w, r, prelude{body: &in}); !ok {
 		return
 	}
 	if !idRE.MatchString(in.ID) {
@@ -349,8 +348,7 @@ func (s *Server) createCandidate(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) listCandidates(w http.ResponseWriter, r *http.Request) {
 	t := r.PathValue("t")
-	if _, err := s.o.Store.Tenant(r.Context(), t); err != nil {
-		s.storeError(w, r, err)
+	if _, ok := s.begin(w, r, prelude{tenant: true}); !ok {
 		return
 	}
 	cs, err := s.o.Store.Candidates(r.Context(), t)

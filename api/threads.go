@@ -33,16 +33,6 @@ import (
 
 var errForbidden = errors.New("forbidden")
 
-// actor resolves X-Acting-User to a user of tenant: 400 when missing, 404
-// when the tenant does not exist, 403 when the user is not one of its users.
-func (s *Server) actor(w http.ResponseWriter, r *http.Request, tenant string) (*store.User, bool) {
-	if _, err := s.o.Store.Tenant(r.Context(), tenant); err != nil {
-		s.storeError(w, r, err)
-		return nil, false
-	}
-	return s.actingUser(w, r, tenant, true)
-}
-
 // isParticipant reports whether u took part in th (see the rules above).
 func (s *Server) isParticipant(ctx context.Context, th *store.Thread, u *store.User) (bool, error) {
 	if th.CreatedBy == u.ID || slices.Contains(th.Participants, u.ID) {
@@ -64,21 +54,18 @@ func (s *Server) patchThread(w http.ResponseWriter, r *http.Request) {
 	var in struct {
 		Secret *bool `json:"secret"`
 	}
-	if !decode(w, r, &in) {
+	if _, ok := s.begin(w, r, prelude{body: &in}); !ok {
 		return
 	}
 	if in.Secret == nil {
 		invalid(w, "secret: required (true or false); it applies to the whole thread")
 		return
 	}
-	u, ok := s.actor(w, r, tenant)
+	rq, ok := s.begin(w, r, prelude{tenant: true, actor: requiredActor, thread: true})
 	if !ok {
 		return
 	}
-	id, ok := s.threadID(w, r)
-	if !ok {
-		return
-	}
+	u, id := rq.actor, rq.thread
 	if _, ok := s.visibleThread(w, r, tenant, id, u); !ok {
 		return
 	}
@@ -119,10 +106,11 @@ func (s *Server) patchThread(w http.ResponseWriter, r *http.Request) {
 // again is a no-op 204.
 func (s *Server) deleteMessage(w http.ResponseWriter, r *http.Request) {
 	tenant := r.PathValue("t")
-	u, ok := s.actor(w, r, tenant)
+	rq, ok := s.begin(w, r, prelude{tenant: true, actor: requiredActor})
 	if !ok {
 		return
 	}
+	u := rq.actor
 	m, th, ok := s.visibleMessage(w, r, u, true)
 	if !ok {
 		return

@@ -244,10 +244,11 @@ func (s *Server) threadWithMessages(ctx context.Context, th *store.Thread, after
 func (s *Server) listThreads(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	tenant, cand := r.PathValue("t"), r.PathValue("c")
-	u, ok := s.actor(w, r, tenant)
+	rq, ok := s.begin(w, r, prelude{tenant: true, actor: requiredActor})
 	if !ok {
 		return
 	}
+	u := rq.actor
 	if _, err := s.o.Store.Candidate(ctx, tenant, cand); err != nil {
 		s.storeError(w, r, err)
 		return
@@ -399,14 +400,11 @@ func (s *Server) threadID(w http.ResponseWriter, r *http.Request) (uint64, bool)
 
 func (s *Server) getThread(w http.ResponseWriter, r *http.Request) {
 	tenant := r.PathValue("t")
-	u, ok := s.actor(w, r, tenant)
+	rq, ok := s.begin(w, r, prelude{tenant: true, actor: requiredActor, thread: true})
 	if !ok {
 		return
 	}
-	id, ok := s.threadID(w, r)
-	if !ok {
-		return
-	}
+	u, id := rq.actor, rq.thread
 	mlimit, ok := queryLimit(w, r, "messages_limit", defaultMessageLimit, maxMessageLimit)
 	if !ok {
 		return
@@ -425,14 +423,11 @@ func (s *Server) getThread(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) listThreadMessages(w http.ResponseWriter, r *http.Request) {
 	tenant := r.PathValue("t")
-	u, ok := s.actor(w, r, tenant)
+	rq, ok := s.begin(w, r, prelude{tenant: true, actor: requiredActor, thread: true})
 	if !ok {
 		return
 	}
-	id, ok := s.threadID(w, r)
-	if !ok {
-		return
-	}
+	u, id := rq.actor, rq.thread
 	limit, ok := queryLimit(w, r, "limit", defaultMessageLimit, maxMessageLimit)
 	if !ok {
 		return
@@ -455,10 +450,11 @@ func (s *Server) listThreadMessages(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getMessage(w http.ResponseWriter, r *http.Request) {
-	u, ok := s.actor(w, r, r.PathValue("t"))
+	rq, ok := s.begin(w, r, prelude{tenant: true, actor: requiredActor})
 	if !ok {
 		return
 	}
+	u := rq.actor
 	m, _, ok := s.visibleMessage(w, r, u, false)
 	if !ok {
 		return
@@ -469,10 +465,11 @@ func (s *Server) getMessage(w http.ResponseWriter, r *http.Request) {
 // rawMessage streams the stored .eml (with syncrelay's
 // Authentication-Results on top), with Range and ETag support.
 func (s *Server) rawMessage(w http.ResponseWriter, r *http.Request) {
-	u, ok := s.actor(w, r, r.PathValue("t"))
+	rq, ok := s.begin(w, r, prelude{tenant: true, actor: requiredActor})
 	if !ok {
 		return
 	}
+	u := rq.actor
 	m, _, ok := s.visibleMessage(w, r, u, false)
 	if !ok {
 		return
@@ -499,10 +496,11 @@ func (s *Server) rawMessage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getAttachment(w http.ResponseWriter, r *http.Request) {
-	u, ok := s.actor(w, r, r.PathValue("t"))
+	rq, ok := s.begin(w, r, prelude{tenant: true, actor: requiredActor})
 	if !ok {
 		return
 	}
+	u := rq.actor
 	m, _, ok := s.visibleMessage(w, r, u, false)
 	if !ok {
 		return

@@ -137,7 +137,7 @@ func (s *Server) redeliverWebhooks(w http.ResponseWriter, r *http.Request) {
 		Tenant string   `json:"tenant"`
 		IDs    []string `json:"ids"`
 	}
-	if !decode(w, r, &in) {
+	if _, ok := s.begin(w, r, prelude{body: &in}); !ok {
 		return
 	}
 	if len(in.IDs) > maxRedeliverIDs {

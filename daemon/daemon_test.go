@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -20,9 +19,9 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"syncrelay/config"
-	"syncrelay/internal/dnstest"
+	"syncrelay/internal/dkimtest"
 	"syncrelay/internal/pgtest"
-	"syncrelay/internal/testutil"
+	"syncrelay/internal/testenv"
 	"syncrelay/store"
 	"syncrelay/token"
 )
@@ -40,37 +39,25 @@ type fixture struct {
 	stop     func()
 }
 
-var (
-	servingRE = regexp.MustCompile(`smtp=(\S+)`)
-	httpRE    = regexp.MustCompile(`http=(\S+)`)
-)
-
 func startFixture(tb testing.TB) *fixture { return startFixtureOn(tb, "") }
 
-// startFixtureOn starts the fixture on the store described by extra
-// [store] lines ("": bbolt in a temp dir).
-func startFixtureOn(tb testing.TB, storeConf string) *fixture {
+// startFixtureOn starts the fixture on the PostgreSQL database at dsn, or
+// ("") on bbolt in a temp dir.
+func startFixtureOn(tb testing.TB, dsn string) *fixture {
 	tb.Helper()
 	dir := tb.TempDir()
-	key, txt := dnstest.GenRSA(tb, 2048)
+	key, txt := dkimtest.RSA(tb, 0)
 	zone := filepath.Join(dir, "zone.txt")
 	if err := os.WriteFile(zone, []byte(fmt.Sprintf("s1._domainkey.cand.test TXT %q\n", txt)), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	cfg, err := config.Parse([]byte(fmt.Sprintf(`[smtp]
-listen = "127.0.0.1:0"
-hostname = "relay.test"
-max_connections_per_ip = 200
-[http]
-listen = "127.0.0.1:0"
-[store]
-dir = %q
-%s
-[dns]
-zone_file = %q
-`, filepath.Join(dir, "data"), storeConf, zone)), "bench.toml")
+	cfg, err := config.Parse([]byte(testenv.Config{Data: filepath.Join(dir, "data"), Zone: zone,
+		SMTP: "max_connections_per_ip = 200"}.TOML()), "bench.toml")
 	if err != nil {
 		tb.Fatal(err)
+	}
+	if dsn != "" {
+		cfg.Store.Backend, cfg.Store.DSN = config.BackendPostgres, dsn
 	}
 
 	// Seed the store before the daemon locks it, as the ATS would have
@@ -97,36 +84,17 @@ zone_file = %q
 	}))
 	st.Close()
 
-	logs := &testutil.SyncBuf{}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- Run(runCtx, cfg, slog.New(slog.NewTextHandler(logs, nil)), io.Discard) }()
-	deadline := time.Now().Add(10 * time.Second)
-	var addr string
-	for addr == "" {
-		if mm := servingRE.FindStringSubmatch(logs.String()); mm != nil {
-			addr = mm[1]
-		} else if time.Now().After(deadline) {
-			tb.Fatalf("daemon did not start: %s", logs)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	var httpAddr string
-	if mm := httpRE.FindStringSubmatch(logs.String()); mm != nil {
-		httpAddr = mm[1]
-	}
+	d := testenv.StartInProcess(tb, func(ctx context.Context, logs io.Writer) error {
+		return Run(ctx, cfg, slog.New(slog.NewTextHandler(logs, nil)), io.Discard)
+	})
+	addr := d.SMTP
 	return &fixture{
 		cfg:      cfg,
-		httpAddr: httpAddr,
+		httpAddr: d.HTTP,
 		smtpAddr: addr, inbound: ten.InboundAddress, refs: "<" + m.InternetMessageID + ">",
 		signer: &dkim.SignOptions{Domain: "cand.test", Selector: "s1", Signer: key,
 			HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed},
-		stop: func() {
-			cancel()
-			if err := <-done; err != nil {
-				tb.Errorf("Run: %v", err)
-			}
-		},
+		stop: func() { d.Stop(tb) },
 	}
 }
 
@@ -179,7 +147,7 @@ func TestEndToEndOverSMTP(t *testing.T) {
 	}{
 		{"bbolt", func(*testing.T) string { return "" }},
 		{"postgres", func(t *testing.T) string {
-			return fmt.Sprintf("backend = \"postgres\"\ndsn = %q", pgtest.DSN(t))
+			return pgtest.DSN(t)
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -218,7 +186,7 @@ func TestPostgresOutage(t *testing.T) {
 	pg := pgtest.Own(t)
 	dsn, err := pg.CreateDB(context.Background())
 	mustT(t, err)
-	f := startFixtureOn(t, fmt.Sprintf("backend = \"postgres\"\ndsn = %q", dsn))
+	f := startFixtureOn(t, dsn)
 	defer f.stop()
 	waitReady := func(want int) {
 		t.Helper()

@@ -398,7 +398,7 @@ func presentFields(msg string, names []string) []string {
 
 func (c *corpus) key(domain string) crypto.Signer {
 	if _, ok := c.e.signers[domain]; !ok {
-		c.e.addKey(domain)
+		c.e.addKey(domain, len(c.e.signers))
 	}
 	return c.e.signers[domain]
 }

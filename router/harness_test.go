@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/rsa"
 	"encoding/hex"
 	"io"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 
 	"syncrelay/dnsres"
+	"syncrelay/internal/dkimtest"
 	"syncrelay/internal/dnstest"
 	"syncrelay/smtpd"
 	"syncrelay/store"
@@ -80,14 +82,23 @@ func newEnv(t testing.TB, provider string) *env {
 	}
 	must(t, st.CreateCandidate(ctx, &store.Candidate{Tenant: "acme", ID: "c-1", Name: "Carl", Emails: []string{"carl@cand.test"}}))
 	must(t, st.CreateCandidate(ctx, &store.Candidate{Tenant: "beta", ID: "c-b", Name: "Bea", Emails: []string{"bea@cand.test"}}))
-	for _, d := range []string{"cand.test", "acme.test", "beta.test", "google.com", "microsoft.com", "mailer.test"} {
-		e.addKey(d)
+	for i, d := range []string{"cand.test", "acme.test", "beta.test", "google.com", "microsoft.com", "mailer.test"} {
+		e.addKey(d, i)
 	}
 	return e
 }
 
-func (e *env) addKey(domain string) {
-	key, txt := dnstest.GenRSA(e.t, 2048)
+// addKey serves fixed test key i (internal/dkimtest) for domain: generating
+// RSA-2048 keys per test was most of this package's test time. Past the
+// fixed keys it generates one, so every domain still has its own key.
+func (e *env) addKey(domain string, i int) {
+	var key *rsa.PrivateKey
+	var txt string
+	if i < dkimtest.RSAKeys {
+		key, txt = dkimtest.RSA(e.t, i)
+	} else {
+		key, txt = dnstest.GenRSA(e.t, 2048)
+	}
 	e.dns.SetTXT("s1._domainkey."+domain, txt)
 	e.signers[domain] = key
 }

@@ -3,9 +3,7 @@ package main
 import (
 	"bytes"
 	"crypto"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,9 +12,9 @@ import (
 	"testing"
 
 	"github.com/emersion/go-msgauth/dkim"
-	"github.com/emersion/go-smtp"
 
 	"syncrelay/internal/dnstest"
+	"syncrelay/internal/testenv"
 	"syncrelay/store"
 )
 
@@ -24,24 +22,7 @@ import (
 // DATA.
 func smtpSend(t *testing.T, addr, rcpt, raw string) (int, string) {
 	t.Helper()
-	c, err := smtp.Dial(addr)
-	must(t, err)
-	defer c.Close()
-	must(t, c.Hello("mx.forwarder.test"))
-	must(t, c.Mail("fwd@acme.test", nil))
-	must(t, c.Rcpt(rcpt, nil))
-	w, err := c.Data()
-	must(t, err)
-	_, err = io.WriteString(w, raw)
-	must(t, err)
-	resp, err := w.CloseWithResponse()
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		return se.Code, se.Message
-	}
-	must(t, err)
-	c.Quit()
-	return 250, strings.TrimPrefix(resp.StatusText, "2.0.0 ")
+	return testenv.Send(t, addr, testenv.Envelope{Helo: "mx.forwarder.test", From: "fwd@acme.test", To: []string{rcpt}}, raw)
 }
 
 // leakRE matches internal detail an SMTP reply must not carry.
@@ -77,7 +58,7 @@ func TestProviderSigningDomainsStatusAndCheck(t *testing.T) {
 	b = bytes.Replace(b, []byte("[http]\nlisten = \"127.0.0.1:0\""), []byte("[http]\nlisten = \""+freePort(t)+"\""), 1)
 	must(t, os.WriteFile(cfg, b, 0o600))
 	d := startDaemon(t, e.dir, "-config", cfg)
-	d.token = e.apiToken
+	d.Token = e.apiToken
 
 	n := 0
 	send := func(signer, from string) (int, string) {
@@ -87,7 +68,7 @@ func TestProviderSigningDomainsStatusAndCheck(t *testing.T) {
 			from, n, e.refs)
 		var out bytes.Buffer
 		must(t, dkim.Sign(&out, strings.NewReader(raw), &dkim.SignOptions{Domain: signer, Selector: "s1", Signer: signers[signer]}))
-		return smtpSend(t, d.smtp, e.inbound, out.String())
+		return smtpSend(t, d.SMTP, e.inbound, out.String())
 	}
 
 	// The user's own reply, signed only by Google's default domain: stored.
@@ -112,7 +93,7 @@ func TestProviderSigningDomainsStatusAndCheck(t *testing.T) {
 
 	// The status names the refusals of the tenant's own mail and the
 	// signing domains seen, with an action for the email admin.
-	code, st := d.api(t, "GET", "/v1/tenants/acme/status", "")
+	code, st := d.API(t, "GET", "/v1/tenants/acme/status", "")
 	if code != 200 {
 		t.Fatalf("status %d %v", code, st)
 	}
@@ -142,14 +123,14 @@ func TestProviderSigningDomainsStatusAndCheck(t *testing.T) {
 	}
 
 	// signing_domains over HTTP: Microsoft's default domain now counts.
-	if code, body := d.api(t, "PATCH", "/v1/tenants/acme", `{"signing_domains":["not a domain"]}`); code != 400 {
+	if code, body := d.API(t, "PATCH", "/v1/tenants/acme", `{"signing_domains":["not a domain"]}`); code != 400 {
 		t.Errorf("invalid signing_domains: %d %v", code, body)
 	}
-	code, ten := d.api(t, "PATCH", "/v1/tenants/acme", `{"signing_domains":["ACME.onmicrosoft.com"]}`)
+	code, ten := d.API(t, "PATCH", "/v1/tenants/acme", `{"signing_domains":["ACME.onmicrosoft.com"]}`)
 	if code != 200 || fmt.Sprint(ten["signing_domains"]) != "["+ms+"]" {
 		t.Errorf("PATCH signing_domains: %d %v", code, ten)
 	}
-	if code, ten := d.api(t, "GET", "/v1/tenants/acme", ""); code != 200 || fmt.Sprint(ten["signing_domains"]) != "["+ms+"]" {
+	if code, ten := d.API(t, "GET", "/v1/tenants/acme", ""); code != 200 || fmt.Sprint(ten["signing_domains"]) != "["+ms+"]" {
 		t.Errorf("GET tenant: %d %v", code, ten)
 	}
 	if code, text := send(ms, "rec@acme.test"); code != 250 || text != "OK: stored" {
@@ -162,11 +143,11 @@ func TestProviderSigningDomainsStatusAndCheck(t *testing.T) {
 	// A rule that forwards everything: most mail is discarded.
 	for i := range 12 {
 		raw := fmt.Sprintf("From: someone@else.test\r\nTo: rec@acme.test\r\nSubject: lunch\r\nMessage-ID: <other%d@else.test>\r\n\r\nhi\r\n", i)
-		if code, text := smtpSend(t, d.smtp, e.inbound, raw); code != 250 || text != "OK: discarded" {
+		if code, text := smtpSend(t, d.SMTP, e.inbound, raw); code != 250 || text != "OK: discarded" {
 			t.Fatalf("unrelated mail: %d %q", code, text)
 		}
 	}
-	_, st = d.api(t, "GET", "/v1/tenants/acme/status", "")
+	_, st = d.API(t, "GET", "/v1/tenants/acme/status", "")
 	action, _ := st["action"].(string)
 	if st["forwarding"] != "over_forwarding" || !strings.Contains(action, "Google Admin console") ||
 		!strings.Contains(action, `sr\.[a-z0-9]+@relay\.test`) || shellish(action) {
@@ -177,8 +158,8 @@ func TestProviderSigningDomainsStatusAndCheck(t *testing.T) {
 	}
 
 	// With the daemon stopped, check reads the store itself.
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	if code := d.wait(t); code != 0 {
+	d.Signal(syscall.SIGTERM)
+	if code := d.Wait(t); code != 0 {
 		t.Fatalf("daemon exit %d", code)
 	}
 	_, rep = checkJSON(t, "-config", cfg, "-tenant", "acme")

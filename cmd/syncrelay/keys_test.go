@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"syncrelay/internal/testenv"
 	"syncrelay/internal/testutil"
 )
 
@@ -24,7 +25,7 @@ func serveOnce(t *testing.T, wd string, env []string, args ...string) (int, stri
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binPath, append([]string{"serve"}, args...)...)
+	cmd := exec.CommandContext(ctx, bins.Syncrelay, append([]string{"serve"}, args...)...)
 	cmd.Dir = wd
 	cmd.Env = append(os.Environ(), env...)
 	out := &testutil.SyncBuf{}
@@ -38,7 +39,7 @@ func serveOnce(t *testing.T, wd string, env []string, args ...string) (int, stri
 			return cmd.ProcessState.ExitCode(), out.String()
 		case <-time.After(20 * time.Millisecond):
 		}
-		if strings.Contains(out.String(), "syncrelay serving") {
+		if _, _, serving := testenv.ServingAddrs(out.String()); serving {
 			cmd.Process.Kill()
 			<-exited
 			t.Fatalf("serve started instead of refusing:\n%s", out.String())
@@ -54,13 +55,13 @@ func startWithTenant(t *testing.T, dir, extra string) (cfg, data string, key []b
 	cfg = writeConfig(t, dir, extra)
 	data = filepath.Join(dir, "data")
 	d := startDaemon(t, dir, "-config", cfg)
-	d.token = readToken(t, data)
-	if code, m := d.api(t, "POST", "/v1/tenants", `{"id":"acme","name":"Acme","domains":["acme.test"],"provider":"microsoft"}`); code != 201 {
+	d.Token = readToken(t, data)
+	if code, m := d.API(t, "POST", "/v1/tenants", `{"id":"acme","name":"Acme","domains":["acme.test"],"provider":"microsoft"}`); code != 201 {
 		t.Fatalf("create tenant: %d %v", code, m)
 	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	if code := d.wait(t); code != 0 {
-		t.Fatalf("daemon exit %d:\n%s", code, d.stderr)
+	d.Signal(syscall.SIGTERM)
+	if code := d.Wait(t); code != 0 {
+		t.Fatalf("daemon exit %d:\n%s", code, d.Logs)
 	}
 	key, err := os.ReadFile(filepath.Join(data, "secret.key"))
 	must(t, err)
@@ -124,13 +125,13 @@ func TestServeRefusesAKeyThatIsNotTheData(t *testing.T) {
 			// With the right key back, it starts, and the data is there.
 			must(t, os.WriteFile(filepath.Join(data, "secret.key"), key, 0o600))
 			d := startDaemon(t, dir, "-config", cfg)
-			d.token = readToken(t, data)
-			if code, m := d.api(t, "GET", "/v1/tenants/acme", ""); code != 200 || m["id"] != "acme" {
+			d.Token = readToken(t, data)
+			if code, m := d.API(t, "GET", "/v1/tenants/acme", ""); code != 200 || m["id"] != "acme" {
 				t.Errorf("tenant after the refused starts: %d %v", code, m)
 			}
-			d.cmd.Process.Signal(syscall.SIGTERM)
-			if code := d.wait(t); code != 0 {
-				t.Fatalf("daemon with the right key: exit %d:\n%s", code, d.stderr)
+			d.Signal(syscall.SIGTERM)
+			if code := d.Wait(t); code != 0 {
+				t.Fatalf("daemon with the right key: exit %d:\n%s", code, d.Logs)
 			}
 		})
 	}
@@ -144,8 +145,8 @@ func TestServeGeneratesKeyForEmptyStore(t *testing.T) {
 	must(t, os.MkdirAll(data, 0o700))
 	cfg := writeConfig(t, dir, "")
 	d := startDaemon(t, dir, "-config", cfg)
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	if code := d.wait(t); code != 0 {
+	d.Signal(syscall.SIGTERM)
+	if code := d.Wait(t); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
 	if _, err := os.Stat(filepath.Join(data, "secret.key")); err != nil {
@@ -199,7 +200,7 @@ func TestCheckComparesKeyAndData(t *testing.T) {
 		// The key file changes under the running daemon (a botched
 		// restore of the key): check must notice before the next restart.
 		wantMatch(t, true)
-		if code, _ := readyz(d.http); code != 200 {
+		if code, _ := readyz(d.HTTP); code != 200 {
 			t.Fatalf("daemon not ready: %d", code)
 		}
 	})

@@ -31,6 +31,7 @@ func commands() map[string]command {
 		"restore": {"restore a backup archive into an empty data directory", runRestore},
 		"compact": {"free the bytes of removed messages now (the daemon does it hourly)", runCompact},
 		"version": {"print the version", runVersion},
+		"demo":    {"with `serve -dev` running: send, receive a signed reply, discard a stranger", runDemo},
 	}
 }
 
@@ -104,8 +105,9 @@ func loadConfig(path string, stderr io.Writer) (*config.Config, bool) {
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("serve", "serve [-config FILE]", stderr)
+	fs := newFlags("serve", "serve [-config FILE] [-dev]", stderr)
 	cfgPath := fs.String("config", "", "config file (TOML); without it the embedded defaults are used")
+	dev := fs.Bool("dev", false, "dev mode, NOT FOR PRODUCTION: local Google/Microsoft stand-ins and DKIM zone, loopback only (then run: syncrelay demo)")
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
@@ -118,6 +120,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	log := daemon.NewLogger(c, stderr)
+	if *dev {
+		return serveDev(ctx, c, log, stdout)
+	}
 	daemon.TuneGC()
 	if err := daemon.Run(ctx, c, log, stdout); err != nil {
 		log.Error("syncrelay stopped", "err", err)

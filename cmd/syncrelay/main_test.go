@@ -4,14 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,121 +17,30 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"syncrelay/internal/pgtest"
-	"syncrelay/internal/testutil"
+	"syncrelay/internal/testenv"
 )
 
 // The tests in this file run the real binary, as ops would.
 
-var binPath string
+var bins *testenv.Bins
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "syncrelay-bin-")
-	if err != nil {
-		panic(err)
-	}
-	binPath = filepath.Join(dir, "syncrelay")
-	out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := pgtest.Main(m)
-	os.RemoveAll(dir)
+	code := testenv.Main(m, &bins, "syncrelay")
+	pgtest.StopShared() // the PostgreSQL tests' cluster, if they started it
 	os.Exit(code)
 }
-
-// proc is a running syncrelay serve.
-type proc struct {
-	cmd      *exec.Cmd
-	smtp     string
-	http     string
-	stdout   *testutil.SyncBuf
-	stderr   *testutil.SyncBuf
-	token    string
-	exited   chan struct{}
-	exitCode int
-}
-
-var servingRE = regexp.MustCompile(`syncrelay serving.*smtp=(\S+) http=(\S+)`)
 
 // writeConfig writes a config on free loopback ports in dir.
 func writeConfig(t *testing.T, dir, extra string) string {
 	t.Helper()
-	cfg := fmt.Sprintf(`[smtp]
-listen = "127.0.0.1:0"
-hostname = "relay.test"
-shutdown_timeout = "10s"
-command_timeout = "5s"
-[http]
-listen = "127.0.0.1:0"
-[store]
-dir = %q
-%s`, filepath.Join(dir, "data"), extra)
-	path := filepath.Join(dir, "syncrelay.toml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return testenv.WriteConfig(t, filepath.Join(dir, "syncrelay.toml"), testenv.Config{
+		Data: filepath.Join(dir, "data"), ShutdownTimeout: "10s", CommandTimeout: "5s", Extra: extra})
 }
 
-func startDaemon(t *testing.T, wd string, args ...string) *proc {
+// startDaemon runs "syncrelay serve args..." in wd.
+func startDaemon(t *testing.T, wd string, args ...string) *testenv.Daemon {
 	t.Helper()
-	d := &proc{stdout: &testutil.SyncBuf{}, stderr: &testutil.SyncBuf{}, exited: make(chan struct{})}
-	d.cmd = exec.Command(binPath, append([]string{"serve"}, args...)...)
-	d.cmd.Dir = wd
-	d.cmd.Stdout, d.cmd.Stderr = d.stdout, d.stderr
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		d.cmd.Wait()
-		d.exitCode = d.cmd.ProcessState.ExitCode()
-		close(d.exited)
-	}()
-	t.Cleanup(func() {
-		d.cmd.Process.Kill()
-		<-d.exited
-	})
-	deadline := time.After(20 * time.Second)
-	for {
-		if m := servingRE.FindStringSubmatch(d.stderr.String()); m != nil {
-			d.smtp, d.http = m[1], m[2]
-			break
-		}
-		select {
-		case <-d.exited:
-			t.Fatalf("daemon exited %d:\n%s", d.exitCode, d.stderr)
-		case <-deadline:
-			t.Fatalf("daemon did not start:\n%s", d.stderr)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return d
-}
-
-func (d *proc) api(t *testing.T, method, path, body string) (int, map[string]any) {
-	t.Helper()
-	req, _ := http.NewRequest(method, "http://"+d.http+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+d.token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var m map[string]any
-	json.NewDecoder(resp.Body).Decode(&m)
-	return resp.StatusCode, m
-}
-
-func (d *proc) wait(t *testing.T) int {
-	t.Helper()
-	select {
-	case <-d.exited:
-		return d.exitCode
-	case <-time.After(30 * time.Second):
-		t.Fatalf("daemon did not exit:\n%s", d.stderr)
-		return -1
-	}
+	return testenv.StartBinary(t, bins.Syncrelay, testenv.Proc{Dir: wd, Args: args})
 }
 
 func readToken(t *testing.T, dataDir string) string {
@@ -159,21 +65,21 @@ func TestServeEndToEnd(t *testing.T) {
 			t.Fatalf("%s: %v mode %v", f, err, st.Mode())
 		}
 	}
-	d.token = readToken(t, data)
-	if !strings.Contains(d.stdout.String(), d.token) {
-		t.Fatalf("token not printed on first start: %q", d.stdout)
+	d.Token = readToken(t, data)
+	if !strings.Contains(d.Stdout.String(), d.Token) {
+		t.Fatalf("token not printed on first start: %q", d.Stdout)
 	}
 
-	if code, _ := d.api(t, "GET", "/readyz", ""); code != 200 {
+	if code, _ := d.API(t, "GET", "/readyz", ""); code != 200 {
 		t.Fatalf("readyz %d", code)
 	}
-	code, ten := d.api(t, "POST", "/v1/tenants", `{"id":"acme","name":"Acme","domains":["acme.test"],"provider":"google"}`)
+	code, ten := d.API(t, "POST", "/v1/tenants", `{"id":"acme","name":"Acme","domains":["acme.test"],"provider":"google"}`)
 	if code != 201 {
 		t.Fatalf("create tenant %d %v", code, ten)
 	}
 	inbound := ten["inbound_address"].(string)
 
-	c, err := smtp.Dial(d.smtp)
+	c, err := smtp.Dial(d.SMTP)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,18 +105,18 @@ func TestServeEndToEnd(t *testing.T) {
 	// so the tenant is named by its inbound address) and reads the decision.
 	eml0 := filepath.Join(dir, "over-smtp.eml")
 	os.WriteFile(eml0, []byte("From: a@b.test\nMessage-ID: <s@b.test>\nSubject: x\n\nhi\n"), 0o600)
-	rout, err := exec.Command(binPath, "replay", "-config", cfg, "-smtp", d.smtp, "-tenant", inbound, eml0).Output()
+	rout, err := exec.Command(bins.Syncrelay, "replay", "-config", cfg, "-smtp", d.SMTP, "-tenant", inbound, eml0).Output()
 	var rl map[string]any
 	if err != nil || json.Unmarshal(rout, &rl) != nil || rl["decision"] != "discarded" || rl["smtp_code"].(float64) != 250 {
 		t.Fatalf("replay -smtp: %v %s", err, rout)
 	}
 	// In-process replay explains why it cannot open the locked store.
-	if out, err := exec.Command(binPath, "replay", "-config", cfg, eml0).CombinedOutput(); err == nil || !strings.Contains(string(out), "-smtp") {
+	if out, err := exec.Command(bins.Syncrelay, "replay", "-config", cfg, eml0).CombinedOutput(); err == nil || !strings.Contains(string(out), "-smtp") {
 		t.Fatalf("replay against a running daemon: %v %s", err, out)
 	}
 
 	// SIGTERM with a session in flight: it finishes and gets its reply.
-	c2, err := smtp.Dial(d.smtp)
+	c2, err := smtp.Dial(d.SMTP)
 	must(t, err)
 	defer c2.Close()
 	must(t, c2.Hello("client.test"))
@@ -219,10 +125,10 @@ func TestServeEndToEnd(t *testing.T) {
 	w2, err := c2.Data()
 	must(t, err)
 	io.WriteString(w2, "From: someone@elsewhere.test\r\nSubject: in flight\r\n\r\n")
-	must(t, d.cmd.Process.Signal(syscall.SIGTERM))
+	must(t, d.Signal(syscall.SIGTERM))
 	time.Sleep(300 * time.Millisecond)
 	// New connections are refused while draining.
-	if nc, err := net.DialTimeout("tcp", d.smtp, time.Second); err == nil {
+	if nc, err := net.DialTimeout("tcp", d.SMTP, time.Second); err == nil {
 		br := bufio.NewReader(nc)
 		line, _ := br.ReadString('\n')
 		nc.Close()
@@ -236,24 +142,24 @@ func TestServeEndToEnd(t *testing.T) {
 		t.Fatalf("in-flight message lost its reply: %v", err)
 	}
 	c2.Quit()
-	if code := d.wait(t); code != 0 {
-		t.Fatalf("exit %d after SIGTERM:\n%s", code, d.stderr)
+	if code := d.Wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM:\n%s", code, d.Logs)
 	}
 
 	// Second start: the token is not printed again.
 	d2 := startDaemon(t, dir, "-config", cfg)
-	if strings.Contains(d2.stdout.String(), d.token) {
+	if strings.Contains(d2.Stdout.String(), d.Token) {
 		t.Fatal("token printed again")
 	}
-	d2.cmd.Process.Signal(syscall.SIGTERM)
-	if code := d2.wait(t); code != 0 {
+	d2.Signal(syscall.SIGTERM)
+	if code := d2.Wait(t); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
 
 	// replay reproduces the decision against the stopped daemon's store.
 	eml := filepath.Join(dir, "unrelated.eml")
 	os.WriteFile(eml, []byte("From: a@b.test\nMessage-ID: <r@b.test>\nSubject: x\n\nhi\n"), 0o600)
-	out, err := exec.Command(binPath, "replay", "-config", cfg, eml, filepath.Join(dir, "missing.eml")).Output()
+	out, err := exec.Command(bins.Syncrelay, "replay", "-config", cfg, eml, filepath.Join(dir, "missing.eml")).Output()
 	var ee *exec.ExitError
 	if !errorsAs(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(ee.Stderr), "missing.eml") {
 		t.Fatalf("replay with a missing file: err %v", err)
@@ -279,7 +185,7 @@ func TestStoreLockedBySecondDaemon(t *testing.T) {
 	dir := t.TempDir()
 	cfg := writeConfig(t, dir, "")
 	startDaemon(t, dir, "-config", cfg)
-	out, err := exec.Command(binPath, "serve", "-config", cfg).CombinedOutput()
+	out, err := exec.Command(bins.Syncrelay, "serve", "-config", cfg).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "locked by another syncrelay") {
 		t.Fatalf("second daemon: %v\n%s", err, out)
 	}
@@ -289,33 +195,33 @@ func TestConfigErrorsNameKeyAndLine(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.toml")
 	os.WriteFile(bad, []byte("[smtp]\nlisten = \"127.0.0.1:0\"\nmax_recipent = 5\n"), 0o600)
-	out, err := exec.Command(binPath, "serve", "-config", bad).CombinedOutput()
+	out, err := exec.Command(bins.Syncrelay, "serve", "-config", bad).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "bad.toml:3") || !strings.Contains(string(out), "smtp.max_recipent") {
 		t.Fatalf("unknown key: %v\n%s", err, out)
 	}
 	os.WriteFile(bad, []byte("[smtp]\ncommand_timeout = \"5 minutes\"\n"), 0o600)
-	out, _ = exec.Command(binPath, "serve", "-config", bad).CombinedOutput()
+	out, _ = exec.Command(bins.Syncrelay, "serve", "-config", bad).CombinedOutput()
 	if !strings.Contains(string(out), "bad.toml:2") || !strings.Contains(string(out), "command_timeout") {
 		t.Fatalf("bad duration: %s", out)
 	}
-	out, _ = exec.Command(binPath, "serve", "-config", filepath.Join(dir, "nope.toml")).CombinedOutput()
+	out, _ = exec.Command(bins.Syncrelay, "serve", "-config", filepath.Join(dir, "nope.toml")).CombinedOutput()
 	if !strings.Contains(string(out), "nope.toml") {
 		t.Fatalf("missing file: %s", out)
 	}
 }
 
 func TestCommandsAndHelp(t *testing.T) {
-	out, err := exec.Command(binPath, "version").Output()
+	out, err := exec.Command(bins.Syncrelay, "version").Output()
 	if err != nil || !strings.HasPrefix(string(out), "syncrelay ") {
 		t.Fatalf("version: %v %q", err, out)
 	}
 	for _, c := range []string{"serve", "version", "replay"} {
-		out, err := exec.Command(binPath, c, "-h").CombinedOutput()
+		out, err := exec.Command(bins.Syncrelay, c, "-h").CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "usage: syncrelay "+c) {
 			t.Fatalf("%s -h: %v %s", c, err, out)
 		}
 	}
-	out, err = exec.Command(binPath, "frobnicate").CombinedOutput()
+	out, err = exec.Command(bins.Syncrelay, "frobnicate").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), `unknown command "frobnicate"`) {
 		t.Fatalf("unknown command: %v %s", err, out)
 	}
@@ -333,14 +239,14 @@ func TestDefaultsNoConfig(t *testing.T) {
 	}
 	dir := t.TempDir()
 	d := startDaemon(t, dir)
-	if d.smtp != "127.0.0.1:2525" || d.http != "127.0.0.1:8025" {
-		t.Fatalf("listening on %s / %s", d.smtp, d.http)
+	if d.SMTP != "127.0.0.1:2525" || d.HTTP != "127.0.0.1:8025" {
+		t.Fatalf("listening on %s / %s", d.SMTP, d.HTTP)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "data", "syncrelay.db")); err != nil {
 		t.Fatal("no ./data store:", err)
 	}
-	d.cmd.Process.Signal(syscall.SIGINT)
-	if code := d.wait(t); code != 0 {
+	d.Signal(syscall.SIGINT)
+	if code := d.Wait(t); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
 }

@@ -23,8 +23,9 @@ import (
 
 	"syncrelay/config"
 	"syncrelay/daemon"
-	"syncrelay/internal/dnstest"
+	"syncrelay/internal/dkimtest"
 	"syncrelay/internal/pgtest"
+	"syncrelay/internal/testenv"
 	"syncrelay/outbound/providertest"
 	"syncrelay/store"
 	"syncrelay/store/postgres"
@@ -45,9 +46,9 @@ func TestTwoNodesOnePostgres(t *testing.T) {
 		msg := reply(fmt.Sprintf("both%d", i), "Both nodes.")
 		var wg sync.WaitGroup
 		got := make([]string, 2)
-		for j, n := range []*proc{a, b} {
+		for j, n := range []*testenv.Daemon{a, b} {
 			wg.Add(1)
-			go func() { defer wg.Done(); got[j] = deliver(t, n.smtp, inbound, msg) }()
+			go func() { defer wg.Done(); got[j] = deliver(t, n.SMTP, inbound, msg) }()
 		}
 		wg.Wait()
 		if strings.Join(got, "|") != "2.0.0 OK: stored|2.0.0 OK: duplicate" && strings.Join(got, "|") != "2.0.0 OK: duplicate|2.0.0 OK: stored" {
@@ -56,7 +57,7 @@ func TestTwoNodesOnePostgres(t *testing.T) {
 	}
 
 	// Mail delivered to B is on the timeline read through A, bytes too.
-	if got := deliver(t, b.smtp, inbound, reply("viaB", "Delivered to B.")); got != "2.0.0 OK: stored" {
+	if got := deliver(t, b.SMTP, inbound, reply("viaB", "Delivered to B.")); got != "2.0.0 OK: stored" {
 		t.Fatalf("delivery to B: %q", got)
 	}
 	code, threads := actingGet(t, a, "/v1/tenants/acme/candidates/c-1/threads")
@@ -78,8 +79,8 @@ func TestTwoNodesOnePostgres(t *testing.T) {
 	if len(msgs) != 1+5+1 || viaB == "" {
 		t.Fatalf("A's timeline has %d messages (want 7, one delivered to B): %v", len(msgs), msgs)
 	}
-	req, _ := http.NewRequest("GET", "http://"+a.http+"/v1/tenants/acme/messages/"+viaB+"/raw", nil)
-	req.Header.Set("Authorization", "Bearer "+a.token)
+	req, _ := http.NewRequest("GET", "http://"+a.HTTP+"/v1/tenants/acme/messages/"+viaB+"/raw", nil)
+	req.Header.Set("Authorization", "Bearer "+a.Token)
 	req.Header.Set("X-Acting-User", "u-rec")
 	resp, err := http.DefaultClient.Do(req)
 	must(t, err)
@@ -93,7 +94,7 @@ func TestTwoNodesOnePostgres(t *testing.T) {
 // twoNodes are two real nodes on one database, with a tenant, a user, a
 // candidate and a thread started in syncrelay.
 type twoNodes struct {
-	a, b    *proc
+	a, b    *testenv.Daemon
 	dir     string // the nodes' working directory
 	cfg     string // their config file
 	dsn     string
@@ -108,27 +109,27 @@ func startTwoNodes(t *testing.T, extra string) *twoNodes {
 	dir := t.TempDir()
 	t.Setenv(config.EnvSecretKey, strings.Repeat("ab", config.SecretKeySize))
 	t.Setenv(config.EnvAPITokens, "multinode-token-0123456789abcdef")
-	dkimKey, txt := dnstest.GenRSA(t, 2048)
+	dkimKey, txt := dkimtest.RSA(t, 0)
 	zone := filepath.Join(dir, "zone.txt")
 	must(t, os.WriteFile(zone, []byte(fmt.Sprintf("s1._domainkey.cand.test TXT %q\n", txt)), 0o600))
 	cfgPath := writeConfig(t, dir, fmt.Sprintf("backend = \"postgres\"\ndsn = %q\n[dns]\nzone_file = %q\n%s", dsn, zone, extra))
 	a := startDaemon(t, dir, "-config", cfgPath)
 	b := startDaemon(t, dir, "-config", cfgPath)
-	a.token, b.token = "multinode-token-0123456789abcdef", "multinode-token-0123456789abcdef"
+	a.Token, b.Token = "multinode-token-0123456789abcdef", "multinode-token-0123456789abcdef"
 
-	code, ten := a.api(t, "POST", "/v1/tenants", `{"id":"acme","name":"Acme","domains":["acme.test"],"provider":"google"}`)
+	code, ten := a.API(t, "POST", "/v1/tenants", `{"id":"acme","name":"Acme","domains":["acme.test"],"provider":"google"}`)
 	if code != 201 {
 		t.Fatalf("create tenant on A: %d %v", code, ten)
 	}
 	inbound := ten["inbound_address"].(string)
 	// Node B accepts the new tenant's address at once (no 550 5.1.1).
-	if got := deliver(t, b.smtp, inbound, []byte("From: x@else.test\r\nMessage-ID: <u1@else.test>\r\nSubject: x\r\n\r\nnot of interest\r\n")); got != "2.0.0 OK: discarded" {
+	if got := deliver(t, b.SMTP, inbound, []byte("From: x@else.test\r\nMessage-ID: <u1@else.test>\r\nSubject: x\r\n\r\nnot of interest\r\n")); got != "2.0.0 OK: discarded" {
 		t.Fatalf("node B, tenant created on A: %q", got)
 	}
-	if code, _ := b.api(t, "POST", "/v1/tenants/acme/candidates", `{"id":"c-1","name":"Carl","emails":["carl@cand.test"]}`); code != 201 {
+	if code, _ := b.API(t, "POST", "/v1/tenants/acme/candidates", `{"id":"c-1","name":"Carl","emails":["carl@cand.test"]}`); code != 201 {
 		t.Fatalf("create candidate on B: %d", code)
 	}
-	if code, _ := a.api(t, "POST", "/v1/tenants/acme/users", `{"id":"u-rec","email":"rec@acme.test","name":"Rita","role":"admin"}`); code != 201 {
+	if code, _ := a.API(t, "POST", "/v1/tenants/acme/users", `{"id":"u-rec","email":"rec@acme.test","name":"Rita","role":"admin"}`); code != 201 {
 		t.Fatalf("create user on A: %d", code)
 	}
 
@@ -146,10 +147,10 @@ func startTwoNodes(t *testing.T, extra string) *twoNodes {
 }
 
 // actingGet is a GET through the API as the tenant's admin u-rec.
-func actingGet(t *testing.T, d *proc, path string) (int, map[string]any) {
+func actingGet(t *testing.T, d *testenv.Daemon, path string) (int, map[string]any) {
 	t.Helper()
-	req, _ := http.NewRequest("GET", "http://"+d.http+path, nil)
-	req.Header.Set("Authorization", "Bearer "+d.token)
+	req, _ := http.NewRequest("GET", "http://"+d.HTTP+path, nil)
+	req.Header.Set("Authorization", "Bearer "+d.Token)
 	req.Header.Set("X-Acting-User", "u-rec")
 	resp, err := http.DefaultClient.Do(req)
 	must(t, err)
@@ -241,7 +242,7 @@ func TestKill9OneNodeLosesNothing(t *testing.T) {
 					node = n.b
 				}
 				id := fmt.Sprintf("k%d.%d", c, i)
-				got := deliver(t, node.smtp, n.inbound, n.reply(id, "Load "+id+"."))
+				got := deliver(t, node.SMTP, n.inbound, n.reply(id, "Load "+id+"."))
 				if !strings.HasPrefix(got, "2.0.0 OK: stored") {
 					continue // refused or cut by the kill: the sender retries it
 				}
@@ -270,8 +271,7 @@ func TestKill9OneNodeLosesNothing(t *testing.T) {
 		t.Fatalf("fewer than %d acknowledged messages", k)
 	}
 	waitAcks(60)
-	must(t, n.a.cmd.Process.Kill())
-	<-n.a.exited
+	n.a.Kill9(t)
 	close(killed)
 	mu.Lock()
 	atKill := len(acks)
@@ -331,10 +331,10 @@ func TestWebhooksAcrossNodeRestarts(t *testing.T) {
 	n := startTwoNodes(t, fmt.Sprintf("[webhooks]\nurl = %q\n", hook.URL+"/hook"))
 
 	stored := 0
-	send := func(node *proc, from, to int) {
+	send := func(node *testenv.Daemon, from, to int) {
 		for i := from; i < to; i++ {
 			id := fmt.Sprintf("w%d", i)
-			if r := deliver(t, node.smtp, n.inbound, n.reply(id, "Hook "+id+".")); r != "2.0.0 OK: stored" {
+			if r := deliver(t, node.SMTP, n.inbound, n.reply(id, "Hook "+id+".")); r != "2.0.0 OK: stored" {
 				t.Fatalf("%s: %q", id, r)
 			}
 			stored++
@@ -342,8 +342,8 @@ func TestWebhooksAcrossNodeRestarts(t *testing.T) {
 	}
 	send(n.a, 0, 10)
 	send(n.b, 10, 20)
-	must(t, n.a.cmd.Process.Signal(syscall.SIGTERM))
-	if code := n.a.wait(t); code != 0 {
+	must(t, n.a.Signal(syscall.SIGTERM))
+	if code := n.a.Wait(t); code != 0 {
 		t.Fatalf("node A exit %d", code)
 	}
 	send(n.b, 20, 30) // only B delivers now
@@ -389,8 +389,8 @@ api_base = %q
 `, providertest.ClientID, stub.AuthURL(), stub.TokenURL(), stub.APIBase()))
 
 	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	req, _ := http.NewRequest("GET", "http://"+n.a.http+"/oauth/google/start?tenant=acme&user=u-rec", nil)
-	req.Header.Set("Authorization", "Bearer "+n.a.token)
+	req, _ := http.NewRequest("GET", "http://"+n.a.HTTP+"/oauth/google/start?tenant=acme&user=u-rec", nil)
+	req.Header.Set("Authorization", "Bearer "+n.a.Token)
 	req.Header.Set("X-Acting-User", "u-rec")
 	resp, err := noFollow.Do(req)
 	must(t, err)
@@ -400,9 +400,9 @@ api_base = %q
 	}
 	cb, err := url.Parse(stub.Authorize(t, resp.Header.Get("Location")))
 	must(t, err)
-	callback := func(node *proc) int {
+	callback := func(node *testenv.Daemon) int {
 		u := *cb
-		u.Host = node.http // the load balancer may pick any node
+		u.Host = node.HTTP // the load balancer may pick any node
 		r, err := http.Get(u.String())
 		must(t, err)
 		r.Body.Close()
@@ -411,16 +411,16 @@ api_base = %q
 	if code := callback(n.b); code != 200 {
 		t.Fatalf("consent callback on B: %d", code)
 	}
-	for _, node := range []*proc{n.a, n.b} {
+	for _, node := range []*testenv.Daemon{n.a, n.b} {
 		if code := callback(node); code < 400 {
 			t.Errorf("second use of the OAuth state: %d", code)
 		}
 	}
 
-	send := func(node *proc) int {
-		req, _ := http.NewRequest("POST", "http://"+node.http+"/v1/tenants/acme/messages",
+	send := func(node *testenv.Daemon) int {
+		req, _ := http.NewRequest("POST", "http://"+node.HTTP+"/v1/tenants/acme/messages",
 			strings.NewReader(`{"candidate":"c-1","subject":"Interview","text":"Hello Carl","kind":"one_off"}`))
-		req.Header.Set("Authorization", "Bearer "+node.token)
+		req.Header.Set("Authorization", "Bearer "+node.Token)
 		req.Header.Set("X-Acting-User", "u-rec")
 		req.Header.Set("Idempotency-Key", "once-across-nodes")
 		r, err := http.DefaultClient.Do(req)
@@ -432,7 +432,7 @@ api_base = %q
 	}
 	codes := make([]int, 2)
 	var wg sync.WaitGroup
-	for i, node := range []*proc{n.a, n.b} {
+	for i, node := range []*testenv.Daemon{n.a, n.b} {
 		wg.Add(1)
 		go func() { defer wg.Done(); codes[i] = send(node) }()
 	}

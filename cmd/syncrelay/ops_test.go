@@ -36,8 +36,9 @@ import (
 
 	"syncrelay/config"
 	"syncrelay/daemon"
+	"syncrelay/internal/dkimtest"
 	"syncrelay/internal/dnstest"
-	"syncrelay/internal/testutil"
+	"syncrelay/internal/testenv"
 	"syncrelay/store"
 	"syncrelay/store/bolt"
 	"syncrelay/token"
@@ -103,22 +104,8 @@ func newOpsEnv(t *testing.T, policy string) *opsEnv {
 // the [smtp] keys must come in extra).
 func (e *opsEnv) config(t *testing.T, name, smtpExtra, extra string) string {
 	t.Helper()
-	cfg := fmt.Sprintf(`[smtp]
-listen = "127.0.0.1:0"
-hostname = "relay.test"
-shutdown_timeout = "10s"
-command_timeout = "10s"
-%s
-[http]
-listen = "127.0.0.1:0"
-[store]
-dir = %q
-[api]
-tokens_file = %q
-%s`, smtpExtra, e.data, e.tokensFile, extra)
-	p := filepath.Join(e.dir, name)
-	must(t, os.WriteFile(p, []byte(cfg), 0o600))
-	return p
+	return testenv.WriteConfig(t, filepath.Join(e.dir, name), testenv.Config{Data: e.data,
+		ShutdownTimeout: "10s", CommandTimeout: "10s", SMTP: smtpExtra, TokensFile: e.tokensFile, Extra: extra})
 }
 
 // genCert writes a self-signed ECDSA certificate and key for hosts.
@@ -409,42 +396,19 @@ secret = "whsec"
 // no token, key, body, or subject/address of discarded mail was logged.
 func TestTrafficMetricsStatusAndNoLeaks(t *testing.T) {
 	e := newOpsEnv(t, store.PolicyRequire)
-	key, txt := dnstest.GenRSA(t, 2048)
+	key, txt := dkimtest.RSA(t, 0)
 	zone := filepath.Join(e.dir, "zone.txt")
 	must(t, os.WriteFile(zone, []byte(fmt.Sprintf("s1._domainkey.cand.test TXT %q\n", txt)), 0o600))
 	cfgPath := e.config(t, "leak.toml", "", fmt.Sprintf("[dns]\nzone_file = %q\n[log]\nlevel = \"debug\"\nformat = \"json\"\n", zone))
 	c, err := config.Load(cfgPath)
 	must(t, err)
 
-	logs := &testutil.SyncBuf{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- daemon.Run(ctx, c, daemon.NewLogger(c, logs), io.Discard) }()
-	stopped := false
-	stop := func() {
-		if !stopped {
-			stopped = true
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		}
-	}
+	d := testenv.StartInProcess(t, func(ctx context.Context, logs io.Writer) error {
+		return daemon.Run(ctx, c, daemon.NewLogger(c, logs), io.Discard)
+	})
+	logs, smtpAddr, httpAddr := d.Logs, d.SMTP, d.HTTP
+	stop := func() { d.Stop(t) }
 	defer stop()
-	var smtpAddr, httpAddr string
-	deadline := time.Now().Add(10 * time.Second)
-	for smtpAddr == "" {
-		for _, l := range strings.Split(logs.String(), "\n") {
-			var m map[string]any
-			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "syncrelay serving" {
-				smtpAddr, httpAddr = m["smtp"].(string), m["http"].(string)
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon did not start:\n%s", logs)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 
 	// Discarded: secrets everywhere, including a real thread token in
 	// X-Syncrelay-Thread (rule 3 needs a tenant user as sender) and a
@@ -660,7 +624,7 @@ func TestBackupRestoreUnderLoad(t *testing.T) {
 	b = bytes.Replace(b, []byte("[http]\nlisten = \"127.0.0.1:0\""), []byte("[http]\nlisten = \""+freePort(t)+"\""), 1)
 	must(t, os.WriteFile(cfg, b, 0o600))
 	d := startDaemon(t, e.dir, "-config", cfg)
-	d.token = e.apiToken
+	d.Token = e.apiToken
 
 	// check against the running daemon (the store is locked by it).
 	code, rep := checkJSON(t, "-config", cfg, "-tenant", "acme")
@@ -683,7 +647,7 @@ func TestBackupRestoreUnderLoad(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := smtp.Dial(d.smtp)
+			c, err := smtp.Dial(d.SMTP)
 			if err != nil {
 				loadErr <- err
 				return
@@ -728,7 +692,7 @@ func TestBackupRestoreUnderLoad(t *testing.T) {
 	}
 	archive := filepath.Join(e.dir, "live.tar")
 	started := time.Now()
-	out, err := exec.Command(binPath, "backup", "-config", cfg, "-o", archive).CombinedOutput()
+	out, err := exec.Command(bins.Syncrelay, "backup", "-config", cfg, "-o", archive).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "through the running daemon") {
 		t.Fatalf("backup while serving: %v\n%s", err, out)
 	}
@@ -741,8 +705,8 @@ func TestBackupRestoreUnderLoad(t *testing.T) {
 	for err := range loadErr {
 		t.Fatal(err)
 	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	if code := d.wait(t); code != 0 {
+	d.Signal(syscall.SIGTERM)
+	if code := d.Wait(t); code != 0 {
 		t.Fatalf("daemon exit %d", code)
 	}
 
@@ -753,7 +717,7 @@ func TestBackupRestoreUnderLoad(t *testing.T) {
 	must(t, os.WriteFile(filepath.Join(rdir, "secret.key"), keyBytes, 0o600))
 	rcfg := filepath.Join(e.dir, "restored.toml")
 	must(t, os.WriteFile(rcfg, []byte(fmt.Sprintf("[smtp]\nhostname = \"relay.test\"\n[store]\ndir = %q\n[api]\ntokens_file = %q\n", rdir, e.tokensFile)), 0o600))
-	out, err = exec.Command(binPath, "restore", "-config", rcfg, archive).CombinedOutput()
+	out, err = exec.Command(bins.Syncrelay, "restore", "-config", rcfg, archive).CombinedOutput()
 	if err != nil || strings.Contains(string(out), "WARNING") {
 		t.Fatalf("restore: %v\n%s", err, out)
 	}
@@ -784,7 +748,7 @@ func TestBackupRestoreUnderLoad(t *testing.T) {
 	}
 
 	// Restore refuses a directory that is not empty.
-	out, err = exec.Command(binPath, "restore", "-config", rcfg, archive).CombinedOutput()
+	out, err = exec.Command(bins.Syncrelay, "restore", "-config", rcfg, archive).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "is not empty (it holds raw, syncrelay.db)") {
 		t.Fatalf("restore into a non-empty dir: %v\n%s", err, out)
 	}
@@ -792,18 +756,18 @@ func TestBackupRestoreUnderLoad(t *testing.T) {
 	// With the daemon stopped, backup reads the store directly; the
 	// output file must not exist.
 	cold := filepath.Join(e.dir, "cold.tar")
-	out, err = exec.Command(binPath, "backup", "-config", cfg, "-o", cold).CombinedOutput()
+	out, err = exec.Command(bins.Syncrelay, "backup", "-config", cfg, "-o", cold).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "no daemon running") {
 		t.Fatalf("cold backup: %v\n%s", err, out)
 	}
-	out, err = exec.Command(binPath, "backup", "-config", cfg, "-o", cold).CombinedOutput()
+	out, err = exec.Command(bins.Syncrelay, "backup", "-config", cfg, "-o", cold).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "already exists") {
 		t.Fatalf("backup over an existing file: %v\n%s", err, out)
 	}
 	r2 := filepath.Join(e.dir, "restored2")
 	r2cfg := filepath.Join(e.dir, "restored2.toml")
 	must(t, os.WriteFile(r2cfg, []byte(fmt.Sprintf("[store]\ndir = %q\n", r2)), 0o600))
-	cmd := exec.Command(binPath, "restore", "-config", r2cfg, "-")
+	cmd := exec.Command(bins.Syncrelay, "restore", "-config", r2cfg, "-")
 	cmd.Stdin, _ = os.Open(cold)
 	out, err = cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "WARNING: no usable secret key") {
@@ -851,7 +815,7 @@ func TestSIGHUPReloadsCertificate(t *testing.T) {
 	d := startDaemon(t, e.dir, "-config", cfg)
 
 	dialTLS := func() (*smtp.Client, *big.Int) {
-		c, err := smtp.DialStartTLS(d.smtp, &tls.Config{InsecureSkipVerify: true, ServerName: "relay.test"})
+		c, err := smtp.DialStartTLS(d.SMTP, &tls.Config{InsecureSkipVerify: true, ServerName: "relay.test"})
 		must(t, err)
 		must(t, c.Noop()) // EHLO and NOOP over TLS: the handshake is done
 		st, ok := c.TLSConnectionState()
@@ -872,8 +836,8 @@ func TestSIGHUPReloadsCertificate(t *testing.T) {
 		b, _ := os.ReadFile(filepath.Join(e.dir, "b"+f))
 		must(t, os.WriteFile(filepath.Join(e.dir, "a"+f), b, 0o600))
 	}
-	must(t, d.cmd.Process.Signal(syscall.SIGHUP))
-	waitFor(t, func() bool { return strings.Contains(d.stderr.String(), "TLS certificate reloaded") }, d.stderr)
+	must(t, d.Signal(syscall.SIGHUP))
+	waitFor(t, func() bool { return strings.Contains(d.Logs.String(), "TLS certificate reloaded") }, d.Logs)
 
 	// The old session is intact and still works; new ones get B.
 	must(t, old.Noop())
@@ -887,14 +851,14 @@ func TestSIGHUPReloadsCertificate(t *testing.T) {
 
 	// A broken certificate is refused and B stays in use.
 	must(t, os.WriteFile(certA, []byte("garbage"), 0o600))
-	must(t, d.cmd.Process.Signal(syscall.SIGHUP))
-	waitFor(t, func() bool { return strings.Contains(d.stderr.String(), "still using the previous one") }, d.stderr)
+	must(t, d.Signal(syscall.SIGHUP))
+	waitFor(t, func() bool { return strings.Contains(d.Logs.String(), "still using the previous one") }, d.Logs)
 	third, s := dialTLS()
 	defer third.Close()
 	if s.Cmp(serialB) != 0 {
 		t.Fatal("a failed reload changed the certificate")
 	}
-	resp, err := http.Get("http://" + d.http + "/metrics")
+	resp, err := http.Get("http://" + d.HTTP + "/metrics")
 	must(t, err)
 	mb, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
@@ -933,12 +897,12 @@ func TestShutdownWithinBound(t *testing.T) {
 	b = bytes.Replace(b, []byte("[http]\n"), []byte("[http]\nshutdown_timeout = \"1s\"\n"), 1)
 	must(t, os.WriteFile(cfg, b, 0o600))
 	d := startDaemon(t, e.dir, "-config", cfg)
-	d.token = e.apiToken
-	if code, _ := d.api(t, "GET", "/readyz", ""); code != 200 {
+	d.Token = e.apiToken
+	if code, _ := d.API(t, "GET", "/readyz", ""); code != 200 {
 		t.Fatalf("readyz %d", code)
 	}
 
-	c, err := smtp.Dial(d.smtp)
+	c, err := smtp.Dial(d.SMTP)
 	must(t, err)
 	defer c.Close()
 	must(t, c.Hello("slow.test"))
@@ -949,21 +913,21 @@ func TestShutdownWithinBound(t *testing.T) {
 	io.WriteString(w, "Subject: never finished\r\n\r\n")
 
 	start := time.Now()
-	must(t, d.cmd.Process.Signal(syscall.SIGTERM))
+	must(t, d.Signal(syscall.SIGTERM))
 	// While draining, readyz is false (the listener may already be gone).
-	if code, err := readyz(d.http); err == nil && code == 200 {
+	if code, err := readyz(d.HTTP); err == nil && code == 200 {
 		t.Error("readyz still 200 while draining")
 	}
-	code := d.wait(t)
+	code := d.Wait(t)
 	took := time.Since(start)
 	if code != 0 {
-		t.Fatalf("exit %d:\n%s", code, d.stderr)
+		t.Fatalf("exit %d:\n%s", code, d.Logs)
 	}
 	if took > 4*time.Second {
 		t.Fatalf("shutdown took %v with shutdown_timeout 1s", took)
 	}
-	if !strings.Contains(d.stderr.String(), "shutdown deadline reached; closing connection") {
-		t.Fatalf("the stuck session was not cut at the deadline:\n%s", d.stderr)
+	if !strings.Contains(d.Logs.String(), "shutdown deadline reached; closing connection") {
+		t.Fatalf("the stuck session was not cut at the deadline:\n%s", d.Logs)
 	}
 }
 
@@ -1054,7 +1018,7 @@ func TestStartupCollectsOrphans(t *testing.T) {
 	must(t, os.WriteFile(filepath.Join(staging, "syncrelay.db"), []byte("x"), 0o600))
 
 	d := startDaemon(t, e.dir, "-config", e.config(t, "orphans.toml", "", ""))
-	if code, err := readyz(d.http); err != nil || code != 200 {
+	if code, err := readyz(d.HTTP); err != nil || code != 200 {
 		t.Fatalf("readyz %d %v", code, err)
 	}
 	if _, err := os.Stat(orphanPath); !os.IsNotExist(err) {
@@ -1063,8 +1027,8 @@ func TestStartupCollectsOrphans(t *testing.T) {
 	if _, err := os.Stat(staging); !os.IsNotExist(err) {
 		t.Fatalf("backup staging left over: %v", err)
 	}
-	if !strings.Contains(d.stderr.String(), "collected orphaned raw files") {
-		t.Fatalf("no log of the collection:\n%s", d.stderr)
+	if !strings.Contains(d.Logs.String(), "collected orphaned raw files") {
+		t.Fatalf("no log of the collection:\n%s", d.Logs)
 	}
 }
 

@@ -115,7 +115,7 @@ func TestSIGTERMEndsSessionsOutsideMessages(t *testing.T) {
 		{name: "TLS idle", tls: true},
 		{name: "TLS after RCPT", tls: true, txn: true},
 	} {
-		s := dialSMTP(t, d.smtp)
+		s := dialSMTP(t, d.SMTP)
 		if !tc.helloOnly {
 			s.cmd("EHLO client.test", "250")
 		}
@@ -127,14 +127,14 @@ func TestSIGTERMEndsSessionsOutsideMessages(t *testing.T) {
 		}
 		outside[tc.name] = s
 	}
-	inside := dialSMTP(t, d.smtp)
+	inside := dialSMTP(t, d.SMTP)
 	inside.cmd("EHLO client.test", "250")
 	envelope(inside)
 	inside.cmd("DATA", "354")
 	io.WriteString(inside.c, "From: someone@elsewhere.test\r\nSubject: in flight\r\n\r\n")
 
 	start := time.Now()
-	must(t, d.cmd.Process.Signal(syscall.SIGTERM))
+	must(t, d.Signal(syscall.SIGTERM))
 	for name, s := range outside {
 		s.closedAfter421(name, 3*time.Second)
 	}
@@ -145,8 +145,8 @@ func TestSIGTERMEndsSessionsOutsideMessages(t *testing.T) {
 	inside.expect("250 ")
 	inside.closedAfter421("inside DATA", 3*time.Second)
 
-	if code := d.wait(t); code != 0 {
-		t.Fatalf("exit %d:\n%s", code, d.stderr)
+	if code := d.Wait(t); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, d.Logs)
 	}
 	if took := time.Since(start); took > 10*time.Second {
 		t.Fatalf("shutdown took %v (smtp.shutdown_timeout 30s): a session outside a message held it", took)

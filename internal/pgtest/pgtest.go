@@ -55,10 +55,16 @@ var shared struct {
 // Main runs the tests and stops the cluster if one was started.
 func Main(m *testing.M) int {
 	code := m.Run()
+	StopShared()
+	return code
+}
+
+// StopShared stops the package's cluster if one was started (for a
+// TestMain that runs the tests some other way).
+func StopShared() {
 	if shared.c != nil {
 		shared.c.Stop()
 	}
-	return code
 }
 
 // Required reports whether a missing PostgreSQL must fail the tests

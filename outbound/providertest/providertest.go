@@ -8,7 +8,13 @@
 // (authorization_code with PKCE, refresh_token with optional rotation,
 // invalid_grant for revoked tokens, the providers' error JSON) and the send
 // endpoint, which checks the bearer token and records the decoded MIME.
-// Failures can be queued for the send and token endpoints.
+// Failures can be queued for the send and token endpoints. GET /sent lists
+// the accepted sends, so another process (the dev-mode demo) can read what
+// was "delivered".
+//
+// Start serves a stub for one test; Listen serves one outside tests (dev
+// mode, see package devmode), which is why this package does not import
+// testing.
 package providertest
 
 import (
@@ -19,14 +25,21 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 )
+
+// TB is the part of testing.TB the helpers use.
+type TB interface {
+	Helper()
+	Cleanup(func())
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+}
 
 // Client credentials every stub accepts.
 const (
@@ -62,7 +75,8 @@ type accessInfo struct {
 // Stub is one provider's endpoints.
 type Stub struct {
 	Provider string // "google" or "microsoft"
-	srv      *httptest.Server
+	srv      *http.Server
+	url      string // http://127.0.0.1:port
 
 	mu sync.Mutex
 	// rotate makes refreshes return a new refresh token and invalidate the
@@ -88,8 +102,18 @@ type Stub struct {
 }
 
 // Start runs a stub for provider on loopback until the test ends.
-func Start(t testing.TB, provider string) *Stub {
+func Start(t TB, provider string) *Stub {
 	t.Helper()
+	s, err := Listen(provider)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Listen runs a stub for provider on a new 127.0.0.1 port until Close.
+func Listen(provider string) (*Stub, error) {
 	s := &Stub{Provider: provider, rotate: provider == "microsoft", accessTTL: time.Hour,
 		codes: map[string]codeInfo{}, refresh: map[string]bool{}, access: map[string]accessInfo{}, tokenCalls: map[string]int{}}
 	mux := http.NewServeMux()
@@ -97,21 +121,30 @@ func Start(t testing.TB, provider string) *Stub {
 	mux.HandleFunc("POST /token", s.token)
 	mux.HandleFunc("POST /gmail/v1/users/me/messages/send", s.gmailSend)
 	mux.HandleFunc("POST /v1.0/me/sendMail", s.graphSend)
-	s.srv = httptest.NewServer(mux)
-	t.Cleanup(s.srv.Close)
-	return s
+	mux.HandleFunc("GET /sent", s.listSent)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("providertest: listen: %w", err)
+	}
+	s.url = "http://" + ln.Addr().String()
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = s.srv.Serve(ln) }()
+	return s, nil
 }
 
 // URLs to configure syncrelay with.
-func (s *Stub) AuthURL() string  { return s.srv.URL + "/authorize" }
-func (s *Stub) TokenURL() string { return s.srv.URL + "/token" }
+func (s *Stub) AuthURL() string  { return s.url + "/authorize" }
+func (s *Stub) TokenURL() string { return s.url + "/token" }
+
+// SentURL lists the accepted sends as JSON: [{"raw": base64 MIME}].
+func (s *Stub) SentURL() string { return s.url + "/sent" }
 
 // APIBase is the Gmail or Graph base URL.
 func (s *Stub) APIBase() string {
 	if s.Provider == "microsoft" {
-		return s.srv.URL + "/v1.0"
+		return s.url + "/v1.0"
 	}
-	return s.srv.URL
+	return s.url
 }
 
 // SetRotate sets whether refreshes rotate the refresh token.
@@ -127,7 +160,7 @@ func (s *Stub) SetNoRefreshToken(v bool) { s.mu.Lock(); s.noRefreshToken = v; s.
 func (s *Stub) SetScope(v string) { s.mu.Lock(); s.scope = v; s.mu.Unlock() }
 
 // Close stops the server (to test unreachable endpoints).
-func (s *Stub) Close() { s.srv.Close() }
+func (s *Stub) Close() { _ = s.srv.Close() }
 
 func randToken(prefix string) string {
 	b := make([]byte, 18)
@@ -218,7 +251,7 @@ func (s *Stub) ExpireAccessTokens() {
 // Authorize plays the browser at the provider: it follows authURL (a
 // syncrelay /start redirect target) and returns the callback URL the
 // provider redirects back to, with code and state.
-func (s *Stub) Authorize(t testing.TB, authURL string) string {
+func (s *Stub) Authorize(t TB, authURL string) string {
 	t.Helper()
 	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	resp, err := c.Get(authURL)
@@ -495,4 +528,19 @@ func (s *Stub) graphSend(w http.ResponseWriter, r *http.Request) {
 	}
 	req.Raw, req.Status = raw, http.StatusAccepted
 	w.WriteHeader(http.StatusAccepted)
+}
+
+// SentMessage is one entry of GET /sent.
+type SentMessage struct {
+	Raw []byte `json:"raw"` // the MIME as sent (base64 in JSON)
+}
+
+func (s *Stub) listSent(w http.ResponseWriter, r *http.Request) {
+	out := []SentMessage{}
+	for _, raw := range s.Sent() {
+		out = append(out, SentMessage{Raw: raw})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(out)
 }

@@ -17,22 +17,12 @@ import (
 	"testing"
 	"time"
 
-	"syncrelay/test/internal/harness"
+	"syncrelay/internal/testenv"
 )
 
-var bins *harness.Bins
+var bins *testenv.Bins
 
-func TestMain(m *testing.M) {
-	b, err := harness.Build()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bins = b
-	code := m.Run()
-	os.RemoveAll(b.Dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &bins, "syncrelay", "srload")) }
 
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
@@ -48,12 +38,12 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 	rng := mrand.New(mrand.NewPCG(seed, 7))
 
 	dir := t.TempDir()
-	cfg, data := harness.Config(t, dir, "")
+	cfg, data := testenv.LoadConfig(t, dir, "")
 	man := bins.Prepare(t, cfg, dir, 16)
 
-	acked := map[string]harness.Reply{}
+	acked := map[string]testenv.Reply{}
 	record := func(replies string) (ok, other int) {
-		rs, err := harness.ReadReplies(replies)
+		rs, err := testenv.ReadReplies(replies)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -84,7 +74,7 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 		// middle of commits, raw writes and replies alike.
 		minAcks := 1 + rng.IntN(150)
 		deadline := time.Now().Add(20 * time.Second)
-		for harness.CountLines(replies) < minAcks && time.Now().Before(deadline) {
+		for testenv.CountLines(replies) < minAcks && time.Now().Before(deadline) {
 			time.Sleep(5 * time.Millisecond)
 		}
 		time.Sleep(time.Duration(rng.IntN(800)) * time.Millisecond)
@@ -93,13 +83,13 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 
 		ok, other := record(replies)
 		if ok == 0 {
-			t.Fatalf("cycle %d: no message acknowledged before the kill:\n%s\n%s", i, load.Out, d.Stderr)
+			t.Fatalf("cycle %d: no message acknowledged before the kill:\n%s\n%s", i, load.Out, d.Logs)
 		}
-		harness.CheckBolt(t, data)
-		n := harness.VerifyAcked(t, data, man.Tenant, acked)
+		testenv.CheckBolt(t, data)
+		n := testenv.VerifyAcked(t, data, man.Tenant, acked)
 		t.Logf("cycle %d: killed after %d acks (%d other replies); %d acknowledged messages verified", i, ok, other, n)
 		if t.Failed() {
-			t.Logf("daemon log:\n%s", d.Stderr)
+			t.Logf("daemon log:\n%s", d.Logs)
 			return
 		}
 	}
@@ -114,8 +104,8 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 		t.Errorf("after the crashes: %d of 20 messages answered 250:\n%s", ok, load.Out)
 	}
 	if code := d.Stop(t); code != 0 {
-		t.Errorf("exit %d after SIGTERM:\n%s", code, d.Stderr)
+		t.Errorf("exit %d after SIGTERM:\n%s", code, d.Logs)
 	}
-	harness.CheckBolt(t, data)
-	t.Logf("%d acknowledged messages verified after %d kills", harness.VerifyAcked(t, data, man.Tenant, acked), cycles)
+	testenv.CheckBolt(t, data)
+	t.Logf("%d acknowledged messages verified after %d kills", testenv.VerifyAcked(t, data, man.Tenant, acked), cycles)
 }

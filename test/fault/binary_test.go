@@ -12,7 +12,7 @@ import (
 
 	"syncrelay/cmd/srload/loadgen"
 	"syncrelay/internal/dnstest"
-	"syncrelay/test/internal/harness"
+	"syncrelay/internal/testenv"
 )
 
 // mountTmpfs mounts a tmpfs of size bytes on dir, or skips the test.
@@ -61,7 +61,7 @@ func fill(t *testing.T, path string) *os.File {
 
 func TestDiskFullTmpfs(t *testing.T) {
 	dir := t.TempDir()
-	cfgPath, data := harness.Config(t, dir, "")
+	cfgPath, data := testenv.LoadConfig(t, dir, "")
 	mountTmpfs(t, data, 8<<20)
 	man := bins.Prepare(t, cfgPath, dir, 8)
 	d := bins.Start(t, cfgPath)
@@ -114,7 +114,7 @@ func TestDiskFullTmpfs(t *testing.T) {
 		partial = append(partial, ss...)
 	}
 	t.Logf("freeing 4 KiB at a time: %s", codes(partial))
-	logText := d.Stderr.String()
+	logText := d.Logs.String()
 	t.Logf("daemon log: %d errors at the raw write, %d at the database commit",
 		strings.Count(logText, "router: raw"), strings.Count(logText, "router: commit"))
 
@@ -133,17 +133,17 @@ func TestDiskFullTmpfs(t *testing.T) {
 		t.Errorf("exit %d after SIGTERM", code)
 	}
 	if t.Failed() {
-		t.Logf("daemon log:\n%s", d.Stderr)
+		t.Logf("daemon log:\n%s", d.Logs)
 	}
-	harness.CheckBolt(t, data)
-	t.Logf("%d acknowledged messages verified", harness.VerifyAcked(t, data, man.Tenant, led))
+	testenv.CheckBolt(t, data)
+	t.Logf("%d acknowledged messages verified", testenv.VerifyAcked(t, data, man.Tenant, led))
 }
 
 func TestDNSFailures(t *testing.T) {
 	srv := dnstest.Start(t)
 	srv.SetTTL(0) // nothing cached: each message asks, so faults show at once
 	dir := t.TempDir()
-	cfgPath, data := harness.Config(t, dir, fmt.Sprintf("[dns]\nresolver = %q\ntimeout = \"1s\"\n", srv.Addr()))
+	cfgPath, data := testenv.LoadConfig(t, dir, fmt.Sprintf("[dns]\nresolver = %q\ntimeout = \"1s\"\n", srv.Addr()))
 	man := bins.Prepare(t, cfgPath, dir, 8)
 	name, value, err := man.DKIMRecord()
 	if err != nil {
@@ -190,8 +190,8 @@ func TestDNSFailures(t *testing.T) {
 		t.Errorf("exit %d after SIGTERM", code)
 	}
 	if t.Failed() {
-		t.Logf("daemon log:\n%s", d.Stderr)
+		t.Logf("daemon log:\n%s", d.Logs)
 	}
-	harness.CheckBolt(t, data)
-	t.Logf("%d acknowledged messages verified", harness.VerifyAcked(t, data, man.Tenant, led))
+	testenv.CheckBolt(t, data)
+	t.Logf("%d acknowledged messages verified", testenv.VerifyAcked(t, data, man.Tenant, led))
 }

@@ -26,22 +26,12 @@ import (
 	"time"
 
 	"syncrelay/cmd/srload/loadgen"
-	"syncrelay/test/internal/harness"
+	"syncrelay/internal/testenv"
 )
 
-var bins *harness.Bins
+var bins *testenv.Bins
 
-func TestMain(m *testing.M) {
-	b, err := harness.Build()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bins = b
-	code := m.Run()
-	os.RemoveAll(b.Dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &bins, "syncrelay", "srload")) }
 
 // sent is one transaction and its reply.
 type sent struct {
@@ -114,13 +104,13 @@ func (c *client) resend(ss []sent) []sent {
 }
 
 // ledger keeps what the server acknowledged, to check against the store.
-type ledger map[string]harness.Reply
+type ledger map[string]testenv.Reply
 
 func (l ledger) add(ss []sent) {
 	for _, s := range ss {
 		if s.err == nil && s.reply.Code == 250 && s.msg.Kind != loadgen.Unrelated {
 			if prev, ok := l[s.msg.MessageID]; !ok || prev.Kind != "match" {
-				l[s.msg.MessageID] = harness.Reply{Code: 250, MsgID: s.msg.MessageID, Kind: s.msg.Kind.String(),
+				l[s.msg.MessageID] = testenv.Reply{Code: 250, MsgID: s.msg.MessageID, Kind: s.msg.Kind.String(),
 					Thread: s.msg.Thread, Text: s.reply.Text}
 			}
 		}

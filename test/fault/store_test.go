@@ -6,28 +6,23 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"syncrelay/cmd/srload/loadgen"
 	"syncrelay/config"
 	"syncrelay/daemon"
+	"syncrelay/internal/testenv"
 	"syncrelay/internal/testutil"
 	"syncrelay/smtpd"
 	"syncrelay/store"
 	"syncrelay/store/bolt"
-	"syncrelay/test/internal/harness"
 )
-
-var servingRE = regexp.MustCompile(`syncrelay serving.*smtp=(\S+) http=(\S+)`)
 
 // runDaemon runs daemon.Run in this process (so that the test can reach
 // its file descriptors) and returns the SMTP address and a stop function.
@@ -37,41 +32,10 @@ func runDaemon(t *testing.T, cfgPath string) (addr string, logs *testutil.SyncBu
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs = &testutil.SyncBuf{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- daemon.Run(ctx, c, daemon.NewLogger(c, logs), io.Discard) }()
-	stopped := false
-	stop = func() {
-		t.Helper()
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("daemon.Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("daemon did not stop:\n%s", logs)
-		}
-	}
-	t.Cleanup(stop)
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if m := servingRE.FindStringSubmatch(logs.String()); m != nil {
-			return m[1], logs, stop
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("daemon.Run returned %v:\n%s", err, logs)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	t.Fatalf("daemon did not start:\n%s", logs)
-	return "", nil, nil
+	d := testenv.StartInProcess(t, func(ctx context.Context, logs io.Writer) error {
+		return daemon.Run(ctx, c, daemon.NewLogger(c, logs), io.Discard)
+	})
+	return d.SMTP, d.Logs, func() { d.Stop(t) }
 }
 
 // fdOf finds this process's descriptor open on path.
@@ -117,7 +81,7 @@ func swapFD(t *testing.T, fd int, dev string) (restore func()) {
 
 func TestStoreFaults(t *testing.T) {
 	dir := t.TempDir()
-	cfgPath, data := harness.Config(t, dir, "")
+	cfgPath, data := testenv.LoadConfig(t, dir, "")
 	man := bins.Prepare(t, cfgPath, dir, 8)
 	addr, logs, stop := runDaemon(t, cfgPath)
 	cl := newClient(t, addr, man, 2048)
@@ -204,8 +168,8 @@ func TestStoreFaults(t *testing.T) {
 	if t.Failed() {
 		t.Logf("daemon log:\n%s", logs)
 	}
-	harness.CheckBolt(t, data)
-	t.Logf("%d acknowledged messages verified", harness.VerifyAcked(t, data, man.Tenant, led))
+	testenv.CheckBolt(t, data)
+	t.Logf("%d acknowledged messages verified", testenv.VerifyAcked(t, data, man.Tenant, led))
 }
 
 // --- injected writer -------------------------------------------------------
@@ -278,7 +242,7 @@ func countFiles(t *testing.T, root string) (raw, tmp int) {
 
 func TestInjectedWriter(t *testing.T) {
 	dir := t.TempDir()
-	cfgPath, data := harness.Config(t, dir, "")
+	cfgPath, data := testenv.LoadConfig(t, dir, "")
 	man := bins.Prepare(t, cfgPath, dir, 8)
 	c, err := config.Load(cfgPath)
 	if err != nil {
@@ -301,18 +265,8 @@ func TestInjectedWriter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		st.Close()
-	})
-	cl := newClient(t, ln.Addr().String(), man, 8192)
+	t.Cleanup(func() { st.Close() }) // after the server's shutdown: cleanups run last first
+	cl := newClient(t, testenv.ServeSMTP(t, srv), man, 8192)
 	led := ledger{}
 	rawDir := filepath.Join(data, "raw")
 
@@ -358,6 +312,6 @@ func TestInjectedWriter(t *testing.T) {
 	expectOK(t, "commit result lost: retried", retried, "duplicate")
 	led.add(retried)
 
-	n := harness.VerifyIn(t, st, man.Tenant, led)
+	n := testenv.VerifyIn(t, st, man.Tenant, led)
 	t.Logf("%d acknowledged messages verified", n)
 }

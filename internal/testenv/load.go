@@ -1,8 +1,6 @@
-// Package harness runs the real syncrelay and srload binaries for the crash
-// and fault tests: it builds them, writes a config on loopback port 0,
-// starts the daemon and parses its "syncrelay serving" line, and checks a
-// store against the replies srload recorded.
-package harness
+package testenv
+
+// srload and store checks for the crash and fault tests.
 
 import (
 	"bufio"
@@ -10,15 +8,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -28,76 +23,13 @@ import (
 	"syncrelay/store/bolt"
 )
 
-// Bins are the paths of the built binaries.
-type Bins struct {
-	Dir       string
-	Syncrelay string
-	Srload    string
-}
-
-// Build builds cmd/syncrelay and cmd/srload (one go build, shared
-// dependencies) into a new temporary directory. Call it from TestMain.
-func Build() (*Bins, error) {
-	dir, err := os.MkdirTemp("", "syncrelay-harness-")
-	if err != nil {
-		return nil, err
-	}
-	root, err := moduleRoot()
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator), "./cmd/syncrelay", "./cmd/srload")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("go build: %v\n%s", err, out)
-	}
-	return &Bins{Dir: dir, Syncrelay: filepath.Join(dir, "syncrelay"), Srload: filepath.Join(dir, "srload")}, nil
-}
-
-func moduleRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", err
-	}
-	mod := strings.TrimSpace(string(out))
-	if mod == "" || mod == os.DevNull {
-		return "", fmt.Errorf("not inside the syncrelay module")
-	}
-	return filepath.Dir(mod), nil
-}
-
-// Config writes syncrelay.toml in dir: SMTP and HTTP on 127.0.0.1 port 0,
-// hostname relay.test, data in dir/data, DNS from dir/zone.txt unless extra
-// has its own [dns] section. extra is appended (TOML). It returns the
-// config path and the data dir.
-func Config(t testing.TB, dir, extra string) (cfg, data string) {
+// LoadConfig writes the config of the crash and fault tests in dir: data
+// in dir/data, DNS from dir/zone.txt unless extra has its own [dns]
+// section, a 5 s shutdown bound and a 30 s command timeout (srload sends
+// large messages). It returns the config path and the data dir.
+func LoadConfig(t testing.TB, dir, extra string) (cfg, data string) {
 	t.Helper()
-	data = filepath.Join(dir, "data")
-	dns := fmt.Sprintf("[dns]\nzone_file = %q\n", filepath.Join(dir, "zone.txt"))
-	if strings.Contains(extra, "[dns]") {
-		dns = ""
-	}
-	body := fmt.Sprintf(`[smtp]
-listen = "127.0.0.1:0"
-hostname = "relay.test"
-shutdown_timeout = "5s"
-command_timeout = "30s"
-[http]
-listen = "127.0.0.1:0"
-[store]
-dir = %q
-%s%s`, data, dns, extra)
-	cfg = filepath.Join(dir, "syncrelay.toml")
-	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if dns != "" {
-		if f, err := os.OpenFile(filepath.Join(dir, "zone.txt"), os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
-			f.Close()
-		}
-	}
-	return cfg, data
+	return DirConfig(t, dir, Config{ShutdownTimeout: "5s", CommandTimeout: "30s", Extra: extra})
 }
 
 // Prepare runs "srload prepare" (the daemon must be stopped) and returns
@@ -115,78 +47,6 @@ func (b *Bins) Prepare(t testing.TB, cfg, dir string, threads int) *loadgen.Mani
 		t.Fatal(err)
 	}
 	return m
-}
-
-// Daemon is a running "syncrelay serve".
-type Daemon struct {
-	Cmd      *exec.Cmd
-	SMTP     string
-	HTTP     string
-	Stderr   *testutil.SyncBuf
-	exited   chan struct{}
-	exitCode int
-}
-
-var servingRE = regexp.MustCompile(`syncrelay serving.*smtp=(\S+) http=(\S+)`)
-
-// Start starts the daemon on cfg and waits (up to 20 s) for it to serve.
-// It is killed when the test ends if still running.
-func (b *Bins) Start(t testing.TB, cfg string) *Daemon {
-	t.Helper()
-	d := &Daemon{Stderr: &testutil.SyncBuf{}, exited: make(chan struct{})}
-	d.Cmd = exec.Command(b.Syncrelay, "serve", "-config", cfg)
-	d.Cmd.Stdout = io.Discard
-	d.Cmd.Stderr = d.Stderr
-	if err := d.Cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		d.Cmd.Wait()
-		d.exitCode = d.Cmd.ProcessState.ExitCode()
-		close(d.exited)
-	}()
-	t.Cleanup(func() {
-		d.Cmd.Process.Kill()
-		<-d.exited
-	})
-	deadline := time.After(20 * time.Second)
-	for {
-		if m := servingRE.FindStringSubmatch(d.Stderr.String()); m != nil {
-			d.SMTP, d.HTTP = m[1], m[2]
-			return d
-		}
-		select {
-		case <-d.exited:
-			t.Fatalf("daemon exited %d:\n%s", d.exitCode, d.Stderr)
-		case <-deadline:
-			t.Fatalf("daemon did not start:\n%s", d.Stderr)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// Kill9 kills the daemon with SIGKILL and waits for it.
-func (d *Daemon) Kill9(t testing.TB) {
-	t.Helper()
-	d.Cmd.Process.Signal(syscall.SIGKILL)
-	select {
-	case <-d.exited:
-	case <-time.After(10 * time.Second):
-		t.Fatal("daemon did not die after SIGKILL")
-	}
-}
-
-// Stop sends SIGTERM and returns the exit code (fails after 30 s).
-func (d *Daemon) Stop(t testing.TB) int {
-	t.Helper()
-	d.Cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.exited:
-		return d.exitCode
-	case <-time.After(30 * time.Second):
-		t.Fatalf("daemon did not exit after SIGTERM:\n%s", d.Stderr)
-		return -1
-	}
 }
 
 // Load is a running "srload run".
