@@ -222,6 +222,10 @@ func runRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if !ok {
 		return 1
 	}
+	if c.Store.Backend == config.BackendPostgres {
+		fmt.Fprintln(stderr, `syncrelay restore: store.backend is "postgres": archives of syncrelay backup are bbolt stores; restore the database with PostgreSQL's tools (pg_restore, or point-in-time recovery)`)
+		return 1
+	}
 	dir := c.Store.Dir
 	if err := restorableDir(dir); err != nil {
 		fmt.Fprintf(stderr, "syncrelay restore: %v\n", err)

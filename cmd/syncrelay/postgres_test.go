@@ -80,6 +80,7 @@ func TestBboltOnlyCommandsPostgres(t *testing.T) {
 		{[]string{"replay", "-config", cfg, eml}, 1, "-smtp ADDR -tenant INBOUND-ADDRESS"},
 		{[]string{"replay", "-config", cfg, "-smtp", "127.0.0.1:1", "-tenant", "acme", eml}, 1, "-smtp ADDR -tenant INBOUND-ADDRESS"},
 		{[]string{"compact", "-config", cfg}, 0, "nothing to compact"},
+		{[]string{"restore", "-config", cfg, eml}, 1, "pg_restore"},
 	} {
 		code, out, errs := runCmd(t, tc.args...)
 		if code != tc.code || !strings.Contains(out+errs, tc.want) {
