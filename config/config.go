@@ -50,6 +50,8 @@ const (
 	EnvGoogleClientSecret = "SYNCRELAY_GOOGLE_CLIENT_SECRET"
 	// EnvMicrosoftClientSecret overrides providers.microsoft.client_secret(_file).
 	EnvMicrosoftClientSecret = "SYNCRELAY_MICROSOFT_CLIENT_SECRET"
+	// EnvStoreDSN overrides store.dsn / store.dsn_file (postgres backend).
+	EnvStoreDSN = "SYNCRELAY_STORE_DSN"
 )
 
 // SecretKeySize is the length in bytes of the server secret key given in
@@ -125,10 +127,24 @@ type HTTP struct {
 	ShutdownTimeout   Duration `toml:"shutdown_timeout"`
 }
 
+// Store backends ([store] backend).
+const (
+	BackendBolt     = "bbolt"
+	BackendPostgres = "postgres"
+)
+
 // Store is the [store] section.
 type Store struct {
+	// Backend is "bbolt" (the embedded default: one node, data in Dir) or
+	// "postgres" (several nodes sharing the database at DSN).
+	Backend     string   `toml:"backend"`
 	Dir         string   `toml:"dir"`
 	OpenTimeout Duration `toml:"open_timeout"`
+	// DSN is the PostgreSQL connection string (postgres backend). After
+	// loading it holds the resolved value (from SYNCRELAY_STORE_DSN,
+	// DSNFile or the file): it may carry a password, so it is a secret.
+	DSN     string `toml:"dsn"`
+	DSNFile string `toml:"dsn_file"`
 }
 
 // DNS is the [dns] section.
@@ -304,6 +320,7 @@ func Default() *Config {
 			ShutdownTimeout:   D(10 * time.Second),
 		},
 		Store: Store{
+			Backend:     BackendBolt,
 			Dir:         "./data",
 			OpenTimeout: D(2 * time.Second),
 		},
@@ -440,6 +457,7 @@ func (c *Config) pathFields() map[string]*string {
 		"smtp.tls_cert_file":                     &c.SMTP.TLSCertFile,
 		"smtp.tls_key_file":                      &c.SMTP.TLSKeyFile,
 		"store.dir":                              &c.Store.Dir,
+		"store.dsn_file":                         &c.Store.DSNFile,
 		"dns.zone_file":                          &c.DNS.ZoneFile,
 		"secrets.key_file":                       &c.Secrets.KeyFile,
 		"api.tokens_file":                        &c.API.TokensFile,

@@ -15,7 +15,7 @@ import (
 	toml "github.com/pelletier/go-toml/v2"
 )
 
-var allEnv = []string{EnvSecretKey, EnvAPITokens, EnvWebhooksSecret, EnvGoogleClientSecret, EnvMicrosoftClientSecret}
+var allEnv = []string{EnvSecretKey, EnvAPITokens, EnvWebhooksSecret, EnvGoogleClientSecret, EnvMicrosoftClientSecret, EnvStoreDSN}
 
 // clearEnv isolates a test from SYNCRELAY_* variables of the environment
 // (an empty variable counts as unset).
@@ -79,8 +79,11 @@ func TestDefaults(t *testing.T) {
 		"http.read_header_timeout":               D(10 * time.Second),
 		"http.max_body_bytes":                    int64(10485760),
 		"http.shutdown_timeout":                  D(10 * time.Second),
+		"store.backend":                          "bbolt",
 		"store.dir":                              "./data",
 		"store.open_timeout":                     D(2 * time.Second),
+		"store.dsn":                              "",
+		"store.dsn_file":                         "",
 		"dns.resolver":                           "",
 		"dns.zone_file":                          "",
 		"dns.timeout":                            D(5 * time.Second),
@@ -207,7 +210,8 @@ func fullWant(t *testing.T) *Config {
 		MaxDKIMSignatures:   8,
 	}
 	w.HTTP = HTTP{Listen: "127.0.0.1:8080", ReadHeaderTimeout: D(5 * time.Second), MaxBodyBytes: 20971520, ShutdownTimeout: D(15 * time.Second)}
-	w.Store = Store{Dir: "/var/lib/syncrelay", OpenTimeout: D(5 * time.Second)}
+	w.Store = Store{Backend: BackendPostgres, Dir: "/var/lib/syncrelay", OpenTimeout: D(5 * time.Second),
+		DSN: "postgres://syncrelay@db.example.com:5432/syncrelay?sslmode=verify-full", DSNFile: filepath.Join(dir, "store.dsn")}
 	w.DNS = DNS{Resolver: "127.0.0.53:53", ZoneFile: filepath.Join(dir, "zone.txt"), Timeout: D(3 * time.Second), CacheTTL: D(10 * time.Minute), NegativeTTL: D(30 * time.Second)}
 	w.Secrets = Secrets{KeyFile: "/var/lib/syncrelay/secret.key"}
 	w.API = API{TokensFile: filepath.Join(dir, "api-tokens"), Tokens: []string{"example-token-one-0123456789abcdef", "example-token-two-fedcba9876543210"}}
@@ -257,6 +261,7 @@ func TestFullFile(t *testing.T) {
 	// Every key appears in the example, except the inline alternatives of
 	// the *_file secrets (present there as comments).
 	commented := map[string]bool{
+		"store.dsn":                         true,
 		"webhooks.secret":                   true,
 		"providers.google.client_secret":    true,
 		"providers.microsoft.client_secret": true,
@@ -290,6 +295,7 @@ func TestRoundTrip(t *testing.T) {
 	c1.Webhooks.SecretFile = ""
 	c1.Providers.Google.ClientSecretFile = ""
 	c1.Providers.Microsoft.ClientSecretFile = ""
+	c1.Store.DSNFile = ""
 	out, err := toml.Marshal(c1)
 	if err != nil {
 		t.Fatal(err)
@@ -746,6 +752,15 @@ func TestValidate(t *testing.T) {
 		{"microsoft tenant", "[providers.microsoft]\ntenant = \"a/b\"\n", []string{
 			`2: providers.microsoft.tenant: "a/b" is not a tenant; use "common", "organizations", a tenant domain or a tenant ID`,
 		}},
+		{"store backend", "[store]\nbackend = \"mysql\"\n", []string{
+			`2: store.backend: must be "bbolt" or "postgres", got "mysql"`,
+		}},
+		{"postgres without dsn", "[store]\nbackend = \"postgres\"\n", []string{
+			`2: store.backend: is "postgres" but there is no DSN; set store.dsn, store.dsn_file or SYNCRELAY_STORE_DSN (e.g. "postgres://syncrelay@db.internal/syncrelay")`,
+		}},
+		{"dsn with bbolt", "[store]\nbackend = \"bbolt\"\ndsn = \"postgres://u:pw@db/x\"\n", []string{
+			`2: store.backend: is "bbolt" but a PostgreSQL DSN is set (store.dsn, store.dsn_file or SYNCRELAY_STORE_DSN); set backend = "postgres" or remove the DSN`,
+		}},
 		{"resolver", "[dns]\nresolver = \"192.0.2.53\"\n", []string{
 			`2: dns.resolver: "192.0.2.53" has no port; write "192.0.2.53:53"`,
 		}},
@@ -774,6 +789,30 @@ func TestValidate(t *testing.T) {
 				t.Errorf("errors:\n got  %q\n want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestStoreDSNFromEnv: SYNCRELAY_STORE_DSN overrides store.dsn and
+// store.dsn_file, and a DSN never appears in an error.
+func TestStoreDSNFromEnv(t *testing.T) {
+	clearEnv(t)
+	dir := t.TempDir()
+	name := filepath.Join(dir, "c.toml")
+	writeFile(t, dir, "dsn", "postgres://file@db/x\n")
+	writeFile(t, dir, "c.toml", "[store]\nbackend = \"postgres\"\ndsn_file = \"dsn\"\n")
+	c, err := Load(name)
+	if err != nil || c.Store.DSN != "postgres://file@db/x" {
+		t.Fatalf("from dsn_file: %q, %v", c.Store.DSN, err)
+	}
+	t.Setenv(EnvStoreDSN, "postgres://env:secretpw@db/x")
+	c, err = Load(name)
+	if err != nil || c.Store.DSN != "postgres://env:secretpw@db/x" {
+		t.Fatalf("from %s: %q, %v", EnvStoreDSN, c.Store.DSN, err)
+	}
+	writeFile(t, dir, "c.toml", "[store]\nbackend = \"bbolt\"\n")
+	_, err = Load(name)
+	if err == nil || strings.Contains(err.Error(), "secretpw") {
+		t.Errorf("bbolt with a DSN in the environment: %v", err)
 	}
 }
 

@@ -100,6 +100,7 @@ func (c *Config) resolveSecrets() []error {
 			&c.Providers.Google.ClientSecret, &c.Providers.Google.ClientSecretFile},
 		{"providers.microsoft.client_secret", "providers.microsoft.client_secret_file", EnvMicrosoftClientSecret,
 			&c.Providers.Microsoft.ClientSecret, &c.Providers.Microsoft.ClientSecretFile},
+		{"store.dsn", "store.dsn_file", EnvStoreDSN, &c.Store.DSN, &c.Store.DSNFile},
 	}
 	for _, r := range refs {
 		if *r.inline != "" && *r.file != "" {

@@ -93,6 +93,20 @@ func (c *Config) problems() []error {
 	if strings.TrimSpace(c.Store.Dir) == "" {
 		add("store.dir", "is empty; give the data directory, e.g. \"/var/lib/syncrelay\"")
 	}
+	switch c.Store.Backend {
+	case BackendBolt:
+		if c.Store.DSN != "" {
+			add("store.backend", "is %q but a PostgreSQL DSN is set (store.dsn, store.dsn_file or %s); set backend = %q or remove the DSN",
+				BackendBolt, EnvStoreDSN, BackendPostgres)
+		}
+	case BackendPostgres:
+		if c.Store.DSN == "" {
+			add("store.backend", "is %q but there is no DSN; set store.dsn, store.dsn_file or %s (e.g. \"postgres://syncrelay@db.internal/syncrelay\")",
+				BackendPostgres, EnvStoreDSN)
+		}
+	default:
+		add("store.backend", "must be %q or %q, got %q", BackendBolt, BackendPostgres, c.Store.Backend)
+	}
 
 	// [dns]
 	if r := c.DNS.Resolver; r != "" {

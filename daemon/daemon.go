@@ -28,6 +28,7 @@ import (
 	"syncrelay/smtpd"
 	"syncrelay/store"
 	"syncrelay/store/bolt"
+	"syncrelay/store/postgres"
 	"syncrelay/token"
 	"syncrelay/trust"
 	"syncrelay/webhook"
@@ -81,7 +82,7 @@ func NewPipeline(c *config.Config, st router.Store, keys *Keys, log *slog.Logger
 // stdout receives the one-time dev token notice.
 func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writer) error {
 	log = withContextAttrs(log)
-	st, err := bolt.Open(c.Store.Dir, bolt.Options{LockTimeout: c.Store.OpenTimeout.Duration, Log: log})
+	st, err := OpenStore(ctx, c, log)
 	if err != nil {
 		return err
 	}
@@ -154,7 +155,7 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	apiSrv := api.New(api.Options{
 		Store: st, Tokens: tokens, Hostname: c.SMTP.Hostname,
 		MaxBodyBytes: c.HTTP.MaxBodyBytes, Gatherer: reg, Log: log, StaleAfter: c.Status.StaleAfter.Duration,
-		Outbound: outb, Backup: st,
+		Outbound: outb, Backup: backupSource(st),
 	})
 	httpSrv := &http.Server{
 		Handler:           apiSrv,
@@ -192,6 +193,7 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	// Ready only now: the store is open (orphans collected) and both
 	// listeners accept.
 	apiSrv.SetReady(true)
+	stopProbe := probeStore(ctx, st, apiSrv, log)
 	log.Info("syncrelay serving", "smtp", smtpLn.Addr().String(), "http", httpLn.Addr().String(),
 		"hostname", c.SMTP.Hostname, "starttls", tlsConf != nil, "data", c.Store.Dir)
 
@@ -201,6 +203,7 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	case err := <-errc:
 		runErr = fmt.Errorf("listener stopped: %w", err)
 	}
+	stopProbe()
 	apiSrv.SetReady(false)
 	log.Info("shutting down: no new connections, finishing sessions in flight", "timeout", c.SMTP.ShutdownTimeout.Duration.String())
 
@@ -225,7 +228,94 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	return runErr
 }
 
-func warnPolicyOff(ctx context.Context, st *bolt.Store, log *slog.Logger) error {
+// Store is what the daemon runs on: the store contract, which both
+// backends provide.
+type Store = store.Store
+
+var (
+	_ Store = (*bolt.Store)(nil)
+	_ Store = (*postgres.Store)(nil)
+)
+
+// OpenStore opens the backend [store] names: the bbolt database in
+// store.dir, or the PostgreSQL database at store.dsn (migrated forward).
+func OpenStore(ctx context.Context, c *config.Config, log *slog.Logger) (Store, error) {
+	if c.Store.Backend == config.BackendPostgres {
+		octx, cancel := context.WithTimeout(ctx, max(c.Store.OpenTimeout.Duration, 10*time.Second))
+		defer cancel()
+		st, err := postgres.Open(octx, c.Store.DSN, postgres.Options{Log: log})
+		if err != nil {
+			return nil, fmt.Errorf("store: %w", err)
+		}
+		return st, nil
+	}
+	st, err := bolt.Open(c.Store.Dir, bolt.Options{LockTimeout: c.Store.OpenTimeout.Duration, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// backupSource is the API's backup stream: the bbolt store's own; none
+// for PostgreSQL, whose backup is pg_dump or PITR.
+func backupSource(st Store) api.BackupSource {
+	if b, ok := st.(*bolt.Store); ok {
+		return b
+	}
+	return nil
+}
+
+// pinger is a store whose database can become unreachable while the
+// process runs (PostgreSQL).
+type pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// probeStore keeps /readyz in step with the database of a shared store:
+// 503 while it does not answer (mail then gets 451 and is retried), 200
+// again once it does. The returned function stops the probe and waits.
+func probeStore(ctx context.Context, st Store, srv *api.Server, log *slog.Logger) (stop func()) {
+	p, ok := st.(pinger)
+	if !ok {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(storeProbeInterval)
+		defer t.Stop()
+		up := true
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			pctx, pcancel := context.WithTimeout(ctx, storeProbeInterval)
+			err := p.Ping(pctx)
+			pcancel()
+			if ctx.Err() != nil {
+				return
+			}
+			if (err == nil) != up {
+				up = err == nil
+				if up {
+					log.Info("store reachable again: ready")
+				} else {
+					log.Warn("store unreachable: not ready", "err", err)
+				}
+			}
+			srv.SetReady(up)
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// storeProbeInterval is how often probeStore asks the database.
+const storeProbeInterval = time.Second
+
+func warnPolicyOff(ctx context.Context, st Store, log *slog.Logger) error {
 	ts, err := st.Tenants(ctx)
 	if err != nil {
 		return err
@@ -241,7 +331,7 @@ func warnPolicyOff(ctx context.Context, st *bolt.Store, log *slog.Logger) error 
 // storeHousekeeping expires quarantined messages and then compacts the
 // store every hour, so the bytes of removed and expired messages leave the
 // disk within a couple of hours (SPEC §11: within 24).
-func storeHousekeeping(ctx context.Context, st *bolt.Store, log *slog.Logger) {
+func storeHousekeeping(ctx context.Context, st Store, log *slog.Logger) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {
@@ -267,7 +357,7 @@ func storeHousekeeping(ctx context.Context, st *bolt.Store, log *slog.Logger) {
 // webhooks.url is set; the returned function stops it and waits for the
 // deliveries in flight. With no URL, events stay in the durable outbox
 // (and in the outbox metrics) until one is configured.
-func startWebhooks(c *config.Config, st *bolt.Store, reg prometheus.Registerer, log *slog.Logger) (stop func(), err error) {
+func startWebhooks(c *config.Config, st Store, reg prometheus.Registerer, log *slog.Logger) (stop func(), err error) {
 	if c.Webhooks.URL == "" {
 		reg.MustRegister(webhook.NewOutboxCollector(st, log, time.Now))
 		log.Info("webhooks disabled (webhooks.url is empty): events are kept in the outbox until a URL is configured")
@@ -290,7 +380,7 @@ func startWebhooks(c *config.Config, st *bolt.Store, reg prometheus.Registerer, 
 // newOutbound builds the OAuth grant manager and the sender from
 // [providers.*] and [outbound] (issue 4). A provider without client_id
 // cannot be connected; sending through it is refused until it is.
-func newOutbound(c *config.Config, st *bolt.Store, keys *Keys, kr *token.Keyring, reg prometheus.Registerer, log *slog.Logger) (api.OutboundOptions, error) {
+func newOutbound(c *config.Config, st Store, keys *Keys, kr *token.Keyring, reg prometheus.Registerer, log *slog.Logger) (api.OutboundOptions, error) {
 	pc := func(p config.Provider) oauth.ProviderConfig {
 		return oauth.ProviderConfig{ClientID: p.ClientID, ClientSecret: p.ClientSecret, RedirectURL: p.RedirectURL,
 			AuthURL: p.AuthURL, TokenURL: p.TokenURL}
@@ -323,7 +413,7 @@ func newOutbound(c *config.Config, st *bolt.Store, keys *Keys, kr *token.Keyring
 // outboundJanitor removes expired OAuth states, idempotency keys and rate
 // slots, and fails sends left "sending" by a process that stopped during the
 // provider call (no send lasts an hour: retries are bounded by [outbound]).
-func outboundJanitor(ctx context.Context, st *bolt.Store, log *slog.Logger) {
+func outboundJanitor(ctx context.Context, st Store, log *slog.Logger) {
 	t := time.NewTicker(10 * time.Minute)
 	defer t.Stop()
 	for {

@@ -4,22 +4,25 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-smtp"
 
 	"syncrelay/config"
 	"syncrelay/internal/dkimtest"
+	"syncrelay/internal/pgtest"
 	"syncrelay/internal/testenv"
 	"syncrelay/store"
-	"syncrelay/store/bolt"
 	"syncrelay/token"
 )
 
@@ -27,6 +30,8 @@ import (
 // thread started by a (recorded) outbound message, and a DKIM key for the
 // candidate's domain in a zone file.
 type fixture struct {
+	cfg      *config.Config
+	httpAddr string
 	smtpAddr string
 	inbound  string
 	refs     string
@@ -34,7 +39,11 @@ type fixture struct {
 	stop     func()
 }
 
-func startFixture(tb testing.TB) *fixture {
+func startFixture(tb testing.TB) *fixture { return startFixtureOn(tb, "") }
+
+// startFixtureOn starts the fixture on the PostgreSQL database at dsn, or
+// ("") on bbolt in a temp dir.
+func startFixtureOn(tb testing.TB, dsn string) *fixture {
 	tb.Helper()
 	dir := tb.TempDir()
 	key, txt := dkimtest.RSA(tb, 0)
@@ -47,10 +56,13 @@ func startFixture(tb testing.TB) *fixture {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	if dsn != "" {
+		cfg.Store.Backend, cfg.Store.DSN = config.BackendPostgres, dsn
+	}
 
 	// Seed the store before the daemon locks it, as the ATS would have
 	// through the API: a tenant, a candidate and a sent message.
-	st, err := bolt.Open(cfg.Store.Dir, bolt.Options{})
+	st, err := OpenStore(context.Background(), cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -77,6 +89,8 @@ func startFixture(tb testing.TB) *fixture {
 	})
 	addr := d.SMTP
 	return &fixture{
+		cfg:      cfg,
+		httpAddr: d.HTTP,
 		smtpAddr: addr, inbound: ten.InboundAddress, refs: "<" + m.InternetMessageID + ">",
 		signer: &dkim.SignOptions{Domain: "cand.test", Selector: "s1", Signer: key,
 			HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed},
@@ -122,20 +136,112 @@ func (f *fixture) send(tb testing.TB, msgs [][]byte) []string {
 	return texts
 }
 
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// TestEndToEndOverSMTP runs the daemon on each backend: a matching reply
+// is stored (once) on the thread, an unrelated message is not.
 func TestEndToEndOverSMTP(t *testing.T) {
-	f := startFixture(t)
+	for _, tc := range []struct {
+		name  string
+		store func(t *testing.T) string
+	}{
+		{"bbolt", func(*testing.T) string { return "" }},
+		{"postgres", func(t *testing.T) string {
+			return pgtest.DSN(t)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := startFixtureOn(t, tc.store(t))
+			got := f.send(t, [][]byte{
+				f.message(t, 1, true, "See you Tuesday.\r\n"),
+				f.message(t, 1, true, "See you Tuesday.\r\n"),
+				f.message(t, 2, false, "Unrelated.\r\n"),
+			})
+			f.stop()
+			want := []string{"2.0.0 OK: stored", "2.0.0 OK: duplicate", "2.0.0 OK: discarded"}
+			for i := range want {
+				if got[i] != want[i] {
+					t.Fatalf("replies %q, want %q", got, want)
+				}
+			}
+			// The backend the config names holds the stored reply.
+			st, err := OpenStore(context.Background(), f.cfg, slog.New(slog.DiscardHandler))
+			mustT(t, err)
+			defer st.Close()
+			ths, err := st.CandidateThreads(context.Background(), "acme", "c-1")
+			mustT(t, err)
+			msgs, err := st.ThreadMessages(context.Background(), "acme", ths[0].ID)
+			mustT(t, err)
+			if len(msgs) != 2 || msgs[1].InternetMessageID != "m1@cand.test" {
+				t.Errorf("thread holds %d messages: %+v", len(msgs), msgs)
+			}
+		})
+	}
+}
+
+// TestPostgresOutage: while the database is down /readyz is 503 and mail
+// is refused with a 4xx (the sender retries); when it is back the node is
+// ready again by itself and stores mail.
+func TestPostgresOutage(t *testing.T) {
+	pg := pgtest.Own(t)
+	dsn, err := pg.CreateDB(context.Background())
+	mustT(t, err)
+	f := startFixtureOn(t, dsn)
 	defer f.stop()
-	got := f.send(t, [][]byte{
-		f.message(t, 1, true, "See you Tuesday.\r\n"),
-		f.message(t, 1, true, "See you Tuesday.\r\n"),
-		f.message(t, 2, false, "Unrelated.\r\n"),
-	})
-	want := []string{"2.0.0 OK: stored", "2.0.0 OK: duplicate", "2.0.0 OK: discarded"}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("replies %q, want %q", got, want)
+	waitReady := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			code := 0
+			if resp, err := http.Get("http://" + f.httpAddr + "/readyz"); err == nil {
+				code = resp.StatusCode
+				resp.Body.Close()
+			}
+			if code == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("/readyz = %d, want %d", code, want)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	}
+	waitReady(http.StatusOK)
+	pg.Halt()
+	waitReady(http.StatusServiceUnavailable)
+	if code, _ := f.try(t, f.message(t, 1, true, "During the outage.\r\n")); code < 400 || code >= 500 {
+		t.Errorf("delivery during the outage: %d, want 4xx", code)
+	}
+	mustT(t, pg.Resume())
+	waitReady(http.StatusOK)
+	if got := f.send(t, [][]byte{f.message(t, 1, true, "After the outage.\r\n")}); got[0] != "2.0.0 OK: stored" {
+		t.Errorf("delivery after the outage: %q", got)
+	}
+}
+
+// try delivers one message and returns the SMTP code of the first
+// refusal (at RCPT or DATA), or 250.
+func (f *fixture) try(tb testing.TB, raw []byte) (int, string) {
+	c, err := smtp.Dial(f.smtpAddr)
+	mustT(tb, err)
+	defer c.Close()
+	mustT(tb, c.Hello("test.test"))
+	mustT(tb, c.Mail("fwd@acme.test", nil))
+	var se *smtp.SMTPError
+	if err := c.Rcpt(f.inbound, nil); errors.As(err, &se) {
+		return se.Code, se.Message
+	} else if err != nil {
+		tb.Fatal(err)
+	}
+	w, err := c.Data()
+	mustT(tb, err)
+	w.Write(raw)
+	resp, err := w.CloseWithResponse()
+	if errors.As(err, &se) {
+		return se.Code, se.Message
+	}
+	mustT(tb, err)
+	return 250, resp.StatusText
 }
 
 // BenchmarkSMTPEndToEnd measures the whole inbound path over a real TCP

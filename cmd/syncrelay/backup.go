@@ -52,6 +52,10 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if !ok {
 		return 1
 	}
+	if c.Store.Backend == config.BackendPostgres {
+		fmt.Fprint(stderr, postgresBackupHelp)
+		return 1
+	}
 	if *out != "-" {
 		if _, err := os.Lstat(*out); err == nil {
 			fmt.Fprintf(stderr, "syncrelay backup: %s already exists; remove it or choose another name\n", *out)
@@ -84,6 +88,17 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		where, src.how, m.Tenants, m.Messages, m.RawFiles, humanBytes(m.DBBytes+m.RawBytes), c.SecretKeyPath())
 	return 0
 }
+
+// postgresBackupHelp is what `syncrelay backup` says with the postgres
+// backend: the database is the whole state, and PostgreSQL's tools back
+// it up consistently while every node keeps running.
+const postgresBackupHelp = `syncrelay backup: store.backend is "postgres": syncrelay does not write this backup.
+  The PostgreSQL database at store.dsn holds all of syncrelay's state (records and raw messages);
+  back it up with PostgreSQL's tools, for example:
+    pg_dump --format=custom --file=syncrelay.dump "$SYNCRELAY_STORE_DSN"
+  or base backups with WAL archiving (point-in-time recovery) from your database provider.
+  Keep the secret key (secrets.key_file or SYNCRELAY_SECRET_KEY) apart: restore needs it.
+`
 
 // backupSource is either the store opened read-only or the daemon's API.
 type backupSource struct {
@@ -205,6 +220,10 @@ func runRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	c, ok := loadConfig(*cfgPath, stderr)
 	if !ok {
+		return 1
+	}
+	if c.Store.Backend == config.BackendPostgres {
+		fmt.Fprintln(stderr, `syncrelay restore: store.backend is "postgres": archives of syncrelay backup are bbolt stores; restore the database with PostgreSQL's tools (pg_restore, or point-in-time recovery)`)
 		return 1
 	}
 	dir := c.Store.Dir

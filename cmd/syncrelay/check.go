@@ -435,6 +435,9 @@ type storeView struct {
 }
 
 func checkStore(ctx context.Context, rep *checkReport, c *config.Config, tenantID string) *storeView {
+	if c.Store.Backend == config.BackendPostgres {
+		return checkPostgresStore(ctx, rep, c, tenantID)
+	}
 	sv := &storeView{}
 	dir := c.Store.Dir
 	fi, err := os.Stat(dir)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"syncrelay/config"
 	"syncrelay/store/bolt"
 )
 
@@ -23,6 +24,10 @@ func runCompact(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	c, ok := loadConfig(*cfgPath, stderr)
 	if !ok {
 		return 1
+	}
+	if c.Store.Backend == config.BackendPostgres {
+		fmt.Fprintln(stdout, `nothing to compact: with store.backend "postgres" removed and expired bytes are deleted in the transaction that removes their record, and autovacuum reclaims the space`)
+		return 0
 	}
 	st, err := bolt.Open(c.Store.Dir, bolt.Options{LockTimeout: c.Store.OpenTimeout.Duration, CompactNow: true})
 	if err != nil {

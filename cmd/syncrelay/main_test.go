@@ -16,6 +16,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"syncrelay/internal/pgtest"
 	"syncrelay/internal/testenv"
 )
 
@@ -23,7 +24,11 @@ import (
 
 var bins *testenv.Bins
 
-func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &bins, "syncrelay")) }
+func TestMain(m *testing.M) {
+	code := testenv.Main(m, &bins, "syncrelay")
+	pgtest.StopShared() // the PostgreSQL tests' cluster, if they started it
+	os.Exit(code)
+}
 
 // writeConfig writes a config on free loopback ports in dir.
 func writeConfig(t *testing.T, dir, extra string) string {

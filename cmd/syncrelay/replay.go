@@ -55,6 +55,11 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		c.DNS.ZoneFile = *zone
 		c.DNS.Resolver = ""
 	}
+	if c.Store.Backend == config.BackendPostgres && (*smtpAddr == "" || !strings.Contains(*tenant, "@")) {
+		// In-process replay works on a snapshot of a bbolt store.
+		fmt.Fprintln(stderr, `syncrelay replay: store.backend is "postgres": replay against a running node with -smtp ADDR -tenant INBOUND-ADDRESS`)
+		return 1
+	}
 	if *smtpAddr != "" {
 		return replaySMTP(ctx, c, *smtpAddr, *tenant, fs.Args(), stdout, stderr)
 	}

@@ -1,0 +1,155 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"syncrelay/store"
+)
+
+// Group commit: writes queued while the previous transaction was
+// committing share one transaction, so one WAL flush (and, with a
+// synchronous standby, one replica round trip) covers the batch. The loop
+// never waits to fill a batch.
+//
+// A request's function may run more than once: when one fails, the
+// transaction is rolled back, that request gets its error and the others
+// are rerun; on a deadlock or serialization failure the whole batch is
+// rerun. Requests are sorted by key first, so that two nodes committing
+// copies of the same messages take row locks in the same order.
+
+const (
+	maxBatch     = 256
+	batchTimeout = 30 * time.Second
+	maxRetries   = 8
+)
+
+type commitReq struct {
+	key string
+	fn  func(ctx context.Context, tx pgx.Tx) error
+	// op, when set instead of fn, makes the request's pipelined form: the
+	// statements of every such request of a batch go to the server in one
+	// round trip per step (see pipeline.go). It returns a fresh state
+	// for each attempt.
+	op  func() batchOp
+	err chan error
+}
+
+// group runs fn in a shared transaction and returns once it is committed
+// (or failed). key orders the request within its batch.
+func (s *Store) group(ctx context.Context, key string, fn func(ctx context.Context, tx pgx.Tx) error) error {
+	return s.queue(ctx, &commitReq{key: key, fn: fn, err: make(chan error, 1)})
+}
+
+// queue hands r to the commit loop and waits for its outcome.
+func (s *Store) queue(ctx context.Context, r *commitReq) error {
+	select {
+	case <-s.stop:
+		return store.ErrClosed
+	default:
+	}
+	select {
+	case s.commits <- r:
+	case <-s.stop:
+		return store.ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	// Once queued, wait for the outcome even if ctx ends: the caller must
+	// know whether its data is committed.
+	return <-r.err
+}
+
+func (s *Store) commitLoop() {
+	defer close(s.done)
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	for {
+		var first *commitReq
+		select {
+		case first = <-s.commits:
+		case <-tick.C:
+			ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+			if err := s.flushCounters(ctx); err != nil {
+				s.logger.Warn("store: flush counters", "err", err)
+			}
+			cancel()
+			continue
+		case <-s.stop:
+			// Drain whatever was queued before stop so no caller hangs.
+			for {
+				select {
+				case r := <-s.commits:
+					s.runBatch([]*commitReq{r})
+				default:
+					return
+				}
+			}
+		}
+		batch := []*commitReq{first}
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case r := <-s.commits:
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		s.runBatch(batch)
+	}
+}
+
+type errRequest struct {
+	i   int
+	err error
+}
+
+func (e *errRequest) Error() string { return e.err.Error() }
+func (e *errRequest) Unwrap() error { return e.err }
+
+func (s *Store) runBatch(batch []*commitReq) {
+	slices.SortStableFunc(batch, func(a, b *commitReq) int { return strings.Compare(a.key, b.key) })
+	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	defer cancel()
+	retries := 0
+	for len(batch) > 0 {
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			ops := make([]batchOp, len(batch))
+			for i, r := range batch {
+				if r.op != nil {
+					ops[i] = r.op()
+					continue
+				}
+				if err := r.fn(ctx, tx); err != nil {
+					return &errRequest{i: i, err: err}
+				}
+			}
+			return runPipeline(ctx, tx, ops)
+		})
+		if retryable(err) && retries < maxRetries {
+			retries++
+			time.Sleep(time.Duration(retries) * 5 * time.Millisecond)
+			continue
+		}
+		var re *errRequest
+		if errors.As(err, &re) && !retryable(err) {
+			batch[re.i].err <- re.err
+			batch = append(batch[:re.i:re.i], batch[re.i+1:]...)
+			continue
+		}
+		if err != nil {
+			err = fmt.Errorf("postgres: commit: %w", err)
+		}
+		for _, r := range batch {
+			r.err <- err
+		}
+		return
+	}
+}

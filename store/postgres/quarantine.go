@@ -1,0 +1,66 @@
+package postgres
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"syncrelay/store"
+)
+
+// Quarantine records a quarantined message with its raw bytes.
+func (s *Store) Quarantine(ctx context.Context, q *store.Quarantined, raw *store.Raw, keep time.Duration) error {
+	body, err := readRaw(raw)
+	if err != nil {
+		return err
+	}
+	now := s.now().UTC()
+	var out store.Quarantined
+	err = s.group(ctx, "", func(ctx context.Context, tx pgx.Tx) error {
+		out = *q
+		if err := tx.QueryRow(ctx, "SELECT nextval('quarantine_ids')").Scan(&out.ID); err != nil {
+			return err
+		}
+		out.Received, out.Expires = now, now.Add(keep)
+		out.Raw, out.Size = "", 0
+		var rawID *int64
+		if raw != nil {
+			loc, err := putRaw(ctx, tx, body)
+			if err != nil {
+				return err
+			}
+			id, _ := parseLoc(loc)
+			out.Raw, out.Size, rawID = loc, int64(len(body)), &id
+		}
+		data, err := encode(&out)
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, "INSERT INTO quarantine (tenant, id, expires, raw_id, data) VALUES ($1, $2, $3, $4, $5)",
+			out.Tenant, out.ID, out.Expires, rawID, data)
+		return err
+	})
+	if err == nil {
+		*q = out
+	}
+	return err
+}
+
+// QuarantinedMessages lists a tenant's quarantine, oldest first.
+func (s *Store) QuarantinedMessages(ctx context.Context, tenant string) ([]*store.Quarantined, error) {
+	return listJSON[store.Quarantined](ctx, s.pool, "SELECT data FROM quarantine WHERE tenant = $1 ORDER BY id", tenant)
+}
+
+// ExpireQuarantine deletes quarantined messages past their expiry with
+// their raw bytes, in one commit.
+func (s *Store) ExpireQuarantine(ctx context.Context) (int, error) {
+	now := s.now()
+	n := 0
+	err := s.group(ctx, "", func(ctx context.Context, tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `WITH gone AS (DELETE FROM quarantine WHERE expires < $1 RETURNING raw_id),
+			blobs AS (DELETE FROM raw_blobs WHERE id IN (SELECT raw_id FROM gone WHERE raw_id IS NOT NULL))
+			SELECT count(*) FROM gone`, now).Scan(&n)
+	})
+	return n, err
+}
