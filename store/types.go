@@ -257,3 +257,51 @@ type BackupManifest struct {
 	Tenants       int       `json:"tenants"`
 	Messages      int       `json:"messages"`
 }
+
+// Rules every backend applies the same way.
+
+// SyntheticDomain is the domain of the Message-ID a store gives mail
+// without a usable one ("no-id.<n>" + SyntheticDomain): such an id is never
+// indexed or matched.
+const SyntheticDomain = "@syncrelay.invalid"
+
+// Synthetic reports whether msgid is one a store made up.
+func Synthetic(msgid string) bool { return strings.HasSuffix(msgid, SyntheticDomain) }
+
+// DedupKey is a message's duplicate key on its thread (SPEC §3): its
+// Message-ID, or without a usable one a digest of its content ("" when
+// neither is known). A real Message-ID always has an '@', a digest key never.
+func DedupKey(msgid, digest string) string {
+	switch {
+	case msgid != "" && !Synthetic(msgid):
+		return msgid
+	case digest != "":
+		return "sha256:" + digest
+	}
+	return ""
+}
+
+// AddMailbox records that a copy of m came through mbox.
+func (m *Message) AddMailbox(mbox string) {
+	mbox = strings.ToLower(mbox)
+	if mbox != "" && !slices.Contains(m.Mailboxes, mbox) {
+		m.Mailboxes = append(m.Mailboxes, mbox)
+	}
+}
+
+// Involves applies SPEC §3's audience rule to one message of a thread: the
+// user sent it (or had it sent for them) through syncrelay, was a To/Cc
+// recipient of it when syncrelay sent it, or wrote it from their own
+// mailbox with an aligned DKIM pass. Headers a sender controls never count.
+func (m *Message) Involves(userID, email string) bool {
+	viaUs := m.SentBy != "" // only the API's outbound records have a sender
+	if userID != "" && viaUs && (m.SentBy == userID || m.SendFor == userID) {
+		return true
+	}
+	if email == "" {
+		return false
+	}
+	is := func(a string) bool { return strings.EqualFold(a, email) }
+	return (viaUs && (slices.ContainsFunc(m.To, is) || slices.ContainsFunc(m.Cc, is))) ||
+		(m.AuthAligned && is(m.From))
+}

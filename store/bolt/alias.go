@@ -42,6 +42,7 @@ var (
 )
 
 const (
+	SyntheticDomain       = store.SyntheticDomain
 	DelegationActive      = store.DelegationActive
 	DelegationDeclined    = store.DelegationDeclined
 	DelegationRequested   = store.DelegationRequested
@@ -67,6 +68,8 @@ const (
 )
 
 var (
+	DedupKey           = store.DedupKey
+	Synthetic          = store.Synthetic
 	DelegationRef      = store.DelegationRef
 	GrantRecordID      = store.GrantRecordID
 	IsTenantAddress    = store.IsTenantAddress

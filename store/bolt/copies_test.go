@@ -30,8 +30,8 @@ func TestThreadInvolvesOwnRecordsOnly(t *testing.T) {
 		{"nobody", Message{SentBy: "u-a"}, "", "", false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			if got := involves(&c.m, c.user, c.email); got != c.want {
-				t.Fatalf("involves = %v, want %v", got, c.want)
+			if got := c.m.Involves(c.user, c.email); got != c.want {
+				t.Fatalf("Involves = %v, want %v", got, c.want)
 			}
 		})
 	}

@@ -219,7 +219,7 @@ func (s *Store) ThreadByConvIndex(ctx context.Context, tenant, conv string) (uin
 func (s *Store) LookupMsgID(ctx context.Context, tenant, msgid string) (Ref, bool, error) {
 	var r Ref
 	var ok bool
-	if synthetic(msgid) {
+	if Synthetic(msgid) {
 		return r, false, nil
 	}
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -285,7 +285,7 @@ func (s *Store) LookupMsgIDs(ctx context.Context, tenant string, ids []string) (
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bMsgID)
 		for _, id := range ids {
-			if synthetic(id) {
+			if Synthetic(id) {
 				continue
 			}
 			if r, ok := parseRef(b.Get(key(tenant, id))); ok {
@@ -303,7 +303,7 @@ func (s *Store) LookupCopy(ctx context.Context, tenant string, thread uint64, ms
 	var r Ref
 	var ok bool
 	err := s.db.View(func(tx *bolt.Tx) error {
-		r, ok = threadCopy(tx, tenant, thread, dedupKey(msgid, digest))
+		r, ok = threadCopy(tx, tenant, thread, DedupKey(msgid, digest))
 		return nil
 	})
 	return r, ok, err
@@ -333,7 +333,7 @@ func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, 
 			held, taken := parseRef(ib.Get(key(tenant, id)))
 			// An id another message already holds is no provider-assigned
 			// id of this one: learning it would tie two threads together.
-			if id != "" && !synthetic(id) && id != m.InternetMessageID && !slices.Contains(m.LearnedIDs, id) && (!taken || held == *in.Learn) {
+			if id != "" && !Synthetic(id) && id != m.InternetMessageID && !slices.Contains(m.LearnedIDs, id) && (!taken || held == *in.Learn) {
 				m.LearnedIDs = append(m.LearnedIDs, id)
 				if err := indexMsgID(tx, tenant, id, *in.Learn); err != nil {
 					return err
@@ -342,17 +342,17 @@ func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, 
 					return err
 				}
 			}
-			addMailbox(&m, in.Mailbox)
+			m.AddMailbox(in.Mailbox)
 			res = CommitResult{Decision: Duplicate, Ref: *in.Learn, Removed: m.Removed}
 			return putJSON(mb, keyU64(tenant, m.ID), &m)
 		}
-		dk := dedupKey(in.Message.InternetMessageID, in.Digest)
+		dk := DedupKey(in.Message.InternetMessageID, in.Digest)
 		if ref, ok := threadCopy(tx, tenant, in.Message.Thread, dk); ok {
 			var m Message
 			if err := getJSON(mb, keyU64(tenant, ref.Message), &m); err != nil {
 				return fmt.Errorf("indexed message %d: %w", ref.Message, err)
 			}
-			addMailbox(&m, in.Mailbox)
+			m.AddMailbox(in.Mailbox)
 			res = CommitResult{Decision: Duplicate, Ref: ref, Removed: m.Removed}
 			return putJSON(mb, keyU64(tenant, m.ID), &m)
 		}
@@ -371,11 +371,11 @@ func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, 
 			return err
 		}
 		m.Mailboxes = nil
-		addMailbox(&m, in.Mailbox)
+		m.AddMailbox(in.Mailbox)
 		if m.InternetMessageID == "" {
 			// No usable Message-ID: a synthetic one marks it (never
 			// indexed for matching); the digest in dk de-duplicates it.
-			m.InternetMessageID = fmt.Sprintf("no-id.%d%s", m.ID, syntheticDomain)
+			m.InternetMessageID = fmt.Sprintf("no-id.%d%s", m.ID, SyntheticDomain)
 		}
 		if err := s.putMessage(tx, &m, dk); err != nil {
 			return err
@@ -453,32 +453,6 @@ func (s *Store) RemoveMessage(ctx context.Context, tenant string, id uint64) err
 	return nil
 }
 
-func addMailbox(m *Message, mbox string) {
-	mbox = strings.ToLower(mbox)
-	if mbox != "" && !slices.Contains(m.Mailboxes, mbox) {
-		m.Mailboxes = append(m.Mailboxes, mbox)
-	}
-}
-
-// syntheticDomain is the domain of the Message-IDs the store gives mail
-// without a usable one.
-const syntheticDomain = "@syncrelay.invalid"
-
-func synthetic(msgid string) bool { return strings.HasSuffix(msgid, syntheticDomain) }
-
-// dedupKey is a message's duplicate key on its thread: its Message-ID, or
-// without a usable one a digest of its content ("" when neither is known).
-// A real Message-ID always has an '@', a digest key never.
-func dedupKey(msgid, digest string) string {
-	switch {
-	case msgid != "" && !synthetic(msgid):
-		return msgid
-	case digest != "":
-		return "sha256:" + digest
-	}
-	return ""
-}
-
 // copyKey is the msgid-bucket key of a thread's duplicate key: next to the
 // tenant-wide entry of the same id. Normalised Message-IDs hold no control
 // characters, so the 0x00 cannot be part of an id.
@@ -505,7 +479,7 @@ func threadCopy(tx *bolt.Tx, tenant string, thread uint64, dk string) (Ref, bool
 // indexMsgID records msgid for matching rule 2 unless a message already
 // holds it: a later copy (on another thread) never takes an id over.
 func indexMsgID(tx *bolt.Tx, tenant, msgid string, ref Ref) error {
-	if msgid == "" || synthetic(msgid) {
+	if msgid == "" || Synthetic(msgid) {
 		return nil
 	}
 	return putIfAbsent(tx.Bucket(bMsgID), key(tenant, msgid), refBytes(ref))

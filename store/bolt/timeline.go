@@ -3,7 +3,6 @@ package bolt
 import (
 	"bytes"
 	"context"
-	"slices"
 	"strings"
 
 	bolt "go.etcd.io/bbolt"
@@ -60,25 +59,11 @@ func (s *Store) ThreadInvolves(ctx context.Context, tenant string, thread uint64
 			if err := getJSON(mb, keyU64(tenant, getU64(k[len(prefix):])), &m); err != nil {
 				return err
 			}
-			found = involves(&m, userID, email)
+			found = m.Involves(userID, email)
 			return nil
 		})
 	})
 	return found, err
-}
-
-// involves applies ThreadInvolves' rule to one message.
-func involves(m *Message, userID, email string) bool {
-	viaUs := m.SentBy != "" // only the API's outbound records have a sender
-	if userID != "" && viaUs && (m.SentBy == userID || m.SendFor == userID) {
-		return true
-	}
-	if email == "" {
-		return false
-	}
-	is := func(a string) bool { return strings.EqualFold(a, email) }
-	return (viaUs && (slices.ContainsFunc(m.To, is) || slices.ContainsFunc(m.Cc, is))) ||
-		(m.AuthAligned && is(m.From))
 }
 
 func slicesClone(b []byte) []byte { return append([]byte(nil), b...) }

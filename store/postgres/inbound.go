@@ -55,7 +55,7 @@ func learn(ctx context.Context, tx pgx.Tx, in *store.Incoming) (store.CommitResu
 		return store.CommitResult{}, fmt.Errorf("sent message: %w", err)
 	}
 	id := in.Message.InternetMessageID
-	if id != "" && !synthetic(id) && id != m.InternetMessageID && !slices.Contains(m.LearnedIDs, id) {
+	if id != "" && !store.Synthetic(id) && id != m.InternetMessageID && !slices.Contains(m.LearnedIDs, id) {
 		var held store.Ref
 		err := tx.QueryRow(ctx, "SELECT thread, message FROM msgids WHERE tenant = $1 AND msgid = $2", tenant, id).Scan(&held.Thread, &held.Message)
 		if err != nil && err != pgx.ErrNoRows {
@@ -73,7 +73,7 @@ func learn(ctx context.Context, tx pgx.Tx, in *store.Incoming) (store.CommitResu
 			}
 		}
 	}
-	addMailbox(m, in.Mailbox)
+	m.AddMailbox(in.Mailbox)
 	return store.CommitResult{Decision: store.Duplicate, Ref: ref, Removed: m.Removed}, updateMessage(ctx, tx, m)
 }
 
@@ -83,7 +83,7 @@ func duplicate(ctx context.Context, tx pgx.Tx, tenant string, ref store.Ref, mbo
 	if err != nil {
 		return store.CommitResult{}, fmt.Errorf("indexed %w", err)
 	}
-	addMailbox(m, mbox)
+	m.AddMailbox(mbox)
 	return store.CommitResult{Decision: store.Duplicate, Ref: ref, Removed: m.Removed}, updateMessage(ctx, tx, m)
 }
 
@@ -140,7 +140,7 @@ func (o *commitOp) next(p *pipe) bool {
 		}
 		*o.res = store.CommitResult{Decision: store.Duplicate, Ref: store.Ref{Thread: o.th.ID, Message: o.holder}, Removed: m.Removed}
 		before := len(m.Mailboxes)
-		addMailbox(m, o.in.Mailbox)
+		m.AddMailbox(o.in.Mailbox)
 		if len(m.Mailboxes) == before {
 			return false // a redelivery through a known mailbox changes nothing
 		}
@@ -156,7 +156,7 @@ func (o *commitOp) next(p *pipe) bool {
 	return false
 }
 
-func (o *commitOp) dk() string { return dedupKey(o.in.Message.InternetMessageID, o.in.Digest) }
+func (o *commitOp) dk() string { return store.DedupKey(o.in.Message.InternetMessageID, o.in.Digest) }
 
 func (o *commitOp) lockAndClaim(p *pipe) {
 	tenant, thread := o.in.Message.Tenant, o.in.Message.Thread
@@ -197,11 +197,11 @@ func (o *commitOp) store(p *pipe) bool {
 	m := in.Message
 	m.ID, m.Candidate, m.Received = o.id, o.th.Candidate, o.now
 	m.Mailboxes = nil
-	addMailbox(&m, in.Mailbox)
+	m.AddMailbox(in.Mailbox)
 	if m.InternetMessageID == "" {
 		// No usable Message-ID: a synthetic one marks it (never indexed
 		// for matching); the digest in the key de-duplicates it.
-		m.InternetMessageID = fmt.Sprintf("no-id.%d%s", m.ID, syntheticDomain)
+		m.InternetMessageID = fmt.Sprintf("no-id.%d%s", m.ID, store.SyntheticDomain)
 	}
 	m.Raw, m.Size = "", 0
 	if in.Raw != nil {
@@ -215,7 +215,7 @@ func (o *commitOp) store(p *pipe) bool {
 		p.exec(`INSERT INTO messages (tenant, id, thread, direction, status, sent_by, msgid, received, data)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
 			m.Tenant, m.ID, m.Thread, m.Direction, m.Status, m.SentBy, m.InternetMessageID, m.Received, mdata)
-		if !synthetic(m.InternetMessageID) {
+		if !store.Synthetic(m.InternetMessageID) {
 			p.exec("INSERT INTO msgids (tenant, msgid, thread, message) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
 				m.Tenant, m.InternetMessageID, m.Thread, m.ID)
 		}

@@ -158,7 +158,7 @@ func lockMessage(ctx context.Context, tx pgx.Tx, tenant string, id uint64) (*sto
 // indexMsgID records msgid for matching rule 2 unless a message already
 // holds it: a later copy (on another thread) never takes an id over.
 func indexMsgID(ctx context.Context, tx pgx.Tx, tenant, msgid string, ref store.Ref) error {
-	if msgid == "" || synthetic(msgid) {
+	if msgid == "" || store.Synthetic(msgid) {
 		return nil
 	}
 	_, err := tx.Exec(ctx, "INSERT INTO msgids (tenant, msgid, thread, message) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
@@ -272,7 +272,7 @@ func (s *Store) ThreadByConvIndex(ctx context.Context, tenant, conv string) (uin
 // or received; the first holder). Synthetic ids never match.
 func (s *Store) LookupMsgID(ctx context.Context, tenant, msgid string) (store.Ref, bool, error) {
 	var r store.Ref
-	if synthetic(msgid) {
+	if store.Synthetic(msgid) {
 		return r, false, nil
 	}
 	err := s.pool.QueryRow(ctx, "SELECT thread, message FROM msgids WHERE tenant = $1 AND msgid = $2", tenant, msgid).Scan(&r.Thread, &r.Message)
@@ -287,7 +287,7 @@ func (s *Store) LookupMsgID(ctx context.Context, tenant, msgid string) (store.Re
 func (s *Store) LookupMsgIDs(ctx context.Context, tenant string, ids []string) ([]store.Ref, error) {
 	real := make([]string, 0, len(ids))
 	for _, id := range ids {
-		if !synthetic(id) {
+		if !store.Synthetic(id) {
 			real = append(real, id)
 		}
 	}
@@ -311,7 +311,7 @@ func (s *Store) LookupMsgIDs(ctx context.Context, tenant string, ids []string) (
 // LookupCopy finds the message on a thread that a copy with this
 // Message-ID (or, without a usable one, this content digest) duplicates.
 func (s *Store) LookupCopy(ctx context.Context, tenant string, thread uint64, msgid, digest string) (store.Ref, bool, error) {
-	dk := dedupKey(msgid, digest)
+	dk := store.DedupKey(msgid, digest)
 	if dk == "" {
 		return store.Ref{}, false, nil
 	}
@@ -366,25 +366,11 @@ func (s *Store) ThreadInvolves(ctx context.Context, tenant string, thread uint64
 	}
 	email = strings.ToLower(email)
 	for _, m := range msgs {
-		if involves(m, userID, email) {
+		if m.Involves(userID, email) {
 			return true, nil
 		}
 	}
 	return false, nil
-}
-
-// involves applies ThreadInvolves' rule to one message: the store/bolt rule.
-func involves(m *store.Message, userID, email string) bool {
-	viaUs := m.SentBy != "" // only the API's outbound records have a sender
-	if userID != "" && viaUs && (m.SentBy == userID || m.SendFor == userID) {
-		return true
-	}
-	if email == "" {
-		return false
-	}
-	is := func(a string) bool { return strings.EqualFold(a, email) }
-	return (viaUs && (slices.ContainsFunc(m.To, is) || slices.ContainsFunc(m.Cc, is))) ||
-		(m.AuthAligned && is(m.From))
 }
 
 // CandidateThreads lists a candidate's threads, newest activity first.
@@ -449,29 +435,4 @@ func (s *Store) MarkBounced(ctx context.Context, tenant string, id uint64, statu
 		}, now)
 	})
 	return already, err
-}
-
-func addMailbox(m *store.Message, mbox string) {
-	mbox = strings.ToLower(mbox)
-	if mbox != "" && !slices.Contains(m.Mailboxes, mbox) {
-		m.Mailboxes = append(m.Mailboxes, mbox)
-	}
-}
-
-// syntheticDomain is the domain of the Message-IDs the store gives mail
-// without a usable one (the same as store/bolt's).
-const syntheticDomain = "@syncrelay.invalid"
-
-func synthetic(msgid string) bool { return strings.HasSuffix(msgid, syntheticDomain) }
-
-// dedupKey is a message's duplicate key on its thread: its Message-ID, or
-// without a usable one a digest of its content ("" when neither is known).
-func dedupKey(msgid, digest string) string {
-	switch {
-	case msgid != "" && !synthetic(msgid):
-		return msgid
-	case digest != "":
-		return "sha256:" + digest
-	}
-	return ""
 }
