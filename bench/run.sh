@@ -18,7 +18,9 @@
 # Environment: DUR, SESSIONS, SIZE, OUT (results dir), PROFILE=1 (run b and c
 # under bench/profiled and save a 10 s CPU profile of each), IDLE (sessions,
 # default 2000), BIG (bytes, default 25000000), FILL (messages for c1M, default
-# 1000000; 0 skips it).
+# 1000000; 0 skips it), BACKEND (bbolt, the default, or postgres: a throwaway
+# PostgreSQL 15 cluster on 127.0.0.1 is started for the run, and c2 adds two
+# nodes sharing it, each given half the sessions).
 #
 # Everything listens on 127.0.0.1 only. Postfix is installed if missing
 # (Debian package, "No configuration", its service never started): only
@@ -33,6 +35,10 @@ SESSIONS=${SESSIONS:-20}
 SIZE=${SIZE:-4096}
 IDLE=${IDLE:-2000}
 BIG=${BIG:-25000000}
+BACKEND=${BACKEND:-bbolt}
+if [ "$BACKEND" = postgres ]; then
+	FILL=${FILL:-0} # filling PostgreSQL to 1M takes a long while; set FILL to do it
+fi
 FILL=${FILL:-1000000}
 PROFILE=${PROFILE:-0}
 OUT=${OUT:-$(mktemp -d /tmp/srbench.XXXXXX)}
@@ -126,6 +132,29 @@ zone_file = "$OUT/zone.txt"
 [log]
 level = "info"
 EOF
+
+# --- PostgreSQL (BACKEND=postgres) ---------------------------------------------
+if [ "$BACKEND" = postgres ]; then
+	PGBIN=/usr/lib/postgresql/15/bin
+	[ -x "$PGBIN/initdb" ] || { echo "BACKEND=postgres needs postgresql-15 (apt-get install postgresql-15)" >&2; exit 1; }
+	PGDIR="$OUT/pg"
+	mkdir -p "$PGDIR"
+	AS=()
+	if [ "$(id -u)" = 0 ]; then
+		chown postgres:postgres "$PGDIR"
+		AS=(runuser -u postgres --)
+	fi
+	PGPORT=$(free_port)
+	"${AS[@]}" "$PGBIN/initdb" -D "$PGDIR/data" -A trust -U postgres >"$OUT/pg-initdb.log" 2>&1
+	"${AS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/pg.log" -w start \
+		-o "-c listen_addresses=127.0.0.1 -p $PGPORT -c unix_socket_directories=$PGDIR -c fsync=on -c synchronous_commit=on -c max_connections=200" >/dev/null
+	trap 'cleanup; "${AS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null 2>&1 || true' EXIT
+	DSN="postgres://postgres@127.0.0.1:$PGPORT/postgres?sslmode=disable"
+	printf '[store]\nbackend = "postgres"\ndsn = "%s"\ndir = "%s"\n' "$DSN" "$OUT/data" >"$OUT/store.toml"
+	# The [store] section above names the bbolt dir: swap it for this one.
+	awk -v f="$OUT/store.toml" '/^\[store\]/{while ((getline l < f) > 0) print l; skip=1; next} /^\[/{skip=0} !skip' "$CFG" >"$CFG.pg" && mv "$CFG.pg" "$CFG"
+	log "PostgreSQL 15 on 127.0.0.1:$PGPORT (fsync on, synchronous_commit on)"
+fi
 
 DPID=
 SMTP=
@@ -252,6 +281,41 @@ log "c½: syncrelay, matching at $HALF msgs/s (half of c)"
 stop_daemon
 wait 2>/dev/null || true
 
+# --- c2: two nodes on one PostgreSQL ------------------------------------------------
+C2=
+if [ "$BACKEND" = postgres ]; then
+	log "c2: two syncrelay nodes on one PostgreSQL, $((SESSIONS / 2)) sessions each"
+	CFG2="$OUT/node2.toml"
+	mkdir -p "$OUT/data2"
+	sed "s|^dir = \"$OUT/data\"|dir = \"$OUT/data2\"|" "$CFG" >"$CFG2"
+	printf '[secrets]\nkey_file = "%s"\n' "$OUT/data/secret.key" >>"$CFG2"
+	start_daemon c2a
+	SMTP_A=$SMTP
+	PID_A=$DPID
+	"$DAEMON" serve -config "$CFG2" >"$OUT/c2b.stdout" 2>"$OUT/c2b.log" &
+	PID_B=$!
+	PIDS+=("$PID_B")
+	SMTP_B=
+	for _ in $(seq 1 400); do
+		SMTP_B=$(grep -m1 -o 'syncrelay serving.*' "$OUT/c2b.log" 2>/dev/null | grep -o 'smtp=[^ ]*' | cut -d= -f2 || true)
+		[ -n "$SMTP_B" ] && break
+		kill -0 "$PID_B" 2>/dev/null || { cat "$OUT/c2b.log" >&2; exit 1; }
+		sleep 0.05
+	done
+	"$BIN/srload" run -addr "$SMTP_A" -manifest "$OUT/manifest.json" -mix match=100 -c $((SESSIONS / 2)) -size "$SIZE" \
+		-d "${DUR}s" -warmup 1s -json "$OUT/c2a.json" >"$OUT/c2a.txt" 2>&1 &
+	LA=$!
+	"$BIN/srload" run -addr "$SMTP_B" -manifest "$OUT/manifest.json" -mix match=100 -c $((SESSIONS / 2)) -size "$SIZE" \
+		-d "${DUR}s" -warmup 1s -json "$OUT/c2b.json" >"$OUT/c2b.txt" 2>&1
+	wait "$LA"
+	C2=$(calc "$(jget "$OUT/c2a.json" msgs_per_sec) + $(jget "$OUT/c2b.json" msgs_per_sec)" 1)
+	log "c2: $C2 msgs/s (node A $(jget "$OUT/c2a.json" msgs_per_sec), node B $(jget "$OUT/c2b.json" msgs_per_sec))"
+	kill -TERM "$PID_B" 2>/dev/null || true
+	wait "$PID_B" 2>/dev/null || true
+	DPID=$PID_A
+	stop_daemon
+fi
+
 # --- idle connections -----------------------------------------------------------
 log "idle: $IDLE idle sessions"
 start_daemon idle
@@ -346,6 +410,7 @@ P99H=$(jget "$OUT/c-half.json" p99_ms)
 	cat "$OUT/machine.txt"
 	echo "4 KiB O_DSYNC write (dd): $FSYNC_MS ms"
 	echo "workload: $SESSIONS sessions, connection reuse, ${SIZE}-byte bodies, ${DUR}s per scenario"
+	echo "store backend: $BACKEND"
 	echo '```'
 	echo
 	echo '| scenario | msgs/s | p50 ms | p99 ms | p99.9 ms | reply codes |'
@@ -356,6 +421,7 @@ P99H=$(jget "$OUT/c-half.json" p99_ms)
 	row "c syncrelay full pipeline (100% matching)" "$OUT/c.json"
 	row "c½ full pipeline at $HALF msgs/s" "$OUT/c-half.json"
 	[ -n "$C1M" ] && row "c1M full pipeline, $FILL messages stored" "$OUT/c1m.json"
+	[ -n "$C2" ] && echo "| c2 two nodes on one PostgreSQL ($((SESSIONS / 2)) sessions each) | $C2 | node A: $(jget "$OUT/c2a.json" p99_ms) ms p99, node B: $(jget "$OUT/c2b.json" p99_ms) ms p99 | | | |"
 	echo
 	echo '| target | measured | verdict |'
 	echo '|---|---|---|'
@@ -363,6 +429,9 @@ P99H=$(jget "$OUT/c-half.json" p99_ms)
 	echo "| discard path ≥ 0.90 × smtp-sink | b/a1 = $R_B1, b/a2 = $R_B2 | $(verdict "$(calc "$B / $AMAX" 3)" 0.90 '>=') |"
 	echo "| p99 \".\" → 250 ≤ 10 ms at half the full rate | $P99H ms at $HALF msgs/s | $(verdict "$P99H" 10 '<=') |"
 	echo "| bytes written per stored ${SIZE}-byte message ≤ 16 KiB | $C_WB_KIB KiB (/proc/PID/io write_bytes over run c) | $(verdict "$C_WB_KIB" 16 '<=') |"
+	if [ -n "$C2" ]; then
+		echo "| two nodes ≥ one node (PostgreSQL) | c2/c = $(calc "$C2 / $C" 3) ($C2 vs $C msgs/s) | $(verdict "$(calc "$C2 / $C" 3)" 1 '>=') |"
+	fi
 	if [ -n "$C1M" ]; then
 		echo "| full pipeline at $FILL stored ≥ 0.9 × empty store | c1M/c = $(calc "$C1M / $C" 3) ($C1M vs $C msgs/s) | $(verdict "$(calc "$C1M / $C" 3)" 0.9 '>=') |"
 		echo "| DELETE p99 ≤ 10 ms at $FILL stored | $DEL_P99 ms (2000 removals, 4 clients; codes $DEL_CODES) | $(verdict "$DEL_P99" 10 '<=') |"

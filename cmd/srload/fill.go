@@ -17,8 +17,8 @@ import (
 
 	"syncrelay/cmd/srload/loadgen"
 	"syncrelay/config"
+	"syncrelay/daemon"
 	"syncrelay/store"
-	"syncrelay/store/bolt"
 )
 
 // fill commits n stored messages straight through the store (the daemon
@@ -49,7 +49,7 @@ func fill(args []string) error {
 	if err != nil {
 		return err
 	}
-	st, err := bolt.Open(c.Store.Dir, bolt.Options{LockTimeout: c.Store.OpenTimeout.Duration})
+	st, err := daemon.OpenStore(context.Background(), c, nil)
 	if err != nil {
 		return err
 	}

@@ -47,7 +47,6 @@ import (
 	"syncrelay/cmd/srload/loadgen"
 	"syncrelay/config"
 	"syncrelay/daemon"
-	"syncrelay/store/bolt"
 	"syncrelay/token"
 )
 
@@ -132,7 +131,7 @@ func prepare(args []string) error {
 	if err != nil {
 		return err
 	}
-	st, err := bolt.Open(c.Store.Dir, bolt.Options{LockTimeout: c.Store.OpenTimeout.Duration})
+	st, err := daemon.OpenStore(context.Background(), c, nil)
 	if err != nil {
 		return err
 	}

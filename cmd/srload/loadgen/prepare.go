@@ -26,7 +26,6 @@ import (
 	"time"
 
 	"syncrelay/store"
-	"syncrelay/store/bolt"
 	"syncrelay/token"
 )
 
@@ -108,7 +107,7 @@ func (o *PrepareOptions) fill() {
 // Message-ID is minted with kr exactly as the sender does, and a fresh
 // RSA-2048 DKIM key for the candidate's domain. The store must not already
 // hold the tenant.
-func Prepare(ctx context.Context, st *bolt.Store, kr *token.Keyring, o PrepareOptions) (*Manifest, error) {
+func Prepare(ctx context.Context, st store.Store, kr *token.Keyring, o PrepareOptions) (*Manifest, error) {
 	o.fill()
 	if o.Hostname == "" {
 		o.Hostname = kr.Hostname()
@@ -126,7 +125,7 @@ func Prepare(ctx context.Context, st *bolt.Store, kr *token.Keyring, o PrepareOp
 	err = st.CreateTenant(ctx, &store.Tenant{ID: o.Tenant, Name: "srload " + o.Tenant, Domains: []string{o.TenantDomain},
 		Provider: "google", InboundAddress: inbound, DKIMPolicy: store.PolicyRequire})
 	if errors.Is(err, store.ErrExists) {
-		return nil, fmt.Errorf("tenant %q already exists in %s: prepare a fresh store.dir (%w)", o.Tenant, st.Dir(), err)
+		return nil, fmt.Errorf("tenant %q already exists in the store: prepare a fresh store (%w)", o.Tenant, err)
 	}
 	if err != nil {
 		return nil, err
