@@ -51,9 +51,11 @@ func (s *Store) Compact(ctx context.Context) (CompactStats, error) {
 			return st, err
 		}
 		stat, ok := s.segStat(id)
-		if !ok || stat.live == stat.end {
+		if !ok || (stat.live == stat.end && stat.end > 0) {
 			continue // all live (or not registered: nothing committed to it)
 		}
+		// Dead bytes to free, or an empty segment (registered at a start
+		// that stored nothing before the next): either way it goes.
 		moved, err := s.compactSegment(ctx, id)
 		st.Moved += moved
 		if err != nil {

@@ -399,3 +399,43 @@ func untar(t *testing.T, archive, dir string) {
 		}
 	}
 }
+
+// TestCompactDropsEmptySegments: every start registers a new segment; one
+// that stored nothing before the next start is deleted by compaction rather
+// than kept forever.
+func TestCompactDropsEmptySegments(t *testing.T) {
+	dir := t.TempDir()
+	open := func() *Store {
+		s, err := Open(dir, Options{CompactNow: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := open()
+	seed(t, s)
+	th, _ := newThread(t, s)
+	kept := commitMarked(t, s, th.ID, "kept")
+	s.Close()
+	for range 3 { // starts that store nothing: each registers a new segment
+		s = open()
+		if _, _, err := s.segs.reserve(0); err != nil { // what the first append of a start does: a new, registered segment
+			t.Fatal(err)
+		}
+		s.Close()
+	}
+	s = open()
+	defer s.Close()
+	before, _ := os.ReadDir(filepath.Join(dir, "raw", "seg"))
+	st, err := s.Compact(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.ReadDir(filepath.Join(dir, "raw", "seg"))
+	if len(before) != 4 || len(after) != 1 || st.Segments != 3 || st.Moved != 0 {
+		t.Fatalf("segment files %d -> %d, compaction %+v", len(before), len(after), st)
+	}
+	if got, err := readRaw(t, s, kept.Raw); err != nil || !strings.Contains(got, "kept") {
+		t.Fatalf("kept message: %q %v", got, err)
+	}
+}
