@@ -10,9 +10,8 @@ import (
 )
 
 // Group commit: sessions that commit at the same time share one fsynced
-// bbolt transaction. The loop never waits to fill a batch: it takes whatever
-// queued up while the previous transaction was syncing, so an idle store
-// commits at once and a busy one amortises each fsync over many messages.
+// bbolt transaction (store/groupcommit gathers the batches: whatever queued
+// up while the previous transaction was syncing).
 //
 // A request's function runs inside the shared transaction and may run more
 // than once: if one function fails, the transaction is rolled back, that
@@ -41,60 +40,12 @@ func (s *Store) group(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 		return errors.New("store: opened read-only")
 	}
 	r := &commitReq{fn: fn, err: make(chan error, 1)}
-	// Queue under the shared lock: Close stops the loop only once no
-	// request is being queued, so every queued request gets an outcome
-	// (a select on stop could pick the send after Close and wait forever).
-	s.queueMu.RLock()
-	if s.closed {
-		s.queueMu.RUnlock()
-		return ErrClosed
+	if err := s.commits.Submit(ctx, r); err != nil {
+		return err
 	}
-	select {
-	case s.commits <- r:
-	case <-ctx.Done():
-		s.queueMu.RUnlock()
-		return ctx.Err()
-	}
-	s.queueMu.RUnlock()
 	// Once queued, wait for the outcome even if ctx ends: the caller must
 	// know whether its data is committed.
 	return <-r.err
-}
-
-func (s *Store) commitLoop() {
-	defer close(s.done)
-	tick := time.NewTicker(10 * time.Second)
-	defer tick.Stop()
-	for {
-		var first *commitReq
-		select {
-		case first = <-s.commits:
-		case <-tick.C:
-			_ = s.flushCounters()
-			continue
-		case <-s.stop:
-			// Drain whatever was queued before stop so no caller hangs.
-			for {
-				select {
-				case r := <-s.commits:
-					s.runBatch([]*commitReq{r})
-				default:
-					return
-				}
-			}
-		}
-		batch := []*commitReq{first}
-	fill:
-		for len(batch) < maxBatch {
-			select {
-			case r := <-s.commits:
-				batch = append(batch, r)
-			default:
-				break fill
-			}
-		}
-		s.runBatch(batch)
-	}
 }
 
 func (s *Store) runBatch(batch []*commitReq) {

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"syncrelay/store/groupcommit"
 )
 
 // SchemaVersion is the version this code writes. Older stores are migrated
@@ -93,11 +95,7 @@ type Store struct {
 	now    func() time.Time
 	logger *slog.Logger
 
-	commits chan *commitReq
-	queueMu sync.RWMutex // held shared while queueing a commit; Close takes it
-	closed  bool         // no more commits are queued; guarded by queueMu
-	stop    chan struct{}
-	done    chan struct{}
+	commits *groupcommit.Queue[*commitReq] // nil when read-only
 	counts  *counterBuf
 	inbound inboundCache
 
@@ -179,10 +177,8 @@ func Open(dir string, o Options) (*Store, error) {
 		}
 	}
 	s.counts = newCounterBuf()
-	s.commits = make(chan *commitReq, 1024)
-	s.stop = make(chan struct{})
-	s.done = make(chan struct{})
-	go s.commitLoop()
+	s.commits = groupcommit.New[*commitReq](1024)
+	go s.commits.Run(maxBatch, 10*time.Second, func() { _ = s.flushCounters() }, s.runBatch)
 	return s, nil
 }
 
@@ -193,12 +189,8 @@ func (s *Store) Dir() string { return s.dir }
 // It is safe to call more than once.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
-		if s.stop != nil {
-			s.queueMu.Lock()
-			s.closed = true
-			s.queueMu.Unlock()
-			close(s.stop)
-			<-s.done
+		if s.commits != nil {
+			s.commits.Close()
 			_ = s.flushCounters()
 		}
 		s.closeErr = s.db.Close()

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"syncrelay/store"
 )
 
 // Group commit: writes queued while the previous transaction was
@@ -49,60 +47,20 @@ func (s *Store) group(ctx context.Context, key string, fn func(ctx context.Conte
 
 // queue hands r to the commit loop and waits for its outcome.
 func (s *Store) queue(ctx context.Context, r *commitReq) error {
-	select {
-	case <-s.stop:
-		return store.ErrClosed
-	default:
-	}
-	select {
-	case s.commits <- r:
-	case <-s.stop:
-		return store.ErrClosed
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := s.commits.Submit(ctx, r); err != nil {
+		return err
 	}
 	// Once queued, wait for the outcome even if ctx ends: the caller must
 	// know whether its data is committed.
 	return <-r.err
 }
 
-func (s *Store) commitLoop() {
-	defer close(s.done)
-	tick := time.NewTicker(10 * time.Second)
-	defer tick.Stop()
-	for {
-		var first *commitReq
-		select {
-		case first = <-s.commits:
-		case <-tick.C:
-			ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
-			if err := s.flushCounters(ctx); err != nil {
-				s.logger.Warn("store: flush counters", "err", err)
-			}
-			cancel()
-			continue
-		case <-s.stop:
-			// Drain whatever was queued before stop so no caller hangs.
-			for {
-				select {
-				case r := <-s.commits:
-					s.runBatch([]*commitReq{r})
-				default:
-					return
-				}
-			}
-		}
-		batch := []*commitReq{first}
-	fill:
-		for len(batch) < maxBatch {
-			select {
-			case r := <-s.commits:
-				batch = append(batch, r)
-			default:
-				break fill
-			}
-		}
-		s.runBatch(batch)
+// tick flushes the buffered counters (every 10 s while idle).
+func (s *Store) tick() {
+	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	defer cancel()
+	if err := s.flushCounters(ctx); err != nil {
+		s.logger.Warn("store: flush counters", "err", err)
 	}
 }
 

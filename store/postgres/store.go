@@ -25,6 +25,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"syncrelay/store"
+	"syncrelay/store/groupcommit"
 )
 
 var _ store.Store = (*Store)(nil)
@@ -50,9 +51,7 @@ type Store struct {
 	node   string
 	logger *slog.Logger
 
-	commits chan *commitReq
-	stop    chan struct{}
-	done    chan struct{}
+	commits *groupcommit.Queue[*commitReq]
 	counts  *counterBuf
 	inbound inboundCache
 
@@ -85,12 +84,12 @@ func Open(ctx context.Context, dsn string, o Options) (*Store, error) {
 	// PostgreSQL keeps microseconds: times in records and in columns agree.
 	now := func() time.Time { return clock().Truncate(time.Microsecond) }
 	s := &Store{pool: pool, now: now, node: o.Node, logger: o.Log, counts: newCounterBuf(),
-		commits: make(chan *commitReq, 1024), stop: make(chan struct{}), done: make(chan struct{})}
+		commits: groupcommit.New[*commitReq](1024)}
 	if err := s.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, err
 	}
-	go s.commitLoop()
+	go s.commits.Run(maxBatch, 10*time.Second, s.tick, s.runBatch)
 	return s, nil
 }
 
@@ -99,8 +98,7 @@ func Open(ctx context.Context, dsn string, o Options) (*Store, error) {
 func (s *Store) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
-		close(s.stop)
-		<-s.done
+		s.commits.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		err = s.flushCounters(ctx)

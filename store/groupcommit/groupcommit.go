@@ -1,0 +1,104 @@
+// Package groupcommit gathers the requests that many goroutines queue into
+// batches for the one goroutine that commits them, as both store backends
+// do: the committer never waits to fill a batch, it takes whatever queued
+// up while the previous batch was committing, so an idle store commits at
+// once and a busy one shares each flush among many requests.
+package groupcommit
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"syncrelay/store"
+)
+
+// Queue is the hand-over between submitters and the committer.
+type Queue[R any] struct {
+	// mu is held shared while a request is being queued; Close takes it,
+	// so that once closed no request can be queued that the committer
+	// would never see (a select on a stop channel could pick the send
+	// after Close and wait forever).
+	mu     sync.RWMutex
+	closed bool
+	ch     chan R
+	stop   chan struct{}
+	done   chan struct{}
+	once   sync.Once
+}
+
+// New returns a queue holding up to capacity waiting requests.
+func New[R any](capacity int) *Queue[R] {
+	return &Queue[R]{ch: make(chan R, capacity), stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+// Submit queues r. It fails with store.ErrClosed after Close, or with
+// ctx's error when ctx ends before r could be queued; once queued, r is
+// committed (or failed) by Run.
+func (q *Queue[R]) Submit(ctx context.Context, r R) error {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	if q.closed {
+		return store.ErrClosed
+	}
+	select {
+	case q.ch <- r:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Run commits batches of at most max requests until Close, calling tick
+// every interval while idle (the stores flush their buffered counters).
+// Before it returns, every request queued before Close is committed.
+func (q *Queue[R]) Run(max int, every time.Duration, tick func(), commit func([]R)) {
+	defer close(q.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case first := <-q.ch:
+			commit(q.fill(first, max))
+		case <-t.C:
+			tick()
+		case <-q.stop:
+			// No request can be queued any more (Close holds mu): commit
+			// what is there and stop.
+			for {
+				select {
+				case first := <-q.ch:
+					commit(q.fill(first, max))
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// fill returns first and whatever else is queued, at most max in all.
+func (q *Queue[R]) fill(first R, max int) []R {
+	batch := []R{first}
+	for len(batch) < max {
+		select {
+		case r := <-q.ch:
+			batch = append(batch, r)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// Close refuses new requests and waits until Run has committed the queued
+// ones and returned. Run must be running. It is safe to call more than once.
+func (q *Queue[R]) Close() {
+	q.once.Do(func() {
+		q.mu.Lock()
+		q.closed = true
+		q.mu.Unlock()
+		close(q.stop)
+	})
+	<-q.done
+}

@@ -1,0 +1,109 @@
+package groupcommit
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"syncrelay/store"
+)
+
+// TestSubmitAroundClose: submitters racing Close either get ErrClosed or
+// have their request committed; none waits forever, and Close returns only
+// after every queued request was committed.
+func TestSubmitAroundClose(t *testing.T) {
+	for round := range 200 {
+		q := New[int](4)
+		var committed atomic.Int64
+		go q.Run(8, time.Hour, func() {}, func(b []int) { committed.Add(int64(len(b))) })
+		var queued atomic.Int64
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				switch err := q.Submit(context.Background(), 1); {
+				case err == nil:
+					queued.Add(1)
+				case !errors.Is(err, store.ErrClosed):
+					t.Errorf("Submit: %v", err)
+				}
+			}()
+		}
+		q.Close()
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: a submitter still waits after Close", round)
+		}
+		if c, n := committed.Load(), queued.Load(); c != n {
+			t.Fatalf("round %d: %d requests queued, %d committed", round, n, c)
+		}
+	}
+}
+
+// TestBatches: requests queued while a batch commits form the next batch,
+// up to max.
+func TestBatches(t *testing.T) {
+	q := New[int](100)
+	release, started := make(chan struct{}), make(chan struct{})
+	var mu sync.Mutex
+	var sizes []int
+	go q.Run(10, time.Hour, func() {}, func(b []int) {
+		mu.Lock()
+		sizes = append(sizes, len(b))
+		first := len(sizes) == 1
+		mu.Unlock()
+		if first {
+			close(started)
+			<-release // hold the first batch while 25 more queue up
+		}
+	})
+	if err := q.Submit(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	for i := range 25 {
+		if err := q.Submit(context.Background(), i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(release)
+	q.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	total := 0
+	for _, n := range sizes {
+		if n > 10 {
+			t.Fatalf("batch of %d, max 10: %v", n, sizes)
+		}
+		total += n
+	}
+	if total != 26 || len(sizes) != 4 || sizes[0] != 1 || sizes[1] != 10 || sizes[2] != 10 {
+		t.Fatalf("batches %v", sizes)
+	}
+}
+
+// TestSubmitContext: a full queue and an ended context give the context's
+// error, not a hang.
+func TestSubmitContext(t *testing.T) {
+	q := New[int](1)
+	if err := q.Submit(context.Background(), 1); err != nil { // fills it; nothing runs
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := q.Submit(ctx, 2); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Submit on a full queue: %v", err)
+	}
+	go q.Run(8, time.Hour, func() {}, func([]int) {})
+	q.Close()
+	if err := q.Submit(context.Background(), 3); !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("Submit after Close: %v", err)
+	}
+}
