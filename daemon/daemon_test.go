@@ -158,7 +158,7 @@ func TestEndToEndOverSMTP(t *testing.T) {
 				f.message(t, 2, false, "Unrelated.\r\n"),
 			})
 			f.stop()
-			want := []string{"2.0.0 OK: stored", "2.0.0 OK: duplicate", "2.0.0 OK: discarded"}
+			want := []string{"2.0.0 OK: stored (reason=token)", "2.0.0 OK: duplicate (reason=duplicate)", "2.0.0 OK: discarded (reason=no_match)"}
 			for i := range want {
 				if got[i] != want[i] {
 					t.Fatalf("replies %q, want %q", got, want)
@@ -214,7 +214,7 @@ func TestPostgresOutage(t *testing.T) {
 	}
 	mustT(t, pg.Resume())
 	waitReady(http.StatusOK)
-	if got := f.send(t, [][]byte{f.message(t, 1, true, "After the outage.\r\n")}); got[0] != "2.0.0 OK: stored" {
+	if got := f.send(t, [][]byte{f.message(t, 1, true, "After the outage.\r\n")}); got[0] != "2.0.0 OK: stored (reason=token)" {
 		t.Errorf("delivery after the outage: %q", got)
 	}
 }

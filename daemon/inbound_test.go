@@ -54,10 +54,10 @@ func TestDeliverer(t *testing.T) {
 		want    string // the reply
 		logs    string // the LogArgs, formatted
 	}{
-		{"one tenant", []string{"acme"}, unrelated, "250 OK: discarded", "[decision discarded reason no_match msgid_hash "},
-		{"two tenants", []string{"acme", "beta"}, unrelated, "250 OK: discarded", "[tenant_acme=[decision=discarded"},
-		{"a tenant twice", []string{"acme", "acme"}, unrelated, "250 OK: discarded", "[tenant_acme=["},
-		{"refused", []string{"acme"}, "no header at all", "554 Malformed message header", "[]"},
+		{"one tenant", []string{"acme"}, unrelated, "250 OK: discarded (reason=no_match)", "[decision discarded reason no_match msgid_hash "},
+		{"two tenants", []string{"acme", "beta"}, unrelated, "250 OK: discarded (reason=no_match)", "[tenant_acme=[decision=discarded"},
+		{"a tenant twice", []string{"acme", "acme"}, unrelated, "250 OK: discarded (reason=no_match)", "[tenant_acme=["},
+		{"refused", []string{"acme"}, "no header at all", "554 Malformed message header (reason=malformed_header)", "[]"},
 	} {
 		del := delivery(t, tc.tenants, tc.raw)
 		err := d.Deliver(ctx, del)

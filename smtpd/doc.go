@@ -12,7 +12,9 @@
 //   - nil means success: 250.
 //   - A *Verdict (the decision of the Deliverer: stored, discarded,
 //     rejected ...) is answered from the reply table in replies.go, the
-//     one home of syncrelay's replies.
+//     one home of syncrelay's replies. Its text ends with the decision's
+//     reason as a machine token, "250 2.0.0 OK: stored (reason=token)",
+//     which ReasonOf reads back (replay -smtp).
 //   - An *smtp.SMTPError, returned as that exact type (not wrapped), is a
 //     deliberate reply and is sent as is: any 2xx/4xx/5xx code for DATA
 //     (a Deliverer may answer 250 with its own text, 550 5.7.1 for a DKIM

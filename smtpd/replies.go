@@ -1,6 +1,8 @@
 package smtpd
 
 import (
+	"strings"
+
 	"github.com/emersion/go-smtp"
 )
 
@@ -63,7 +65,7 @@ func (v *Verdict) Error() string { return "smtpd: verdict " + v.Decision + " (" 
 // the Verdict's Detail and suffix (detail), or by the decision's name
 // (namesDecision: "OK: stored", which helps admins reading the sender's
 // logs and replay -smtp, and tells the sender nothing its own forwarding
-// server should not know).
+// server should not know). ReplyFor then appends the reason token.
 type verdictReply struct {
 	decision, reason string
 	reply            smtp.SMTPError
@@ -113,9 +115,50 @@ func ReplyFor(v Verdict) (r smtp.SMTPError, ok bool) {
 		case row.detail:
 			r.Message += v.Detail + row.suffix
 		}
+		if isReasonToken(v.Reason) {
+			r.Message += reasonPrefix + v.Reason + ")"
+		}
 		return r, true
 	}
 	return smtp.SMTPError{}, false
+}
+
+// Every reply from the table ends with the router's reason as a machine
+// token, "(reason=dkim_fail)", so that replay -smtp (and an admin reading
+// the forwarder's logs) gets the same reason as in-process replay: the
+// human text alone cannot tell dkim_fail from dkim_unaligned, or a thread
+// token from a Thread-Index. The tokens name only what the pipeline
+// decided (SPEC §8's reasons), never anything about the message.
+const reasonPrefix = " (reason="
+
+// isReasonToken accepts what the router uses as reasons: lower-case
+// letters, digits and underscores. Anything else is not echoed.
+func isReasonToken(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// ReasonOf returns the reason token at the end of a reply text written by
+// ReplyFor ("2.0.0 OK: stored (reason=token)" gives "token"), or "" when
+// the text carries none (another server, or a reply this package chose
+// itself).
+func ReasonOf(text string) string {
+	i := strings.LastIndex(text, reasonPrefix)
+	if i < 0 || !strings.HasSuffix(text, ")") {
+		return ""
+	}
+	tok := text[i+len(reasonPrefix) : len(text)-1]
+	if !isReasonToken(tok) {
+		return ""
+	}
+	return tok
 }
 
 // Replies written by this package itself rather than through go-smtp: by

@@ -19,21 +19,24 @@ func TestVerdictReplies(t *testing.T) {
 		err  error
 		want string // "code enhanced text"
 	}{
-		{"stored", &Verdict{Decision: "stored", Reason: "token"}, "250 2.0.0 OK: stored"},
-		{"duplicate", &Verdict{Decision: "duplicate", Reason: "sent_copy"}, "250 2.0.0 OK: duplicate"},
-		{"discarded", &Verdict{Decision: "discarded", Reason: "no_match"}, "250 2.0.0 OK: discarded"},
-		{"quarantined", &Verdict{Decision: "quarantined", Reason: "dkim_fail"}, "250 2.0.0 OK: quarantined"},
+		{"stored", &Verdict{Decision: "stored", Reason: "token"}, "250 2.0.0 OK: stored (reason=token)"},
+		{"duplicate", &Verdict{Decision: "duplicate", Reason: "sent_copy"}, "250 2.0.0 OK: duplicate (reason=sent_copy)"},
+		{"discarded", &Verdict{Decision: "discarded", Reason: "no_match"}, "250 2.0.0 OK: discarded (reason=no_match)"},
+		{"quarantined", &Verdict{Decision: "quarantined", Reason: "dkim_fail"}, "250 2.0.0 OK: quarantined (reason=dkim_fail)"},
 		{"header too large", &Verdict{Decision: "rejected", Reason: "header_too_large", Detail: "1048576"},
-			"552 5.3.4 Message header exceeds 1048576 bytes"},
-		{"malformed header", &Verdict{Decision: "rejected", Reason: "malformed_header"}, "554 5.6.0 Malformed message header"},
-		{"mime too deep", &Verdict{Decision: "rejected", Reason: "mime_too_deep", Detail: "20"}, "554 5.6.0 MIME nesting deeper than 20"},
+			"552 5.3.4 Message header exceeds 1048576 bytes (reason=header_too_large)"},
+		{"malformed header", &Verdict{Decision: "rejected", Reason: "malformed_header"}, "554 5.6.0 Malformed message header (reason=malformed_header)"},
+		{"mime too deep", &Verdict{Decision: "rejected", Reason: "mime_too_deep", Detail: "20"}, "554 5.6.0 MIME nesting deeper than 20 (reason=mime_too_deep)"},
 		{"dkim", &Verdict{Decision: "rejected", Reason: "dkim_fail", Detail: "no valid signature"},
-			"550 5.7.1 DKIM verification failed: no valid signature"},
+			"550 5.7.1 DKIM verification failed: no valid signature (reason=dkim_fail)"},
 		{"dkim unaligned", &Verdict{Decision: "rejected", Reason: "dkim_unaligned", Detail: "d=other.test"},
-			"550 5.7.1 DKIM verification failed: d=other.test"},
-		{"other refusal", &Verdict{Decision: "rejected", Reason: "new_reason", Detail: "ignored"}, "554 5.0.0 Message refused"},
-		{"dns", &Verdict{Decision: "tempfail", Reason: "dkim_temperror"}, "451 4.4.3 Temporary DNS failure verifying DKIM, try again later"},
-		{"local", &Verdict{Decision: "tempfail", Reason: "local_error"}, "451 4.3.0 Temporary local problem, try again later"},
+			"550 5.7.1 DKIM verification failed: d=other.test (reason=dkim_unaligned)"},
+		{"other refusal", &Verdict{Decision: "rejected", Reason: "new_reason", Detail: "ignored"}, "554 5.0.0 Message refused (reason=new_reason)"},
+		{"dns", &Verdict{Decision: "tempfail", Reason: "dkim_temperror"}, "451 4.4.3 Temporary DNS failure verifying DKIM, try again later (reason=dkim_temperror)"},
+		{"local", &Verdict{Decision: "tempfail", Reason: "local_error"}, "451 4.3.0 Temporary local problem, try again later (reason=local_error)"},
+		// Only a machine token is echoed: nothing a caller put in Reason by
+		// mistake (an error text, an address) reaches the sender.
+		{"reason not a token", &Verdict{Decision: "discarded", Reason: "no match <a@b.test>\r\n"}, "250 2.0.0 OK: discarded"},
 		{"unknown decision", &Verdict{Decision: "maybe"}, "451 4.3.0 Temporary local problem, try again later"},
 		{"full disk", fmt.Errorf("router: commit: %w", &os.PathError{Op: "write", Path: "/srv/data/raw/seg", Err: syscall.ENOSPC}),
 			"452 4.3.1 Insufficient system storage, try again later"},
@@ -65,5 +68,22 @@ func TestReplyForCoversEveryDecision(t *testing.T) {
 	}
 	if _, ok := ReplyFor(Verdict{Decision: "other"}); ok {
 		t.Error("unknown decision answered")
+	}
+}
+
+// ReasonOf reads back what ReplyFor wrote, whatever the reply's text.
+func TestReasonOf(t *testing.T) {
+	for _, d := range []string{"stored", "duplicate", "discarded", "quarantined", "rejected", "tempfail"} {
+		for _, reason := range []string{"token", "dkim_fail", "header_too_large", "local_error"} {
+			r, _ := ReplyFor(Verdict{Decision: d, Reason: reason, Detail: "20"})
+			if got := ReasonOf(r.Message); got != reason {
+				t.Errorf("%s/%s: ReasonOf(%q) = %q", d, reason, r.Message, got)
+			}
+		}
+	}
+	for _, text := range []string{"2.0.0 OK: queued as 12345", "Temporary local problem, try again later", "OK (reason=)", "x (reason=a b)", ""} {
+		if got := ReasonOf(text); got != "" {
+			t.Errorf("ReasonOf(%q) = %q, want none", text, got)
+		}
 	}
 }

@@ -72,7 +72,7 @@ func TestProviderSigningDomainsStatusAndCheck(t *testing.T) {
 	}
 
 	// The user's own reply, signed only by Google's default domain: stored.
-	if code, text := send(gapps, "rec@acme.test"); code != 250 || text != "OK: stored" {
+	if code, text := send(gapps, "rec@acme.test"); code != 250 || text != "OK: stored (reason=token)" {
 		t.Errorf("own mail signed by %s: %d %q", gapps, code, text)
 	}
 	// Look-alike and Microsoft's default domain (not configured): refused,
@@ -133,7 +133,7 @@ func TestProviderSigningDomainsStatusAndCheck(t *testing.T) {
 	if code, ten := d.API(t, "GET", "/v1/tenants/acme", ""); code != 200 || fmt.Sprint(ten["signing_domains"]) != "["+ms+"]" {
 		t.Errorf("GET tenant: %d %v", code, ten)
 	}
-	if code, text := send(ms, "rec@acme.test"); code != 250 || text != "OK: stored" {
+	if code, text := send(ms, "rec@acme.test"); code != 250 || text != "OK: stored (reason=token)" {
 		t.Errorf("own mail signed by %s after PATCH: %d %q", ms, code, text)
 	}
 	if code, text := send(evil, "rec@acme.test"); code != 550 {
@@ -143,7 +143,7 @@ func TestProviderSigningDomainsStatusAndCheck(t *testing.T) {
 	// A rule that forwards everything: most mail is discarded.
 	for i := range 12 {
 		raw := fmt.Sprintf("From: someone@else.test\r\nTo: rec@acme.test\r\nSubject: lunch\r\nMessage-ID: <other%d@else.test>\r\n\r\nhi\r\n", i)
-		if code, text := smtpSend(t, d.SMTP, e.inbound, raw); code != 250 || text != "OK: discarded" {
+		if code, text := smtpSend(t, d.SMTP, e.inbound, raw); code != 250 || text != "OK: discarded (reason=no_match)" {
 			t.Fatalf("unrelated mail: %d %q", code, text)
 		}
 	}

@@ -52,13 +52,13 @@ func TestTwoNodesOnePostgres(t *testing.T) {
 			go func() { defer wg.Done(); got[j] = deliver(t, n.SMTP, inbound, msg) }()
 		}
 		wg.Wait()
-		if strings.Join(got, "|") != "2.0.0 OK: stored|2.0.0 OK: duplicate" && strings.Join(got, "|") != "2.0.0 OK: duplicate|2.0.0 OK: stored" {
+		if strings.Join(got, "|") != "2.0.0 OK: stored (reason=token)|2.0.0 OK: duplicate (reason=duplicate)" && strings.Join(got, "|") != "2.0.0 OK: duplicate (reason=duplicate)|2.0.0 OK: stored (reason=token)" {
 			t.Errorf("copy %d on both nodes: %q", i, got)
 		}
 	}
 
 	// Mail delivered to B is on the timeline read through A, bytes too.
-	if got := deliver(t, b.SMTP, inbound, reply("viaB", "Delivered to B.")); got != "2.0.0 OK: stored" {
+	if got := deliver(t, b.SMTP, inbound, reply("viaB", "Delivered to B.")); got != "2.0.0 OK: stored (reason=token)" {
 		t.Fatalf("delivery to B: %q", got)
 	}
 	code, threads := actingGet(t, a, "/v1/tenants/acme/candidates/c-1/threads")
@@ -124,7 +124,7 @@ func startTwoNodes(t *testing.T, extra string) *twoNodes {
 	}
 	inbound := ten["inbound_address"].(string)
 	// Node B accepts the new tenant's address at once (no 550 5.1.1).
-	if got := deliver(t, b.SMTP, inbound, []byte("From: x@else.test\r\nMessage-ID: <u1@else.test>\r\nSubject: x\r\n\r\nnot of interest\r\n")); got != "2.0.0 OK: discarded" {
+	if got := deliver(t, b.SMTP, inbound, []byte("From: x@else.test\r\nMessage-ID: <u1@else.test>\r\nSubject: x\r\n\r\nnot of interest\r\n")); got != "2.0.0 OK: discarded (reason=no_match)" {
 		t.Fatalf("node B, tenant created on A: %q", got)
 	}
 	if code, _ := b.API(t, "POST", "/v1/tenants/acme/candidates", `{"id":"c-1","name":"Carl","emails":["carl@cand.test"]}`); code != 201 {
@@ -350,7 +350,7 @@ func TestWebhooksAcrossNodeRestarts(t *testing.T) {
 	send := func(node *testenv.Daemon, from, to int) {
 		for i := from; i < to; i++ {
 			id := fmt.Sprintf("w%d", i)
-			if r := deliver(t, node.SMTP, n.inbound, n.reply(id, "Hook "+id+".")); r != "2.0.0 OK: stored" {
+			if r := deliver(t, node.SMTP, n.inbound, n.reply(id, "Hook "+id+".")); r != "2.0.0 OK: stored (reason=token)" {
 				t.Fatalf("%s: %q", id, r)
 			}
 			stored++
