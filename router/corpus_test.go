@@ -95,7 +95,10 @@ import (
 	"syncrelay/token"
 )
 
-var updateCorpus = flag.Bool("update", false, "rewrite ../testdata/corpus/golden.jsonl from the pipeline's decisions")
+var (
+	updateCorpus = flag.Bool("update", false, "rewrite ../testdata/corpus/golden.jsonl from the pipeline's decisions")
+	renderCorpus = flag.String("render", "", "also write the rendered corpus into this `directory`, for syncrelay replay (see ../testdata/corpus/README.md)")
+)
 
 const corpusDir = "../testdata/corpus"
 
@@ -746,15 +749,32 @@ func TestCorpus(t *testing.T) {
 		t.Fatalf("no templates in %s", corpusDir)
 	}
 	e := newEnv(t, "google")
+	// Tokens are keyed as the daemon keys them from its secret key, so the
+	// rendered corpus replays with syncrelay replay too (-render).
+	e.kr, err = token.New(daemonTokenKey(corpusSecretKey), testHost)
+	must(t, err)
+	e.r.Keys = e.kr
 	// beta is the corpus's Microsoft tenant (Thread-Index, Exchange, Outlook).
 	_, err = e.st.UpdateTenant(context.Background(), "beta", func(t *store.Tenant) error { t.Provider = "microsoft"; return nil })
 	must(t, err)
 	c := &corpus{t: t, e: e, threads: map[string]*corpusThread{}}
 
+	// Every file is rendered first (minting tokens, creating the threads
+	// they name), so that the store as it is now is the seed store -render
+	// writes: what each file then does to it is the replay's business.
+	tpls := make([]*corpusTemplate, len(files))
+	raws := make([]string, len(files))
+	for i, path := range files {
+		tpls[i] = parseCorpusTemplate(t, path)
+		raws[i] = c.render(tpls[i])
+	}
+	if *renderCorpus != "" {
+		writeRenderedCorpus(t, e, *renderCorpus, tpls, raws)
+	}
+
 	var got []corpusLine
-	for _, path := range files {
-		tpl := parseCorpusTemplate(t, path)
-		raw := c.render(tpl)
+	for i, tpl := range tpls {
+		raw := raws[i]
 		before := c.snapshot()
 		out, err := e.routeIn(context.Background(), Input{Tenant: tpl.tenant, Body: memBody(raw)})
 		if err != nil {

@@ -42,6 +42,9 @@ type env struct {
 	logbuf *bytes.Buffer
 	// signers by domain
 	signers map[string]crypto.Signer
+	// txt is the DKIM key record served for each domain (name -> TXT),
+	// for the corpus's zone file.
+	txt map[string]string
 }
 
 func newEnv(t testing.TB, provider string) *env {
@@ -62,7 +65,7 @@ func newEnv(t testing.TB, provider string) *env {
 		t.Fatal(err)
 	}
 	logbuf := &bytes.Buffer{}
-	e := &env{t: t, st: st, dir: dir, kr: kr, dns: srv, logbuf: logbuf, signers: map[string]crypto.Signer{}}
+	e := &env{t: t, st: st, dir: dir, kr: kr, dns: srv, logbuf: logbuf, signers: map[string]crypto.Signer{}, txt: map[string]string{}}
 	e.r = &Router{
 		Store: st, Keys: kr, Verifier: &trust.Verifier{Resolver: res, MaxSignatures: 5},
 		Hostname: testHost, MaxHeaderBytes: 1 << 20, MaxMIMEDepth: 20, Salt: []byte("salt"),
@@ -100,6 +103,7 @@ func (e *env) addKey(domain string, i int) {
 		key, txt = dnstest.GenRSA(e.t, 2048)
 	}
 	e.dns.SetTXT("s1._domainkey."+domain, txt)
+	e.txt["s1._domainkey."+domain] = txt
 	e.signers[domain] = key
 }
 
