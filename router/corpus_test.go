@@ -8,6 +8,9 @@ package router
 //
 //	go test -race ./router -run Corpus           # compare
 //	go test ./router -run Corpus -update         # rewrite golden.jsonl (review it!)
+//	go test ./router -run '^TestCorpus$' -render DIR
+//	                                             # also write the rendered corpus for
+//	                                             # syncrelay replay (corpus_render_test.go)
 //
 // Template format: leading "X-Corpus-*" lines are directives, stripped
 // before use; the rest is the message as syncrelay receives it (LF line ends

@@ -158,6 +158,14 @@ func TestReplayCorpusInProcessSMTPAndBackup(t *testing.T) {
 	local := replayTenants(t, dir, "-config", cfg)
 	diffLines(t, "in-process replay vs golden.jsonl", local, golden)
 
+	// In-process, -tenant may be the inbound address too; the line names
+	// the id.
+	eml := filepath.Join(dir, "acme", "21-unrelated-personal-mail.eml")
+	if code, stdout, stderr := replayCmd(t, "-config", cfg, "-tenant", "acme-secret@relay.test", eml); code != 0 ||
+		!strings.Contains(stdout, `"decision":"discarded","reason":"no_match","smtp_code":250,"tenant":"acme"`) {
+		t.Errorf("in-process, inbound address as -tenant: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+
 	// A daemon on the rendered store, on free ports.
 	dcfg := testenv.WriteConfig(t, filepath.Join(dir, "daemon.toml"), testenv.Config{
 		Data: filepath.Join(dir, "data"), Zone: filepath.Join(dir, "zone.txt")})
@@ -171,6 +179,13 @@ func TestReplayCorpusInProcessSMTPAndBackup(t *testing.T) {
 	}
 	fromBackup := replayTenants(t, dir, "-config", dcfg, "-backup", archive)
 	diffLines(t, "replay -backup vs golden.jsonl", fromBackup, golden)
+	// With another server's secret key no token would verify and every
+	// reply would look discarded: refused instead, exit 1.
+	wrongKey := exec.Command(bins.Syncrelay, "replay", "-config", dcfg, "-backup", archive, "-tenant", "acme", eml)
+	wrongKey.Env = append(os.Environ(), "SYNCRELAY_SECRET_KEY="+strings.Repeat("ab", 32))
+	if out, err := wrongKey.CombinedOutput(); wrongKey.ProcessState.ExitCode() != 1 || !strings.Contains(string(out), "does not match the data") {
+		t.Errorf("-backup with another secret key: %v\n%s", err, out)
+	}
 
 	// -smtp with the tenant's id: the inbound address comes from the API.
 	viaSMTP := replayTenants(t, dir, "-config", dcfg, "-smtp", d.SMTP, "-url", "http://"+d.HTTP)
@@ -196,7 +211,6 @@ func TestReplayCorpusInProcessSMTPAndBackup(t *testing.T) {
 
 	// A wrong inbound address: refused at RCPT TO (550 5.1.1), exit 4,
 	// and the message says -tenant is probably wrong.
-	eml := filepath.Join(dir, "acme", "21-unrelated-personal-mail.eml")
 	code, stdout, stderr := replayCmd(t, "-config", dcfg, "-smtp", d.SMTP, "-tenant", "nobody-123@relay.test", eml)
 	if code != 4 || stdout != "" || !strings.Contains(stderr, "550 5.1.1") || !strings.Contains(stderr, "-tenant is probably wrong") {
 		t.Errorf("wrong inbound address: exit %d, stdout %q, stderr %q", code, stdout, stderr)
