@@ -64,7 +64,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}),
 		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "syncrelay_smtp_sessions_total",
-			Help: "SMTP sessions started (EHLO/HELO; a STARTTLS session counts again with tls=\"true\").",
+			Help: "SMTP sessions (connections that said EHLO/HELO), counted once when they end, by their final state: a session upgraded with STARTTLS counts as tls=\"true\".",
 		}, []string{"tls"}),
 		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "syncrelay_smtp_replies_total",
@@ -193,8 +193,9 @@ func (m *Metrics) ConnRefused(reason string) {
 	m.connsRefused.WithLabelValues(reason).Inc()
 }
 
-// SessionStarted counts an SMTP session (EHLO/HELO).
-func (m *Metrics) SessionStarted(tls bool) {
+// SessionEnded counts an SMTP session (a connection that said EHLO/HELO)
+// when it ends, by its final state: a STARTTLS session counts once, as TLS.
+func (m *Metrics) SessionEnded(tls bool) {
 	if m == nil {
 		return
 	}
