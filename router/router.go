@@ -50,6 +50,21 @@ const (
 	ByDSN         = "dsn"
 )
 
+// Outcomes lists every decision and reason Route can return (a test of
+// this package checks each outcome its tests see against it), so that the
+// daemon exports every syncrelay_messages_total series at 0 from start.
+func Outcomes() [][2]string {
+	return [][2]string{
+		{Stored, ByToken}, {Stored, ByLearnedID}, {Stored, ByThreadToken}, {Stored, ByThreadIndex}, {Stored, "bounce"},
+		{Duplicate, "duplicate"}, {Duplicate, "sent_copy"}, {Duplicate, "removed"}, {Duplicate, "bounce"},
+		{Discarded, "no_match"}, {Discarded, "delivery_report"},
+		{Quarantined, "dkim_fail"}, {Quarantined, ReasonDKIMUnaligned},
+		{Rejected, "header_too_large"}, {Rejected, "malformed_header"}, {Rejected, "mime_too_deep"},
+		{Rejected, "dkim_fail"}, {Rejected, ReasonDKIMUnaligned},
+		{Tempfail, "dkim_temperror"}, {Tempfail, "local_error"},
+	}
+}
+
 // Store is what the router needs from the store.
 type Store interface {
 	Tenant(ctx context.Context, id string) (*store.Tenant, error)
