@@ -65,6 +65,9 @@ type Options struct {
 	// Backup streams backups (GET /v1/admin/backup); nil where the
 	// backend's backup is the database's own (PostgreSQL: pg_dump, PITR).
 	Backup BackupSource
+	// Registerer gets the API's own metrics (syncrelay_http_*); nil: not
+	// registered (they are still kept).
+	Registerer prometheus.Registerer
 }
 
 // Server is the HTTP API.
@@ -77,6 +80,7 @@ type Server struct {
 	// and the OpenAPI consistency test.
 	patterns []string
 	texts    *mailtext.Cache
+	metrics  *httpMetrics
 }
 
 // New builds the API server. It reports not ready until SetReady(true).
@@ -95,6 +99,7 @@ func New(o Options) *Server {
 		s.tokens = append(s.tokens, sha256.Sum256([]byte(t)))
 	}
 	s.texts = newTextCache(o.TextCacheBytes)
+	s.metrics = newHTTPMetrics(o.Registerer)
 	s.routes()
 	return s
 }
@@ -115,7 +120,7 @@ func (s *Server) handle(pattern string, h http.Handler) {
 // Routes lists the registered route patterns ("METHOD /path/{param}").
 func (s *Server) Routes() []string { return slices.Clone(s.patterns) }
 
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.metrics.serve(s.mux, w, r) }
 
 func (s *Server) routes() {
 	s.handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -206,7 +206,7 @@ func fullWant(t *testing.T) *Config {
 		DataTimeout:         D(15 * time.Minute),
 		MaxConnections:      2000,
 		MaxConnectionsPerIP: 50,
-		ShutdownTimeout:     D(time.Minute),
+		ShutdownTimeout:     D(20 * time.Second),
 		MaxDKIMSignatures:   8,
 	}
 	w.HTTP = HTTP{Listen: "127.0.0.1:8080", ReadHeaderTimeout: D(5 * time.Second), MaxBodyBytes: 20971520, ShutdownTimeout: D(15 * time.Second)}

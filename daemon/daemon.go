@@ -111,6 +111,7 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 
 	reg := metrics.NewRegistry()
 	m := metrics.New(reg)
+	m.KnownDecisions(router.Outcomes())
 
 	p, err := NewPipeline(c, timedStore{st, m}, keys, log)
 	if err != nil {
@@ -155,7 +156,7 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	apiSrv := api.New(api.Options{
 		Store: st, Tokens: tokens, Hostname: c.SMTP.Hostname,
 		MaxBodyBytes: c.HTTP.MaxBodyBytes, Gatherer: reg, Log: log, StaleAfter: c.Status.StaleAfter.Duration,
-		Outbound: outb, Backup: backupSource(st),
+		Outbound: outb, Backup: backupSource(st), Registerer: reg,
 	})
 	httpSrv := &http.Server{
 		Handler:           apiSrv,

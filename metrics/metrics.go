@@ -11,9 +11,10 @@
 // (decisions, reasons, DKIM results, SMTP reply codes), never from message
 // content, so the number of series stays bounded whatever mail arrives.
 //
-// The outbound sender, the OAuth manager and the webhook deliverer register
-// their own collectors (syncrelay_outbound_*, syncrelay_oauth_*,
-// syncrelay_webhook_*) with the same registry; Families and OtherFamilies
+// The outbound sender, the OAuth manager, the webhook deliverer and the
+// HTTP API register their own collectors (syncrelay_outbound_*,
+// syncrelay_oauth_*, syncrelay_webhook_*, syncrelay_http_*) with the same
+// registry; Families and OtherFamilies
 // name every family the daemon exports, for tests and dashboards.
 package metrics
 
@@ -25,6 +26,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"syncrelay/trust"
 )
 
 // Metrics are the inbound collectors.
@@ -64,7 +67,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}),
 		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "syncrelay_smtp_sessions_total",
-			Help: "SMTP sessions started (EHLO/HELO; a STARTTLS session counts again with tls=\"true\").",
+			Help: "SMTP sessions (connections that said EHLO/HELO), counted once when they end, by their final state: a session upgraded with STARTTLS counts as tls=\"true\".",
 		}, []string{"tls"}),
 		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "syncrelay_smtp_replies_total",
@@ -108,6 +111,14 @@ func New(reg prometheus.Registerer) *Metrics {
 	}
 	for _, op := range []string{OpCommitInbound, OpMarkBounced, OpQuarantine} {
 		m.storeCommit.WithLabelValues(op)
+	}
+	// Every result at 0 from start, so a rate() alert fires on the first
+	// failure after a restart instead of seeing a series appear.
+	for _, r := range DKIMResults {
+		m.auth.WithLabelValues("dkim", r)
+	}
+	for _, r := range ARCResults {
+		m.auth.WithLabelValues("arc", r)
 	}
 	reg.MustRegister(m.connsAccepted, m.connsRefused, m.connsActive, m.sessions, m.replies,
 		m.messages, m.auth, m.dataReply, m.storeCommit, m.tlsReloads)
@@ -193,8 +204,9 @@ func (m *Metrics) ConnRefused(reason string) {
 	m.connsRefused.WithLabelValues(reason).Inc()
 }
 
-// SessionStarted counts an SMTP session (EHLO/HELO).
-func (m *Metrics) SessionStarted(tls bool) {
+// SessionEnded counts an SMTP session (a connection that said EHLO/HELO)
+// when it ends, by its final state: a STARTTLS session counts once, as TLS.
+func (m *Metrics) SessionEnded(tls bool) {
 	if m == nil {
 		return
 	}
@@ -215,6 +227,29 @@ func (m *Metrics) Reply(stage string, code int) {
 }
 
 // --- decisions ---
+
+// DKIMResults and ARCResults are the result label values of
+// syncrelay_auth_results_total (trust's result words), exported at 0 from
+// start.
+var (
+	DKIMResults = []string{trust.ResultPass, trust.ResultFail, trust.ResultPermError, trust.ResultTempError,
+		trust.ResultPolicy, trust.ResultNeutral}
+	ARCResults = []string{trust.ARCNone, trust.ARCPass, trust.ARCFail, trust.ARCTempError}
+)
+
+// KnownDecisions creates every decision × reason series of
+// syncrelay_messages_total at 0 (the router's list, router.Outcomes), so
+// that rate(syncrelay_messages_total{decision="tempfail"}[15m]) > 0 fires
+// on the first tempfail after a restart: a series that only appears with
+// its first increment has no rate yet.
+func (m *Metrics) KnownDecisions(pairs [][2]string) {
+	if m == nil {
+		return
+	}
+	for _, p := range pairs {
+		m.messages.WithLabelValues(p[0], p[1])
+	}
+}
 
 // Decision counts one routing decision.
 func (m *Metrics) Decision(decision, reason string) {
@@ -311,6 +346,7 @@ var Families = map[string][]string{
 var OtherFamilies = map[string][]string{
 	"outbound": {"syncrelay_outbound_sends_total", "syncrelay_outbound_retries_total"},
 	"oauth":    {"syncrelay_oauth_refreshes_total"},
+	"http":     {"syncrelay_http_requests_total", "syncrelay_http_request_duration_seconds"},
 	"webhook": {
 		"syncrelay_webhook_deliveries_total", "syncrelay_webhook_delivery_seconds",
 		"syncrelay_webhook_outbox_pending", "syncrelay_webhook_outbox_oldest_pending_age_seconds",

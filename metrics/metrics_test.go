@@ -17,8 +17,8 @@ func TestInboundMetrics(t *testing.T) {
 	m.ConnOpened()
 	m.ConnClosed()
 	m.ConnRefused("max_connections_per_ip")
-	m.SessionStarted(false)
-	m.SessionStarted(true)
+	m.SessionEnded(false)
+	m.SessionEnded(true)
 	m.Reply("rcpt", 550)
 	m.Reply("data", 250)
 	m.Reply("data", 250)
@@ -54,8 +54,8 @@ func TestInboundMetrics(t *testing.T) {
 			t.Errorf("%v = %v, want %v", tc.c, got, tc.want)
 		}
 	}
-	if n := count(m.auth); n != 3 {
-		t.Errorf("auth series %d, want 3 (empty result ignored)", n)
+	if n, want := count(m.auth), len(DKIMResults)+len(ARCResults); n != want {
+		t.Errorf("auth series %d, want %d (all at 0 from start; empty result ignored)", n, want)
 	}
 
 	names := gathered(t, reg)
@@ -146,7 +146,7 @@ func TestNilMetricsAreNoOps(t *testing.T) {
 	m.ConnOpened()
 	m.ConnClosed()
 	m.ConnRefused("x")
-	m.SessionStarted(true)
+	m.SessionEnded(true)
 	m.Reply("data", 250)
 	m.Decision("stored", "token")
 	m.DKIMResult("pass")
@@ -170,4 +170,24 @@ func TestIndependentRegistries(t *testing.T) {
 		}
 	}()
 	New(a)
+}
+
+// Every known series exists at 0 before anything happened.
+func TestSeriesAtZeroFromStart(t *testing.T) {
+	m := New(prometheus.NewRegistry())
+	m.KnownDecisions([][2]string{{"tempfail", "local_error"}, {"stored", "token"}})
+	for _, c := range []prometheus.Collector{
+		m.messages.WithLabelValues("tempfail", "local_error"),
+		m.auth.WithLabelValues("dkim", "temperror"),
+		m.auth.WithLabelValues("arc", "fail"),
+	} {
+		if v := value(t, c); v != 0 {
+			t.Errorf("%v = %v", c, v)
+		}
+	}
+	if n := count(m.messages); n != 2 {
+		t.Errorf("%d decision series, want 2", n)
+	}
+	var nilM *Metrics
+	nilM.KnownDecisions([][2]string{{"a", "b"}})
 }

@@ -195,6 +195,13 @@ func New(o Options) (*Manager, error) {
 		Name: "syncrelay_oauth_refreshes_total",
 		Help: "Access token refreshes by provider and result (ok, invalid_grant, error).",
 	}, []string{"provider", "result"})
+	// Every series at 0 from start: a rate() alert on invalid_grant fires
+	// on the first one after a restart.
+	for _, p := range []string{Google, Microsoft} {
+		for _, r := range []string{"ok", "invalid_grant", "error"} {
+			m.refreshes.WithLabelValues(p, r)
+		}
+	}
 	if o.Registerer != nil {
 		if err := o.Registerer.Register(m.refreshes); err != nil {
 			return nil, fmt.Errorf("oauth: metrics: %w", err)

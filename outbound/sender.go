@@ -148,6 +148,14 @@ func New(o Options) (*Service, error) {
 			Name: "syncrelay_outbound_retries_total", Help: "Provider calls retried after a 429, 5xx or transport error.",
 		}, []string{"provider"}),
 	}
+	// Every provider's series at 0 from start, so that rate() alerts fire
+	// on the first failure after a restart.
+	for _, p := range o.Providers {
+		for _, r := range []string{StatusSent, StatusFailed, "refused"} {
+			s.sends.WithLabelValues(p.Name(), r)
+		}
+		s.retries.WithLabelValues(p.Name())
+	}
 	if o.Registerer != nil {
 		for _, c := range []prometheus.Collector{s.sends, s.retries} {
 			if err := o.Registerer.Register(c); err != nil {

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -172,6 +173,10 @@ type routed struct {
 // smtpd's table.
 func (e *env) routeIn(ctx context.Context, in Input) (routed, error) {
 	out, err := e.r.Route(ctx, in)
+	if out.Decision != "" && !slices.Contains(Outcomes(), [2]string{out.Decision, out.Reason}) {
+		// The daemon's metrics would miss this series until it first happens.
+		e.t.Errorf("outcome %s/%s is not listed in Outcomes()", out.Decision, out.Reason)
+	}
 	if len(out.Log) > 0 {
 		e.r.Log.InfoContext(ctx, "message", out.Log...)
 	}

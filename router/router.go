@@ -50,6 +50,21 @@ const (
 	ByDSN         = "dsn"
 )
 
+// Outcomes lists every decision and reason Route can return (a test of
+// this package checks each outcome its tests see against it), so that the
+// daemon exports every syncrelay_messages_total series at 0 from start.
+func Outcomes() [][2]string {
+	return [][2]string{
+		{Stored, ByToken}, {Stored, ByLearnedID}, {Stored, ByThreadToken}, {Stored, ByThreadIndex}, {Stored, "bounce"},
+		{Duplicate, "duplicate"}, {Duplicate, "sent_copy"}, {Duplicate, "removed"}, {Duplicate, "bounce"},
+		{Discarded, "no_match"}, {Discarded, "delivery_report"},
+		{Quarantined, "dkim_fail"}, {Quarantined, ReasonDKIMUnaligned},
+		{Rejected, "header_too_large"}, {Rejected, "malformed_header"}, {Rejected, "mime_too_deep"},
+		{Rejected, "dkim_fail"}, {Rejected, ReasonDKIMUnaligned},
+		{Tempfail, "dkim_temperror"}, {Tempfail, "local_error"},
+	}
+}
+
 // Store is what the router needs from the store.
 type Store interface {
 	Tenant(ctx context.Context, id string) (*store.Tenant, error)
@@ -123,6 +138,14 @@ type Outcome struct {
 
 func (o *Outcome) decide(decision, reason string) { o.Decision, o.Reason = decision, reason }
 
+// withThread is args, plus the thread once the message was matched to one.
+func withThread(o *Outcome, args ...any) []any {
+	if o.Thread != "" {
+		args = append(args, "thread", o.Thread)
+	}
+	return args
+}
+
 // logAs sets the decision's log line.
 func (o *Outcome) logAs(decision string, args ...any) {
 	o.Log = append(append(make([]any, 0, len(args)+2), "decision", decision), args...)
@@ -137,6 +160,9 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 	defer func() {
 		if err != nil {
 			out.decide(Tempfail, "local_error")
+			// The message line says what the 451 was (the error itself
+			// is logged by smtpd's error mapping, with the session id).
+			out.logAs(Tempfail, withThread(&out, "reason", "local_error")...)
 		}
 		r.Store.Count(in.Tenant, out.Decision, out.Reason)
 	}()
@@ -194,6 +220,7 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 // checkMIME name it).
 func (r *Router) refuse(out *Outcome, reason string) {
 	out.decide(Rejected, reason)
+	out.logAs(Rejected, withThread(out, "reason", reason)...)
 	switch reason {
 	case "header_too_large":
 		out.Detail = strconv.FormatInt(r.MaxHeaderBytes, 10)

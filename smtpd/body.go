@@ -208,6 +208,23 @@ func readError(err error) error {
 	return err
 }
 
+// readErrorKind says what a read error in the middle of a message means
+// for the "message" log line: the reason of a refusal (go-smtp's size or
+// line limit), and why the connection ends.
+func readErrorKind(err error) (refusal, close string) {
+	var ne interface{ Timeout() bool }
+	var se *smtp.SMTPError
+	switch {
+	case errors.As(err, &se):
+		return reasonMessageTooLarge, closeNone // go-smtp drains the rest
+	case errors.Is(err, smtp.ErrTooLongLine):
+		return reasonLineTooLong, closeLineTooLong
+	case errors.As(err, &ne) && ne.Timeout():
+		return "", closeDataTimeout
+	}
+	return "", closeClientGone
+}
+
 // readDecoded reads a message body from r (go-smtp's decoded DATA, or a
 // BDAT pipe) and feeds it to b. It returns nil at the end of the message,
 // or for DATA (stopAtFake) at a fake terminator (b.fakeEnd), or the read

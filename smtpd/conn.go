@@ -137,6 +137,12 @@ type trackedConn struct {
 	// dataBody is set while readBody reads a DATA body on go-smtp's
 	// goroutine: read errors then go back to it as they are.
 	dataBody atomic.Bool
+	// session: 0 before EHLO/HELO, sessionPlain or sessionTLS after (the
+	// last one wins: STARTTLS). Counted once, when the connection closes.
+	session atomic.Int32
+	// cut is set by Shutdown's deadline before it closes the socket: a
+	// message in flight on it gets no reply.
+	cut atomic.Bool
 
 	mu           sync.Mutex
 	readDeadline time.Time // as last set by go-smtp or the session
@@ -413,6 +419,25 @@ func (c *trackedConn) poison() {
 	c.endWith("")
 }
 
+// Values of trackedConn.session.
+const (
+	sessionPlain = 1
+	sessionTLS   = 2
+)
+
+// sessionStarted records an EHLO/HELO that started a session (again after
+// STARTTLS, with tls true).
+func (c *trackedConn) sessionStarted(tls bool) {
+	st := int32(sessionPlain)
+	if tls {
+		st = sessionTLS
+	}
+	c.session.Store(st)
+}
+
+// wasCut reports whether Shutdown's deadline closed this connection.
+func (c *trackedConn) wasCut() bool { return c.cut.Load() }
+
 func (c *trackedConn) isDead() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -425,6 +450,9 @@ func (c *trackedConn) Close() error {
 	c.closeOnce.Do(func() {
 		c.cancel()
 		c.s.release(c)
+		if st := c.session.Load(); st != 0 {
+			c.s.o.Observer.SessionEnded(st == sessionTLS)
+		}
 		c.s.o.Observer.ConnClosed()
 		c.log.Debug("connection closed", "duration_ms", time.Since(c.opened).Milliseconds())
 	})

@@ -43,6 +43,8 @@
 //	552 5.3.4 Maximum message size exceeded  body over MaxMessageBytes (also MAIL SIZE=)
 //	550 5.6.0 Bare CR or LF not allowed      see below; after DATA the connection closes
 //	554 5.6.0 Message line too long          a line over MaxLineLength; the connection closes
+//	                                         (DATA: the rest of the line cannot be framed; one reply,
+//	                                         not go-smtp's extra "500 Too long line")
 //	421 4.4.2 Timeout waiting for message data, closing connection
 //	421 4.4.2 Idle timeout, closing connection
 //	421 4.3.2 Service shutting down, try again later
@@ -75,6 +77,14 @@
 // as returned by the Recipients or Deliverer implementation, which must
 // keep addresses out of its error messages.)
 //
+// Each DATA/BDAT gets one "message" line: "code" (the reply; 0 when none
+// was sent), "close" (why the connection ends after it: none, bare_eol,
+// line_too_long, data_timeout, client_gone, shutdown, shutdown_deadline),
+// sizes and timings, and the Deliverer's LogArgs (its decision). A body
+// this package refuses itself never reaches the Deliverer; its line carries
+// decision "rejected" and reason message_too_large, bare_eol or
+// line_too_long, like the Deliverer's refusals.
+//
 // # Connections and shutdown
 //
 // The listener caps open connections globally and per IP (an IPv6 /64
@@ -93,7 +103,12 @@
 // at once with "421 4.3.2 Service shutting down, try again later": its
 // sender retries. A session receiving a message body or waiting for its
 // commit finishes it and gets its reply, then the same 421. At the Shutdown
-// deadline the rest are closed and their contexts canceled.
+// deadline the rest are closed and their contexts canceled; a message cut
+// there is logged with code 0 and close=shutdown_deadline (no reply reached
+// the client, so none is counted either).
+//
+// Observer.SessionEnded counts a session once, when its connection closes,
+// by its final state: a session upgraded with STARTTLS is one TLS session.
 //
 // Contexts: Recipients and the Deliverer get the transaction's context,
 // canceled when the transaction ends (reply sent, RSET) or the connection is

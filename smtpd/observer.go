@@ -12,9 +12,10 @@ type Observer interface {
 	// closed; reason is max_connections, max_connections_per_ip or
 	// shutting_down.
 	ConnRefused(reason string)
-	// SessionStarted: an EHLO/HELO started a session (again after
-	// STARTTLS, with tls true).
-	SessionStarted(tls bool)
+	// SessionEnded: a connection that started a session (EHLO/HELO)
+	// closed; tls is its final state, so a session that upgraded with
+	// STARTTLS counts once, as TLS.
+	SessionEnded(tls bool)
 	// Reply: the reply to MAIL, RCPT or DATA/BDAT (stage "mail", "rcpt"
 	// or "data") after the error mapping, as the client sees it.
 	Reply(stage string, code int)
@@ -22,8 +23,8 @@ type Observer interface {
 
 type nopObserver struct{}
 
-func (nopObserver) ConnOpened()         {}
-func (nopObserver) ConnClosed()         {}
-func (nopObserver) ConnRefused(string)  {}
-func (nopObserver) SessionStarted(bool) {}
-func (nopObserver) Reply(string, int)   {}
+func (nopObserver) ConnOpened()        {}
+func (nopObserver) ConnClosed()        {}
+func (nopObserver) ConnRefused(string) {}
+func (nopObserver) SessionEnded(bool)  {}
+func (nopObserver) Reply(string, int)  {}

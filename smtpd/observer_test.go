@@ -28,7 +28,7 @@ func (o *countingObserver) add(k string) {
 func (o *countingObserver) ConnOpened()               { o.add("opened") }
 func (o *countingObserver) ConnClosed()               { o.add("closed") }
 func (o *countingObserver) ConnRefused(reason string) { o.add("refused " + reason) }
-func (o *countingObserver) SessionStarted(tls bool)   { o.add(fmt.Sprintf("session tls=%v", tls)) }
+func (o *countingObserver) SessionEnded(tls bool)     { o.add(fmt.Sprintf("session tls=%v", tls)) }
 func (o *countingObserver) Reply(stage string, code int) {
 	o.add(fmt.Sprintf("%s %d", stage, code))
 }

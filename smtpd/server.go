@@ -276,6 +276,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	for _, c := range conns {
 		c.log.Warn("shutdown deadline reached; closing connection")
+		c.cut.Store(true) // before the cancel: a Deliverer returning on it sees the cut
 		c.cancel()
 		c.Conn.Close() // the raw socket; go-smtp closes its side as it unwinds
 	}

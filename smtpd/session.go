@@ -74,7 +74,11 @@ func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 		ss.connCtx = context.Background()
 	}
 	st, isTLS := c.TLSConnectionState()
-	s.o.Observer.SessionStarted(isTLS)
+	if tc != nil {
+		// Counted when the connection ends, by its final state: a session
+		// that upgrades with STARTTLS is one session, over TLS.
+		tc.sessionStarted(isTLS)
+	}
 	if isTLS {
 		ss.tls = true
 		ss.log.Debug("session", "tls", true, "tls_version", tls.VersionName(st.Version))
@@ -230,11 +234,16 @@ func (ss *session) Data(r io.Reader) error {
 	}
 	sp := ss.s.newSpool()
 	defer sp.Close()
-	size, closeAfter, err := ss.readBody(r, bdat, sp)
-	if closeAfter {
+	body, err := ss.readBody(r, bdat, sp)
+	if body.close == closeBareEOL || body.close == closeLineTooLong {
 		ss.mu.Lock()
 		ss.closeAfter = true
 		ss.mu.Unlock()
+	}
+	if body.refusal != "" {
+		// Refused before any Deliverer saw it: the message line still says
+		// what was decided, as the Deliverer's refusals do.
+		d.LogArgs = append(d.LogArgs, "decision", decisionRejected, "reason", body.refusal)
 	}
 	if err == nil && (!active || len(d.Rcpts) == 0) {
 		err = reply(replyNoRcpts)
@@ -244,14 +253,30 @@ func (ss *session) Data(r io.Reader) error {
 		d.Received = time.Now()
 		err = ss.deliver(ctx, d)
 	}
-	if err = mapError(ss.log, stageData, err); err == nil {
-		err = reply(replyOK) // go-smtp's own default says "queued"; we are not a queue
+	code := 0
+	if ss.tc != nil && ss.tc.wasCut() {
+		// Shutdown's deadline closed the connection under this message
+		// (while it arrived or was being committed): no reply reaches the
+		// client, whatever go-smtp now writes into the closed socket, so
+		// none is logged or counted, and a canceled commit is no internal
+		// error. The sender retries; a message that did commit is then a
+		// duplicate.
+		body.close = closeShutdownDeadline
+		err = reply(replyAborted)
+	} else {
+		if err = mapError(ss.log, stageData, err); err == nil {
+			err = reply(replyOK) // go-smtp's own default says "queued"; we are not a queue
+		}
+		code = replyCode(err)
+		ss.s.o.Observer.Reply(stageData, code)
+		if body.close == closeNone && ss.draining() {
+			body.close = closeShutdown // the next read ends the session with 421 4.3.2
+		}
 	}
-	ss.s.o.Observer.Reply(stageData, replyCode(err))
 	ss.log.Info("message", append([]any{
-		"code", replyCode(err),
-		"close", closeAfter,
-		"bytes", size,
+		"code", code,
+		"close", body.close,
+		"bytes", body.size,
 		"rcpts", len(d.Rcpts),
 		"bdat", bdat,
 		"tls", ss.tls,
@@ -264,18 +289,52 @@ func (ss *session) deliver(ctx context.Context, d *Delivery) (err error) {
 	return ss.s.d.Deliver(ctx, d)
 }
 
-// readBody reads the whole body into sp and returns its size and nil, a
-// reply for a rejected body, or an internal error. closeAfter is true when
-// the connection must be closed after the reply: a DATA body with a bare CR
-// or LF. Such a body is read to the first CRLF.CRLF (RFC 5321 framing), but
+// bodyRead is what readBody found, for the session's "message" line.
+type bodyRead struct {
+	size int64
+	// refusal is the reason of a refusal smtpd decides itself
+	// (message_too_large, bare_eol, line_too_long), "" otherwise.
+	refusal string
+	// close says why the connection ends after the reply (closeNone: it
+	// does not, as far as the body goes).
+	close string
+}
+
+// Reasons of the refusals smtpd makes itself, logged with decision
+// "rejected" like the router's (they never reach a Deliverer).
+const (
+	decisionRejected      = "rejected"
+	reasonMessageTooLarge = "message_too_large"
+	reasonBareEOL         = "bare_eol"
+	reasonLineTooLong     = "line_too_long"
+)
+
+// Values of the "close" field of the "message" log line: whether, and
+// why, the connection ends after this message.
+const (
+	closeNone             = "none"              // the session goes on
+	closeBareEOL          = "bare_eol"          // closed after the 550 (SMTP smuggling guard)
+	closeLineTooLong      = "line_too_long"     // closed after the 554: the rest of the line cannot be framed
+	closeDataTimeout      = "data_timeout"      // closed after the 421
+	closeClientGone       = "client_gone"       // the client went away (or reset BDAT) mid-message
+	closeShutdown         = "shutdown"          // answered, then ended with 421 4.3.2 (SIGTERM)
+	closeShutdownDeadline = "shutdown_deadline" // cut by Shutdown's deadline; no reply sent
+)
+
+// readBody reads the whole body into sp and returns what it found and nil,
+// a reply for a rejected body, or an internal error. A DATA body with a
+// bare CR or LF is read to the first CRLF.CRLF (RFC 5321 framing), but
 // where a sending MTA thinks a malformed message ends is anybody's guess —
-// that disagreement is what SMTP smuggling exploits — so nothing after it is
-// ever taken as a command. BDAT is framed by byte counts and stays open.
-func (ss *session) readBody(r io.Reader, bdat bool, sp *spool.Spool) (size int64, closeAfter bool, err error) {
+// that disagreement is what SMTP smuggling exploits — so the connection is
+// closed after the reply and nothing after it is ever taken as a command.
+// BDAT is framed by byte counts and stays open. A DATA line over go-smtp's
+// line limit leaves its reader in error with the rest of the line unread:
+// that connection is closed after the reply too (one reply, not go-smtp's
+// extra "500 Too long line").
+func (ss *session) readBody(r io.Reader, bdat bool, sp *spool.Spool) (res bodyRead, err error) {
 	b := &bodyChecker{dst: sp, max: ss.s.o.MaxMessageBytes, maxLine: ss.s.o.MaxLineLength}
-	defer func() {
-		size, closeAfter = b.n, b.bareEOL && !bdat
-	}()
+	res.close = closeNone
+	defer func() { res.size = b.n }()
 	if !bdat && ss.tc != nil {
 		// A read error in a DATA body comes back here and becomes the
 		// reply (trackedConn.readFailed).
@@ -290,9 +349,22 @@ func (ss *session) readBody(r io.Reader, bdat bool, sp *spool.Spool) (size int64
 		ss.tc.stopReading()
 	}
 	if err != nil {
-		return 0, false, readError(err)
+		res.refusal, res.close = readErrorKind(err)
+		return res, readError(err)
 	}
-	return 0, false, b.end()
+	err = b.end()
+	switch {
+	case b.tooBig:
+		res.refusal = reasonMessageTooLarge
+	case b.bareEOL:
+		res.refusal = reasonBareEOL
+		if !bdat {
+			res.close = closeBareEOL
+		}
+	case b.longLine:
+		res.refusal = reasonLineTooLong // read to its end: the session is in step
+	}
+	return res, err
 }
 
 // dataTimer returns the function readDecoded calls before each read: it moves

@@ -352,11 +352,8 @@ func TestLongLine(t *testing.T) {
 	r := ts.inData(t, inboundAddr)
 	r.send("Subject: x\r\n\r\n" + strings.Repeat("y", 200) + "\r\n.\r\n")
 	r.expect(554)
-	// go-smtp then closes: its line reader stays in error.
-	code, _, _ := r.reply(5 * time.Second)
-	if code != 500 && code != 0 {
-		t.Fatalf("after line too long: %d", code)
-	}
+	// Then the connection closes, with no second reply (go-smtp's line
+	// reader stays in error; see TestLongLineOneReply).
 	r.expectClosed()
 	// A line of exactly the limit (CRLF included) is fine.
 	r = ts.raw(t)
@@ -468,7 +465,7 @@ func TestLogging(t *testing.T) {
 		c.Close()
 	}
 	r.envelope(inboundAddr)
-	r.send("DATA\r\nbare\nLF\r\n.\r\n")
+	r.send("DATA\r\nnaked\nLF\r\n.\r\n")
 	r.expect(354)
 	r.expect(550)
 	r.expectClosed()
@@ -497,7 +494,7 @@ func TestLogging(t *testing.T) {
 		t.Errorf("sessions %d, message %v, refused %v", len(sessions), sawMessage, sawRefused)
 	}
 	logs := strings.ToLower(ts.logs.String())
-	for _, secret := range []string{senderAddr, inboundAddr, "someone-unknown", "secret-subject", "hello there", "bare"} {
+	for _, secret := range []string{senderAddr, inboundAddr, "someone-unknown", "secret-subject", "hello there", "naked"} {
 		if strings.Contains(logs, secret) {
 			t.Errorf("log contains %q", secret)
 		}

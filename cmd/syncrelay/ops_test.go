@@ -929,6 +929,11 @@ func TestShutdownWithinBound(t *testing.T) {
 	if !strings.Contains(d.Logs.String(), "shutdown deadline reached; closing connection") {
 		t.Fatalf("the stuck session was not cut at the deadline:\n%s", d.Logs)
 	}
+	// Its message line says it was cut, not that it got a 451 (issue 16).
+	if logs := d.Logs.String(); !regexp.MustCompile(`msg=message .*code=0 close=shutdown_deadline`).MatchString(logs) ||
+		strings.Contains(logs, "answering 451") {
+		t.Fatalf("the cut message is not logged as cut:\n%s", logs)
+	}
 }
 
 func readyz(addr string) (int, error) {
