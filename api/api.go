@@ -65,6 +65,8 @@ type Options struct {
 	// Backup streams backups (GET /v1/admin/backup); nil where the
 	// backend's backup is the database's own (PostgreSQL: pg_dump, PITR).
 	Backup BackupSource
+	// AdminLinks mints email admin page links (adminlinks.go); nil: 501.
+	AdminLinks AdminLinker
 }
 
 // Server is the HTTP API.
@@ -146,6 +148,7 @@ func (s *Server) routes() {
 	s.openAPIRoutes()  // openapi.go
 	s.outboundRoutes() // messages.go, oauth.go, delegations.go
 	s.opsRoutes()      // status.go, admin.go
+	s.adminLinkRoutes()
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "not-found", "Not found", "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})

@@ -152,13 +152,18 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	if err != nil {
 		return err
 	}
+	pg, err := newPages(c, st, keys, outb.Sender, log)
+	if err != nil {
+		return err
+	}
+	p.Router.Probes = pg
 	apiSrv := api.New(api.Options{
 		Store: st, Tokens: tokens, Hostname: c.SMTP.Hostname,
 		MaxBodyBytes: c.HTTP.MaxBodyBytes, Gatherer: reg, Log: log, StaleAfter: c.Status.StaleAfter.Duration,
-		Outbound: outb, Backup: backupSource(st),
+		Outbound: outb, Backup: backupSource(st), AdminLinks: pg,
 	})
 	httpSrv := &http.Server{
-		Handler:           apiSrv,
+		Handler:           withPages(apiSrv, pg),
 		ReadHeaderTimeout: c.HTTP.ReadHeaderTimeout.Duration,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
