@@ -157,6 +157,12 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 		return err
 	}
 	p.Router.Probes = pg
+	ap, err := newApprovals(c, st, keys, outb.Sender, log)
+	if err != nil {
+		return err
+	}
+	outb.Approvals = ap
+	pg.EnableDelegationApproval(ap)
 	apiSrv := api.New(api.Options{
 		Store: st, Tokens: tokens, Hostname: c.SMTP.Hostname,
 		MaxBodyBytes: c.HTTP.MaxBodyBytes, Gatherer: reg, Log: log, StaleAfter: c.Status.StaleAfter.Duration,
