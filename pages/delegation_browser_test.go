@@ -12,7 +12,7 @@ import (
 )
 
 func present(b *browsertest.Browser, id string) bool {
-	return browsertest.Get(b, chromedp.Evaluate[bool](`document.getElementById(` + "`" + id + "`" + `) !== null`))
+	return browsertest.Get(b, chromedp.Evaluate[bool](`document.getElementById(`+"`"+id+"`"+`) !== null`))
 }
 
 func state(b *browsertest.Browser) string {
