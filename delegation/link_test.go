@@ -4,17 +4,21 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"syncrelay/delegation"
+	"syncrelay/internal/pgtest"
 	"syncrelay/outbound"
 	"syncrelay/signedlink"
 	"syncrelay/store"
 	"syncrelay/store/bolt"
+	"syncrelay/store/postgres"
 )
 
 // fakeSender is a Sender recording notices; the real one (outbound over a
@@ -36,8 +40,11 @@ func (f *fakeSender) SendNotice(_ context.Context, n outbound.Notice) error {
 }
 
 type env struct {
-	st    *bolt.Store
-	ap    *delegation.Approvals
+	st store.Store
+	ap *delegation.Approvals
+	// aps are Approvals on every node: one for bbolt, two processes'
+	// worth (two stores on one database) for PostgreSQL.
+	aps   []*delegation.Approvals
 	snd   *fakeSender
 	now   time.Time
 	nowMu sync.Mutex
@@ -46,20 +53,54 @@ type env struct {
 
 var key = bytes.Repeat([]byte{9}, 32)
 
-func newEnv(t *testing.T) *env {
+var backends = []string{"bbolt", "postgres"}
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// openStores opens the backend: one bbolt store, or two PostgreSQL stores
+// on one fresh database (two nodes).
+func openStores(t *testing.T, backend string) []store.Store {
 	t.Helper()
-	st, err := bolt.Open(t.TempDir(), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
+	if backend == "bbolt" {
+		st, err := bolt.Open(t.TempDir(), bolt.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return []store.Store{st}
 	}
-	t.Cleanup(func() { st.Close() })
-	e := &env{st: st, snd: &fakeSender{}, now: time.Now()}
+	dsn := pgtest.DSN(t)
+	var out []store.Store
+	for i := range 2 {
+		st, err := postgres.Open(context.Background(), dsn, postgres.Options{Node: fmt.Sprintf("node%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		out = append(out, st)
+	}
+	return out
+}
+
+func newEnv(t *testing.T, backend ...string) *env {
+	t.Helper()
+	b := "bbolt"
+	if len(backend) > 0 {
+		b = backend[0]
+	}
+	sts := openStores(t, b)
+	e := &env{st: sts[0], snd: &fakeSender{}, now: time.Now()}
+	st := e.st
 	clock := func() time.Time { e.nowMu.Lock(); defer e.nowMu.Unlock(); return e.now }
-	e.ap, err = delegation.New(delegation.Options{Store: st, Sender: e.snd, Signer: signedlink.New(key, clock),
-		BaseURL: "https://relay.example/", Now: clock})
-	if err != nil {
-		t.Fatal(err)
+	for _, s := range sts {
+		ap, err := delegation.New(delegation.Options{Store: s, Sender: e.snd, Signer: signedlink.New(key, clock),
+			BaseURL: "https://relay.example/", Now: clock})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.aps = append(e.aps, ap)
 	}
+	e.ap = e.aps[0]
 	ctx := context.Background()
 	e.t = &store.Tenant{ID: "acme", Name: "Acme", Domains: []string{"acme.test"}, Provider: "google",
 		InboundAddress: "acme-x@relay.test", DelegationApproval: store.ApprovalEmail}
@@ -113,7 +154,12 @@ func TestEmailNamesBothUsersAndGoesToGrantor(t *testing.T) {
 }
 
 func TestLinkSingleUse(t *testing.T) {
-	e := newEnv(t)
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) { testLinkSingleUse(t, newEnv(t, b)) })
+	}
+}
+
+func testLinkSingleUse(t *testing.T, e *env) {
 	ctx := context.Background()
 	d, tok := e.request(t)
 	for range 2 { // viewing never uses the link
@@ -137,15 +183,22 @@ func TestLinkSingleUse(t *testing.T) {
 	}
 }
 
-// TestLinkRace: two approvals with one link at once: exactly one wins.
+// TestLinkRace: approvals with one link at once (on two nodes for
+// PostgreSQL): exactly one wins.
 func TestLinkRace(t *testing.T) {
-	e := newEnv(t)
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) { testLinkRace(t, newEnv(t, b)) })
+	}
+}
+
+func testLinkRace(t *testing.T, e *env) {
 	_, tok := e.request(t)
 	var wg sync.WaitGroup
 	errs := make([]error, 8)
 	for i := range errs {
 		wg.Add(1)
-		go func() { defer wg.Done(); _, errs[i] = e.ap.Act(context.Background(), tok, delegation.Approve) }()
+		ap := e.aps[i%len(e.aps)]
+		go func() { defer wg.Done(); _, errs[i] = ap.Act(context.Background(), tok, delegation.Approve) }()
 	}
 	wg.Wait()
 	ok := 0
@@ -163,7 +216,12 @@ func TestLinkRace(t *testing.T) {
 }
 
 func TestLinkRefusals(t *testing.T) {
-	e := newEnv(t)
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) { testLinkRefusals(t, newEnv(t, b)) })
+	}
+}
+
+func testLinkRefusals(t *testing.T, e *env) {
 	ctx := context.Background()
 	d, tok := e.request(t)
 
