@@ -1,6 +1,7 @@
 package pages_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -8,6 +9,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/mail"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -117,6 +119,37 @@ func (s *devStack) linksKey(t *testing.T) []byte {
 	return m.Sum(nil)
 }
 
+type thread struct {
+	Messages []struct {
+		ID        string `json:"id"`
+		Direction string `json:"direction"`
+	} `json:"messages"`
+}
+
+// sentMessageID is the Message-ID (with <>) of the demo's sent message,
+// from its raw copy.
+func (s *devStack) sentMessageID(t *testing.T, threads []thread) string {
+	t.Helper()
+	for _, th := range threads {
+		for _, m := range th.Messages {
+			if m.Direction != "outbound" {
+				continue
+			}
+			code, _, raw := testenv.Do(t, s.base, s.token, "u-rita", "GET", "/v1/tenants/acme/messages/"+m.ID+"/raw", "")
+			if code != 200 {
+				t.Fatalf("raw %s: %d %s", m.ID, code, raw)
+			}
+			msg, err := mail.ReadMessage(bytes.NewReader(raw))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return msg.Header.Get("Message-ID")
+		}
+	}
+	t.Fatal("no outbound message on the timeline")
+	return ""
+}
+
 func TestAdminPageInBrowser(t *testing.T) {
 	b := browsertest.New(t) // skips (or fails under SYNCRELAY_REQUIRE_BROWSER=1) without chromium
 	s := startDev(t)
@@ -181,10 +214,51 @@ func TestAdminPageInBrowser(t *testing.T) {
 	if code != 200 || strings.Contains(string(raw), "forwarding check") {
 		t.Fatalf("timeline after the probe: %d %s", code, raw)
 	}
-	var tl struct{ Threads []any }
+	var tl struct{ Threads []thread }
 	_ = json.Unmarshal(raw, &tl)
 	if len(tl.Threads) != 1 {
 		t.Fatalf("timeline has %d threads after the probe", len(tl.Threads))
+	}
+
+	// The quarantine: Carl's unsigned replies fail DKIM and, under
+	// dkim_policy=quarantine, wait on the page. One is released (it is
+	// then on the timeline, via the API), the other deleted.
+	if code, m := s.api(t, "PATCH", "/v1/tenants/acme", `{"dkim_policy":"quarantine"}`); code != 200 {
+		t.Fatalf("PATCH dkim_policy: %d %v", code, m)
+	}
+	sentID := s.sentMessageID(t, tl.Threads)
+	for _, subj := range []string{"release me", "delete me"} {
+		raw := strings.ReplaceAll("From: Carl <carl@cand.test>\nTo: rita@acme.test\nSubject: Re: "+subj+"\nDate: "+time.Now().Format(time.RFC1123Z)+
+			"\nMessage-ID: <"+strings.ReplaceAll(subj, " ", "-")+"@cand.test>\nIn-Reply-To: "+sentID+"\nReferences: "+sentID+
+			"\n\nUnsigned, so DKIM fails.\n", "\n", "\r\n")
+		code, text := testenv.Send(t, s.d.SMTP, testenv.Envelope{Helo: "mx.cand.test", From: "carl@cand.test", To: []string{inbound}}, raw)
+		if code != 250 || !strings.HasSuffix(text, "quarantined") {
+			t.Fatalf("unsigned reply %q: %d %s", subj, code, text)
+		}
+	}
+	b.Do(chromedp.Navigate(link), chromedp.WaitVisible(chromedp.ID("quarantine-list")))
+	if n := browsertest.Get(b, chromedp.Evaluate[int](`document.querySelectorAll("#quarantine-list button.release").length`)); n != 2 {
+		t.Fatalf("quarantine rows with a Release button: %d", n)
+	}
+	if txt := browsertest.Get(b, chromedp.Text(chromedp.ID("quarantine"))); strings.Contains(txt, "release me") || strings.Contains(txt, "Unsigned") {
+		t.Fatalf("the quarantine list shows message content: %q", txt)
+	}
+	b.Screenshot(t, "quarantine")
+	b.Do(chromedp.Click(chromedp.CSS(`#quarantine-list tr:nth-child(2) button.release`)), chromedp.WaitVisible(chromedp.ID("notice")))
+	if txt := browsertest.Get(b, chromedp.Text(chromedp.ID("notice"))); !strings.Contains(txt, "released") {
+		t.Fatalf("after Release: %q", txt)
+	}
+	b.Do(chromedp.Click(chromedp.CSS(`#quarantine-list tr:nth-child(2) button.delete`)), chromedp.WaitVisible(chromedp.ID("notice")))
+	if txt := browsertest.Get(b, chromedp.Text(chromedp.ID("notice"))); !strings.Contains(txt, "deleted") {
+		t.Fatalf("after Delete: %q", txt)
+	}
+	if txt := browsertest.Get(b, chromedp.Text(chromedp.ID("quarantine-list"))); !strings.Contains(txt, "empty") {
+		t.Fatalf("quarantine after release and delete: %q", txt)
+	}
+	b.Screenshot(t, "released")
+	code, _, raw = testenv.Do(t, s.base, s.token, "u-rita", "GET", "/v1/tenants/acme/candidates/c-carl/threads", "")
+	if code != 200 || !strings.Contains(string(raw), "Re: release me") || strings.Contains(string(raw), "Re: delete me") {
+		t.Fatalf("timeline after release/delete: %d %s", code, raw)
 	}
 
 	// Bad links get a clear page: a sentence and a 4xx, no stack trace.
