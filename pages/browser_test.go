@@ -9,10 +9,12 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/cookiejar"
 	"net/mail"
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -293,4 +295,54 @@ func TestAdminPageInBrowser(t *testing.T) {
 		t.Errorf("revoked link: HTTP %d %q", resp.Status, text)
 	}
 	b.Screenshot(t, "revoked")
+}
+
+// TestVerifyForwardingOverHTTP runs the probe loop without a browser (so
+// it runs where Chromium is missing): the page's form over plain HTTP with
+// its cookie, the Gmail stand-in, dev mode's rule, SMTP back to the relay.
+func TestVerifyForwardingOverHTTP(t *testing.T) {
+	s := startDev(t)
+	link := s.adminLink(t)
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar}
+	page := func() string {
+		t.Helper()
+		resp, err := c.Get(link)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("page: %d %s", resp.StatusCode, b)
+		}
+		return string(b)
+	}
+	m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(page())
+	if m == nil {
+		t.Fatal("no CSRF field")
+	}
+	u, _ := url.Parse(link)
+	resp, err := c.PostForm(s.base+"/p/admin/verify", url.Values{"t": {u.Query().Get("t")}, "csrf": {m[1]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("verify: %d", resp.StatusCode)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		body := page()
+		if strings.Contains(body, "Forwarding works") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("probe did not come back:\n%s\n%s", body, s.d.Logs)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(s.d.Logs.String(), "reason=probe") {
+		t.Errorf("the relay did not log the probe's return as a discard:\n%s", s.d.Logs)
+	}
 }
