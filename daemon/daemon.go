@@ -152,7 +152,7 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	if err != nil {
 		return err
 	}
-	pg, err := newPages(c, st, keys, outb.Sender, log)
+	pg, err := newPages(c, st, keys, outb.Sender, p.Router, log)
 	if err != nil {
 		return err
 	}

@@ -129,7 +129,9 @@ func (s *Server) adminPage(w http.ResponseWriter, r *http.Request) {
 	case "deleted":
 		d.Notice = "The message was deleted."
 	case "probe":
-		d.Notice = "A probe was sent. This page shows when it comes back."
+		if d.Probe != nil && d.Probe.State == "pending" {
+			d.Notice = "A probe was sent. This page shows when it comes back."
+		}
 	}
 	s.render(w, r, http.StatusOK, "admin", d)
 }

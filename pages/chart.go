@@ -18,6 +18,9 @@ import (
 // zero.
 
 // series are the stacked groups of decisions, bottom first.
+// reasonProbe is router.ReasonProbe (pages does not import the router).
+const reasonProbe = "probe"
+
 var series = []struct {
 	Name, Class string
 	Decisions   []string
@@ -35,11 +38,12 @@ type bucket struct {
 }
 
 // byDecision sums Counts' "decision/reason" keys per decision, leaving out
-// the pseudo-decisions ("_auth", "_unaligned_signer").
+// the pseudo-decisions ("_auth", "_unaligned_signer") and returned
+// forwarding probes (discarded, but not mail the rule should not forward).
 func byDecision(m map[string]uint64) map[string]uint64 {
 	out := map[string]uint64{}
 	for k, n := range m {
-		if strings.HasPrefix(k, "_") {
+		if strings.HasPrefix(k, "_") || k == "discarded/"+reasonProbe {
 			continue
 		}
 		d, _, _ := strings.Cut(k, "/")

@@ -357,6 +357,7 @@ func TestChartBuckets(t *testing.T) {
 		f.st.Count("acme", "stored", "")
 	}
 	f.st.Count("acme", "discarded", "no_match")
+	f.st.Count("acme", "discarded", "probe") // a returned probe is not over-forwarding
 	f.st.Count("acme", "rejected", "dkim_fail")
 	f.st.CountAuth("acme", true, false)
 	must(t, f.st.FlushCounters(ctx))

@@ -111,6 +111,11 @@ const ReasonProbe = "probe"
 type Input struct {
 	Tenant string
 	Body   Body
+	// Released marks a quarantined copy an admin released to the profile
+	// (email admin page): a DKIM refusal no longer holds it back; it is
+	// stored with its failing results recorded, and From vouches for no
+	// participant.
+	Released bool
 }
 
 // Outcome is the decision for one message; its JSON is replay's output
@@ -198,6 +203,9 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 	}
 
 	a, err := r.authenticate(ctx, msg, &out)
+	if err == nil && a.refusal != "" && in.Released {
+		a.refusal = ""
+	}
 	switch {
 	case err != nil:
 		return out, err

@@ -38,10 +38,14 @@ type Browser struct {
 	t   testing.TB
 }
 
-// Path returns the Chromium binary to use: $SYNCRELAY_CHROMIUM if set, else
-// DefaultPath, else "chromium" on PATH; "" if none exists.
+// Path returns the Chromium binary to use: $SYNCRELAY_CHROMIUM if set (""
+// when it does not exist), else DefaultPath, else "chromium" on PATH; ""
+// if none exists.
 func Path() string {
 	if p := os.Getenv("SYNCRELAY_CHROMIUM"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return ""
+		}
 		return p
 	}
 	if _, err := os.Stat(DefaultPath); err == nil {
@@ -60,9 +64,9 @@ func New(t testing.TB) *Browser {
 	path := Path()
 	if path == "" {
 		if os.Getenv(RequireEnv) == "1" {
-			t.Fatalf("browsertest: no chromium at %s or on PATH and %s=1: install Debian's chromium package", DefaultPath, RequireEnv)
+			t.Fatalf("browsertest: no chromium ($SYNCRELAY_CHROMIUM, %s or on PATH) and %s=1: install Debian's chromium package", DefaultPath, RequireEnv)
 		}
-		t.Skipf("browsertest: no chromium at %s or on PATH (apt-get install chromium); set %s=1 to make this a failure", DefaultPath, RequireEnv)
+		t.Skipf("browsertest: no chromium ($SYNCRELAY_CHROMIUM, %s or on PATH; apt-get install chromium); set %s=1 to make this a failure", DefaultPath, RequireEnv)
 	}
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(path),
