@@ -68,6 +68,8 @@ type Options struct {
 	// Registerer gets the API's own metrics (syncrelay_http_*); nil: not
 	// registered (they are still kept).
 	Registerer prometheus.Registerer
+	// AdminLinks mints email admin page links (adminlinks.go); nil: 501.
+	AdminLinks AdminLinker
 }
 
 // Server is the HTTP API.
@@ -151,6 +153,7 @@ func (s *Server) routes() {
 	s.openAPIRoutes()  // openapi.go
 	s.outboundRoutes() // messages.go, oauth.go, delegations.go
 	s.opsRoutes()      // status.go, admin.go
+	s.adminLinkRoutes()
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "not-found", "Not found", "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})

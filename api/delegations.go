@@ -1,11 +1,13 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"time"
 
+	"syncrelay/delegation"
 	"syncrelay/store"
 )
 
@@ -93,7 +95,32 @@ func (s *Server) createDelegation(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, obDelegationOut(d))
+	out := obDelegationCreatedJSON{obDelegationJSON: obDelegationOut(d)}
+	if t.ApprovalBy() == store.ApprovalEmail {
+		// The request is committed (and its webhook queued) whatever
+		// happens to the email: approval_email says whether it went.
+		if s.o.Outbound.Approvals != nil {
+			out.ApprovalEmail = s.o.Outbound.Approvals.Requested(r.Context(), t, d)
+		} else {
+			out.ApprovalEmail = &delegation.EmailOutcome{Status: delegation.EmailNotSent, Via: d.Requester, To: d.Grantor,
+				Error: "approval emails are not configured on this server (no link key or public URL)"}
+			s.o.Log.WarnContext(r.Context(), "delegation: approval email not sent: not configured", "tenant", t.ID, "delegation", out.ID)
+		}
+	}
+	writeJSON(w, http.StatusCreated, out)
+}
+
+// ApprovalMailer emails a Send For request's grantor a link to approve or
+// decline (*delegation.Approvals).
+type ApprovalMailer interface {
+	Requested(ctx context.Context, t *store.Tenant, d *store.Delegation) *delegation.EmailOutcome
+}
+
+// obDelegationCreatedJSON is a new delegation, with whether the grantor was
+// emailed (tenants with delegation_approval "email").
+type obDelegationCreatedJSON struct {
+	obDelegationJSON
+	ApprovalEmail *delegation.EmailOutcome `json:"approval_email,omitempty"`
 }
 
 func (s *Server) listDelegations(w http.ResponseWriter, r *http.Request) {
@@ -162,12 +189,8 @@ func (s *Server) declineDelegation(w http.ResponseWriter, r *http.Request) {
 	s.obDecide(w, r, store.DelegationDeclined)
 }
 
-// errNotAllowed is a permission refusal raised inside a transition.
-type errNotAllowed struct{ detail string }
-
-func (e *errNotAllowed) Error() string { return e.detail }
-
-// obDecide approves or declines: only the grantor, named by X-Acting-User.
+// obDecide approves or declines: only the grantor, named by X-Acting-User
+// (the same rule the hosted approval page applies, package delegation).
 func (s *Server) obDecide(w http.ResponseWriter, r *http.Request, to string) {
 	st, ok := s.obDelegationStore(w)
 	if !ok {
@@ -182,12 +205,7 @@ func (s *Server) obDecide(w http.ResponseWriter, r *http.Request, to string) {
 	if !ok {
 		return
 	}
-	d, err := st.TransitionDelegation(r.Context(), t.ID, id, actor.ID, to, func(d *store.Delegation) error {
-		if d.Grantor != actor.ID {
-			return &errNotAllowed{fmt.Sprintf("only the grantor (%s) can approve or decline this Send For request", d.Grantor)}
-		}
-		return nil
-	})
+	d, err := delegation.Decide(r.Context(), st, t.ID, id, actor.ID, to)
 	s.obTransitionReply(w, r, d, err)
 }
 
@@ -213,7 +231,7 @@ func (s *Server) revokeDelegation(w http.ResponseWriter, r *http.Request) {
 	}
 	d, err := st.TransitionDelegation(r.Context(), t.ID, id, by, store.DelegationRevoked, func(d *store.Delegation) error {
 		if actor != nil && actor.ID != d.Requester && actor.ID != d.Grantor && !isAdmin(actor) {
-			return &errNotAllowed{"only the requester, the grantor or an admin can revoke a Send For delegation"}
+			return &delegation.NotAllowedError{Detail: "only the requester, the grantor or an admin can revoke a Send For delegation"}
 		}
 		return nil
 	})
@@ -221,12 +239,11 @@ func (s *Server) revokeDelegation(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) obTransitionReply(w http.ResponseWriter, r *http.Request, d *store.Delegation, err error) {
-	var na *errNotAllowed
 	switch {
 	case err == nil:
 		writeJSON(w, http.StatusOK, obDelegationOut(d))
-	case errors.As(err, &na):
-		writeProblem(w, http.StatusForbidden, "forbidden", "Forbidden", na.detail)
+	case delegation.IsNotAllowed(err):
+		writeProblem(w, http.StatusForbidden, "forbidden", "Forbidden", err.Error())
 	case errors.Is(err, store.ErrTransition):
 		writeProblem(w, http.StatusConflict, "delegation-state", "Not possible in this state", err.Error())
 	default:

@@ -47,6 +47,10 @@ type OutboundOptions struct {
 	IdempotencyTTL time.Duration
 	// MaxBulk bounds the messages of one bulk request (500).
 	MaxBulk int
+	// Approvals emails Send For approval links for tenants with
+	// delegation_approval "email" (delegations.go); nil: they get
+	// approval_email "not_sent".
+	Approvals ApprovalMailer
 }
 
 func (s *Server) outboundRoutes() {

@@ -48,6 +48,8 @@ type obEnv struct {
 	kr    *token.Keyring
 	om    *oauth.Manager
 	tweak func(*outbound.Options)
+	// apiTweak, when set, adjusts the API's options (approval_test.go).
+	apiTweak func(*Options, *outbound.Service)
 
 	mu     sync.Mutex
 	sleeps []time.Duration
@@ -112,8 +114,12 @@ func (e *obEnv) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h = New(Options{Store: st, Tokens: []string{testToken}, Hostname: "relay.test",
-		Outbound: OutboundOptions{Store: st, Sender: svc, OAuth: e.om}})
+	ao := Options{Store: st, Tokens: []string{testToken}, Hostname: "relay.test",
+		Outbound: OutboundOptions{Store: st, Sender: svc, OAuth: e.om}}
+	if e.apiTweak != nil {
+		e.apiTweak(&ao, svc)
+	}
+	h = New(ao)
 }
 
 // restart stops the server and store and starts them again on the same data.

@@ -20,21 +20,22 @@ var (
 )
 
 type tenantJSON struct {
-	ID                string       `json:"id"`
-	Name              string       `json:"name"`
-	Domains           []string     `json:"domains"`
-	Provider          string       `json:"provider"`
-	InboundAddress    string       `json:"inbound_address"`
-	DKIMPolicy        string       `json:"dkim_policy"`
-	TrustedForwarders []string     `json:"trusted_forwarders"`
-	SigningDomains    []string     `json:"signing_domains"`
-	Setup             *setup.Rules `json:"setup,omitempty"`
+	ID                 string       `json:"id"`
+	Name               string       `json:"name"`
+	Domains            []string     `json:"domains"`
+	Provider           string       `json:"provider"`
+	InboundAddress     string       `json:"inbound_address"`
+	DKIMPolicy         string       `json:"dkim_policy"`
+	TrustedForwarders  []string     `json:"trusted_forwarders"`
+	SigningDomains     []string     `json:"signing_domains"`
+	DelegationApproval string       `json:"delegation_approval"`
+	Setup              *setup.Rules `json:"setup,omitempty"`
 }
 
 func (s *Server) tenantOut(t *store.Tenant, withSetup bool) tenantJSON {
 	out := tenantJSON{ID: t.ID, Name: t.Name, Domains: nonNil(t.Domains), Provider: t.Provider,
 		InboundAddress: t.InboundAddress, DKIMPolicy: t.DKIMPolicy, TrustedForwarders: nonNil(t.TrustedForwarders),
-		SigningDomains: nonNil(t.SigningDomains)}
+		SigningDomains: nonNil(t.SigningDomains), DelegationApproval: t.ApprovalBy()}
 	if withSetup {
 		// The same rules `syncrelay check -tenant` prints.
 		out.Setup = setup.For(s.o.Hostname, t)
@@ -68,18 +69,22 @@ func lowerAll(ds []string) []string {
 
 func (s *Server) createTenant(w http.ResponseWriter, r *http.Request) {
 	var in struct {
-		ID                string   `json:"id"`
-		Name              string   `json:"name"`
-		Domains           []string `json:"domains"`
-		Provider          string   `json:"provider"`
-		DKIMPolicy        string   `json:"dkim_policy"`
-		TrustedForwarders []string `json:"trusted_forwarders"`
-		SigningDomains    []string `json:"signing_domains"`
+		ID                 string   `json:"id"`
+		Name               string   `json:"name"`
+		Domains            []string `json:"domains"`
+		Provider           string   `json:"provider"`
+		DKIMPolicy         string   `json:"dkim_policy"`
+		TrustedForwarders  []string `json:"trusted_forwarders"`
+		SigningDomains     []string `json:"signing_domains"`
+		DelegationApproval string   `json:"delegation_approval"`
 	}
 	if _, ok := s.begin(w, r, prelude{body: &in}); !ok {
 		return
 	}
 	switch {
+	case !validApproval(in.DelegationApproval, true):
+		invalid(w, approvalHint)
+		return
 	case !slugRE.MatchString(in.ID):
 		invalid(w, "id: must be 1-63 lowercase letters, digits or '-', starting with a letter or digit")
 		return
@@ -114,7 +119,8 @@ func (s *Server) createTenant(w http.ResponseWriter, r *http.Request) {
 	}
 	t := &store.Tenant{ID: in.ID, Name: in.Name, Domains: lowerAll(in.Domains), Provider: in.Provider,
 		InboundAddress: newInboundAddress(in.ID, s.o.Hostname), DKIMPolicy: in.DKIMPolicy,
-		TrustedForwarders: lowerAll(in.TrustedForwarders), SigningDomains: lowerAll(in.SigningDomains)}
+		TrustedForwarders: lowerAll(in.TrustedForwarders), SigningDomains: lowerAll(in.SigningDomains),
+		DelegationApproval: in.DelegationApproval}
 	if err := s.o.Store.CreateTenant(r.Context(), t); err != nil {
 		s.storeError(w, r, err)
 		return
@@ -123,6 +129,14 @@ func (s *Server) createTenant(w http.ResponseWriter, r *http.Request) {
 		s.o.Log.Warn("tenant created with dkim_policy=off: forged mail can reach profiles (lab use only)", "tenant", t.ID)
 	}
 	writeJSON(w, http.StatusCreated, s.tenantOut(t, true))
+}
+
+const approvalHint = `delegation_approval: must be "webhook" (the ATS asks the grantor) or "email" (syncrelay also emails the grantor a link to approve or decline)`
+
+// validApproval checks a delegation_approval value ("" only where absent
+// means the default).
+func validApproval(v string, emptyOK bool) bool {
+	return (emptyOK && v == "") || v == store.ApprovalWebhook || v == store.ApprovalEmail
 }
 
 func validPolicy(p string) bool {
@@ -153,12 +167,17 @@ func (s *Server) getTenant(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) patchTenant(w http.ResponseWriter, r *http.Request) {
 	var in struct {
-		DKIMPolicy        *string   `json:"dkim_policy"`
-		TrustedForwarders *[]string `json:"trusted_forwarders"`
-		Domains           *[]string `json:"domains"`
-		SigningDomains    *[]string `json:"signing_domains"`
+		DKIMPolicy         *string   `json:"dkim_policy"`
+		TrustedForwarders  *[]string `json:"trusted_forwarders"`
+		Domains            *[]string `json:"domains"`
+		SigningDomains     *[]string `json:"signing_domains"`
+		DelegationApproval *string   `json:"delegation_approval"`
 	}
 	if _, ok := s.begin(w, r, prelude{body: &in}); !ok {
+		return
+	}
+	if in.DelegationApproval != nil && !validApproval(*in.DelegationApproval, false) {
+		invalid(w, approvalHint)
 		return
 	}
 	if in.DKIMPolicy != nil && !validPolicy(*in.DKIMPolicy) {
@@ -199,6 +218,9 @@ func (s *Server) patchTenant(w http.ResponseWriter, r *http.Request) {
 		}
 		if in.SigningDomains != nil {
 			t.SigningDomains = lowerAll(*in.SigningDomains)
+		}
+		if in.DelegationApproval != nil {
+			t.DelegationApproval = *in.DelegationApproval
 		}
 		return nil
 	})

@@ -125,6 +125,9 @@ type HTTP struct {
 	ReadHeaderTimeout Duration `toml:"read_header_timeout"`
 	MaxBodyBytes      int64    `toml:"max_body_bytes"`
 	ShutdownTimeout   Duration `toml:"shutdown_timeout"`
+	// PublicURL is where people reach this listener (through the reverse
+	// proxy): hosted-page links start with it. "": http://<http.listen>.
+	PublicURL string `toml:"public_url"`
 }
 
 // Store backends ([store] backend).
@@ -505,6 +508,16 @@ func (c *Config) derive() {
 			p.RedirectURL = "http://" + hp + "/oauth/" + name + "/callback"
 		}
 	}
+}
+
+// PublicBaseURL is http.public_url without a trailing slash, or
+// http://<http.listen> (localhost for a wildcard host) when it is unset.
+// Read it after dev mode picked its ports.
+func (c *Config) PublicBaseURL() string {
+	if c.HTTP.PublicURL != "" {
+		return strings.TrimRight(c.HTTP.PublicURL, "/")
+	}
+	return "http://" + publicHostPort(c.HTTP.Listen)
 }
 
 // publicHostPort turns a listen address into one a browser can reach

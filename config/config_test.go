@@ -79,6 +79,7 @@ func TestDefaults(t *testing.T) {
 		"http.read_header_timeout":               D(10 * time.Second),
 		"http.max_body_bytes":                    int64(10485760),
 		"http.shutdown_timeout":                  D(10 * time.Second),
+		"http.public_url":                        "",
 		"store.backend":                          "bbolt",
 		"store.dir":                              "./data",
 		"store.open_timeout":                     D(2 * time.Second),
@@ -209,7 +210,7 @@ func fullWant(t *testing.T) *Config {
 		ShutdownTimeout:     D(20 * time.Second),
 		MaxDKIMSignatures:   8,
 	}
-	w.HTTP = HTTP{Listen: "127.0.0.1:8080", ReadHeaderTimeout: D(5 * time.Second), MaxBodyBytes: 20971520, ShutdownTimeout: D(15 * time.Second)}
+	w.HTTP = HTTP{Listen: "127.0.0.1:8080", ReadHeaderTimeout: D(5 * time.Second), MaxBodyBytes: 20971520, ShutdownTimeout: D(15 * time.Second), PublicURL: "https://relay.example.com"}
 	w.Store = Store{Backend: BackendPostgres, Dir: "/var/lib/syncrelay", OpenTimeout: D(5 * time.Second),
 		DSN: "postgres://syncrelay@db.example.com:5432/syncrelay?sslmode=verify-full", DSNFile: filepath.Join(dir, "store.dsn")}
 	w.DNS = DNS{Resolver: "127.0.0.53:53", ZoneFile: filepath.Join(dir, "zone.txt"), Timeout: D(3 * time.Second), CacheTTL: D(10 * time.Minute), NegativeTTL: D(30 * time.Second)}

@@ -88,6 +88,11 @@ func (c *Config) problems() []error {
 		add("http.listen", "%q is also smtp.listen; give each server its own port", c.HTTP.Listen)
 	}
 	positive("http.max_body_bytes", c.HTTP.MaxBodyBytes)
+	if u := c.HTTP.PublicURL; u != "" {
+		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" || pu.RawQuery != "" || pu.Fragment != "" {
+			add("http.public_url", "%q is not an http(s) URL without query, e.g. \"https://relay.example.com\"", u)
+		}
+	}
 
 	// [store]
 	if strings.TrimSpace(c.Store.Dir) == "" {

@@ -153,13 +153,24 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	if err != nil {
 		return err
 	}
+	pg, err := newPages(c, st, keys, outb.Sender, p.Router, log)
+	if err != nil {
+		return err
+	}
+	p.Router.Probes = pg
+	ap, err := newApprovals(c, st, keys, outb.Sender, log)
+	if err != nil {
+		return err
+	}
+	outb.Approvals = ap
+	pg.EnableDelegationApproval(ap)
 	apiSrv := api.New(api.Options{
 		Store: st, Tokens: tokens, Hostname: c.SMTP.Hostname,
 		MaxBodyBytes: c.HTTP.MaxBodyBytes, Gatherer: reg, Log: log, StaleAfter: c.Status.StaleAfter.Duration,
-		Outbound: outb, Backup: backupSource(st), Registerer: reg,
+		Outbound: outb, Backup: backupSource(st), Registerer: reg, AdminLinks: pg,
 	})
 	httpSrv := &http.Server{
-		Handler:           apiSrv,
+		Handler:           withPages(apiSrv, pg),
 		ReadHeaderTimeout: c.HTTP.ReadHeaderTimeout.Duration,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}

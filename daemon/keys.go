@@ -24,6 +24,7 @@ type Keys struct {
 	LogSalt []byte // salt of the Message-ID hash logged for discarded mail
 	Grants  []byte // AES-256-GCM key of stored OAuth grants
 	State   []byte // HMAC key of OAuth state parameters
+	Links   []byte // HMAC key of hosted-page links (package signedlink)
 	// Fingerprint names the master key without revealing it (an HMAC of a
 	// fixed label under a derived key): recorded with the data, compared at
 	// start and by check.
@@ -68,6 +69,7 @@ func LoadKeys(c *config.Config, create bool) (*Keys, bool, error) {
 		LogSalt: derive(master, "log-salt"),
 		Grants:  derive(master, "grants"),
 		State:   derive(master, "oauth-state"),
+		Links:   derive(master, "links"),
 
 		Fingerprint: fingerprint(master),
 	}, created, nil

@@ -94,7 +94,7 @@ func (e *Env) setup(c *config.Config, log *slog.Logger) error {
 	if e.dir, err = os.MkdirTemp("", "syncrelay-dev-"); err != nil {
 		return fmt.Errorf("dev mode: %w", err)
 	}
-	if err := e.startProviders(c); err != nil {
+	if err := e.startProviders(c, log); err != nil {
 		return err
 	}
 	zone, err := e.writeDKIM(c.DNS.ZoneFile)
@@ -143,7 +143,8 @@ func freeAddr(addr string) (string, error) {
 
 // startProviders runs the Google and Microsoft stand-ins and points
 // [providers.*] at them.
-func (e *Env) startProviders(c *config.Config) error {
+func (e *Env) startProviders(c *config.Config, log *slog.Logger) error {
+	fw := &forwarder{c: c, log: log}
 	for _, p := range []struct {
 		name string
 		cfg  *config.Provider
@@ -154,6 +155,7 @@ func (e *Env) startProviders(c *config.Config) error {
 			return fmt.Errorf("dev mode: %w", err)
 		}
 		e.stubs = append(e.stubs, s)
+		s.SetOnSend(fw.onSend)
 		p.cfg.ClientID, p.cfg.ClientSecret, p.cfg.ClientSecretFile = providertest.ClientID, providertest.ClientSecret, ""
 		p.cfg.AuthURL, p.cfg.TokenURL, p.cfg.APIBase = s.AuthURL(), s.TokenURL(), s.APIBase()
 		p.cfg.RedirectURL = "http://" + c.HTTP.Listen + "/oauth/" + p.name + "/callback"

@@ -401,20 +401,7 @@ func (s *Service) prepare(ctx context.Context, req Request) (*plan, error) {
 		}
 		p.req.To = []string{strings.ToLower(p.cand.Emails[0])}
 	}
-	g, err := s.o.Store.Grant(ctx, req.Tenant, p.sender.ID)
-	switch {
-	case notFound(err) || (err == nil && g.Provider != p.tenant.Provider):
-		return p, refuse(http.StatusConflict, "grant-missing", "Mailbox not connected",
-			"%s has not connected their %s mailbox: send them to GET /oauth/%s/start?tenant=%s&user=%s",
-			p.sender.ID, p.tenant.Provider, p.tenant.Provider, req.Tenant, p.sender.ID)
-	case err != nil:
-		return nil, err
-	case g.Status == store.GrantBroken:
-		return p, refuse(http.StatusConflict, "grant-broken", "Mailbox connection broken",
-			"%s's %s grant is broken (%s): they must reconnect at GET /oauth/%s/start?tenant=%s&user=%s",
-			p.sender.ID, g.Provider, g.BrokenReason, g.Provider, req.Tenant, p.sender.ID)
-	}
-	return p, nil
+	return p, s.checkGrant(ctx, p)
 }
 
 func (s *Service) prepareReply(ctx context.Context, p *plan) error {

@@ -104,12 +104,33 @@ type Router struct {
 	// Salt keys the hash that is the only trace a discarded message leaves in logs.
 	Salt []byte
 	Log  *slog.Logger
+	// Probes recognises the email admin page's forwarding probes (nil:
+	// none are sent). See ProbeSink.
+	Probes ProbeSink
 }
+
+// ProbeSink recognises a forwarding probe (pages.Server): a message that
+// carries HeaderProbe and whose value is the tenant's current probe is
+// recorded as returned and discarded, never matched or stored.
+type ProbeSink interface {
+	ProbeReturned(ctx context.Context, tenant, value string) (bool, error)
+}
+
+// HeaderProbe is the header of a forwarding probe (pages.HeaderProbe).
+const HeaderProbe = "X-Syncrelay-Probe"
+
+// ReasonProbe is the discard reason of a returned forwarding probe.
+const ReasonProbe = "probe"
 
 // Input is one message as received by one tenant's inbound address.
 type Input struct {
 	Tenant string
 	Body   Body
+	// Released marks a quarantined copy an admin released to the profile
+	// (email admin page): a DKIM refusal no longer holds it back; it is
+	// stored with its failing results recorded, and From vouches for no
+	// participant.
+	Released bool
 }
 
 // Outcome is the decision for one message; its JSON is replay's output
@@ -172,6 +193,17 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 		r.refuse(&out, refusal)
 		return out, nil
 	}
+	if v := msg.hdr.Get(HeaderProbe); v != "" && r.Probes != nil {
+		ok, err := r.Probes.ProbeReturned(ctx, in.Tenant, v)
+		if err != nil {
+			return out, fmt.Errorf("router: probe: %w", err)
+		}
+		if ok {
+			out.decide(Discarded, ReasonProbe)
+			out.logAs(Discarded, "reason", ReasonProbe)
+			return out, nil
+		}
+	}
 	m, discard, err := r.matchThread(ctx, msg)
 	if err != nil {
 		return out, err
@@ -197,6 +229,9 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 	}
 
 	a, err := r.authenticate(ctx, msg, &out)
+	if err == nil && a.refusal != "" && in.Released {
+		a.refusal = ""
+	}
 	switch {
 	case err != nil:
 		return out, err

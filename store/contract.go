@@ -127,6 +127,10 @@ type Quarantines interface {
 	Quarantine(ctx context.Context, q *Quarantined, raw *Raw, keep time.Duration) error
 	QuarantinedMessages(ctx context.Context, tenant string) ([]*Quarantined, error)
 	ExpireQuarantine(ctx context.Context) (int, error)
+	// DeleteQuarantined removes one quarantined message and gives up its
+	// bytes (an admin deleted it, or released it to the profile after
+	// committing its copy); ErrNotFound when it is not (or no longer) there.
+	DeleteQuarantined(ctx context.Context, tenant string, id uint64) error
 }
 
 // Grants are users' sealed send-only OAuth grants.

@@ -51,6 +51,24 @@ type Tenant struct {
 	// SigningDomains are DKIM d= domains that count as the tenant's own
 	// besides its Domains (SPEC §5: acme.onmicrosoft.com, an ESP's domain).
 	SigningDomains []string `json:"signing_domains,omitempty"`
+	// DelegationApproval is how a grantor hears of a Send For request
+	// (SPEC §7a): ApprovalWebhook ("" too) or ApprovalEmail.
+	DelegationApproval string `json:"delegation_approval,omitempty"`
+}
+
+// Tenant.DelegationApproval values. The webhook (delegation.requested) is
+// always sent; with ApprovalEmail the grantor is also emailed a signed link.
+const (
+	ApprovalWebhook = "webhook"
+	ApprovalEmail   = "email"
+)
+
+// ApprovalBy is t's DelegationApproval with the default filled in.
+func (t *Tenant) ApprovalBy() string {
+	if t.DelegationApproval == "" {
+		return ApprovalWebhook
+	}
+	return t.DelegationApproval
 }
 
 // User is a person at a tenant.

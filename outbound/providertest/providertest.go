@@ -99,6 +99,20 @@ type Stub struct {
 	tokenCalls    map[string]int // grant_type -> calls
 	lastAuth      url.Values
 	lastRefresh   url.Values
+	// onSend, when set, gets a copy of every accepted message (dev mode
+	// plays the company's routing rule with it).
+	onSend func(raw []byte)
+}
+
+// SetOnSend makes the stub call fn, in a goroutine of its own, with every
+// message it accepts (nil: none).
+func (s *Stub) SetOnSend(fn func(raw []byte)) { s.mu.Lock(); s.onSend = fn; s.mu.Unlock() }
+
+// accepted hands raw to onSend; s.mu is held.
+func (s *Stub) accepted(raw []byte) {
+	if s.onSend != nil {
+		go s.onSend(append([]byte(nil), raw...))
+	}
 }
 
 // Start runs a stub for provider on loopback until the test ends.
@@ -505,6 +519,7 @@ func (s *Stub) gmailSend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req.Raw, req.Status = raw, http.StatusOK
+	s.accepted(raw)
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]any{"id": randToken("")[:16], "threadId": randToken("")[:16], "labelIds": []string{"SENT"}})
 }
@@ -527,6 +542,7 @@ func (s *Stub) graphSend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req.Raw, req.Status = raw, http.StatusAccepted
+	s.accepted(raw)
 	w.WriteHeader(http.StatusAccepted)
 }
 

@@ -91,3 +91,35 @@ func (s *Store) ExpireQuarantine(ctx context.Context) (int, error) {
 	}
 	return n, nil
 }
+
+// DeleteQuarantined removes one quarantined message and unlinks its raw
+// bytes (freed for good by the next compaction).
+func (s *Store) DeleteQuarantined(ctx context.Context, tenant string, id uint64) error {
+	var freed string
+	err := s.group(ctx, func(tx *bolt.Tx) error {
+		freed = ""
+		b := tx.Bucket(bQuarantine)
+		k := keyU64(tenant, id)
+		v := b.Get(k)
+		if v == nil {
+			return fmt.Errorf("quarantined message %d of %s: %w", id, tenant, ErrNotFound)
+		}
+		var q Quarantined
+		if err := json.Unmarshal(v, &q); err != nil {
+			return fmt.Errorf("quarantine record: %w", err)
+		}
+		name, err := unlinkRaw(tx, q.Raw)
+		if err != nil {
+			return err
+		}
+		freed = name
+		return b.Delete(k)
+	})
+	if err != nil {
+		return err
+	}
+	if freed != "" {
+		_ = s.big.remove(freed)
+	}
+	return nil
+}

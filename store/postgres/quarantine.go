@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -63,4 +64,22 @@ func (s *Store) ExpireQuarantine(ctx context.Context) (int, error) {
 			SELECT count(*) FROM gone`, now).Scan(&n)
 	})
 	return n, err
+}
+
+// DeleteQuarantined removes one quarantined message with its raw bytes, in
+// one commit.
+func (s *Store) DeleteQuarantined(ctx context.Context, tenant string, id uint64) error {
+	return s.group(ctx, "", func(ctx context.Context, tx pgx.Tx) error {
+		var n int
+		err := tx.QueryRow(ctx, `WITH gone AS (DELETE FROM quarantine WHERE tenant = $1 AND id = $2 RETURNING raw_id),
+			blobs AS (DELETE FROM raw_blobs WHERE id IN (SELECT raw_id FROM gone WHERE raw_id IS NOT NULL))
+			SELECT count(*) FROM gone`, tenant, int64(id)).Scan(&n)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("quarantined message %d of %s: %w", id, tenant, store.ErrNotFound)
+		}
+		return nil
+	})
 }

@@ -9,6 +9,48 @@ import (
 
 var quarantineTests = []test{
 	{"KeepListExpire", testQuarantine},
+	{"Delete", testQuarantineDelete},
+}
+
+// testQuarantineDelete: deleting one quarantined message removes it (and
+// only it, of its tenant) and frees its bytes; deleting it again, or
+// another tenant's id, is ErrNotFound.
+func testQuarantineDelete(e *env) {
+	e.seed()
+	e.mkTenant("beta", "beta-8899aabbccddeeff@relay.test")
+	th, _ := e.send(tenantID, "c-1", 0)
+	put := func(tenant, body string) *store.Quarantined {
+		e.t.Helper()
+		q := &store.Quarantined{Tenant: tenant, Reason: "dkim_fail", Thread: th.ID}
+		e.must(e.b.Quarantine(e.ctx, q, rawOf("", body), time.Hour), "Quarantine")
+		return q
+	}
+	gone := put(tenantID, pattern(2000, "deleted-one"))
+	kept := put(tenantID, pattern(2000, "kept-one"))
+	other := put("beta", "beta's\r\n")
+	if err := e.b.DeleteQuarantined(e.ctx, "beta", gone.ID); !errors.Is(err, store.ErrNotFound) && gone.ID != other.ID {
+		e.fatalf("delete of acme's id as beta: %v", err)
+	}
+	e.must(e.b.DeleteQuarantined(e.ctx, tenantID, gone.ID), "DeleteQuarantined")
+	if err := e.b.DeleteQuarantined(e.ctx, tenantID, gone.ID); !errors.Is(err, store.ErrNotFound) {
+		e.fatalf("second delete: %v, want ErrNotFound", err)
+	}
+	qs, err := e.b.QuarantinedMessages(e.ctx, tenantID)
+	e.must(err, "QuarantinedMessages")
+	if len(qs) != 1 || qs[0].ID != kept.ID {
+		e.fatalf("after delete: %+v", qs)
+	}
+	if qs, _ := e.b.QuarantinedMessages(e.ctx, "beta"); len(qs) != 1 {
+		e.fatalf("beta's quarantine: %+v", qs)
+	}
+	if _, err := e.b.Compact(e.ctx); err != nil {
+		e.fatalf("Compact: %v", err)
+	}
+	if _, err := e.readRaw(e.b, gone.Raw); !errors.Is(err, store.ErrNotFound) {
+		e.fatalf("deleted message's bytes readable after Compact: %v", err)
+	}
+	qs, _ = e.b.QuarantinedMessages(e.ctx, tenantID)
+	e.mustRaw(e.b, qs[0].Raw, []byte(pattern(2000, "kept-one")))
 }
 
 // testQuarantine: a quarantined message is kept with its bytes, listed per

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"html"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	gomail "github.com/emersion/go-message/mail"
+
+	"syncrelay/devmode"
+	"syncrelay/internal/testenv"
+)
+
+// TestServeDevSendForApprovalByEmail: the daemon wires Send For approval
+// by email (SPEC §7a): with `serve -dev`, a tenant set to
+// delegation_approval "email" gets, on a request, an email through the
+// requester's grant (recorded by the dev Gmail stand-in) whose link opens
+// /p/delegation on the daemon's own listener, and Approve there makes the
+// delegation active in the API.
+func TestServeDevSendForApprovalByEmail(t *testing.T) {
+	dir := t.TempDir()
+	d := startDaemon(t, dir, "-dev")
+	waitStdout(t, d, "dev mode is ready")
+	d.Token = readToken(t, filepath.Join(dir, "data"))
+	st, err := devmode.ReadState(filepath.Join(dir, "data", devmode.StateFileName))
+	must(t, err)
+	base := "http://" + d.HTTP
+	call := func(actor, method, path, body string, want int) map[string]any {
+		t.Helper()
+		code, m, raw := testenv.Call(t, base, d.Token, actor, method, path, body)
+		if code != want {
+			t.Fatalf("%s %s: %d, want %d: %s", method, path, code, want, raw)
+		}
+		return m
+	}
+	call("", "POST", "/v1/tenants", `{"id":"sf","name":"SF","domains":["sf.test"],"provider":"google","delegation_approval":"email"}`, 201)
+	call("", "POST", "/v1/tenants/sf/users", `{"id":"u-rec","email":"rec@sf.test","name":"Rita","role":"team_member"}`, 201)
+	call("", "POST", "/v1/tenants/sf/users", `{"id":"u-hm","email":"hm@sf.test","name":"Hugo","role":"team_member"}`, 201)
+	// Consent through the dev stand-in (approves at once; redirects followed).
+	if code, _, raw := testenv.Do(t, base, d.Token, "u-rec", "GET", "/oauth/google/start?tenant=sf&user=u-rec", ""); code != 200 || !bytes.Contains(raw, []byte("connected")) {
+		t.Fatalf("consent: %d %s", code, raw)
+	}
+
+	dl := call("u-rec", "POST", "/v1/tenants/sf/delegations", `{"requester":"u-rec","grantor":"u-hm"}`, 201)
+	if ae, _ := dl["approval_email"].(map[string]any); ae["status"] != "sent" {
+		t.Fatalf("approval_email %v", dl["approval_email"])
+	}
+
+	// The email, as the Gmail stand-in recorded it.
+	resp, err := http.Get(st.GoogleSentURL)
+	must(t, err)
+	var sent []struct{ Raw []byte }
+	must(t, json.NewDecoder(resp.Body).Decode(&sent))
+	resp.Body.Close()
+	var link string
+	for _, s := range sent {
+		mr, err := gomail.CreateReader(bytes.NewReader(s.Raw))
+		if err != nil {
+			continue
+		}
+		if to, _ := mr.Header.AddressList("To"); len(to) != 1 || to[0].Address != "hm@sf.test" {
+			continue
+		}
+		for {
+			p, err := mr.NextPart()
+			if err != nil {
+				break
+			}
+			b, _ := io.ReadAll(p.Body)
+			if l := regexp.MustCompile(`http://\S+/p/delegation\?t=\S+`).FindString(string(b)); l != "" {
+				link = l
+				break
+			}
+		}
+	}
+	if !strings.HasPrefix(link, base+"/p/delegation?t=") {
+		t.Fatalf("no approval link to %s in the stand-in's mail: %q", base, link)
+	}
+
+	// The grantor's browser, without JavaScript.
+	jar, _ := cookiejar.New(nil)
+	b := &http.Client{Jar: jar}
+	resp, err = b.Get(link)
+	must(t, err)
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Contains(page, []byte("rec@sf.test")) || resp.Header.Get("Content-Security-Policy") == "" {
+		t.Fatalf("page %d:\n%s", resp.StatusCode, page)
+	}
+	form := url.Values{"action": {"approve"}}
+	for _, m := range regexp.MustCompile(`<input type="hidden" name="(\w+)" value="([^"]*)">`).FindAllStringSubmatch(string(page), -1) {
+		form.Set(m[1], html.UnescapeString(m[2]))
+	}
+	resp, err = b.PostForm(base+"/p/delegation", form)
+	must(t, err)
+	page, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Contains(page, []byte("You approved")) {
+		t.Fatalf("approve %d:\n%s", resp.StatusCode, page)
+	}
+	if got := call("", "GET", "/v1/tenants/sf/delegations/"+dl["id"].(string), "", 200); got["status"] != "active" {
+		t.Fatalf("after approval: %v", got)
+	}
+}
