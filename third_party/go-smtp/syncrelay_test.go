@@ -1,6 +1,6 @@
 package smtp
 
-// syncrelay: the reproductions of the three patches to data.go (see
+// syncrelay: the reproductions of the four patches to data.go (see
 // SYNCRELAY.md). syncrelay's smtpd tests run them against the pristine
 // upstream module too (TestUpstreamGoSMTPStillNeedsPatches): a patch whose
 // test passes there is no longer needed.
