@@ -36,7 +36,9 @@ for t in "${targets[@]}"; do
 	t0=$SECONDS
 	ok=0
 	for attempt in 1 2 3; do
-		if go test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" "./$pkg" >/tmp/fuzz.$$.log 2>&1; then
+		# Run from the package's directory: third_party/go-smtp is a module
+		# of its own, which "./third_party/go-smtp" from here is not part of.
+		if (cd "$pkg" && go test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" .) >/tmp/fuzz.$$.log 2>&1; then
 			ok=1
 			break
 		fi

@@ -48,29 +48,31 @@ func (s *Store) group(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 	return <-r.err
 }
 
+// runBatch commits a batch: its records in one bbolt transaction, after
+// the segment bytes they refer to are durable. The segment's fdatasync runs
+// while the transaction is being built (its requests' functions: record
+// encoding, index puts), and only Commit waits for it: the building is off
+// the critical path of every message in the batch.
 func (s *Store) runBatch(batch []*commitReq) {
 	// The segment bytes these records refer to were written before their
 	// requests were queued: one flush makes them all durable before any
-	// record that points at them is.
-	if err := s.segs.flush(); err != nil {
-		for _, r := range batch {
-			r.err <- err
+	// record that points at them is committed.
+	flushed := make(chan error, 1)
+	go func() { flushed <- s.segs.flush() }()
+	var flushErr error
+	waited := false
+	waitFlush := func() error {
+		if !waited {
+			flushErr, waited = <-flushed, true
 		}
-		return
+		return flushErr
 	}
+	defer waitFlush() // every request failed: the flush still ends before the next batch's
 	for len(batch) > 0 {
-		err := s.db.Update(func(tx *bolt.Tx) error {
-			for i, r := range batch {
-				if err := r.fn(tx); err != nil {
-					return &errRequest{i: i, err: err}
-				}
-			}
-			return nil
-		})
-		var re *errRequest
-		if errors.As(err, &re) {
-			batch[re.i].err <- re.err
-			batch = append(batch[:re.i:re.i], batch[re.i+1:]...)
+		failed, err := s.commitTx(batch, waitFlush)
+		if failed >= 0 {
+			batch[failed].err <- err
+			batch = append(batch[:failed:failed], batch[failed+1:]...)
 			continue
 		}
 		for _, r := range batch {
@@ -78,6 +80,33 @@ func (s *Store) runBatch(batch []*commitReq) {
 		}
 		return
 	}
+}
+
+// commitTx runs batch's functions in a new write transaction and commits
+// it once ready() (the segment flush) returns nil. When a function fails
+// it rolls back and returns that request's index and error; otherwise
+// failed is -1 and err is the outcome of the whole batch.
+func (s *Store) commitTx(batch []*commitReq, ready func() error) (failed int, err error) {
+	tx, err := s.db.Begin(true)
+	if err != nil {
+		return -1, err
+	}
+	// As bbolt's db.Update does: a panicking function must not leave the
+	// writer lock held.
+	defer func() {
+		if tx.DB() != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	for i, r := range batch {
+		if err := r.fn(tx); err != nil {
+			return i, err
+		}
+	}
+	if err := ready(); err != nil {
+		return -1, err
+	}
+	return -1, tx.Commit()
 }
 
 // counterBuf accumulates decision counters in memory; they are flushed to

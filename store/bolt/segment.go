@@ -60,6 +60,10 @@ type segLog struct {
 
 	dmu   sync.Mutex // the segments written since the last flush
 	dirty map[*segment]struct{}
+
+	// syncFile makes a segment's bytes durable: fdatasync, or a test's
+	// stand-in that delays or fails it.
+	syncFile func(*os.File) error
 }
 
 type segment struct {
@@ -272,7 +276,11 @@ func (l *segLog) flush() error {
 	l.dmu.Unlock()
 	var errs []error
 	for _, s := range segs {
-		if err := fdatasync(s.f); err != nil {
+		syncFn := fdatasync
+		if l.syncFile != nil {
+			syncFn = l.syncFile
+		}
+		if err := syncFn(s.f); err != nil {
 			errs = append(errs, fmt.Errorf("store: segment %s: fdatasync: %w", segName(s.id), err))
 			// After a failed flush the kernel may have dropped the dirty
 			// pages (fsyncgate): never append to this file again.

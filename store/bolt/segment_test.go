@@ -439,3 +439,75 @@ func TestCompactDropsEmptySegments(t *testing.T) {
 		t.Fatalf("kept message: %q %v", got, err)
 	}
 }
+
+// TestCommitWaitsForSegmentFlush: the segment's fdatasync runs while the
+// batch's transaction is built, but nothing commits before it ends: while
+// it is held, no record of the batch is visible and no commit returns; a
+// failed flush fails the batch and commits none of it.
+func TestCommitWaitsForSegmentFlush(t *testing.T) {
+	s, _ := openTest(t)
+	seed(t, s)
+	th, _ := newThread(t, s)
+	ctx := context.Background()
+	entered := make(chan struct{}, 16)
+	release := make(chan error)
+	// On failure, let a held flush go, so that Close (an earlier cleanup)
+	// does not wait for it forever.
+	t.Cleanup(func() { close(release) })
+	s.segs.syncFile = func(f *os.File) error {
+		entered <- struct{}{}
+		if err := <-release; err != nil {
+			return err
+		}
+		return fdatasync(f)
+	}
+	commit := func(marker string) chan error {
+		done := make(chan error, 1)
+		go func() {
+			body := "Subject: hello\r\n\r\nbody " + marker + "\r\n"
+			res, err := s.CommitInbound(ctx, &Incoming{Message: Message{Tenant: "acme", Thread: th.ID, Direction: Inbound,
+				InternetMessageID: marker + "@cand.test"}, Raw: testRaw("", body)})
+			if err == nil && res.Decision != Stored {
+				err = fmt.Errorf("decision %s", res.Decision)
+			}
+			done <- err
+		}()
+		return done
+	}
+	visible := func(marker string) bool {
+		_, ok, err := s.LookupMsgID(ctx, "acme", marker+"@cand.test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+
+	done := commit("held")
+	<-entered
+	time.Sleep(50 * time.Millisecond) // time enough to build and commit, were it not held
+	select {
+	case err := <-done:
+		t.Fatalf("commit returned (%v) while its segment flush was held", err)
+	default:
+	}
+	if visible("held") {
+		t.Fatal("record committed before its segment bytes were flushed")
+	}
+	release <- nil
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !visible("held") {
+		t.Fatal("record not committed after the flush")
+	}
+
+	done = commit("failed")
+	<-entered
+	release <- errors.New("disk on fire")
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "disk on fire") {
+		t.Fatalf("commit after a failed flush: %v, want the flush error", err)
+	}
+	if visible("failed") {
+		t.Fatal("record committed although its segment flush failed")
+	}
+}

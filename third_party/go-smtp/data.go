@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 )
@@ -68,6 +69,16 @@ func newDataReader(c *Conn) *dataReader {
 	return dr
 }
 
+// The decoder's states.
+const (
+	stateBeginLine = iota // beginning of line; initial state; must be zero
+	stateDot              // read . at beginning of line
+	stateDotCR            // read .\r at beginning of line
+	stateCR               // read \r (possibly at end of line)
+	stateData             // reading data in middle of line
+	stateEOF              // reached .\r\n end marker line
+)
+
 func (r *dataReader) Read(b []byte) (n int, err error) {
 	if r.limited {
 		if r.n <= 0 {
@@ -78,34 +89,66 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 		}
 	}
 
-	// Code below is taken from net/textproto with only one modification to
-	// not rewrite CRLF -> LF.
-
-	// Run data through a simple state machine to
-	// elide leading dots and detect End-of-Data (<CR><LF>.<CR><LF>) line.
-	const (
-		stateBeginLine = iota // beginning of line; initial state; must be zero
-		stateDot              // read . at beginning of line
-		stateDotCR            // read .\r at beginning of line
-		stateCR               // read \r (possibly at end of line)
-		stateData             // reading data in middle of line
-		stateEOF              // reached .\r\n end marker line
-	)
+	// The state machine is net/textproto's (elide leading dots, detect the
+	// End-of-Data <CR><LF>.<CR><LF> line), without its CRLF -> LF rewrite.
+	//
+	// syncrelay patch 4: it runs over the bytes the bufio.Reader already
+	// holds (Peek), and copies the middle of a line up to its next CR in
+	// one copy, instead of one ReadByte and one state switch per byte:
+	// that was about a tenth of the daemon's CPU for 4 KiB messages.
 	for n < len(b) && r.state != stateEOF {
-		// syncrelay patch 2: return what has been decoded once nothing
-		// more is buffered, rather than block for a full b (as
-		// bufio.Reader.Read does), so a caller sees data as it arrives.
-		if n > 0 && r.r.Buffered() == 0 {
-			break
-		}
-		var c byte
-		c, err = r.r.ReadByte()
-		if err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
+		if r.r.Buffered() == 0 {
+			// syncrelay patch 2: return what has been decoded once
+			// nothing more is buffered, rather than block for a full b
+			// (as bufio.Reader.Read does), so a caller sees data as it
+			// arrives.
+			if n > 0 {
+				break
 			}
-			break
+			if _, err = r.r.Peek(1); err != nil {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				break
+			}
 		}
+		src, _ := r.r.Peek(r.r.Buffered())
+		used, wrote := r.decode(b[n:], src)
+		r.r.Discard(used)
+		n += wrote
+	}
+	if err == nil && r.state == stateEOF {
+		err = io.EOF
+	}
+
+	if r.limited {
+		r.n -= int64(n)
+	}
+	return
+}
+
+// decode runs the state machine over src, writing the decoded bytes to
+// dst, until src is used up, dst is full or the end marker is read. It
+// returns how many bytes of src it used and of dst it wrote.
+func (r *dataReader) decode(dst, src []byte) (used, n int) {
+	for used < len(src) && n < len(dst) && r.state != stateEOF {
+		if r.state == stateData {
+			// In the middle of a line only a CR changes the state:
+			// copy up to and including the next one.
+			chunk := src[used:]
+			if len(chunk) > len(dst)-n {
+				chunk = chunk[:len(dst)-n]
+			}
+			if i := bytes.IndexByte(chunk, '\r'); i >= 0 {
+				chunk = chunk[:i+1]
+				r.state = stateCR
+			}
+			n += copy(dst[n:], chunk)
+			used += len(chunk)
+			continue
+		}
+		c := src[used]
+		used++
 		switch r.state {
 		case stateBeginLine:
 			if c == '.' {
@@ -130,8 +173,8 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 			}
 			// syncrelay patch 1: not part of .\r\n: the leading dot is
 			// consumed, and the saved \r is emitted (as net/textproto
-			// does), not dropped.
-			r.r.UnreadByte()
+			// does), not dropped; c is read again.
+			used--
 			c = '\r'
 			r.state = stateData
 		case stateCR:
@@ -145,20 +188,9 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 				break
 			}
 			r.state = stateData
-		case stateData:
-			if c == '\r' {
-				r.state = stateCR
-			}
 		}
-		b[n] = c
+		dst[n] = c
 		n++
 	}
-	if err == nil && r.state == stateEOF {
-		err = io.EOF
-	}
-
-	if r.limited {
-		r.n -= int64(n)
-	}
-	return
+	return used, n
 }
