@@ -327,8 +327,13 @@ func TestProbe(t *testing.T) {
 		t.Fatalf("after return: %+v", pv)
 	}
 
-	// A probe that does not come back times out with hints.
+	// A probe that does not come back times out with hints; a second
+	// click while it is on its way sends nothing more.
 	must(t, f.srv.startProbe(ctx, ten))
+	must(t, f.srv.startProbe(ctx, ten))
+	if len(f.sends.sent) != 2 {
+		t.Fatalf("%d probes sent, want 2 (one per started check)", len(f.sends.sent))
+	}
 	f.now = f.now.Add(2 * time.Minute)
 	pv, _ = f.srv.probeView(ctx, ten, a, f.now)
 	if pv.State != "timeout" || len(pv.Hints) == 0 || !strings.Contains(pv.Hints[0], "Nothing reached the inbound address") {
