@@ -2,12 +2,9 @@ package api
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
-
-	"syncrelay/store"
 )
 
 // Email admin page links (SPEC §7a): the ATS asks for a signed, expiring
@@ -16,9 +13,9 @@ import (
 
 // AdminLinker mints and revokes admin page links (*pages.Server).
 type AdminLinker interface {
-	// MintAdmin returns the URL and its expiry; ttl 0 is the default.
-	// store.ErrNotFound for an unknown tenant; a ttl out of bounds is
-	// an error wrapping ErrAdminLinkTTL.
+	// MintAdmin returns the URL and its expiry; ttl 0 is the default
+	// (the API checks the bounds first). store.ErrNotFound for an unknown
+	// tenant.
 	MintAdmin(ctx context.Context, tenant string, ttl time.Duration) (string, time.Time, error)
 	RotateAdmin(ctx context.Context, tenant string) (uint64, error)
 }
@@ -80,10 +77,7 @@ func (s *Server) createAdminLink(w http.ResponseWriter, r *http.Request) {
 	}
 	u, exp, err := al.MintAdmin(r.Context(), rq.tenant.ID, ttl)
 	if err != nil {
-		if !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrExists) {
-			s.o.Log.ErrorContext(r.Context(), "api: admin link", "tenant", rq.tenant.ID, "err", err)
-		}
-		s.storeError(w, r, err)
+		s.storeError(w, r, err) // logs what is not a not-found
 		return
 	}
 	writeJSON(w, http.StatusCreated, adminLinkJSON{URL: u, ExpiresAt: exp.UTC()})

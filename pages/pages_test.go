@@ -10,6 +10,7 @@ import (
 	"net/mail"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -151,6 +152,38 @@ func TestAdminPageShowsSetup(t *testing.T) {
 	}
 }
 
+// Broken grants and the quarantine are listed; no message content is.
+func TestAdminPageListsWithoutContent(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	must(t, f.st.CreateUser(ctx, &store.User{Tenant: "acme", ID: "u-bob", Email: "bob@acme.test", Role: "team_member"}))
+	must(t, f.st.PutGrant(ctx, &store.Grant{Tenant: "acme", User: "u-bob", Provider: "google", Status: store.GrantActive, Sealed: []byte("x"), Connected: time.Now()}))
+	g, err := f.st.Grant(ctx, "acme", "u-bob")
+	must(t, err)
+	if ok, err := f.st.MarkGrantBroken(ctx, "acme", "u-bob", g.Version, "invalid_grant: revoked"); !ok || err != nil {
+		t.Fatalf("MarkGrantBroken %v %v", ok, err)
+	}
+	q := &store.Quarantined{Tenant: "acme", Reason: "DKIM policy: no DKIM signature", DKIM: []store.AuthResult{{Domain: "cand.test", Result: "fail"}}}
+	raw := "From: carl@cand.test\r\nSubject: SECRET-SUBJECT-1\r\n\r\nSECRET-BODY-2\r\n"
+	must(t, f.st.Quarantine(ctx, q, &store.Raw{Body: strings.NewReader(raw), Size: int64(len(raw))}, time.Hour))
+	f.st.Count("acme", "discarded", "no_match")
+	_, _, body := get(t, nil, f.link(0))
+	for _, want := range []string{"bob@acme.test", "invalid_grant: revoked", "q_" + strconv.FormatUint(q.ID, 10), "cand.test: fail", "no DKIM signature"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	for _, never := range []string{"SECRET-SUBJECT-1", "SECRET-BODY-2", "carl@cand.test"} {
+		if strings.Contains(body, never) {
+			t.Errorf("page shows message content %q", never)
+		}
+	}
+	// Without quarantine actions configured there are no buttons.
+	if strings.Contains(body, `value="release"`) {
+		t.Error("release button without quarantine actions")
+	}
+}
+
 func htmlEsc(s string) string {
 	r := strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", `"`, "&#34;", "'", "&#39;", "+", "&#43;")
 	return r.Replace(s)
@@ -274,6 +307,14 @@ func TestCSRF(t *testing.T) {
 	if len(f.sends.sent) != 0 {
 		t.Fatal("a refused POST sent a probe")
 	}
+	// The quarantine form is checked the same way.
+	req, _ := http.NewRequest("POST", f.hs.URL+"/p/admin/quarantine", strings.NewReader(url.Values{"t": {t0}, "id": {"1"}, "action": {"delete"}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if resp, err := c.Do(req); err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("quarantine POST without CSRF field: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	if code := post(c, url.Values{"t": {t0}, "csrf": {csrf}}, f.hs.URL); code != http.StatusSeeOther {
 		t.Fatalf("good POST: %d", code)
 	}
@@ -327,8 +368,13 @@ func TestProbe(t *testing.T) {
 		t.Fatalf("after return: %+v", pv)
 	}
 
-	// A probe that does not come back times out with hints.
+	// A probe that does not come back times out with hints; a second
+	// click while it is on its way sends nothing more.
 	must(t, f.srv.startProbe(ctx, ten))
+	must(t, f.srv.startProbe(ctx, ten))
+	if len(f.sends.sent) != 2 {
+		t.Fatalf("%d probes sent, want 2 (one per started check)", len(f.sends.sent))
+	}
 	f.now = f.now.Add(2 * time.Minute)
 	pv, _ = f.srv.probeView(ctx, ten, a, f.now)
 	if pv.State != "timeout" || len(pv.Hints) == 0 || !strings.Contains(pv.Hints[0], "Nothing reached the inbound address") {
@@ -406,4 +452,24 @@ func flip(s string) string {
 		return "B" + s[1:]
 	}
 	return "A" + s[1:]
+}
+
+// While a probe is out the page reloads itself, to a URL without the
+// #verify fragment of the form's redirect: Chrome does not reload again a
+// page whose refresh target differs from it only by a fragment.
+func TestPendingProbeRefreshes(t *testing.T) {
+	f := newFixture(t)
+	ten, _ := f.st.Tenant(context.Background(), "acme")
+	link := f.link(0)
+	_, _, body := get(t, nil, link)
+	if strings.Contains(body, `http-equiv="refresh"`) {
+		t.Fatal("refresh without a probe out")
+	}
+	must(t, f.srv.startProbe(context.Background(), ten))
+	_, _, body = get(t, nil, link)
+	u, _ := url.Parse(link)
+	want := `<meta http-equiv="refresh" content="5; url=/p/admin?t=` + u.Query().Get("t") + `">`
+	if !strings.Contains(body, want) {
+		t.Fatalf("pending page lacks %s", want)
+	}
 }

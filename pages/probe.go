@@ -97,12 +97,21 @@ func (s *Server) probeUser(ctx context.Context, t *store.Tenant) (*store.User, e
 	return nil, nil
 }
 
+// ProbeMinInterval is how long a probe still on its way holds back a new
+// one (a double click, or a reload of the POST, sends one message).
+const ProbeMinInterval = time.Minute
+
 // startProbe sends a new probe and records it (or why it could not be
 // sent). It returns an error only for local trouble.
 func (s *Server) startProbe(ctx context.Context, t *store.Tenant) error {
 	now := s.o.Now().UTC()
 	if s.o.Probes == nil {
 		return &probeError{"sending is not configured on this server"}
+	}
+	if p, err := s.probeState(ctx, t.ID); err != nil {
+		return err
+	} else if p != nil && p.Returned.IsZero() && p.SendError == "" && now.Sub(p.Started) < ProbeMinInterval {
+		return nil
 	}
 	u, err := s.probeUser(ctx, t)
 	if err != nil {
@@ -247,9 +256,6 @@ func (s *Server) probeHints(t *store.Tenant, a *store.TenantActivity, p *probeSt
 func roundDuration(d time.Duration) string {
 	if d < time.Second {
 		return "less than a second"
-	}
-	if d < time.Minute {
-		return d.Round(time.Second).String()
 	}
 	return d.Round(time.Second).String()
 }

@@ -50,7 +50,7 @@ func TestVerifyRefuses(t *testing.T) {
 
 	for _, tc := range []struct {
 		name, tok, purpose string
-		want                error
+		want               error
 	}{
 		{"empty", "", PurposeAdmin, ErrInvalid},
 		{"no dot", payload, PurposeAdmin, ErrInvalid},
