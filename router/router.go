@@ -57,7 +57,7 @@ func Outcomes() [][2]string {
 	return [][2]string{
 		{Stored, ByToken}, {Stored, ByLearnedID}, {Stored, ByThreadToken}, {Stored, ByThreadIndex}, {Stored, "bounce"},
 		{Duplicate, "duplicate"}, {Duplicate, "sent_copy"}, {Duplicate, "removed"}, {Duplicate, "bounce"},
-		{Discarded, "no_match"}, {Discarded, "delivery_report"},
+		{Discarded, "no_match"}, {Discarded, "delivery_report"}, {Discarded, ReasonProbe},
 		{Quarantined, "dkim_fail"}, {Quarantined, ReasonDKIMUnaligned},
 		{Rejected, "header_too_large"}, {Rejected, "malformed_header"}, {Rejected, "mime_too_deep"},
 		{Rejected, "dkim_fail"}, {Rejected, ReasonDKIMUnaligned},
