@@ -35,20 +35,20 @@ func (s *Store) CommitInbound(ctx context.Context, in *store.Incoming) (store.Co
 	if in.Learn != nil {
 		err = s.group(ctx, key, func(ctx context.Context, tx pgx.Tx) error {
 			var err error
-			res, err = learn(ctx, tx, in)
+			res, err = s.learn(ctx, tx, in)
 			return err
 		})
 		return res, err
 	}
 	r := &commitReq{key: key, err: make(chan error, 1), op: func() batchOp {
-		return &commitOp{in: in, body: body, now: now, res: &res}
+		return &commitOp{s: s, in: in, body: body, now: now, res: &res}
 	}}
 	return res, s.queue(ctx, r)
 }
 
 // learn records a provider-assigned Message-ID of a sent message (its
 // forwarded sent copy); no new message is stored.
-func learn(ctx context.Context, tx pgx.Tx, in *store.Incoming) (store.CommitResult, error) {
+func (s *Store) learn(ctx context.Context, tx pgx.Tx, in *store.Incoming) (store.CommitResult, error) {
 	tenant, ref := in.Message.Tenant, *in.Learn
 	m, err := lockMessage(ctx, tx, tenant, ref.Message)
 	if err != nil {
@@ -65,10 +65,10 @@ func learn(ctx context.Context, tx pgx.Tx, in *store.Incoming) (store.CommitResu
 		// of this one: learning it would tie two threads together.
 		if err == pgx.ErrNoRows || held == ref {
 			m.LearnedIDs = append(m.LearnedIDs, id)
-			if err := indexMsgID(ctx, tx, tenant, id, ref); err != nil {
+			if err := s.indexMsgID(ctx, tx, tenant, id, ref); err != nil {
 				return store.CommitResult{}, err
 			}
-			if _, err := claimCopy(ctx, tx, tenant, ref.Thread, id, ref.Message); err != nil {
+			if _, err := s.claimCopy(ctx, tx, tenant, ref.Thread, id, ref.Message); err != nil {
 				return store.CommitResult{}, err
 			}
 		}
@@ -96,6 +96,7 @@ func duplicate(ctx context.Context, tx pgx.Tx, tenant string, ref store.Ref, mbo
 //     and enqueue its event; a duplicate: read the message it duplicates;
 //  3. a duplicate: add the copy's mailbox to it.
 type commitOp struct {
+	s    *Store
 	in   *store.Incoming
 	body []byte
 	now  time.Time
@@ -175,6 +176,7 @@ func (o *commitOp) lockAndClaim(p *pipe) {
 	}, "SELECT nextval('message_ids'), nextval(pg_get_serial_sequence('raw_blobs', 'id'))")
 	o.holder = 0
 	if dk := o.dk(); dk != "" {
+		o.s.noteKey(tenant, dk)
 		// currval: the id allocated just above, in this session.
 		p.row(func(r pgx.Row) error {
 			err := r.Scan(&o.holder)
@@ -216,6 +218,7 @@ func (o *commitOp) store(p *pipe) bool {
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
 			m.Tenant, m.ID, m.Thread, m.Direction, m.Status, m.SentBy, m.InternetMessageID, m.Received, mdata)
 		if !store.Synthetic(m.InternetMessageID) {
+			o.s.noteKey(m.Tenant, m.InternetMessageID)
 			p.exec("INSERT INTO msgids (tenant, msgid, thread, message) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
 				m.Tenant, m.InternetMessageID, m.Thread, m.ID)
 		}
