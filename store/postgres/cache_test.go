@@ -272,3 +272,60 @@ func TestFilterGrows(t *testing.T) {
 		t.Errorf("%d false positives in 100000 at capacity, want < 0.2%%", fp)
 	}
 }
+
+// TestKeyPayloads: keys of any bytes survive the notice's encoding, and
+// the payloads stay under PostgreSQL's limit.
+func TestKeyPayloads(t *testing.T) {
+	tests := []struct {
+		name string
+		keys []tenantKey
+		want int // payloads
+	}{
+		{"one", []tenantKey{{"acme", "a@b"}}, 1},
+		{"separators in ids", []tenantKey{{"ac,me", "1,2,x\t\n@b"}, {"", "k"}}, 1},
+		{"many", func() (ks []tenantKey) {
+			for i := range 400 {
+				ks = append(ks, tenantKey{"acme", fmt.Sprintf("<%d.%s@mail.example>", i, strings.Repeat("z", 40))})
+			}
+			return
+		}(), 4},
+		{"too long", []tenantKey{{"acme", strings.Repeat("x", 8000)}, {"acme", "short@x"}}, 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ps := keyPayloads(tc.keys)
+			if len(ps) != tc.want {
+				t.Errorf("%d payloads, want %d", len(ps), tc.want)
+			}
+			var got []tenantKey
+			rebuild := false
+			for _, p := range ps {
+				if len(p) > maxPayload {
+					t.Errorf("payload of %d bytes", len(p))
+				}
+				if p == "r" {
+					rebuild = true
+					continue
+				}
+				if !parseKeys(p[1:], func(tn, k string) { got = append(got, tenantKey{tn, k}) }) {
+					t.Errorf("payload %.40q does not parse", p)
+				}
+			}
+			var want []tenantKey
+			for _, k := range tc.keys {
+				if len(k.key) < maxPayload-10 {
+					want = append(want, k)
+				}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("decoded %v, want %v", got, want)
+			}
+			if rebuild != (tc.name == "too long") {
+				t.Errorf("rebuild = %v", rebuild)
+			}
+		})
+	}
+	if parseKeys("3,4,ab", func(string, string) {}) {
+		t.Error("a truncated entry parsed")
+	}
+}

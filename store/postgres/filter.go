@@ -17,7 +17,8 @@ import (
 // It is complete only while the listener is connected: keys reach it from
 // three sides, none of which may be missed:
 //   - the initial load (SELECT of both tables), started after LISTEN;
-//   - NOTIFY from the tables' triggers for rows committed later, by any node;
+//   - NOTIFY from the transactions that insert rows later, on any node
+//     (keys.go);
 //   - this node's own writes, added before their commit is sent, so that a
 //     lookup on this node after its own commit never waits for the notice.
 type keyFilter struct {

@@ -40,7 +40,8 @@ type cacheEntry struct {
 type nodeCache struct {
 	ttl   time.Duration
 	ready atomic.Bool // the listener is connected and resynchronised
-	keys  atomic.Pointer[keyFilter]
+	keys  atomic.Pointer[keyFilter] // never nil
+	prev  atomic.Pointer[keyFilter] // the one keys replaced, or nil
 	// rebuild asks the listener to reconnect and rebuild the filter.
 	rebuild chan struct{}
 
@@ -55,6 +56,7 @@ const maxCacheEntries = 10000
 
 func newNodeCache(ttl time.Duration) *nodeCache {
 	c := &nodeCache{ttl: ttl, rebuild: make(chan struct{}, 1)}
+	c.keys.Store(newKeyFilter(minFilterCap))
 	c.reset()
 	return c
 }
@@ -126,16 +128,16 @@ func usersOf(tenant string) func(c *nodeCache) map[string]cacheEntry {
 // apply handles one notice.
 func (c *nodeCache) apply(payload string) (rebuild bool) {
 	kind, rest, _ := strings.Cut(payload, "\t")
+	if strings.HasPrefix(payload, "k") {
+		kind = "k"
+	}
 	switch kind {
-	case "m":
-		tenant, key, ok := strings.Cut(rest, "\t")
-		if ok {
-			if f := c.keys.Load(); f != nil {
-				f.add(tenant, key)
-				return f.full()
-			}
+	case "k":
+		f := c.keys.Load()
+		if !parseKeys(payload[1:], f.add) {
+			return true
 		}
-		return false
+		return f.full()
 	case "t":
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -166,11 +168,10 @@ func (s *Store) noteKey(tenant, key string) {
 	if key == "" {
 		return
 	}
-	if f := s.cache.keys.Load(); f != nil {
-		f.add(tenant, key)
-		if f.full() {
-			s.cache.askRebuild()
-		}
+	f := s.cache.keys.Load()
+	f.add(tenant, key)
+	if f.full() {
+		s.cache.askRebuild()
 	}
 }
 
@@ -187,8 +188,11 @@ func (s *Store) unknownKey(tenant, key string) bool {
 	if !s.cache.ready.Load() {
 		return false
 	}
-	f := s.cache.keys.Load()
-	return f != nil && !f.mayContain(tenant, key)
+	if s.cache.keys.Load().mayContain(tenant, key) {
+		return false
+	}
+	p := s.cache.prev.Load()
+	return p == nil || !p.mayContain(tenant, key)
 }
 
 // listen keeps the listener connected until ctx ends.
@@ -265,25 +269,35 @@ func (s *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig) error {
 	}
 }
 
-// loadKeys builds a new filter from every known key. It is installed
-// before the load, so that this node's own writes meanwhile land in it.
+// loadKeys adds every known key to the filter. The filter is kept across
+// reconnects (keys are never removed, so adding them again is harmless and
+// catches up on notices missed while disconnected). It is replaced by a
+// larger one when it is too small; the one it replaces stays consulted
+// (prev): a key this node noted in it just before the swap, for a commit
+// that ends after the load below, would otherwise be missing until its
+// notice arrives.
 func (s *Store) loadKeys(ctx context.Context, conn *pgx.Conn) error {
 	var est float64
 	if err := conn.QueryRow(ctx, `SELECT greatest((SELECT reltuples FROM pg_class WHERE oid = 'msgids'::regclass), 0)
 		+ greatest((SELECT reltuples FROM pg_class WHERE oid = 'thread_copies'::regclass), 0)`).Scan(&est); err != nil {
 		return err
 	}
-	capacity := int64(est) * 2
+	need := int64(est)
 	for {
-		f := newKeyFilter(capacity)
-		s.cache.keys.Store(f)
+		f := s.cache.keys.Load()
+		if f.full() || f.cap < need {
+			s.cache.grow(2 * max(need, f.n.Load()))
+			f = s.cache.keys.Load()
+		}
 		rows, err := conn.Query(ctx, "SELECT tenant, msgid FROM msgids UNION ALL SELECT tenant, dk FROM thread_copies")
 		if err != nil {
 			return err
 		}
 		var tenant, key string
+		n := int64(0)
 		if _, err := pgx.ForEachRow(rows, []any{&tenant, &key}, func() error {
 			f.add(tenant, key)
+			n++
 			return nil
 		}); err != nil {
 			return err
@@ -291,6 +305,13 @@ func (s *Store) loadKeys(ctx context.Context, conn *pgx.Conn) error {
 		if !f.full() {
 			return nil
 		}
-		capacity = 2 * f.n.Load()
+		need = 2 * n
 	}
+}
+
+// grow installs an empty filter for capacity keys; the current one
+// becomes prev.
+func (c *nodeCache) grow(capacity int64) {
+	c.prev.Store(c.keys.Load())
+	c.keys.Store(newKeyFilter(capacity))
 }

@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -59,6 +60,9 @@ type Store struct {
 	logger *slog.Logger
 
 	commits *groupcommit.Queue[*commitReq]
+	// batches and batched count commit transactions and the requests
+	// they carried (the mean batch size, for benchmarks).
+	batches, batched atomic.Int64
 	counts  *counterBuf
 	cache   *nodeCache
 

@@ -161,7 +161,9 @@ func (s *Store) indexMsgID(ctx context.Context, tx pgx.Tx, tenant, msgid string,
 	if msgid == "" || store.Synthetic(msgid) {
 		return nil
 	}
-	s.noteKey(tenant, msgid)
+	if err := s.announce(ctx, tx, tenantKey{tenant, msgid}); err != nil {
+		return err
+	}
 	_, err := tx.Exec(ctx, "INSERT INTO msgids (tenant, msgid, thread, message) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
 		tenant, msgid, ref.Thread, ref.Message)
 	return err
@@ -171,7 +173,9 @@ func (s *Store) indexMsgID(ctx context.Context, tx pgx.Tx, tenant, msgid string,
 // unless one already is; it returns the holder. The unique key decides
 // between concurrent copies, also across nodes.
 func (s *Store) claimCopy(ctx context.Context, tx pgx.Tx, tenant string, thread uint64, dk string, msg uint64) (uint64, error) {
-	s.noteKey(tenant, dk)
+	if err := s.announce(ctx, tx, tenantKey{tenant, dk}); err != nil {
+		return 0, err
+	}
 	var holder uint64
 	err := tx.QueryRow(ctx, `WITH ins AS (
 			INSERT INTO thread_copies (tenant, thread, dk, message) VALUES ($1, $2, $3, $4)
