@@ -73,6 +73,10 @@ func benchCommit(b *testing.B, nodes int) {
 	}
 	stmts.Store(0)
 	pgCPU0, goCPU0 := serverCPU(b, ss[0]), selfCPU()
+	var lsn0 string
+	if err := s.pool.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&lsn0); err != nil {
+		b.Fatal(err)
+	}
 	b.ResetTimer()
 	start := time.Now()
 	b.RunParallel(func(pb *testing.PB) {
@@ -101,6 +105,11 @@ func benchCommit(b *testing.B, nodes int) {
 	b.ReportMetric(float64((serverCPU(b, ss[0])-pgCPU0).Microseconds())/float64(b.N), "pg-cpu-us/op")
 	b.ReportMetric(float64((selfCPU()-goCPU0).Microseconds())/float64(b.N), "go-cpu-us/op")
 	b.ReportMetric(float64(stmts.Load())/float64(b.N), "stmts/op")
+	var wal float64
+	if err := s.pool.QueryRow(ctx, "SELECT pg_current_wal_lsn() - $1::text::pg_lsn", lsn0).Scan(&wal); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(wal/float64(b.N)/1024, "wal-KiB/op")
 	var batches, batched int64
 	for _, s := range ss {
 		batches += s.batches.Load()
