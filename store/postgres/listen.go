@@ -39,7 +39,7 @@ type cacheEntry struct {
 
 type nodeCache struct {
 	ttl   time.Duration
-	ready atomic.Bool // the listener is connected and resynchronised
+	ready atomic.Bool               // the listener is connected and resynchronised
 	keys  atomic.Pointer[keyFilter] // never nil
 	prev  atomic.Pointer[keyFilter] // the one keys replaced, or nil
 	// rebuild asks the listener to reconnect and rebuild the filter.

@@ -63,8 +63,8 @@ type Store struct {
 	// batches and batched count commit transactions and the requests
 	// they carried (the mean batch size, for benchmarks).
 	batches, batched atomic.Int64
-	counts  *counterBuf
-	cache   *nodeCache
+	counts           *counterBuf
+	cache            *nodeCache
 
 	stopListen context.CancelFunc
 	listening  sync.WaitGroup
