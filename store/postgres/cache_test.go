@@ -329,3 +329,47 @@ func TestKeyPayloads(t *testing.T) {
 		t.Error("a truncated entry parsed")
 	}
 }
+
+// TestCacheTTLWithoutNotice: a change no notice announces (the trigger
+// disabled, as if the notice were lost) is served stale from the cache,
+// and shows on the other node once the TTL has passed.
+func TestCacheTTLWithoutNotice(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	ctx := context.Background()
+	const ttl = 3 * time.Second
+	var nodes []*Store
+	for i := range 2 {
+		s, err := Open(ctx, dsn, Options{Node: fmt.Sprintf("node%d", i), CacheTTL: ttl})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		waitReady(t, s)
+		nodes = append(nodes, s)
+	}
+	a, b := nodes[0], nodes[1]
+	if _, err := a.pool.Exec(ctx, "ALTER TABLE tenants DISABLE TRIGGER tenants_notify"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.CreateTenant(ctx, &store.Tenant{ID: "quiet", InboundAddress: "quiet@relay.test", Name: "Before"}); err != nil {
+		t.Fatal(err)
+	}
+	cached := time.Now()
+	if ten, err := b.Tenant(ctx, "quiet"); err != nil || ten.Name != "Before" {
+		t.Fatalf("B first read: %v %v", ten, err)
+	}
+	if _, err := a.UpdateTenant(ctx, "quiet", func(t *store.Tenant) error { t.Name = "After"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	ten, err := b.Tenant(ctx, "quiet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ten.Name != "Before" && time.Since(cached) < ttl {
+		t.Errorf("B saw the unannounced change at once (%q): nothing was cached", ten.Name)
+	}
+	within(t, 2*ttl, "unannounced change on B after the TTL", func() (bool, string) {
+		ten, err := b.Tenant(ctx, "quiet")
+		return err == nil && ten.Name == "After", fmt.Sprint(ten, err)
+	})
+}
