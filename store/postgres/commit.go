@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -71,6 +73,19 @@ type errRequest struct {
 
 func (e *errRequest) Error() string { return e.err.Error() }
 func (e *errRequest) Unwrap() error { return e.err }
+
+// commitsInFlight is how many batches a node commits at once, each on its
+// own connection (groupcommit.RunN): 2 unless SYNCRELAY_PG_COMMITS sets it
+// (1 to 8). A batch then does not wait for the whole previous batch's
+// round trips and WAL flush, and PostgreSQL flushes the WAL of concurrent
+// commits together. Batches are sorted by key, so two of them claim keys
+// in the same order; a deadlock is retried like any other.
+func commitsInFlight() int {
+	if n, err := strconv.Atoi(os.Getenv("SYNCRELAY_PG_COMMITS")); err == nil && n >= 1 && n <= 8 {
+		return n
+	}
+	return 2
+}
 
 func (s *Store) runBatch(batch []*commitReq) {
 	s.batches.Add(1)

@@ -112,7 +112,7 @@ func Open(ctx context.Context, dsn string, o Options) (*Store, error) {
 		pool.Close()
 		return nil, err
 	}
-	go s.commits.Run(maxBatch, 10*time.Second, s.tick, s.runBatch)
+	go s.commits.RunN(maxBatch, commitsInFlight(), 10*time.Second, s.tick, s.runBatch)
 	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopListen = stop
 	s.listening.Add(1)
