@@ -219,19 +219,16 @@ func (s *Store) listen(ctx context.Context, cfg *pgx.ConnConfig) {
 	}
 }
 
-// errRebuild ends a listener session to rebuild the filter.
-var errRebuild = errorString("rebuild")
-
-type errorString string
-
-func (e errorString) Error() string { return string(e) }
-
 func (s *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig) error {
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		conn.Close(cctx)
+	}()
 	// LISTEN first: everything committed after it is announced, everything
 	// before it is in the load below.
 	if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
