@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"io"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -18,9 +19,11 @@ import (
 	"syncrelay/dnsres"
 	"syncrelay/internal/dkimtest"
 	"syncrelay/internal/dnstest"
+	"syncrelay/internal/pgtest"
 	"syncrelay/smtpd"
 	"syncrelay/store"
 	"syncrelay/store/bolt"
+	"syncrelay/store/postgres"
 	"syncrelay/token"
 	"syncrelay/trust"
 )
@@ -31,11 +34,12 @@ var testKey = bytes.Repeat([]byte{0x5a}, 32)
 
 const testHost = "relay.test"
 
-// env is a real pipeline: a bbolt store in a temp dir, a token keyring, a
-// DNS server on loopback serving DKIM keys, and the router.
+// env is a real pipeline: a bbolt store in a temp dir (or a PostgreSQL
+// database, newEnvOn), a token keyring, a DNS server on loopback serving
+// DKIM keys, and the router.
 type env struct {
 	t      testing.TB
-	st     *bolt.Store
+	st     store.Store
 	dir    string
 	kr     *token.Keyring
 	dns    *dnstest.Server
@@ -50,8 +54,22 @@ type env struct {
 
 func newEnv(t testing.TB, provider string) *env {
 	t.Helper()
+	return newEnvOn(t, provider, "bbolt")
+}
+
+// newEnvOn is newEnv on the named backend: "bbolt", or "postgres" (a new
+// database on internal/pgtest's cluster; skipped without PostgreSQL).
+func newEnvOn(t testing.TB, provider, backend string) *env {
+	t.Helper()
 	dir := t.TempDir()
-	st, err := bolt.Open(dir, bolt.Options{})
+	var st store.Store
+	var err error
+	switch backend {
+	case "postgres":
+		st, err = postgres.Open(context.Background(), pgtest.DSN(t), postgres.Options{})
+	default:
+		st, err = bolt.Open(dir, bolt.Options{})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,3 +201,5 @@ func (e *env) routeIn(ctx context.Context, in Input) (routed, error) {
 	r, _ := smtpd.ReplyFor(smtpd.Verdict{Decision: out.Decision, Reason: out.Reason, Detail: out.Detail})
 	return routed{Outcome: out, Code: r.Code, Enhanced: [3]int(r.EnhancedCode), Text: r.Message}, err
 }
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }

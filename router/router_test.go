@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"syncrelay/store"
-	"syncrelay/store/bolt"
 	"syncrelay/token"
 )
 
@@ -299,7 +298,7 @@ func TestMIMEDepthLimit(t *testing.T) {
 
 // faultStore injects storage failures into the real store.
 type faultStore struct {
-	*bolt.Store
+	store.Store
 	failPut, failCommit bool
 }
 

@@ -77,6 +77,49 @@ func (q *Queue[R]) Run(max int, every time.Duration, tick func(), commit func([]
 	}
 }
 
+// RunN is Run with up to n batches committing at once, each in its own
+// goroutine. A slot is taken before a batch is gathered, so a batch holds
+// everything queued while every slot was busy (with n = 1, the batches of
+// Run). For a backend whose commit is mostly waiting (round trips to a
+// database server), a request that arrives while one batch commits starts
+// in the next slot instead of waiting for it.
+func (q *Queue[R]) RunN(max, n int, every time.Duration, tick func(), commit func([]R)) {
+	slots := make(chan struct{}, n)
+	var running sync.WaitGroup
+	start := func(batch []R) {
+		running.Add(1)
+		go func() {
+			defer func() { <-slots; running.Done() }()
+			commit(batch)
+		}()
+	}
+	defer close(q.done)
+	defer running.Wait()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		slots <- struct{}{}
+		select {
+		case first := <-q.ch:
+			start(q.fill(first, max))
+		case <-t.C:
+			<-slots
+			tick()
+		case <-q.stop:
+			<-slots
+			for {
+				select {
+				case first := <-q.ch:
+					slots <- struct{}{}
+					start(q.fill(first, max))
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
 // fill returns first and whatever else is queued, at most max in all.
 func (q *Queue[R]) fill(first R, max int) []R {
 	batch := []R{first}

@@ -3,6 +3,7 @@ package groupcommit
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,10 +16,20 @@ import (
 // have their request committed; none waits forever, and Close returns only
 // after every queued request was committed.
 func TestSubmitAroundClose(t *testing.T) {
+	runners := map[string]func(q *Queue[int], commit func([]int)){
+		"Run":     func(q *Queue[int], commit func([]int)) { q.Run(8, time.Hour, func() {}, commit) },
+		"RunN(3)": func(q *Queue[int], commit func([]int)) { q.RunN(8, 3, time.Hour, func() {}, commit) },
+	}
+	for name, run := range runners {
+		t.Run(name, func(t *testing.T) { submitAroundClose(t, run) })
+	}
+}
+
+func submitAroundClose(t *testing.T, run func(q *Queue[int], commit func([]int))) {
 	for round := range 200 {
 		q := New[int](4)
 		var committed atomic.Int64
-		go q.Run(8, time.Hour, func() {}, func(b []int) { committed.Add(int64(len(b))) })
+		go run(q, func(b []int) { committed.Add(int64(len(b))) })
 		var queued atomic.Int64
 		var wg sync.WaitGroup
 		for range 16 {
@@ -105,5 +116,47 @@ func TestSubmitContext(t *testing.T) {
 	q.Close()
 	if err := q.Submit(context.Background(), 3); !errors.Is(err, store.ErrClosed) {
 		t.Fatalf("Submit after Close: %v", err)
+	}
+}
+
+// TestRunNOverlaps: RunN commits up to n batches at once and never more;
+// Close returns only after every running batch has returned.
+func TestRunNOverlaps(t *testing.T) {
+	for _, n := range []int{1, 2, 3} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			q := New[int](64)
+			var now, peak, done atomic.Int64
+			release := make(chan struct{})
+			go q.RunN(1, n, time.Hour, func() {}, func(b []int) {
+				c := now.Add(1)
+				for {
+					p := peak.Load()
+					if c <= p || peak.CompareAndSwap(p, c) {
+						break
+					}
+				}
+				<-release
+				now.Add(-1)
+				done.Add(int64(len(b)))
+			})
+			for i := range 2 * n {
+				if err := q.Submit(context.Background(), i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for now.Load() < int64(n) && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			time.Sleep(20 * time.Millisecond) // a batch past the limit would start now
+			if p := peak.Load(); p != int64(n) {
+				t.Errorf("%d batches at once, want %d", p, n)
+			}
+			close(release)
+			q.Close()
+			if d := done.Load(); d != int64(2*n) {
+				t.Errorf("Close returned with %d of %d committed", d, 2*n)
+			}
+		})
 	}
 }

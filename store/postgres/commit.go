@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -72,25 +74,28 @@ type errRequest struct {
 func (e *errRequest) Error() string { return e.err.Error() }
 func (e *errRequest) Unwrap() error { return e.err }
 
+// commitsInFlight is how many batches a node commits at once, each on its
+// own connection (groupcommit.RunN): 2 unless SYNCRELAY_PG_COMMITS sets it
+// (1 to 8). A batch then does not wait for the whole previous batch's
+// round trips and WAL flush, and PostgreSQL flushes the WAL of concurrent
+// commits together. Batches are sorted by key, so two of them claim keys
+// in the same order; a deadlock is retried like any other.
+func commitsInFlight() int {
+	if n, err := strconv.Atoi(os.Getenv("SYNCRELAY_PG_COMMITS")); err == nil && n >= 1 && n <= 8 {
+		return n
+	}
+	return 2
+}
+
 func (s *Store) runBatch(batch []*commitReq) {
+	s.batches.Add(1)
+	s.batched.Add(int64(len(batch)))
 	slices.SortStableFunc(batch, func(a, b *commitReq) int { return strings.Compare(a.key, b.key) })
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()
 	retries := 0
 	for len(batch) > 0 {
-		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			ops := make([]batchOp, len(batch))
-			for i, r := range batch {
-				if r.op != nil {
-					ops[i] = r.op()
-					continue
-				}
-				if err := r.fn(ctx, tx); err != nil {
-					return &errRequest{i: i, err: err}
-				}
-			}
-			return runPipeline(ctx, tx, ops)
-		})
+		err := s.attempt(ctx, batch)
 		if retryable(err) && retries < maxRetries {
 			retries++
 			time.Sleep(time.Duration(retries) * 5 * time.Millisecond)
@@ -110,4 +115,32 @@ func (s *Store) runBatch(batch []*commitReq) {
 		}
 		return
 	}
+}
+
+// attempt runs the batch once in one transaction.
+func (s *Store) attempt(ctx context.Context, batch []*commitReq) error {
+	pipelined := true
+	for _, r := range batch {
+		pipelined = pipelined && r.op != nil
+	}
+	if pipelined {
+		ops := make([]batchOp, len(batch))
+		for i, r := range batch {
+			ops[i] = r.op()
+		}
+		return s.runTx(ctx, ops)
+	}
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		ops := make([]batchOp, len(batch))
+		for i, r := range batch {
+			if r.op != nil {
+				ops[i] = r.op()
+				continue
+			}
+			if err := r.fn(ctx, tx); err != nil {
+				return &errRequest{i: i, err: err}
+			}
+		}
+		return runPipeline(ctx, tx, ops)
+	})
 }

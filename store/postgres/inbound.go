@@ -35,20 +35,22 @@ func (s *Store) CommitInbound(ctx context.Context, in *store.Incoming) (store.Co
 	if in.Learn != nil {
 		err = s.group(ctx, key, func(ctx context.Context, tx pgx.Tx) error {
 			var err error
-			res, err = learn(ctx, tx, in)
+			res, err = s.learn(ctx, tx, in)
 			return err
 		})
 		return res, err
 	}
-	r := &commitReq{key: key, err: make(chan error, 1), op: func() batchOp {
-		return &commitOp{in: in, body: body, now: now, res: &res}
+	// Within a thread, copies are ordered by their duplicate key: two
+	// nodes committing the same copies claim the keys in the same order.
+	r := &commitReq{key: key + "\x00" + store.DedupKey(in.Message.InternetMessageID, in.Digest), err: make(chan error, 1), op: func() batchOp {
+		return &commitOp{s: s, in: in, body: body, now: now, res: &res}
 	}}
 	return res, s.queue(ctx, r)
 }
 
 // learn records a provider-assigned Message-ID of a sent message (its
 // forwarded sent copy); no new message is stored.
-func learn(ctx context.Context, tx pgx.Tx, in *store.Incoming) (store.CommitResult, error) {
+func (s *Store) learn(ctx context.Context, tx pgx.Tx, in *store.Incoming) (store.CommitResult, error) {
 	tenant, ref := in.Message.Tenant, *in.Learn
 	m, err := lockMessage(ctx, tx, tenant, ref.Message)
 	if err != nil {
@@ -65,10 +67,10 @@ func learn(ctx context.Context, tx pgx.Tx, in *store.Incoming) (store.CommitResu
 		// of this one: learning it would tie two threads together.
 		if err == pgx.ErrNoRows || held == ref {
 			m.LearnedIDs = append(m.LearnedIDs, id)
-			if err := indexMsgID(ctx, tx, tenant, id, ref); err != nil {
+			if err := s.indexMsgID(ctx, tx, tenant, id, ref); err != nil {
 				return store.CommitResult{}, err
 			}
-			if _, err := claimCopy(ctx, tx, tenant, ref.Thread, id, ref.Message); err != nil {
+			if _, err := s.claimCopy(ctx, tx, tenant, ref.Thread, id, ref.Message); err != nil {
 				return store.CommitResult{}, err
 			}
 		}
@@ -89,19 +91,23 @@ func duplicate(ctx context.Context, tx pgx.Tx, tenant string, ref store.Ref, mbo
 
 // commitOp is CommitInbound of a new copy, pipelined (see pipeline.go):
 //
-//  1. lock the thread row, without changing it (serialising copies of one thread across nodes, so
-//     the claim below sees the other node's committed copy), allocate the
-//     message and blob ids, claim the duplicate key;
+//  1. read the thread (not locked: threads are never deleted and the
+//     commit does not rewrite it; a lock on a thread row made the batches
+//     of two nodes on the same threads wait for each other's commit),
+//     allocate the message and blob ids, claim the duplicate key (the
+//     unique index serialises copies of one message across nodes);
 //  2. a new message: write its bytes, record and indexes, touch the thread
 //     and enqueue its event; a duplicate: read the message it duplicates;
 //  3. a duplicate: add the copy's mailbox to it.
 type commitOp struct {
+	s    *Store
 	in   *store.Incoming
 	body []byte
 	now  time.Time
 	res  *store.CommitResult
 
 	step   int
+	final  bool // the step just queued is the last
 	th     store.Thread
 	id     uint64
 	blob   int64
@@ -109,7 +115,10 @@ type commitOp struct {
 	dup    store.Message
 }
 
+func (o *commitOp) last() bool { return o.final }
+
 func (o *commitOp) next(p *pipe) bool {
+	o.final = false
 	o.step++
 	switch o.step {
 	case 1:
@@ -147,10 +156,11 @@ func (o *commitOp) next(p *pipe) bool {
 		p.dups[o.holder] = m
 		data, err := encode(m)
 		if err != nil {
-			p.row(func(pgx.Row) error { return err }, "SELECT 1")
+			p.fail(err)
 			return true
 		}
 		p.exec("UPDATE messages SET data = $3 WHERE tenant = $1 AND id = $2", m.Tenant, m.ID, data)
+		o.final = true
 		return true
 	}
 	return false
@@ -165,7 +175,7 @@ func (o *commitOp) lockAndClaim(p *pipe) {
 			return fmt.Errorf("thread %d: %w", thread, err)
 		}
 		return nil
-	}, "SELECT data FROM threads WHERE tenant = $1 AND id = $2 FOR NO KEY UPDATE", tenant, thread)
+	}, "SELECT data FROM threads WHERE tenant = $1 AND id = $2", tenant, thread)
 	p.row(func(r pgx.Row) error {
 		err := r.Scan(&o.id, &o.blob)
 		if o.dk() == "" {
@@ -175,6 +185,7 @@ func (o *commitOp) lockAndClaim(p *pipe) {
 	}, "SELECT nextval('message_ids'), nextval(pg_get_serial_sequence('raw_blobs', 'id'))")
 	o.holder = 0
 	if dk := o.dk(); dk != "" {
+		p.note(o.s, tenant, dk)
 		// currval: the id allocated just above, in this session.
 		p.row(func(r pgx.Row) error {
 			err := r.Scan(&o.holder)
@@ -216,15 +227,19 @@ func (o *commitOp) store(p *pipe) bool {
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
 			m.Tenant, m.ID, m.Thread, m.Direction, m.Status, m.SentBy, m.InternetMessageID, m.Received, mdata)
 		if !store.Synthetic(m.InternetMessageID) {
+			if m.InternetMessageID != o.dk() { // the same key was noted in step 1
+				p.note(o.s, m.Tenant, m.InternetMessageID)
+			}
 			p.exec("INSERT INTO msgids (tenant, msgid, thread, message) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
 				m.Tenant, m.InternetMessageID, m.Thread, m.ID)
 		}
 		err = o.event(p, &m)
 	}
 	if err != nil {
-		p.row(func(pgx.Row) error { return err }, "SELECT 1")
+		p.fail(err)
 	}
 	*o.res = store.CommitResult{Decision: store.Stored, Ref: store.Ref{Thread: o.th.ID, Message: m.ID}}
+	o.final = true
 	return true
 }
 

@@ -22,6 +22,12 @@ type batchOp interface {
 	next(p *pipe) bool
 }
 
+// lastStepper is a batchOp that can tell that the step it just queued is
+// its last: when every request's is, COMMIT goes in the same round trip.
+type lastStepper interface {
+	last() bool
+}
+
 // pipe queues statements on behalf of one request, so that an error is
 // attributed to it (the transaction is then rolled back and the others
 // rerun, as for any failing request).
@@ -31,6 +37,17 @@ type pipe struct {
 	// dups holds the messages that duplicates of this batch changed, so
 	// that two copies of one message in a batch both add their mailbox.
 	dups map[uint64]*store.Message
+	// noCommit: a request failed on this side (fail); COMMIT must wait.
+	noCommit bool
+	// keys collects the keys the batch inserts, announced in its commit.
+	keys *[]tenantKey
+}
+
+// note adds a key the batch is about to insert to this node's filter and
+// to the batch's notice.
+func (p *pipe) note(s *Store, tenant, key string) {
+	s.noteKey(tenant, key)
+	*p.keys = append(*p.keys, tenantKey{tenant, key})
 }
 
 // row queues a statement returning one row, handed to fn.
@@ -42,6 +59,14 @@ func (p *pipe) row(fn func(pgx.Row) error, sql string, args ...any) {
 		}
 		return nil
 	}
+}
+
+// fail fails the request with err (a statement's place is taken so that
+// the error surfaces in order). The round trip then carries no COMMIT: the
+// server does not know of this error.
+func (p *pipe) fail(err error) {
+	p.noCommit = true
+	p.row(func(pgx.Row) error { return err }, "SELECT 1")
 }
 
 // exec queues a statement whose result is only success or failure.
@@ -59,8 +84,9 @@ func (p *pipe) exec(sql string, args ...any) {
 // step, one round trip per step for all of them.
 func runPipeline(ctx context.Context, tx pgx.Tx, ops []batchOp) error {
 	dups := map[uint64]*store.Message{}
+	var keys []tenantKey
 	for {
-		p := &pipe{b: &pgx.Batch{}, dups: dups}
+		p := &pipe{b: &pgx.Batch{}, dups: dups, keys: &keys}
 		for i, op := range ops {
 			if op == nil {
 				continue
@@ -71,10 +97,83 @@ func runPipeline(ctx context.Context, tx pgx.Tx, ops []batchOp) error {
 			}
 		}
 		if p.b.Len() == 0 {
+			for _, pl := range keyPayloads(keys) {
+				if _, err := tx.Exec(ctx, notifySQL, pl); err != nil {
+					return err
+				}
+			}
 			return nil
 		}
 		if err := tx.SendBatch(ctx, p.b).Close(); err != nil {
 			return err
+		}
+	}
+}
+
+// runTx runs a batch of only pipelined requests in one transaction with
+// BEGIN sent in the first step's round trip and COMMIT in the last one's
+// (when every request knows its last step; else on its own): a batch of
+// new messages costs two round trips, not four.
+func (s *Store) runTx(ctx context.Context, ops []batchOp) (err error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	open := false
+	defer func() {
+		if err != nil && open {
+			// The failed statement aborted the transaction; the rest of
+			// the pipeline, COMMIT included, was skipped.
+			if _, rerr := conn.Exec(context.WithoutCancel(ctx), "ROLLBACK"); rerr != nil {
+				conn.Conn().Close(ctx) // unknown state: do not reuse it
+			}
+		}
+	}()
+	dups := map[uint64]*store.Message{}
+	var keys []tenantKey
+	for {
+		b := &pgx.Batch{}
+		if !open {
+			b.Queue("BEGIN")
+		}
+		p := &pipe{b: b, dups: dups, keys: &keys}
+		queued, last := false, true
+		for i, op := range ops {
+			if op == nil {
+				continue
+			}
+			p.owner = i
+			if !op.next(p) {
+				ops[i] = nil
+				continue
+			}
+			queued = true
+			if ls, ok := op.(lastStepper); !ok || !ls.last() {
+				last = false
+			}
+		}
+		if p.noCommit {
+			last = false
+		}
+		if last {
+			for _, pl := range keyPayloads(keys) {
+				b.Queue(notifySQL, pl)
+			}
+			b.Queue("COMMIT")
+		}
+		open = true
+		if err := conn.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+		if last {
+			open = false
+			return nil
+		}
+		if !queued {
+			// Nothing was queued but BEGIN and COMMIT: cannot happen (a
+			// queued-nothing round ends with last), kept for safety.
+			return nil
 		}
 	}
 }

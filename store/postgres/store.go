@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -42,6 +43,13 @@ type Options struct {
 	Node string
 	// Log receives the store's own notices (migrations).
 	Log *slog.Logger
+	// CacheTTL bounds how long a cached tenant or user is used without a
+	// notice from the database (DefaultCacheTTL when 0). Notices make
+	// changes visible on every node at once; the TTL only covers a lost one.
+	CacheTTL time.Duration
+
+	// trace, in this package's tests, sees every statement sent.
+	trace func(sql string)
 }
 
 // Store is the PostgreSQL-backed store.
@@ -52,8 +60,14 @@ type Store struct {
 	logger *slog.Logger
 
 	commits *groupcommit.Queue[*commitReq]
-	counts  *counterBuf
-	inbound inboundCache
+	// batches and batched count commit transactions and the requests
+	// they carried (the mean batch size, for benchmarks).
+	batches, batched atomic.Int64
+	counts           *counterBuf
+	cache            *nodeCache
+
+	stopListen context.CancelFunc
+	listening  sync.WaitGroup
 
 	closeOnce sync.Once
 }
@@ -76,6 +90,15 @@ func Open(ctx context.Context, dsn string, o Options) (*Store, error) {
 		// The DSN may hold a password: never echo it.
 		return nil, errors.New("postgres: invalid dsn")
 	}
+	if o.trace != nil {
+		cfg.ConnConfig.Tracer = traceFunc(o.trace)
+	}
+	if o.CacheTTL <= 0 {
+		o.CacheTTL = DefaultCacheTTL
+	}
+	lcfg := cfg.ConnConfig.Copy()
+	lcfg.RuntimeParams["application_name"] = "syncrelay-listener " + o.Node
+	lcfg.Tracer = nil
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: connect: %w", err)
@@ -83,13 +106,20 @@ func Open(ctx context.Context, dsn string, o Options) (*Store, error) {
 	clock := o.Now
 	// PostgreSQL keeps microseconds: times in records and in columns agree.
 	now := func() time.Time { return clock().Truncate(time.Microsecond) }
-	s := &Store{pool: pool, now: now, node: o.Node, logger: o.Log, counts: newCounterBuf(),
+	s := &Store{pool: pool, now: now, node: o.Node, logger: o.Log, counts: newCounterBuf(), cache: newNodeCache(o.CacheTTL),
 		commits: groupcommit.New[*commitReq](1024)}
 	if err := s.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, err
 	}
-	go s.commits.Run(maxBatch, 10*time.Second, s.tick, s.runBatch)
+	go s.commits.RunN(maxBatch, commitsInFlight(), 10*time.Second, s.tick, s.runBatch)
+	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopListen = stop
+	s.listening.Add(1)
+	go func() {
+		defer s.listening.Done()
+		s.listen(lctx, lcfg)
+	}()
 	return s, nil
 }
 
@@ -99,6 +129,8 @@ func (s *Store) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
 		s.commits.Close()
+		s.stopListen()
+		s.listening.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		err = s.flushCounters(ctx)
@@ -275,3 +307,23 @@ type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
+
+// traceFunc hands every statement's text to a test.
+type traceFunc func(sql string)
+
+func (f traceFunc) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	f(d.SQL)
+	return ctx
+}
+
+func (traceFunc) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+func (f traceFunc) TraceBatchStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceBatchStartData) context.Context {
+	for _, q := range d.Batch.QueuedQueries {
+		f(q.SQL)
+	}
+	return ctx
+}
+
+func (traceFunc) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
+func (traceFunc) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}

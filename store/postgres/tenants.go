@@ -2,9 +2,10 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
-	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -65,13 +66,49 @@ func (s *Store) UpdateTenant(ctx context.Context, id string, fn func(*store.Tena
 	return &out, nil
 }
 
-// Tenant returns one tenant.
+// Tenant returns one tenant (from this node's cache while the listener
+// keeps it current).
 func (s *Store) Tenant(ctx context.Context, id string) (*store.Tenant, error) {
-	var t store.Tenant
-	if err := getJSON(ctx, s.pool, &t, "SELECT data FROM tenants WHERE id = $1", id); err != nil {
+	now := time.Now()
+	data, found, err := s.cached(ctx, tenantsOf, id, now, func() ([]byte, error) {
+		var data []byte
+		err := s.pool.QueryRow(ctx, "SELECT data FROM tenants WHERE id = $1", id).Scan(&data)
+		return data, err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("tenant %q: %w", id, err)
 	}
+	if !found {
+		return nil, fmt.Errorf("tenant %q: %w", id, store.ErrNotFound)
+	}
+	var t store.Tenant
+	if err := decode(data, &t); err != nil {
+		return nil, err
+	}
 	return &t, nil
+}
+
+// cached answers a one-row read from the node cache m (under k), or runs
+// read and caches its answer, found or not (pgx.ErrNoRows: not found).
+// Records are cached as their encoding, so every caller gets its own copy.
+func (s *Store) cached(ctx context.Context, m func(*nodeCache) map[string]cacheEntry, k string, now time.Time, read func() ([]byte, error)) ([]byte, bool, error) {
+	if e, ok := s.cache.get(m, k, now); ok {
+		return e.data, e.data != nil, nil
+	}
+	gen := s.cache.generation()
+	data, err := read()
+	if errors.Is(err, pgx.ErrNoRows) {
+		data, err = nil, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	if data == nil {
+		s.cache.put(m, gen, k, nil, now)
+		return nil, false, nil
+	}
+	s.cache.put(m, gen, k, data, now)
+	return data, true, nil
 }
 
 // Tenants lists all tenants by id.
@@ -80,49 +117,20 @@ func (s *Store) Tenants(ctx context.Context) ([]*store.Tenant, error) {
 }
 
 // InboundTenant resolves a tenant's inbound address (case-insensitive).
-// Only known addresses are cached (addresses never change or go away), so
-// a tenant created on another node is found at its first RCPT: unknown
-// addresses always ask the database (one index lookup).
+// Answers, known or unknown, are cached while the listener is connected:
+// a tenant created on any node announces itself (NOTIFY from the tenants
+// trigger), which drops this node's unknown answers at once.
 func (s *Store) InboundTenant(ctx context.Context, addr string) (string, bool, error) {
 	addr = strings.ToLower(addr)
-	if id, ok := s.inbound.get(addr); ok {
-		return id, true, nil
-	}
-	var id string
-	err := s.pool.QueryRow(ctx, "SELECT id FROM tenants WHERE inbound = $1", addr).Scan(&id)
-	if err == pgx.ErrNoRows {
-		return "", false, nil
-	}
+	data, found, err := s.cached(ctx, inboundOf, addr, time.Now(), func() ([]byte, error) {
+		var id string
+		err := s.pool.QueryRow(ctx, "SELECT id FROM tenants WHERE inbound = $1", addr).Scan(&id)
+		return []byte(id), err
+	})
 	if err != nil {
 		return "", false, fmt.Errorf("inbound tenant: %w", err)
 	}
-	s.inbound.put(addr, id)
-	return id, true, nil
-}
-
-// inboundCache remembers known inbound addresses (one lookup per RCPT
-// otherwise). Bounded against a flood of distinct addresses.
-type inboundCache struct {
-	mu sync.Mutex
-	m  map[string]string
-}
-
-const maxInboundCache = 10000
-
-func (c *inboundCache) get(addr string) (string, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	id, ok := c.m[addr]
-	return id, ok
-}
-
-func (c *inboundCache) put(addr, id string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil || len(c.m) >= maxInboundCache {
-		c.m = make(map[string]string)
-	}
-	c.m[addr] = id
+	return string(data), found, nil
 }
 
 // CreateUser stores a new user; emails are unique within a tenant.
@@ -181,10 +189,24 @@ func (s *Store) User(ctx context.Context, tenant, id string) (*store.User, error
 	return &u, nil
 }
 
-// UserByEmail finds a tenant user by address (case-insensitive).
+// UserByEmail finds a tenant user by address (case-insensitive). Answers,
+// found or not, are cached while the listener is connected (every kept
+// message asks about its From).
 func (s *Store) UserByEmail(ctx context.Context, tenant, email string) (*store.User, error) {
+	email = strings.ToLower(email)
+	data, found, err := s.cached(ctx, usersOf(tenant), email, time.Now(), func() ([]byte, error) {
+		var data []byte
+		err := s.pool.QueryRow(ctx, "SELECT data FROM users WHERE tenant = $1 AND email = $2", tenant, email).Scan(&data)
+		return data, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !found {
+		return nil, store.ErrNotFound
+	}
 	var u store.User
-	if err := getJSON(ctx, s.pool, &u, "SELECT data FROM users WHERE tenant = $1 AND email = $2", tenant, strings.ToLower(email)); err != nil {
+	if err := decode(data, &u); err != nil {
 		return nil, err
 	}
 	u.Tenant = tenant

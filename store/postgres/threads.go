@@ -67,7 +67,7 @@ func (s *Store) CreateOutbound(ctx context.Context, th *store.Thread, m *store.M
 		if err := putThread(ctx, tx, &t); err != nil {
 			return err
 		}
-		if err := insertMessage(ctx, tx, &msg, msg.InternetMessageID); err != nil {
+		if err := s.insertMessage(ctx, tx, &msg, msg.InternetMessageID); err != nil {
 			return err
 		}
 		outTh, outM = t, msg
@@ -117,12 +117,12 @@ func putThread(ctx context.Context, tx pgx.Tx, t *store.Thread) error {
 
 // insertMessage stores a new message and indexes it: under its duplicate
 // key dk on its thread, and under its Message-ID for matching rule 2.
-func insertMessage(ctx context.Context, tx pgx.Tx, m *store.Message, dk string) error {
-	if err := indexMsgID(ctx, tx, m.Tenant, m.InternetMessageID, store.Ref{Thread: m.Thread, Message: m.ID}); err != nil {
+func (s *Store) insertMessage(ctx context.Context, tx pgx.Tx, m *store.Message, dk string) error {
+	if err := s.indexMsgID(ctx, tx, m.Tenant, m.InternetMessageID, store.Ref{Thread: m.Thread, Message: m.ID}); err != nil {
 		return err
 	}
 	if dk != "" {
-		if _, err := claimCopy(ctx, tx, m.Tenant, m.Thread, dk, m.ID); err != nil {
+		if _, err := s.claimCopy(ctx, tx, m.Tenant, m.Thread, dk, m.ID); err != nil {
 			return err
 		}
 	}
@@ -157,9 +157,12 @@ func lockMessage(ctx context.Context, tx pgx.Tx, tenant string, id uint64) (*sto
 
 // indexMsgID records msgid for matching rule 2 unless a message already
 // holds it: a later copy (on another thread) never takes an id over.
-func indexMsgID(ctx context.Context, tx pgx.Tx, tenant, msgid string, ref store.Ref) error {
+func (s *Store) indexMsgID(ctx context.Context, tx pgx.Tx, tenant, msgid string, ref store.Ref) error {
 	if msgid == "" || store.Synthetic(msgid) {
 		return nil
+	}
+	if err := s.announce(ctx, tx, tenantKey{tenant, msgid}); err != nil {
+		return err
 	}
 	_, err := tx.Exec(ctx, "INSERT INTO msgids (tenant, msgid, thread, message) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
 		tenant, msgid, ref.Thread, ref.Message)
@@ -169,7 +172,10 @@ func indexMsgID(ctx context.Context, tx pgx.Tx, tenant, msgid string, ref store.
 // claimCopy records msg as the holder of duplicate key dk on a thread
 // unless one already is; it returns the holder. The unique key decides
 // between concurrent copies, also across nodes.
-func claimCopy(ctx context.Context, tx pgx.Tx, tenant string, thread uint64, dk string, msg uint64) (uint64, error) {
+func (s *Store) claimCopy(ctx context.Context, tx pgx.Tx, tenant string, thread uint64, dk string, msg uint64) (uint64, error) {
+	if err := s.announce(ctx, tx, tenantKey{tenant, dk}); err != nil {
+		return 0, err
+	}
 	var holder uint64
 	err := tx.QueryRow(ctx, `WITH ins AS (
 			INSERT INTO thread_copies (tenant, thread, dk, message) VALUES ($1, $2, $3, $4)
@@ -272,7 +278,7 @@ func (s *Store) ThreadByConvIndex(ctx context.Context, tenant, conv string) (uin
 // or received; the first holder). Synthetic ids never match.
 func (s *Store) LookupMsgID(ctx context.Context, tenant, msgid string) (store.Ref, bool, error) {
 	var r store.Ref
-	if store.Synthetic(msgid) {
+	if store.Synthetic(msgid) || s.unknownKey(tenant, msgid) {
 		return r, false, nil
 	}
 	err := s.pool.QueryRow(ctx, "SELECT thread, message FROM msgids WHERE tenant = $1 AND msgid = $2", tenant, msgid).Scan(&r.Thread, &r.Message)
@@ -287,7 +293,10 @@ func (s *Store) LookupMsgID(ctx context.Context, tenant, msgid string) (store.Re
 func (s *Store) LookupMsgIDs(ctx context.Context, tenant string, ids []string) ([]store.Ref, error) {
 	real := make([]string, 0, len(ids))
 	for _, id := range ids {
-		if !store.Synthetic(id) {
+		// Ids the node's filter knows nothing of need no query: mail that
+		// references nothing syncrelay knows is discarded without a
+		// round trip.
+		if !store.Synthetic(id) && !s.unknownKey(tenant, id) {
 			real = append(real, id)
 		}
 	}
@@ -312,7 +321,7 @@ func (s *Store) LookupMsgIDs(ctx context.Context, tenant string, ids []string) (
 // Message-ID (or, without a usable one, this content digest) duplicates.
 func (s *Store) LookupCopy(ctx context.Context, tenant string, thread uint64, msgid, digest string) (store.Ref, bool, error) {
 	dk := store.DedupKey(msgid, digest)
-	if dk == "" {
+	if dk == "" || s.unknownKey(tenant, dk) {
 		return store.Ref{}, false, nil
 	}
 	var id uint64
