@@ -140,3 +140,27 @@ func TestDSNFrom(t *testing.T) {
 		t.Error("template name with upper case and '-' accepted")
 	}
 }
+
+// TestStartCopiesKeptInitdb: a cluster's data directory is a copy of the
+// one kept from an earlier initdb (they share PostgreSQL's system
+// identifier, which initdb makes new every time), and it runs.
+func TestStartCopiesKeptInitdb(t *testing.T) {
+	ctx := context.Background()
+	sysid := func(c *Cluster) string {
+		t.Helper()
+		conn, err := pgx.Connect(ctx, c.dsnFor("postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		var id string
+		if err := conn.QueryRow(ctx, "SELECT system_identifier::text FROM pg_control_system()").Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	a, b := sysid(Shared(t)), sysid(Own(t))
+	if a != b {
+		t.Errorf("two clusters have system identifiers %s and %s: the second ran initdb again", a, b)
+	}
+}
