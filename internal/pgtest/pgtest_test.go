@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
+	"regexp"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -107,18 +109,14 @@ func TestDSNFrom(t *testing.T) {
 	if b := run("reuses", func(*testing.T, string) {}); b != a {
 		t.Errorf("the database of a test that only wrote rows was not used again (%s, then %s)", a, b)
 	}
-	// A database whose template rows, schema or sessions are not as the
-	// template left them is never handed out again.
+	// A database whose template rows or sessions are not as the template
+	// left them is never handed out again.
 	var leaked *pgx.Conn
 	for _, tc := range []struct {
 		name string
 		fn   func(t *testing.T, dsn string)
 	}{
 		{"changes a template row", func(t *testing.T, dsn string) { exec(t, dsn, "UPDATE seed SET n = 2") }},
-		{"adds a template row", func(t *testing.T, dsn string) { exec(t, dsn, "INSERT INTO seed VALUES (1)") }},
-		{"adds a column", func(t *testing.T, dsn string) { exec(t, dsn, "ALTER TABLE parent ADD COLUMN x int") }},
-		{"adds a table", func(t *testing.T, dsn string) { exec(t, dsn, "CREATE TABLE more (x int)") }},
-		{"rewrites a table", func(t *testing.T, dsn string) { exec(t, dsn, "TRUNCATE child") }},
 		{"leaves a session open", func(t *testing.T, dsn string) {
 			conn, err := pgx.Connect(ctx, dsn)
 			if err != nil {
@@ -136,31 +134,80 @@ func TestDSNFrom(t *testing.T) {
 		t.Fatal("no session was left open")
 	}
 	leaked.Close(ctx)
+	// Every change reset does not undo is seen by the check recycle makes
+	// (each tried in a transaction that is rolled back, on one database:
+	// a database per case would cost a copy each).
+	want := Shared(t).templates["seeded"].state
+	dsn := DSNFrom(t, "seeded", prepare)
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for _, tc := range []struct{ name, sql string }{
+		{"nothing", ""},
+		{"changes a template row", "UPDATE seed SET n = 2"},
+		{"adds a template row", "INSERT INTO seed VALUES (1)"},
+		{"adds a column", "ALTER TABLE parent ADD COLUMN x int"},
+		{"renames a column", "ALTER TABLE seed RENAME COLUMN n TO m"},
+		{"adds a table", "CREATE TABLE more (x int)"},
+		{"adds a sequence", "CREATE SEQUENCE more_ids"},
+		{"adds a constraint", "ALTER TABLE seed ADD CONSTRAINT pos CHECK (n > 0)"},
+		{"adds a function", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'"},
+		{"adds a schema", "CREATE SCHEMA other"},
+		{"rewrites a table", "TRUNCATE child"},
+	} {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.sql != "" {
+			if _, err := tx.Exec(ctx, tc.sql); err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+		}
+		got, err := readState(ctx, tx)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if same := sameState(got, want); same != (tc.sql == "") {
+			t.Errorf("%s: same as the template = %v", tc.name, same)
+		}
+		tx.Rollback(ctx)
+	}
 	if _, err := Shared(t).CreateDBFrom(ctx, "Bad-Name", prepare); err == nil {
 		t.Error("template name with upper case and '-' accepted")
 	}
 }
 
-// TestStartCopiesKeptInitdb: a cluster's data directory is a copy of the
-// one kept from an earlier initdb (they share PostgreSQL's system
-// identifier, which initdb makes new every time), and it runs.
+// TestStartCopiesKeptInitdb: the cluster's data directory is a copy of
+// the one kept from an earlier initdb: they share PostgreSQL's system
+// identifier, which initdb makes new every time.
 func TestStartCopiesKeptInitdb(t *testing.T) {
 	ctx := context.Background()
-	sysid := func(c *Cluster) string {
-		t.Helper()
-		conn, err := pgx.Connect(ctx, c.dsnFor("postgres"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close(ctx)
-		var id string
-		if err := conn.QueryRow(ctx, "SELECT system_identifier::text FROM pg_control_system()").Scan(&id); err != nil {
-			t.Fatal(err)
-		}
-		return id
+	c := Shared(t)
+	conn, err := pgx.Connect(ctx, c.dsnFor("postgres"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	a, b := sysid(Shared(t)), sysid(Own(t))
-	if a != b {
-		t.Errorf("two clusters have system identifiers %s and %s: the second ran initdb again", a, b)
+	defer conn.Close(ctx)
+	var running string
+	if err := conn.QueryRow(ctx, "SELECT system_identifier::text FROM pg_control_system()").Scan(&running); err != nil {
+		t.Fatal(err)
+	}
+	kept, err := initdbCache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := c.run(filepath.Join(BinDir, "pg_controldata"), kept).CombinedOutput()
+	if err != nil {
+		t.Fatalf("pg_controldata %s: %v\n%s", kept, err, out)
+	}
+	m := regexp.MustCompile(`Database system identifier:\s*(\d+)`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("pg_controldata %s: no system identifier in\n%s", kept, out)
+	}
+	if string(m[1]) != running {
+		t.Errorf("the cluster's system identifier is %s, the kept directory's %s: the cluster ran initdb again", running, m[1])
 	}
 }
