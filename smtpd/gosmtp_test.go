@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -125,7 +126,23 @@ func TestUpstreamGoSMTPStillNeedsPatches(t *testing.T) {
 		t.Skip("builds upstream go-smtp")
 	}
 	upstream, version := upstreamGoSMTP(t)
-	dir := t.TempDir()
+	// The same directory every run (written afresh): go's build cache is
+	// keyed on the package's directory, and a new temporary one had go
+	// test compile upstream go-smtp again each time. The lock keeps two
+	// test runs from writing it at once.
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("syncrelay-gosmtp-upstream-%d-%s", os.Geteuid(), version))
+	lock, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN) //nolint:errcheck
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.CopyFS(dir, os.DirFS(upstream)); err != nil {
 		t.Fatal(err)
 	}

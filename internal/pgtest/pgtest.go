@@ -16,6 +16,8 @@ package pgtest
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -42,6 +44,12 @@ type Cluster struct {
 	port int
 	cmd  *exec.Cmd
 	dbs  atomic.Int64
+
+	// tmplMu guards templates and serialises CREATE DATABASE ... TEMPLATE
+	// (PostgreSQL refuses to copy a database another session is using).
+	tmplMu    sync.Mutex
+	templates map[string]*preparedTemplate
+	free      map[string][]string // template -> copies ready to hand out
 }
 
 // cluster is the package's shared server, started on first use by DSN and
@@ -145,9 +153,8 @@ func (c *Cluster) start() error {
 	if err := c.ownDir(); err != nil {
 		return err
 	}
-	if out, err := c.run(filepath.Join(BinDir, "initdb"), "-D", c.data(), "-U", "postgres",
-		"--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C").CombinedOutput(); err != nil {
-		return fmt.Errorf("initdb: %w: %s", err, out)
+	if err := c.initdb(); err != nil {
+		return err
 	}
 	port, err := freePort()
 	if err != nil {
@@ -155,6 +162,55 @@ func (c *Cluster) start() error {
 	}
 	c.port = port
 	return c.Resume()
+}
+
+var initdbArgs = []string{"-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"}
+
+// initdb creates the cluster's data directory: a copy of a pristine one
+// that an earlier run made and kept in the temporary directory, or a new
+// one, which is then kept for the next runs. Every test binary that uses
+// PostgreSQL starts a cluster, and initdb takes seconds (6 to 10 on a busy
+// machine) where copying its result takes a fraction. The kept directory
+// is named after the server binary (size, time) and initdb's arguments, so
+// an upgraded PostgreSQL makes a new one; it is made under another name
+// and renamed into place whole, so a crash never leaves half of one.
+func (c *Cluster) initdb() error {
+	kept, err := initdbCache()
+	if err != nil {
+		kept = ""
+	}
+	if kept != "" {
+		if _, err := os.Stat(kept); err == nil {
+			if exec.Command("cp", "-a", kept, c.data()).Run() == nil {
+				return nil
+			}
+			_ = os.RemoveAll(c.data()) // and run initdb
+		}
+	}
+	if out, err := c.run(filepath.Join(BinDir, "initdb"), append([]string{"-D", c.data()}, initdbArgs...)...).CombinedOutput(); err != nil {
+		return fmt.Errorf("initdb: %w: %s", err, out)
+	}
+	if kept != "" {
+		// Keeping a copy is an optimisation: any failure only costs the
+		// next run an initdb.
+		tmp := fmt.Sprintf("%s.tmp%d", kept, os.Getpid())
+		if exec.Command("cp", "-a", c.data(), tmp).Run() == nil && os.Rename(tmp, kept) == nil {
+			return nil
+		}
+		_ = os.RemoveAll(tmp)
+	}
+	return nil
+}
+
+// initdbCache is where the pristine data directory for this PostgreSQL
+// and these initdb arguments is kept.
+func initdbCache() (string, error) {
+	fi, err := os.Stat(filepath.Join(BinDir, "postgres"))
+	if err != nil {
+		return "", err
+	}
+	h := sha256.Sum256(fmt.Appendf(nil, "%s %d %d %q", BinDir, fi.Size(), fi.ModTime().UnixNano(), initdbArgs))
+	return filepath.Join(os.TempDir(), fmt.Sprintf("syncrelay-pgtest-initdb-%d-%x", os.Geteuid(), h[:8])), nil
 }
 
 func (c *Cluster) data() string { return filepath.Join(c.dir, "data") }
@@ -249,6 +305,303 @@ func (c *Cluster) CreateDB(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("create schema: %w", err)
 	}
 	return c.dsnFor("postgres") + "&search_path=" + name, nil
+}
+
+// DSNFrom returns the DSN of a database of this test's own that is a copy
+// of template: a database the cluster prepares once, the first time the
+// name is asked for, by calling prepare with its DSN (typically opening a
+// store, which applies the migrations, and closing it again). prepare must
+// leave no connection open. Tests of the migrations themselves use DSN.
+//
+// When the test ends its database is put back as the template left it and
+// handed to the next test that asks: copying a database costs a fsynced
+// write of its every page (about a second on a busy machine, more than
+// most tests take), emptying the few rows a test wrote costs
+// milliseconds. See Cluster.recycle for what "as the template left it"
+// checks; a database that fails a check is never handed out again. It
+// skips like DSN.
+func DSNFrom(t testing.TB, template string, prepare func(ctx context.Context, dsn string) error) string {
+	t.Helper()
+	c := Shared(t)
+	ctx := context.Background()
+	name, err := c.acquire(ctx, template, prepare)
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	// Registered before the test opens anything on the database, so it
+	// runs after the test's own cleanups have closed its connections.
+	t.Cleanup(func() { c.recycle(ctx, template, name) })
+	return c.dsnFor(name)
+}
+
+// CreateDBFrom returns the DSN of a new copy of template (prepared as
+// DSNFrom does), for the caller to keep.
+func (c *Cluster) CreateDBFrom(ctx context.Context, template string, prepare func(ctx context.Context, dsn string) error) (string, error) {
+	c.tmplMu.Lock()
+	defer c.tmplMu.Unlock()
+	name, err := c.copyTemplate(ctx, template, prepare)
+	if err != nil {
+		return "", err
+	}
+	return c.dsnFor(name), nil
+}
+
+// templateState is what a template database holds after prepare, to
+// check and restore a copy against.
+type templateState struct {
+	empty  []string          // tables prepare left empty (quoted names)
+	filled map[string]string // table (quoted) -> md5 of its rows
+	seqs   []seqState
+	shape  string // md5 of the schema's catalog rows
+}
+
+type seqState struct {
+	name   string // quoted
+	value  int64
+	called bool
+}
+
+func (c *Cluster) acquire(ctx context.Context, template string, prepare func(ctx context.Context, dsn string) error) (string, error) {
+	c.tmplMu.Lock()
+	defer c.tmplMu.Unlock()
+	if free := c.free[template]; len(free) > 0 {
+		name := free[len(free)-1]
+		c.free[template] = free[:len(free)-1]
+		return name, nil
+	}
+	return c.copyTemplate(ctx, template, prepare)
+}
+
+// copyTemplate prepares template if needed and creates a copy of it.
+// tmplMu must be held: PostgreSQL refuses to copy a database another
+// session is using, so copies are made one at a time.
+func (c *Cluster) copyTemplate(ctx context.Context, template string, prepare func(ctx context.Context, dsn string) error) (string, error) {
+	if !validName(template) {
+		return "", fmt.Errorf("template name %q: want [a-z_][a-z0-9_]*", template)
+	}
+	tmpl := "tmpl_" + template
+	conn, err := pgx.Connect(ctx, c.dsnFor("postgres"))
+	if err != nil {
+		return "", fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(ctx)
+	if c.templates == nil {
+		c.templates = map[string]*preparedTemplate{}
+		c.free = map[string][]string{}
+	}
+	pt, done := c.templates[template]
+	if !done {
+		pt = &preparedTemplate{}
+		pt.err = func() error {
+			if _, err := conn.Exec(ctx, "CREATE DATABASE "+tmpl); err != nil {
+				return fmt.Errorf("create template %s: %w", tmpl, err)
+			}
+			if err := prepare(ctx, c.dsnFor(tmpl)); err != nil {
+				return fmt.Errorf("prepare template %s: %w", tmpl, err)
+			}
+			tconn, err := pgx.Connect(ctx, c.dsnFor(tmpl))
+			if err != nil {
+				return fmt.Errorf("template %s: %w", tmpl, err)
+			}
+			defer tconn.Close(ctx)
+			pt.state, err = readState(ctx, tconn)
+			if err != nil {
+				return fmt.Errorf("template %s: %w", tmpl, err)
+			}
+			return nil
+		}()
+		c.templates[template] = pt
+	}
+	if pt.err != nil {
+		return "", pt.err
+	}
+	name := fmt.Sprintf("d%d_%d", os.Getpid(), c.dbs.Add(1))
+	// WAL_LOG (PostgreSQL 15's default, named so it stays): the copy goes
+	// through the WAL, with no checkpoint, as FILE_COPY would need.
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE "+tmpl+" STRATEGY WAL_LOG"); err != nil {
+		return "", fmt.Errorf("create database from %s: %w", tmpl, err)
+	}
+	return name, nil
+}
+
+type preparedTemplate struct {
+	state *templateState
+	err   error
+}
+
+// userRels selects the relations of the database's own schemas.
+const userRels = `FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+	WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_%'`
+
+// querier is a connection or a transaction.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// readState reads what the database holds: its tables (the filled ones'
+// rows hashed), its sequences and a hash of its schema. The schema hash
+// covers relations (with their storage: a rewritten table, e.g. after
+// TRUNCATE or ALTER TABLE, counts as changed), columns, constraints,
+// functions and types, so a test that altered the schema is seen.
+func readState(ctx context.Context, conn querier) (*templateState, error) {
+	st := &templateState{filled: map[string]string{}}
+	rows, err := conn.Query(ctx, `SELECT format('%I.%I', n.nspname, c.relname) `+userRels+` AND c.relkind IN ('r', 'p') ORDER BY 1`)
+	if err != nil {
+		return nil, err
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	for _, tb := range tables {
+		var n int64
+		var sum string
+		if err := conn.QueryRow(ctx, "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM "+tb+" t").Scan(&n, &sum); err != nil {
+			return nil, fmt.Errorf("read %s: %w", tb, err)
+		}
+		if n == 0 {
+			st.empty = append(st.empty, tb)
+		} else {
+			st.filled[tb] = sum
+		}
+	}
+	rows, err = conn.Query(ctx, `SELECT format('%I.%I', schemaname, sequencename), coalesce(last_value, start_value), last_value IS NOT NULL
+		FROM pg_sequences ORDER BY 1`)
+	if err != nil {
+		return nil, err
+	}
+	for rows.Next() {
+		var s seqState
+		if err := rows.Scan(&s.name, &s.value, &s.called); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		st.seqs = append(st.seqs, s)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	err = conn.QueryRow(ctx, `SELECT md5(concat_ws(E'\n',
+		(SELECT string_agg(concat_ws(' ', c.oid, c.relname, c.relkind, c.relfilenode, c.relnatts), ',' ORDER BY c.oid) `+userRels+`),
+		(SELECT string_agg(concat_ws(' ', a.attrelid, a.attnum, a.attname, a.atttypid, a.attnotnull, a.atthasdef, a.attisdropped), ',' ORDER BY a.attrelid, a.attnum)
+			FROM pg_attribute a WHERE a.attrelid IN (SELECT c.oid `+userRels+`)),
+		(SELECT string_agg(concat_ws(' ', o.oid, o.conname, o.contype), ',' ORDER BY o.oid) FROM pg_constraint o
+			JOIN pg_namespace n ON n.oid = o.connamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')),
+		(SELECT string_agg(concat_ws(' ', p.oid, p.proname, md5(p.prosrc)), ',' ORDER BY p.oid) FROM pg_proc p
+			JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')),
+		(SELECT string_agg(concat_ws(' ', y.oid, y.typname), ',' ORDER BY y.oid) FROM pg_type y
+			JOIN pg_namespace n ON n.oid = y.typnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')),
+		(SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace)))`).Scan(&st.shape)
+	if err != nil {
+		return nil, fmt.Errorf("schema hash: %w", err)
+	}
+	return st, nil
+}
+
+// recycle puts database name back as template's prepare left it and
+// returns it to the free list; a database it cannot vouch for is left
+// alone (the cluster is removed when the test binary ends). The checks:
+// no other session is connected (a leaked store could write later); the
+// schema hash is the template's; the tables prepare left empty are
+// emptied; the tables prepare filled hold the same rows; sequences are
+// set back. The emptying and the checks run in one transaction.
+func (c *Cluster) recycle(ctx context.Context, template, name string) {
+	c.tmplMu.Lock()
+	pt := c.templates[template]
+	c.tmplMu.Unlock()
+	if pt == nil || pt.state == nil {
+		return
+	}
+	if err := c.reset(ctx, name, pt.state); err != nil {
+		return // not handed out again
+	}
+	c.tmplMu.Lock()
+	c.free[template] = append(c.free[template], name)
+	c.tmplMu.Unlock()
+}
+
+// errDirty says a database differs from its template in a way reset does
+// not undo.
+var errDirty = errors.New("database differs from its template")
+
+func (c *Cluster) reset(ctx context.Context, name string, want *templateState) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, c.dsnFor(name))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	// A closed pool's sessions end a moment after it returns.
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		var others int
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()").Scan(&others); err != nil {
+			return err
+		}
+		if others == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: %d sessions still connected", errDirty, others)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		// Rows go in any order: foreign keys are not checked while the
+		// whole content is removed.
+		if _, err := tx.Exec(ctx, "SET LOCAL session_replication_role = replica"); err != nil {
+			return err
+		}
+		for _, tb := range want.empty {
+			if _, err := tx.Exec(ctx, "DELETE FROM "+tb); err != nil {
+				return err
+			}
+		}
+		for _, s := range want.seqs {
+			if _, err := tx.Exec(ctx, "SELECT setval($1::regclass, $2, $3)", s.name, s.value, s.called); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, "SET LOCAL session_replication_role = DEFAULT"); err != nil {
+			return err
+		}
+		got, err := readState(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if !sameState(got, want) {
+			return errDirty
+		}
+		return nil
+	})
+}
+
+func sameState(a, b *templateState) bool {
+	if a.shape != b.shape || strings.Join(a.empty, ",") != strings.Join(b.empty, ",") || len(a.filled) != len(b.filled) ||
+		len(a.seqs) != len(b.seqs) {
+		return false
+	}
+	for k, v := range b.filled {
+		if a.filled[k] != v {
+			return false
+		}
+	}
+	for i := range a.seqs {
+		if a.seqs[i] != b.seqs[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func validName(s string) bool {
+	for i, r := range s {
+		if !(r == '_' || r >= 'a' && r <= 'z' || i > 0 && r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // Port is the TCP port the server listens on (127.0.0.1).

@@ -10,11 +10,13 @@
 package testenv
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -37,6 +39,61 @@ func Build(names ...string) (*Bins, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
+	if err := goBuild(root, dir, names); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return &Bins{Dir: dir, Syncrelay: filepath.Join(dir, "syncrelay"), Srload: filepath.Join(dir, "srload")}, nil
+}
+
+// Main is TestMain for packages that run the binaries: it builds names
+// once (see BuildShared), sets *bins and runs the tests. Use as
+//
+//	func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &bins, "syncrelay")) }
+func Main(m *testing.M, bins **Bins, names ...string) int {
+	b, err := BuildShared(names...)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	*bins = b
+	return m.Run()
+}
+
+// BuildShared builds cmd/<name> for each name into a directory that all
+// test binaries of this module checkout share and that outlives them (in
+// the temporary directory, named after the module's path). go build
+// rewrites a binary only when its build ID says it is out of date, so the
+// three packages that run the binaries link them once per change, not
+// once each (linking is seconds per binary); and go build, not this
+// package, decides what is stale. A lock file keeps concurrent test
+// binaries from building at once; the tests only read the binaries.
+func BuildShared(names ...string) (*Bins, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return nil, err
+	}
+	h := sha256.Sum256([]byte(root))
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("syncrelay-testbin-%d-%x", os.Geteuid(), h[:8]))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN) //nolint:errcheck
+	if err := goBuild(root, dir, names); err != nil {
+		return nil, err
+	}
+	return &Bins{Dir: dir, Syncrelay: filepath.Join(dir, "syncrelay"), Srload: filepath.Join(dir, "srload")}, nil
+}
+
+func goBuild(root, dir string, names []string) error {
 	args := []string{"build", "-o", dir + string(os.PathSeparator)}
 	for _, n := range names {
 		args = append(args, "./cmd/"+n)
@@ -44,25 +101,9 @@ func Build(names ...string) (*Bins, error) {
 	cmd := exec.Command("go", args...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("go build: %w\n%s", err, out)
+		return fmt.Errorf("go build: %w\n%s", err, out)
 	}
-	return &Bins{Dir: dir, Syncrelay: filepath.Join(dir, "syncrelay"), Srload: filepath.Join(dir, "srload")}, nil
-}
-
-// Main is TestMain for packages that run the binaries: it builds names
-// once, sets *bins, runs the tests and removes the binaries. Use as
-//
-//	func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &bins, "syncrelay")) }
-func Main(m *testing.M, bins **Bins, names ...string) int {
-	b, err := Build(names...)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(b.Dir)
-	*bins = b
-	return m.Run()
+	return nil
 }
 
 func moduleRoot() (string, error) {

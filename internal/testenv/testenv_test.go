@@ -89,3 +89,33 @@ func TestStartInProcess(t *testing.T) {
 		t.Fatal("Stop returned before the run function did")
 	}
 }
+
+// TestBuildSharedLinksOnce: a second build of an unchanged command uses
+// the binary the first one left (same file, not linked again), which is
+// what saves the packages that run the binaries a link each.
+func TestBuildSharedLinksOnce(t *testing.T) {
+	a, err := BuildShared("srload")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.Stat(a.Srload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.Mode()&0o111 == 0 {
+		t.Fatalf("%s is not executable: %v", a.Srload, before.Mode())
+	}
+	b, err := BuildShared("srload")
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.Stat(b.Srload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// go build touches an up-to-date target (its time changes) but a
+	// linked one replaces it (a new file).
+	if b.Srload != a.Srload || !os.SameFile(before, after) {
+		t.Errorf("second build linked %s again (first: %s)", b.Srload, a.Srload)
+	}
+}

@@ -18,11 +18,13 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
-// open opens a store on a fresh database; nodes > 1 opens more stores on
-// the same database, as several syncrelay nodes would.
+// open opens a store on a fresh database, a copy of a migrated one (the
+// migrations are tested on empty databases by TestMigrationsConcurrent and
+// TestQuarantineExpiry); nodes > 1 opens more stores on the same
+// database, as several syncrelay nodes would.
 func open(t *testing.T, nodes int) []*Store {
 	t.Helper()
-	dsn := pgtest.DSN(t)
+	dsn := pgtest.DSNFrom(t, "migrated", migrated)
 	var out []*Store
 	for i := range nodes {
 		s, err := Open(context.Background(), dsn, Options{Node: fmt.Sprintf("node%d", i)})
