@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -63,12 +64,26 @@ func TestWireRefusalLogLines(t *testing.T) {
 		{"line too long", Options{MaxLineLength: 100}, "Subject: x\r\n\r\n" + strings.Repeat("y", 200) + "\r\n", 554, "line_too_long", "line_too_long"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			obs := &countingObserver{}
+			tc.opts.Observer = obs
 			ts := startServer(t, tc.opts)
 			r := ts.inData(t, inboundAddr)
 			r.send(tc.body + ".\r\n")
-			r.expect(tc.code)
+			// The reply carries the reason token, as the Deliverer's
+			// refusals do, so replay -smtp reads the same reason.
+			if txt := r.expect(tc.code); ReasonOf(txt) != tc.reason {
+				t.Errorf("reply %d %q carries reason %q, want %q", tc.code, txt, ReasonOf(txt), tc.reason)
+			}
 			rec := oneMessageLine(t, ts)
 			checkFields(t, rec, map[string]any{"code": float64(tc.code), "decision": "rejected", "reason": tc.reason, "close": tc.close})
+			// Counted once as a decision (syncrelay_messages_total), and
+			// its reply once.
+			got := obs.String()
+			for _, want := range []string{"decision rejected/" + tc.reason + "=1", fmt.Sprintf("data %d=1", tc.code)} {
+				if !strings.Contains(got, want) {
+					t.Errorf("events %s lack %q", got, want)
+				}
+			}
 		})
 	}
 }
