@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -196,5 +198,32 @@ func TestSTARTTLSSessionCountedOnce(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("events %s lack %q", got, want)
 		}
+	}
+}
+
+// A spool that cannot be written (here: its directory is gone when a
+// message spills to disk) is smtpd's own tempfail: 451, logged and
+// counted as tempfail/local_error like the router's local errors, and
+// the Deliverer never sees the message.
+func TestSpoolFailureIsTempfail(t *testing.T) {
+	obs := &countingObserver{}
+	spoolDir := filepath.Join(t.TempDir(), "spool")
+	if err := os.Mkdir(spoolDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, Options{Observer: obs, SpoolDir: spoolDir})
+	if err := os.Remove(spoolDir); err != nil {
+		t.Fatal(err)
+	}
+	r := ts.inData(t, inboundAddr)
+	r.send("Subject: x\r\n\r\n" + strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n", 6000) + ".\r\n")
+	r.expect(451)
+	rec := oneMessageLine(t, ts)
+	checkFields(t, rec, map[string]any{"code": float64(451), "decision": "tempfail", "reason": "local_error", "close": "none"})
+	if got := obs.String(); !strings.Contains(got, "decision tempfail/local_error=1") {
+		t.Errorf("events %s lack the tempfail", got)
+	}
+	if len(ts.del.all()) != 0 {
+		t.Fatal("delivered")
 	}
 }
