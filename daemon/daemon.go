@@ -111,7 +111,8 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 
 	reg := metrics.NewRegistry()
 	m := metrics.New(reg)
-	m.KnownDecisions(router.Outcomes())
+	m.KnownDecisions(Outcomes())
+	m.KnownReplies(smtpd.ReplyCodes())
 
 	p, err := NewPipeline(c, timedStore{st, m}, keys, log)
 	if err != nil {

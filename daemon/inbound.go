@@ -25,6 +25,23 @@ type Deliverer struct {
 	Auth AuthCounter
 }
 
+// Outcomes is the one list of every decision × reason an inbound message
+// can get: the router's (router.Outcomes) and those smtpd makes itself
+// before any router sees the message (smtpd.Outcomes: its refusals of a
+// body, a spool it cannot write), without repeats. serve exports each as
+// a syncrelay_messages_total series at 0 from start.
+func Outcomes() [][2]string {
+	var all [][2]string
+	seen := map[[2]string]bool{}
+	for _, o := range append(router.Outcomes(), smtpd.Outcomes()...) {
+		if !seen[o] {
+			seen[o] = true
+			all = append(all, o)
+		}
+	}
+	return all
+}
+
 // AuthCounter is store.Store.CountAuth.
 type AuthCounter interface {
 	CountAuth(tenant string, dkimPass, arcPass bool)

@@ -75,7 +75,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}, []string{"stage", "code"}),
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "syncrelay_messages_total",
-			Help: "Inbound messages by decision (stored, duplicate, discarded, quarantined, rejected, tempfail) and reason (per tenant: GET /v1/tenants/{t}/status).",
+			Help: "Inbound messages by decision (stored, duplicate, discarded, quarantined, rejected, tempfail) and reason, the router's and smtpd's own refusals (message_too_large, bare_eol, line_too_long) alike (per tenant: GET /v1/tenants/{t}/status).",
 		}, []string{"decision", "reason"}),
 		auth: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "syncrelay_auth_results_total",
@@ -238,7 +238,7 @@ var (
 )
 
 // KnownDecisions creates every decision × reason series of
-// syncrelay_messages_total at 0 (the router's list, router.Outcomes), so
+// syncrelay_messages_total at 0 (daemon.Outcomes: the router's and smtpd's), so
 // that rate(syncrelay_messages_total{decision="tempfail"}[15m]) > 0 fires
 // on the first tempfail after a restart: a series that only appears with
 // its first increment has no rate yet.
@@ -251,7 +251,23 @@ func (m *Metrics) KnownDecisions(pairs [][2]string) {
 	}
 }
 
-// Decision counts one routing decision.
+// KnownReplies creates the syncrelay_smtp_replies_total series of every
+// code smtpd can send at each stage (smtpd.ReplyCodes) at 0, so that an
+// alert on a rate of, say, data 451 replies fires on the first one after
+// a restart.
+func (m *Metrics) KnownReplies(codes map[string][]int) {
+	if m == nil {
+		return
+	}
+	for stage, cs := range codes {
+		for _, c := range cs {
+			m.replies.WithLabelValues(stage, strconv.Itoa(c))
+		}
+	}
+}
+
+// Decision counts one decision: the router's (through the daemon's
+// Deliverer, per tenant) or smtpd's own (smtpd.Observer, per message).
 func (m *Metrics) Decision(decision, reason string) {
 	if m == nil {
 		return

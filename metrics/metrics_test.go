@@ -190,4 +190,22 @@ func TestSeriesAtZeroFromStart(t *testing.T) {
 	}
 	var nilM *Metrics
 	nilM.KnownDecisions([][2]string{{"a", "b"}})
+	nilM.KnownReplies(map[string][]int{"data": {250}})
+}
+
+// The reply codes smtpd can send exist at 0 from start, by stage.
+func TestKnownRepliesAtZero(t *testing.T) {
+	m := New(prometheus.NewRegistry())
+	m.KnownReplies(map[string][]int{"mail": {250, 421}, "data": {250, 552, 554}})
+	for _, c := range []prometheus.Collector{
+		m.replies.WithLabelValues("mail", "421"),
+		m.replies.WithLabelValues("data", "552"),
+	} {
+		if v := value(t, c); v != 0 {
+			t.Errorf("%v = %v", c, v)
+		}
+	}
+	if n := count(m.replies); n != 5 {
+		t.Errorf("%d reply series, want 5", n)
+	}
 }

@@ -172,11 +172,11 @@ func (b *bodyChecker) end() error {
 	}
 	switch {
 	case b.tooBig:
-		return reply(replyTooBig)
+		return refusal(reasonMessageTooLarge)
 	case b.bareEOL:
-		return reply(replyBareEOL)
+		return refusal(reasonBareEOL)
 	case b.longLine:
-		return reply(replyLineTooLong)
+		return refusal(reasonLineTooLong)
 	case b.writeErr != nil:
 		return b.writeErr
 	}
@@ -194,9 +194,11 @@ func readError(err error) error {
 	case err == nil:
 		return nil
 	case errors.As(err, &se):
-		return se // go-smtp's own size limit (ErrDataTooLarge)
+		// go-smtp's own size limit (ErrDataTooLarge): answered as ours,
+		// with the reason token.
+		return refusal(reasonMessageTooLarge)
 	case errors.Is(err, smtp.ErrTooLongLine):
-		return reply(replyLineTooLong)
+		return refusal(reasonLineTooLong)
 	case errors.As(err, &ne) && ne.Timeout():
 		return reply(replyDataTimeout)
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
@@ -246,4 +248,20 @@ func readDecoded(r io.Reader, b *bodyChecker, stopAtFake bool, arm func()) error
 			return err
 		}
 	}
+}
+
+// CheckMessage runs the checks a session makes on a message as it arrives
+// (size, line length, bare CR or LF) over msg, as a session receives it
+// (dot-unstuffed), with limits as in Options (0: the default, negative:
+// none). It returns the Verdict a session refuses it with, or nil; replay
+// uses it so that in-process replay decides what the daemon decides.
+func CheckMessage(msg io.Reader, maxMessageBytes int64, maxLineLength int) *Verdict {
+	b := &bodyChecker{dst: io.Discard,
+		max:     orDefault(maxMessageBytes, DefaultMaxMessageBytes),
+		maxLine: orDefault(maxLineLength, DefaultMaxLineLength)}
+	if err := readDecoded(msg, b, false, func() {}); err != nil {
+		return nil // a reader's error is not the message's
+	}
+	v, _ := b.end().(*Verdict)
+	return v
 }

@@ -37,7 +37,7 @@ func TestDataDecoding(t *testing.T) {
 		r := ts.inData(t, inboundAddr)
 		r.send(tc.in)
 		if tc.bare {
-			if txt := r.expect(550); txt != "5.6.0 Bare CR or LF not allowed" {
+			if txt := r.expect(550); txt != "5.6.0 Bare CR or LF not allowed (reason=bare_eol)" {
 				t.Errorf("%q: reply %q", tc.in, txt)
 			}
 			r.expectClosed()
@@ -65,7 +65,7 @@ func TestBodyCheckerLimits(t *testing.T) {
 	if !b.longLine {
 		t.Fatal("7-byte line accepted")
 	}
-	if replyCode(b.end()) != 552 { // also over 10 bytes: size wins
+	if DataReply(discardLogger(), b.end()).Code != 552 { // also over 10 bytes: size wins
 		t.Fatalf("end = %v", b.end())
 	}
 	if out.String() != "abcd\r\n" {

@@ -40,9 +40,12 @@
 //	451 4.3.0 Temporary local problem, ...   Recipients lookup or Deliverer error, panic
 //	452 4.3.1 Insufficient system storage... such an error that is ENOSPC (a full disk)
 //	452 4.5.3 Too many recipients            more than MaxRecipients RCPT commands
-//	552 5.3.4 Maximum message size exceeded  body over MaxMessageBytes (also MAIL SIZE=)
-//	550 5.6.0 Bare CR or LF not allowed      see below; after DATA the connection closes
-//	554 5.6.0 Message line too long          a line over MaxLineLength; the connection closes
+//	552 5.3.4 Maximum message size exceeded (reason=message_too_large)
+//	                                         body over MaxMessageBytes (go-smtp: also MAIL SIZE=, no token)
+//	550 5.6.0 Bare CR or LF not allowed (reason=bare_eol)
+//	                                         see below; after DATA the connection closes
+//	554 5.6.0 Message line too long (reason=line_too_long)
+//	                                         a line over MaxLineLength; the connection closes
 //	                                         (DATA: the rest of the line cannot be framed; one reply,
 //	                                         not go-smtp's extra "500 Too long line")
 //	421 4.4.2 Timeout waiting for message data, closing connection
@@ -83,7 +86,12 @@
 // sizes and timings, and the Deliverer's LogArgs (its decision). A body
 // this package refuses itself never reaches the Deliverer; its line carries
 // decision "rejected" and reason message_too_large, bare_eol or
-// line_too_long, like the Deliverer's refusals.
+// line_too_long, like the Deliverer's refusals. These refusals are
+// Verdicts answered from the reply table, so their replies end with the
+// reason token too, and Observer.Decision reports them (with a spool that
+// cannot be written, tempfail/local_error): Outcomes lists them all, and
+// ReplyCodes every code Observer.Reply can report, for metrics that exist
+// at 0 from start.
 //
 // # Connections and shutdown
 //

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,6 +67,9 @@ type recorder struct {
 	mu    sync.Mutex
 	calls []delivered
 	fn    func(ctx context.Context, d *Delivery) error
+	// custom: fn answered with an *smtp.SMTPError of its own, whose code
+	// need not be one of ReplyCodes.
+	custom bool
 }
 
 func (r *recorder) Deliver(ctx context.Context, d *Delivery) error {
@@ -78,7 +82,13 @@ func (r *recorder) Deliver(ctx context.Context, d *Delivery) error {
 	fn := r.fn
 	r.mu.Unlock()
 	if fn != nil {
-		return fn(ctx, d)
+		err := fn(ctx, d)
+		if _, ok := err.(*smtp.SMTPError); ok {
+			r.mu.Lock()
+			r.custom = true
+			r.mu.Unlock()
+		}
+		return err
 	}
 	return nil
 }
@@ -160,6 +170,24 @@ func startServerOn(t testing.TB, o Options, l net.Listener) *testServer {
 	if o.SpoolDir == "" {
 		o.SpoolDir = t.TempDir()
 	}
+	// Every reply code any test sees must be one ReplyCodes lists (they
+	// exist at 0 in syncrelay_smtp_replies_total from start).
+	known := &knownCodesObserver{Observer: o.Observer}
+	if known.Observer == nil {
+		known.Observer = nopObserver{}
+	}
+	o.Observer = known
+	t.Cleanup(func() {
+		ts.del.mu.Lock()
+		custom := ts.del.custom
+		ts.del.mu.Unlock()
+		for _, u := range known.unknownCodes() {
+			if custom && strings.HasPrefix(u, stageData+" ") {
+				continue // the test's Deliverer chose it
+			}
+			t.Errorf("reply %s is not in ReplyCodes", u)
+		}
+	})
 	s, err := New(o, ts.rcpts, ts.del)
 	if err != nil {
 		t.Fatal(err)
@@ -367,3 +395,27 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 }
 
 const simpleBody = "From: <carl.candidate@cand.test>\r\nSubject: Interview secret-subject\r\n\r\nHello there\r\n"
+
+// knownCodesObserver passes events on and notes reply codes that
+// ReplyCodes does not list for their stage.
+type knownCodesObserver struct {
+	Observer
+	mu      sync.Mutex
+	unknown []string
+}
+
+func (o *knownCodesObserver) Reply(stage string, code int) {
+	o.Observer.Reply(stage, code)
+	if slices.Contains(ReplyCodes()[stage], code) {
+		return
+	}
+	o.mu.Lock()
+	o.unknown = append(o.unknown, fmt.Sprintf("%s %d", stage, code))
+	o.mu.Unlock()
+}
+
+func (o *knownCodesObserver) unknownCodes() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]string(nil), o.unknown...)
+}

@@ -190,7 +190,7 @@ func TestBDATChunkLineEndings(t *testing.T) {
 				r.expect(250)
 			}
 		}
-		if txt := r.expect(550); txt != "5.6.0 Bare CR or LF not allowed" {
+		if txt := r.expect(550); txt != "5.6.0 Bare CR or LF not allowed (reason=bare_eol)" {
 			t.Errorf("%q: reply %q", chunks, txt)
 		}
 		if d := ts.del.all(); len(d) != 0 {

@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -63,12 +66,26 @@ func TestWireRefusalLogLines(t *testing.T) {
 		{"line too long", Options{MaxLineLength: 100}, "Subject: x\r\n\r\n" + strings.Repeat("y", 200) + "\r\n", 554, "line_too_long", "line_too_long"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			obs := &countingObserver{}
+			tc.opts.Observer = obs
 			ts := startServer(t, tc.opts)
 			r := ts.inData(t, inboundAddr)
 			r.send(tc.body + ".\r\n")
-			r.expect(tc.code)
+			// The reply carries the reason token, as the Deliverer's
+			// refusals do, so replay -smtp reads the same reason.
+			if txt := r.expect(tc.code); ReasonOf(txt) != tc.reason {
+				t.Errorf("reply %d %q carries reason %q, want %q", tc.code, txt, ReasonOf(txt), tc.reason)
+			}
 			rec := oneMessageLine(t, ts)
 			checkFields(t, rec, map[string]any{"code": float64(tc.code), "decision": "rejected", "reason": tc.reason, "close": tc.close})
+			// Counted once as a decision (syncrelay_messages_total), and
+			// its reply once.
+			got := obs.String()
+			for _, want := range []string{"decision rejected/" + tc.reason + "=1", fmt.Sprintf("data %d=1", tc.code)} {
+				if !strings.Contains(got, want) {
+					t.Errorf("events %s lack %q", got, want)
+				}
+			}
 		})
 	}
 }
@@ -181,5 +198,32 @@ func TestSTARTTLSSessionCountedOnce(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("events %s lack %q", got, want)
 		}
+	}
+}
+
+// A spool that cannot be written (here: its directory is gone when a
+// message spills to disk) is smtpd's own tempfail: 451, logged and
+// counted as tempfail/local_error like the router's local errors, and
+// the Deliverer never sees the message.
+func TestSpoolFailureIsTempfail(t *testing.T) {
+	obs := &countingObserver{}
+	spoolDir := filepath.Join(t.TempDir(), "spool")
+	if err := os.Mkdir(spoolDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, Options{Observer: obs, SpoolDir: spoolDir})
+	if err := os.Remove(spoolDir); err != nil {
+		t.Fatal(err)
+	}
+	r := ts.inData(t, inboundAddr)
+	r.send("Subject: x\r\n\r\n" + strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n", 6000) + ".\r\n")
+	r.expect(451)
+	rec := oneMessageLine(t, ts)
+	checkFields(t, rec, map[string]any{"code": float64(451), "decision": "tempfail", "reason": "local_error", "close": "none"})
+	if got := obs.String(); !strings.Contains(got, "decision tempfail/local_error=1") {
+		t.Errorf("events %s lack the tempfail", got)
+	}
+	if len(ts.del.all()) != 0 {
+		t.Fatal("delivered")
 	}
 }

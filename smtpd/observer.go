@@ -19,12 +19,18 @@ type Observer interface {
 	// Reply: the reply to MAIL, RCPT or DATA/BDAT (stage "mail", "rcpt"
 	// or "data") after the error mapping, as the client sees it.
 	Reply(stage string, code int)
+	// Decision: a decision this package made itself about a message,
+	// without the Deliverer (Outcomes: its refusals of a body, a spool
+	// that cannot be written), once per message whose reply was sent.
+	// The Deliverer's decisions are its own to count.
+	Decision(decision, reason string)
 }
 
 type nopObserver struct{}
 
-func (nopObserver) ConnOpened()        {}
-func (nopObserver) ConnClosed()        {}
-func (nopObserver) ConnRefused(string) {}
-func (nopObserver) SessionEnded(bool)  {}
-func (nopObserver) Reply(string, int)  {}
+func (nopObserver) ConnOpened()             {}
+func (nopObserver) ConnClosed()             {}
+func (nopObserver) ConnRefused(string)      {}
+func (nopObserver) SessionEnded(bool)       {}
+func (nopObserver) Reply(string, int)       {}
+func (nopObserver) Decision(string, string) {}

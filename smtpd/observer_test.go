@@ -33,6 +33,10 @@ func (o *countingObserver) Reply(stage string, code int) {
 	o.add(fmt.Sprintf("%s %d", stage, code))
 }
 
+func (o *countingObserver) Decision(decision, reason string) {
+	o.add("decision " + decision + "/" + reason)
+}
+
 func (o *countingObserver) String() string {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -88,5 +92,10 @@ func TestObserverSeesWhatClientsSee(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("events %s lack %q", got, want)
 		}
+	}
+	// A message the Deliverer decided is counted by the Deliverer (per
+	// tenant), not here: only smtpd's own decisions are.
+	if strings.Contains(got, "decision ") {
+		t.Errorf("events %s count a Deliverer's decision", got)
 	}
 }

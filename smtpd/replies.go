@@ -93,6 +93,12 @@ var verdictReplies = []verdictReply{
 	// log.
 	{decision: "rejected", reason: "dkim_fail", reply: replyDKIMFailed, detail: true},
 	{decision: "rejected", reason: "dkim_unaligned", reply: replyDKIMFailed, detail: true},
+	// Refusals of the body this package makes itself, before any
+	// Deliverer (body.go): Verdicts too, so that their replies carry the
+	// reason token like the Deliverer's.
+	{decision: "rejected", reason: reasonMessageTooLarge, reply: replyTooBig},
+	{decision: "rejected", reason: reasonBareEOL, reply: replyBareEOL},
+	{decision: "rejected", reason: reasonLineTooLong, reply: replyLineTooLong},
 	// A refusal this table does not name yet.
 	{decision: "rejected", reply: smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 0, 0}, Message: "Message refused"}},
 	{decision: "tempfail", reason: "dkim_temperror", reply: smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 3},
@@ -159,6 +165,33 @@ func ReasonOf(text string) string {
 		return ""
 	}
 	return tok
+}
+
+// Outcomes lists the decisions this package makes itself about a message,
+// without a Deliverer, and reports to Observer.Decision: the refusals of
+// a body it reads (size, bare CR or LF, line length) and a spool that
+// cannot be written (tempfail, as the router's own local errors). The
+// daemon exports them at 0 from start with the router's outcomes.
+func Outcomes() [][2]string {
+	return [][2]string{
+		{decisionRejected, reasonMessageTooLarge}, {decisionRejected, reasonBareEOL}, {decisionRejected, reasonLineTooLong},
+		{decisionTempfail, reasonLocalError},
+	}
+}
+
+// ReplyCodes lists, by stage ("mail", "rcpt", "data"), every code
+// Observer.Reply can report when the Deliverer answers with Verdicts and
+// errors only (as syncrelay's does): the replies above, the reply table,
+// and go-smtp's own size limit. syncrelay_smtp_replies_total exports them
+// at 0 from start. (Replies go-smtp writes without calling this package,
+// such as a syntax error or MAIL's SIZE= over the limit, are not counted
+// at all.)
+func ReplyCodes() map[string][]int {
+	return map[string][]int{
+		stageMail: {250, 421, 451, 503},
+		stageRcpt: {250, 451, 452, 550},
+		stageData: {250, 421, 451, 452, 503, 550, 552, 554},
+	}
 }
 
 // Replies written by this package itself rather than through go-smtp: by

@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-smtp"
 )
 
 // A Deliverer's Verdict is answered from the reply table; a full disk is
@@ -84,6 +87,60 @@ func TestReasonOf(t *testing.T) {
 	for _, text := range []string{"2.0.0 OK: queued as 12345", "Temporary local problem, try again later", "OK (reason=)", "x (reason=a b)", ""} {
 		if got := ReasonOf(text); got != "" {
 			t.Errorf("ReasonOf(%q) = %q, want none", text, got)
+		}
+	}
+}
+
+// ReplyCodes lists every code the reply table can give a DATA/BDAT, and
+// the package's own replies at each stage (the harness checks every code
+// a test sees against it too).
+func TestReplyCodesCoverTheTable(t *testing.T) {
+	codes := ReplyCodes()
+	for _, row := range verdictReplies {
+		if !slices.Contains(codes[stageData], row.reply.Code) {
+			t.Errorf("table row %s/%s answers %d, not in ReplyCodes()[data] %v", row.decision, row.reason, row.reply.Code, codes[stageData])
+		}
+	}
+	for stage, rs := range map[string][]smtp.SMTPError{
+		stageMail: {replyTempLocal, replyAborted, replyShutdown, replyNestedMail},
+		stageRcpt: {replyTempLocal, replyNoSpace, replyAborted, replyNoSuchRcpt, replyTooManyRcpts},
+		stageData: {replyOK, replyTempLocal, replyNoSpace, replyDataTimeout, replyAborted, replyNoRcpts, *smtp.ErrDataTooLarge},
+	} {
+		for _, r := range rs {
+			if !slices.Contains(codes[stage], r.Code) {
+				t.Errorf("%s: %d %s not in ReplyCodes() %v", stage, r.Code, r.Message, codes[stage])
+			}
+		}
+	}
+	for _, o := range Outcomes() {
+		r, ok := ReplyFor(Verdict{Decision: o[0], Reason: o[1]})
+		if !ok || ReasonOf(r.Message) != o[1] || !slices.Contains(codes[stageData], r.Code) {
+			t.Errorf("own outcome %v: reply %+v (%v)", o, r, ok)
+		}
+	}
+}
+
+// CheckMessage (replay in-process) refuses what a session refuses, with
+// the same Verdict.
+func TestCheckMessage(t *testing.T) {
+	for _, tc := range []struct {
+		name, msg       string
+		maxBytes        int64
+		maxLine         int
+		decision, reaso string
+	}{
+		{"fine", simpleBody, 0, 0, "", ""},
+		{"too big", simpleBody, 20, 0, "rejected", "message_too_large"},
+		{"long line", "Subject: x\r\n\r\n" + strings.Repeat("y", 1200) + "\r\n", 0, 0, "rejected", "line_too_long"},
+		{"long line, no limit", "Subject: x\r\n\r\n" + strings.Repeat("y", 1200) + "\r\n", 0, -1, "", ""},
+		{"bare LF", "Subject: x\r\n\r\nbare\nLF\r\n", 0, 0, "rejected", "bare_eol"},
+	} {
+		v := CheckMessage(strings.NewReader(tc.msg), tc.maxBytes, tc.maxLine)
+		switch {
+		case tc.decision == "" && v != nil:
+			t.Errorf("%s: refused %+v", tc.name, v)
+		case tc.decision != "" && (v == nil || v.Decision != tc.decision || v.Reason != tc.reaso):
+			t.Errorf("%s: %+v, want %s/%s", tc.name, v, tc.decision, tc.reaso)
 		}
 	}
 }

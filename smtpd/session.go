@@ -240,10 +240,10 @@ func (ss *session) Data(r io.Reader) error {
 		ss.closeAfter = true
 		ss.mu.Unlock()
 	}
-	if body.refusal != "" {
-		// Refused before any Deliverer saw it: the message line still says
-		// what was decided, as the Deliverer's refusals do.
-		d.LogArgs = append(d.LogArgs, "decision", decisionRejected, "reason", body.refusal)
+	if body.decision != "" {
+		// Decided before any Deliverer saw it: the message line still says
+		// what was decided, as the Deliverer's lines do.
+		d.LogArgs = append(d.LogArgs, "decision", body.decision, "reason", body.reason)
 	}
 	if err == nil && (!active || len(d.Rcpts) == 0) {
 		err = reply(replyNoRcpts)
@@ -269,6 +269,9 @@ func (ss *session) Data(r io.Reader) error {
 		}
 		code = replyCode(err)
 		ss.s.o.Observer.Reply(stageData, code)
+		if body.decision != "" {
+			ss.s.o.Observer.Decision(body.decision, body.reason)
+		}
 		if body.close == closeNone && ss.draining() {
 			body.close = closeShutdown // the next read ends the session with 421 4.3.2
 		}
@@ -292,9 +295,11 @@ func (ss *session) deliver(ctx context.Context, d *Delivery) (err error) {
 // bodyRead is what readBody found, for the session's "message" line.
 type bodyRead struct {
 	size int64
-	// refusal is the reason of a refusal smtpd decides itself
-	// (message_too_large, bare_eol, line_too_long), "" otherwise.
-	refusal string
+	// decision and reason are what smtpd decided itself (Outcomes): a
+	// refusal (message_too_large, bare_eol, line_too_long) or a spool
+	// that could not be written; "" when the message goes to the
+	// Deliverer, or never arrived whole (timeout, client gone).
+	decision, reason string
 	// close says why the connection ends after the reply (closeNone: it
 	// does not, as far as the body goes).
 	close string
@@ -307,7 +312,16 @@ const (
 	reasonMessageTooLarge = "message_too_large"
 	reasonBareEOL         = "bare_eol"
 	reasonLineTooLong     = "line_too_long"
+	// A spool that cannot be written: the sender retries (451, or 452 for
+	// a full disk), as for the router's own local errors.
+	decisionTempfail = "tempfail"
+	reasonLocalError = "local_error"
 )
+
+// refusal is the Verdict of a body this package refuses itself.
+func refusal(reason string) *Verdict {
+	return &Verdict{Decision: decisionRejected, Reason: reason}
+}
 
 // Values of the "close" field of the "message" log line: whether, and
 // why, the connection ends after this message.
@@ -349,20 +363,23 @@ func (ss *session) readBody(r io.Reader, bdat bool, sp *spool.Spool) (res bodyRe
 		ss.tc.stopReading()
 	}
 	if err != nil {
-		res.refusal, res.close = readErrorKind(err)
+		var reason string
+		reason, res.close = readErrorKind(err)
+		if reason != "" {
+			res.decision, res.reason = decisionRejected, reason
+		}
 		return res, readError(err)
 	}
 	err = b.end()
-	switch {
-	case b.tooBig:
-		res.refusal = reasonMessageTooLarge
-	case b.bareEOL:
-		res.refusal = reasonBareEOL
-		if !bdat {
+	if v, ok := err.(*Verdict); ok {
+		// A refusal; a line too long was read to its end: the session is
+		// in step.
+		res.decision, res.reason = v.Decision, v.Reason
+		if v.Reason == reasonBareEOL && !bdat {
 			res.close = closeBareEOL
 		}
-	case b.longLine:
-		res.refusal = reasonLineTooLong // read to its end: the session is in step
+	} else if err != nil {
+		res.decision, res.reason = decisionTempfail, reasonLocalError
 	}
 	return res, err
 }

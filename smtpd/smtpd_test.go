@@ -235,7 +235,7 @@ func TestBareLineEndingsDATA(t *testing.T) {
 	} {
 		r := ts.inData(t, inboundAddr)
 		r.send(body + ".\r\n")
-		if txt := r.expect(550); txt != "5.6.0 Bare CR or LF not allowed" {
+		if txt := r.expect(550); txt != "5.6.0 Bare CR or LF not allowed (reason=bare_eol)" {
 			t.Errorf("%q: reply %q", body, txt)
 		}
 		r.expectClosed()
@@ -308,7 +308,7 @@ func TestBDAT(t *testing.T) {
 	bad := "Subject: x\r\n\r\nbare\nLF\r\n"
 	r.envelope(inboundAddr)
 	r.send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(bad), bad))
-	if txt := r.expect(550); txt != "5.6.0 Bare CR or LF not allowed" {
+	if txt := r.expect(550); txt != "5.6.0 Bare CR or LF not allowed (reason=bare_eol)" {
 		t.Fatalf("reply %q", txt)
 	}
 	// Bare CR in the first of two chunks: the first gets "continue", the

@@ -260,15 +260,21 @@ func replayLocal(ctx context.Context, c *config.Config, tenant string, commit bo
 			status = replayFailed
 			continue
 		}
-		_ = enc.Encode(replayOne(ctx, d, t.ID, f, raw))
+		_ = enc.Encode(replayOne(ctx, d, &c.SMTP, t.ID, f, raw))
 	}
 	return status
 }
 
 // replayOne runs raw through the daemon's Deliverer as a transaction to
 // tenant's inbound address, and answers it as the daemon's SMTP server
-// would.
-func replayOne(ctx context.Context, d *daemon.Deliverer, tenant, file string, raw []byte) replayLine {
+// would: first the checks the server makes as a message arrives (size and
+// line length as in lim; raw's line endings are CRLF already, so a bare
+// CR or LF is never refused here), whose refusals no router sees.
+func replayOne(ctx context.Context, d *daemon.Deliverer, lim *config.SMTP, tenant, file string, raw []byte) replayLine {
+	if v := smtpd.CheckMessage(bytes.NewReader(raw), lim.MaxMessageBytes, lim.MaxLineLength); v != nil {
+		out := router.Outcome{Decision: v.Decision, Reason: v.Reason, Tenant: tenant}
+		return lineFrom(file, out, smtpd.DataReply(slog.New(slog.DiscardHandler), v).Code)
+	}
 	sp := spool.New("", 0)
 	defer sp.Close()
 	_, err := sp.Write(raw)
@@ -436,10 +442,10 @@ func deliverForReplay(addr, from, rcpt string, raw []byte) (replayLine, int) {
 	return stop(replayUnreachable, "the daemon at %s broke off before answering the message (its decision is unknown): %v", addr, err)
 }
 
-// replyReason is the reason token a refusal carries; smtpd's own
-// "451 4.3.0 / 452 4.3.1" local trouble is the router's local_error, as
-// in-process. Other refusals smtpd makes itself (size, line length, bare
-// line endings) carry no token: "".
+// replyReason is the reason token a refusal carries (the router's, and
+// smtpd's own refusals of a body: message_too_large, bare_eol,
+// line_too_long); smtpd's "451 4.3.0 / 452 4.3.1" local trouble, which
+// carries none, is local_error, as in-process.
 func replyReason(se *smtp.SMTPError) string {
 	if r := smtpd.ReasonOf(se.Message); r != "" {
 		return r

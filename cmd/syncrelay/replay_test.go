@@ -166,6 +166,32 @@ func TestReplayCorpusInProcessSMTPAndBackup(t *testing.T) {
 		t.Errorf("in-process, inbound address as -tenant: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 
+	// Files the daemon's SMTP server judges itself: an over-long line is
+	// refused before the router in both modes; a bare LF is no refusal in
+	// either, because replay normalises line endings to CRLF as an MTA
+	// would. Replayed in-process now (the daemon will hold the store).
+	wire := t.TempDir()
+	wireFiles := map[string]string{
+		"bare-lf.eml":   "From: Stranger <s@elsewhere.test>\nTo: Alice <alice@acme.test>\r\nSubject: lunch\nMessage-ID: <bare-lf@elsewhere.test>\n\nmixed\nline endings\r\n",
+		"long-line.eml": "From: Stranger <s@elsewhere.test>\r\nTo: Alice <alice@acme.test>\r\nSubject: lunch\r\nMessage-ID: <long@elsewhere.test>\r\n\r\n" + strings.Repeat("y", 2000) + "\r\n",
+	}
+	var wireArgs []string
+	for name, body := range wireFiles {
+		must(t, os.WriteFile(filepath.Join(wire, name), []byte(body), 0o600))
+		wireArgs = append(wireArgs, filepath.Join(wire, name))
+	}
+	slices.Sort(wireArgs)
+	code, wireLocal, stderr := replayCmd(t, append([]string{"-config", cfg, "-tenant", "acme"}, wireArgs...)...)
+	if code != 0 {
+		t.Fatalf("in-process replay of %v: exit %d, %s", wireArgs, code, stderr)
+	}
+	for _, want := range []string{`"file":"` + wireArgs[0] + `","decision":"discarded","reason":"no_match","smtp_code":250`,
+		`"file":"` + wireArgs[1] + `","decision":"rejected","reason":"line_too_long","smtp_code":554`} {
+		if !strings.Contains(wireLocal, want) {
+			t.Errorf("in-process replay lacks %s:\n%s", want, wireLocal)
+		}
+	}
+
 	// A daemon on the rendered store, on free ports.
 	dcfg := testenv.WriteConfig(t, filepath.Join(dir, "daemon.toml"), testenv.Config{
 		Data: filepath.Join(dir, "data"), Zone: filepath.Join(dir, "zone.txt")})
@@ -201,6 +227,20 @@ func TestReplayCorpusInProcessSMTPAndBackup(t *testing.T) {
 		}
 	}
 	diffLines(t, "replay -smtp vs in-process (in-process-only fields blanked)", got, want)
+
+	// The wire files: the same decision, reason and code over SMTP.
+	code, wireSMTP, stderr := replayCmd(t, append([]string{"-config", dcfg, "-smtp", d.SMTP, "-url", "http://" + d.HTTP, "-tenant", "acme"}, wireArgs...)...)
+	if code != 0 {
+		t.Fatalf("replay -smtp of %v: exit %d, %s", wireArgs, code, stderr)
+	}
+	var wantWire, gotWire []string
+	for _, l := range strings.Split(strings.TrimSpace(wireLocal), "\n") {
+		wantWire = append(wantWire, blankInProcessOnly(t, l))
+	}
+	for _, l := range strings.Split(strings.TrimSpace(wireSMTP), "\n") {
+		gotWire = append(gotWire, blankInProcessOnly(t, l))
+	}
+	diffLines(t, "replay -smtp vs in-process, refused by smtpd", gotWire, wantWire)
 
 	// The same files again: now the daemon has them, so the ones it
 	// stored are duplicates (the store really was written over SMTP).
