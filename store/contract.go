@@ -130,7 +130,13 @@ type Quarantines interface {
 	// DeleteQuarantined removes one quarantined message and gives up its
 	// bytes (an admin deleted it, or released it to the profile after
 	// committing its copy); ErrNotFound when it is not (or no longer) there.
-	DeleteQuarantined(ctx context.Context, tenant string, id uint64) error
+	// act, when not nil, is recorded in the same commit (the store fills
+	// in its Tenant, Quarantine, Reason, Seq and At), and the tenant's
+	// oldest actions beyond QuarantineActionsKept are dropped.
+	DeleteQuarantined(ctx context.Context, tenant string, id uint64, act *QuarantineAction) error
+	// QuarantineActions lists a tenant's recorded actions, newest first,
+	// at most limit (<= 0: all that are kept).
+	QuarantineActions(ctx context.Context, tenant string, limit int) ([]*QuarantineAction, error)
 }
 
 // Grants are users' sealed send-only OAuth grants.

@@ -135,6 +135,39 @@ type Quarantined struct {
 	Expires  time.Time    `json:"expires"`
 }
 
+// Quarantine actions an admin takes.
+const (
+	QuarantineReleased = "released"
+	QuarantineDeleted  = "deleted"
+)
+
+// QuarantineActionsKept is how many quarantine actions a backend keeps per
+// tenant (the newest): the audit trail is bounded, so it cannot grow forever.
+const QuarantineActionsKept = 200
+
+// QuarantineAction records an admin's release or deletion of a quarantined
+// message, written in the commit that removes it from the quarantine. It
+// holds ids and who acted, never the message's content or addresses.
+type QuarantineAction struct {
+	Tenant string `json:"tenant"`
+	// Seq orders a tenant's actions (filled in by the store).
+	Seq    uint64 `json:"seq"`
+	Action string `json:"action"` // QuarantineReleased | QuarantineDeleted
+	// Quarantine is the quarantined message's id (filled in by the store).
+	Quarantine uint64 `json:"quarantine_id"`
+	// Reason is why it had been quarantined (e.g. dkim_fail), copied from
+	// the quarantine record by the store.
+	Reason string `json:"reason,omitempty"`
+	// Message and Thread are where a release put it on the profile
+	// (their external refs, MessageRef and ThreadRef).
+	Message string `json:"message,omitempty"`
+	Thread  string `json:"thread,omitempty"`
+	// By says who acted: "admin link n=<nonce> g=<generation>" for the
+	// email admin page, "api user=<id>" for the API.
+	By string    `json:"by"`
+	At time.Time `json:"at"` // filled in by the store
+}
+
 // UnalignedSigners is the pseudo-decision under which the router counts,
 // per signing domain, the valid but unaligned DKIM signatures on refused
 // mail of the tenant's own users (reason dkim_unaligned), so the status
