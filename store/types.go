@@ -39,6 +39,33 @@ type Delegation struct {
 	Created   time.Time         `json:"created_at"`
 	Updated   time.Time         `json:"updated_at"`
 	History   []DelegationEvent `json:"history"`
+	// ApprovalEmail is the email asking the grantor to decide (tenants
+	// with delegation_approval "email"): queued in the commit that creates
+	// the delegation, so a crash before the provider call does not lose it.
+	ApprovalEmail *ApprovalMail `json:"approval_email,omitempty"`
+}
+
+// Approval email states.
+const (
+	EmailQueued  = "queued"   // waiting to be sent (or being sent, under a lease)
+	EmailSent    = "sent"     // the provider accepted it
+	EmailNotSent = "not_sent" // given up; Error says why
+)
+
+// ApprovalMail is the state of a Send For request's approval email. The
+// store keeps it with the delegation; a queued one is due at NextAttempt.
+type ApprovalMail struct {
+	Status string `json:"status"` // EmailQueued | EmailSent | EmailNotSent
+	// Via is the user whose mailbox sends it (the requester).
+	Via       string    `json:"via"`
+	To        string    `json:"to"` // the grantor's user id
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// Error is why it was not sent, or why the last attempt failed.
+	Error string `json:"error,omitempty"`
+	// Attempts counts claims of the email (each claim may send once).
+	Attempts    int       `json:"attempts,omitempty"`
+	NextAttempt time.Time `json:"next_attempt_at,omitzero"`
+	SentAt      time.Time `json:"sent_at,omitzero"`
 }
 
 // Live reports whether a delegation still counts for its pair (requested

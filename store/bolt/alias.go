@@ -13,6 +13,7 @@ type (
 	CompactStats     = store.CompactStats
 	DeadLetter       = store.DeadLetter
 	Delegation       = store.Delegation
+	ApprovalMail     = store.ApprovalMail
 	DelegationEvent  = store.DelegationEvent
 	Event            = store.Event
 	Grant            = store.Grant
@@ -44,6 +45,7 @@ var (
 
 const (
 	SyntheticDomain       = store.SyntheticDomain
+	EmailQueued           = store.EmailQueued
 	QuarantineActionsKept = store.QuarantineActionsKept
 	DelegationActive      = store.DelegationActive
 	DelegationDeclined    = store.DelegationDeclined

@@ -64,7 +64,7 @@ var (
 
 	allBuckets = [][]byte{bMeta, bTenants, bInbound, bUsers, bUserEmail, bCands, bCandEmail,
 		bThreads, bCandThread, bMessages, bThreadMsg, bMsgID, bSentIdx, bConvIndex, bCounters, bOutbox, bKV, bQuarantine,
-		bGrants, bDelegations, bDelegPair, bOutboxIdx, bSegs, bSegRecs, bBigFiles, bQuarantineActs}
+		bGrants, bDelegations, bDelegPair, bOutboxIdx, bSegs, bSegRecs, bBigFiles, bQuarantineActs, bDelegEmail}
 
 	keySchema = []byte("schema_version")
 )
