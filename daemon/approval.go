@@ -1,7 +1,9 @@
 package daemon
 
 import (
+	"context"
 	"log/slog"
+	"sync"
 
 	"syncrelay/config"
 	"syncrelay/delegation"
@@ -19,4 +21,15 @@ func newApprovals(c *config.Config, st Store, keys *Keys, sender *outbound.Servi
 		o.Sender = sender
 	}
 	return delegation.New(o)
+}
+
+// startApprovals runs the queue of approval emails (emails left by a
+// request whose send failed temporarily, or by a process that stopped
+// before sending). stop waits for an attempt in flight to be recorded.
+func startApprovals(ap *delegation.Approvals) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { ap.Run(ctx); close(done) }()
+	var once sync.Once
+	return func() { once.Do(func() { cancel(); <-done }) }
 }
