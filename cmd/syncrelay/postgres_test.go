@@ -53,7 +53,7 @@ func TestCheckPostgres(t *testing.T) {
 	must(t, st.CreateTenant(context.Background(), &store.Tenant{ID: "acme", InboundAddress: "acme-x@relay.test"}))
 	st.Close()
 	_, rep = checkJSON(t, "-config", cfg)
-	if c := rep.get(t, "store"); c.Status != checkOK || !strings.Contains(c.Message, "schema version 1 (1 tenant)") {
+	if c := rep.get(t, "store"); c.Status != checkOK || !strings.Contains(c.Message, fmt.Sprintf("schema version %d (1 tenant)", postgres.SchemaVersion())) {
 		t.Errorf("migrated database: %+v", c)
 	}
 
