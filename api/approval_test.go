@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/url"
 	"regexp"
@@ -26,14 +27,18 @@ var linkKey = bytes.Repeat([]byte{0x5a}, 32)
 // newApprovalEnv is the outbound environment with Send For approval by
 // email wired as the daemon does: links signed with the links key, pointing
 // at the API's own listener.
-func newApprovalEnv(t *testing.T, provider string) (*obEnv, *delegation.Approvals) {
+func newApprovalEnv(t *testing.T, provider string, opts ...func(*delegation.Options)) (*obEnv, *delegation.Approvals) {
 	t.Helper()
 	var ap *delegation.Approvals
 	e := &obEnv{t: t, dir: t.TempDir(), prov: provider}
 	e.stub = providertest.Start(t, provider)
 	e.apiTweak = func(o *Options, svc *outbound.Service) {
 		var err error
-		ap, err = delegation.New(delegation.Options{Store: e.st, Sender: svc, Signer: signedlink.New(linkKey, nil), BaseURL: e.hs.URL})
+		do := delegation.Options{Store: e.st, Sender: svc, Signer: signedlink.New(linkKey, nil), BaseURL: e.hs.URL}
+		for _, f := range opts {
+			f(&do)
+		}
+		ap, err = delegation.New(do)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -187,5 +192,55 @@ func TestApprovalWebhookOnlyByDefault(t *testing.T) {
 	d := e.must(e.do("POST", "/v1/tenants/acme/delegations", "u-rec", `{"requester":"u-rec","grantor":"u-hm"}`), 201)
 	if _, ok := d.body["approval_email"]; ok || len(e.stub.Sent()) != 0 || len(e.events("delegation.requested")) != 1 {
 		t.Fatalf("%s; sent %d", d.raw, len(e.stub.Sent()))
+	}
+}
+
+// TestApprovalEmailProviderDownThenUp: the provider answers 503 through
+// all the outbound retries when the request is made: the 201 says the
+// email is queued (with the error and the next attempt), the queue sends
+// it once the provider is back, and GET of the delegation shows it sent.
+func TestApprovalEmailProviderDownThenUp(t *testing.T) {
+	e, ap := newApprovalEnv(t, "google", func(o *delegation.Options) {
+		o.RetryBase, o.PollInterval = 50*time.Millisecond, 10*time.Millisecond
+	})
+	e.must(e.do("PATCH", "/v1/tenants/acme", "", `{"delegation_approval":"email"}`), 200)
+	e.connect("u-rec")
+	before := len(e.stub.Sent())
+	e.stub.FailSend(providertest.Failure{Status: 503}, providertest.Failure{Status: 503}, providertest.Failure{Status: 503}, providertest.Failure{Status: 503})
+	d := e.must(e.do("POST", "/v1/tenants/acme/delegations", "u-rec", `{"requester":"u-rec","grantor":"u-hm"}`), 201)
+	ae, _ := d.body["approval_email"].(map[string]any)
+	if d.str("status") != "requested" || ae["status"] != "queued" || !strings.Contains(fmt.Sprint(ae["error"]), "503") || ae["next_attempt_at"] == nil {
+		t.Fatalf("201 while the provider is down: %s", d.raw)
+	}
+	if len(e.stub.Sent()) != before {
+		t.Fatal("an email was recorded while the provider failed")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { ap.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	id := d.str("id")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		g := e.must(e.do("GET", "/v1/tenants/acme/delegations/"+id, "", ""), 200)
+		ge, _ := g.body["approval_email"].(map[string]any)
+		if ge["status"] == "sent" {
+			if ge["error"] != nil || ge["sent_at"] == nil || ge["expires_at"] == nil {
+				t.Fatalf("sent: %s", g.raw)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not sent: %s", g.raw)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // a duplicate would be sent by now
+	if n := len(e.stub.Sent()) - before; n != 1 {
+		t.Fatalf("%d approval emails sent, want 1", n)
+	}
+	link, _ := emailedLink(t, e.stub.Sent()[len(e.stub.Sent())-1])
+	if !strings.Contains(link, "/p/delegation?t=") {
+		t.Fatalf("link %q", link)
 	}
 }

@@ -24,6 +24,9 @@ type obDelegationJSON struct {
 	CreatedAt time.Time               `json:"created_at"`
 	UpdatedAt time.Time               `json:"updated_at"`
 	History   []store.DelegationEvent `json:"history"`
+	// ApprovalEmail is the approval email's state (tenants with
+	// delegation_approval "email"): queued, sent or not_sent.
+	ApprovalEmail *delegation.EmailOutcome `json:"approval_email,omitempty"`
 }
 
 func obDelegationOut(d *store.Delegation) obDelegationJSON {
@@ -32,7 +35,7 @@ func obDelegationOut(d *store.Delegation) obDelegationJSON {
 		h = []store.DelegationEvent{}
 	}
 	return obDelegationJSON{ID: store.DelegationRef(d.ID), Requester: d.Requester, Grantor: d.Grantor, Status: d.Status,
-		CreatedAt: d.Created, UpdatedAt: d.Updated, History: h}
+		CreatedAt: d.Created, UpdatedAt: d.Updated, History: h, ApprovalEmail: d.ApprovalEmail}
 }
 
 func (s *Server) obDelegationStore(w http.ResponseWriter) (OutboundStore, bool) {
@@ -91,36 +94,37 @@ func (s *Server) createDelegation(w http.ResponseWriter, r *http.Request) {
 		by = actor.ID
 	}
 	d := &store.Delegation{Tenant: t.ID, Requester: in.Requester, Grantor: in.Grantor}
+	if t.ApprovalBy() == store.ApprovalEmail {
+		// The approval email is queued in the commit that creates the
+		// request, so a crash before it is sent does not lose it.
+		if s.o.Outbound.Approvals != nil {
+			s.o.Outbound.Approvals.Queue(t, d)
+		} else {
+			d.ApprovalEmail = &delegation.EmailOutcome{Status: delegation.EmailNotSent, Via: d.Requester, To: d.Grantor,
+				Error: "approval emails are not configured on this server (no link key or public URL)"}
+			s.o.Log.WarnContext(r.Context(), "delegation: approval email not sent: not configured", "tenant", t.ID)
+		}
+	}
 	if err := st.CreateDelegation(r.Context(), d, by); err != nil {
 		s.storeError(w, r, err)
 		return
 	}
-	out := obDelegationCreatedJSON{obDelegationJSON: obDelegationOut(d)}
-	if t.ApprovalBy() == store.ApprovalEmail {
+	out := obDelegationOut(d)
+	if d.ApprovalEmail != nil && s.o.Outbound.Approvals != nil {
 		// The request is committed (and its webhook queued) whatever
-		// happens to the email: approval_email says whether it went.
-		if s.o.Outbound.Approvals != nil {
-			out.ApprovalEmail = s.o.Outbound.Approvals.Requested(r.Context(), t, d)
-		} else {
-			out.ApprovalEmail = &delegation.EmailOutcome{Status: delegation.EmailNotSent, Via: d.Requester, To: d.Grantor,
-				Error: "approval emails are not configured on this server (no link key or public URL)"}
-			s.o.Log.WarnContext(r.Context(), "delegation: approval email not sent: not configured", "tenant", t.ID, "delegation", out.ID)
-		}
+		// happens to the email: approval_email says whether it went, or
+		// that it is queued for a retry (GET shows the outcome).
+		out.ApprovalEmail = s.o.Outbound.Approvals.Requested(r.Context(), t, d)
 	}
 	writeJSON(w, http.StatusCreated, out)
 }
 
 // ApprovalMailer emails a Send For request's grantor a link to approve or
-// decline (*delegation.Approvals).
+// decline (*delegation.Approvals): Queue before the request is created,
+// Requested after.
 type ApprovalMailer interface {
+	Queue(t *store.Tenant, d *store.Delegation)
 	Requested(ctx context.Context, t *store.Tenant, d *store.Delegation) *delegation.EmailOutcome
-}
-
-// obDelegationCreatedJSON is a new delegation, with whether the grantor was
-// emailed (tenants with delegation_approval "email").
-type obDelegationCreatedJSON struct {
-	obDelegationJSON
-	ApprovalEmail *delegation.EmailOutcome `json:"approval_email,omitempty"`
 }
 
 func (s *Server) listDelegations(w http.ResponseWriter, r *http.Request) {

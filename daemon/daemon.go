@@ -181,6 +181,8 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 		return err
 	}
 	defer stopWebhooks()
+	stopApprovals := startApprovals(ap)
+	defer stopApprovals()
 
 	smtpLn, err := net.Listen("tcp", c.SMTP.Listen)
 	if err != nil {
@@ -234,6 +236,7 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 		httpSrv.Close()
 	}
 	stopWebhooks() // finishes deliveries in flight and records their outcome
+	stopApprovals()
 	if err := st.Close(); err != nil {
 		return fmt.Errorf("close store: %w", err)
 	}

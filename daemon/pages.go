@@ -41,7 +41,9 @@ func withPages(apiSrv http.Handler, pg http.Handler) http.Handler {
 
 // quarantineActions release a quarantined message to the profile (its
 // bytes go through the router again, marked released, and are committed
-// to the thread) or delete it; both are logged with the tenant and id.
+// to the thread) or delete it; both are recorded (store.QuarantineAction,
+// in the commit that takes the message out of the quarantine) and logged
+// with the tenant and ids.
 type quarantineActions struct {
 	st     Store
 	router *router.Router
@@ -67,7 +69,7 @@ type rawBody struct{ f store.RawFile }
 func (b rawBody) Open() io.Reader { return io.NewSectionReader(b.f, 0, b.f.Size()) }
 func (b rawBody) Size() int64     { return b.f.Size() }
 
-func (q *quarantineActions) ReleaseQuarantined(ctx context.Context, tenant string, id uint64) error {
+func (q *quarantineActions) ReleaseQuarantined(ctx context.Context, tenant string, id uint64, by string) error {
 	m, err := q.find(ctx, tenant, id)
 	if err != nil {
 		return err
@@ -84,18 +86,23 @@ func (q *quarantineActions) ReleaseQuarantined(ctx context.Context, tenant strin
 	if out.Decision != router.Stored && out.Decision != router.Duplicate {
 		return fmt.Errorf("release quarantined %d: decided %s/%s", id, out.Decision, out.Reason)
 	}
-	if err := q.st.DeleteQuarantined(ctx, tenant, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+	// A crash after the copy's commit and before this one leaves the
+	// message in the quarantine: releasing it again finds the copy a
+	// duplicate, and the action is recorded then.
+	act := &store.QuarantineAction{Action: store.QuarantineReleased, Message: out.Message, Thread: out.Thread, By: by}
+	if err := q.st.DeleteQuarantined(ctx, tenant, id, act); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
 	q.log.InfoContext(ctx, "quarantined message released to the profile", "tenant", tenant, "quarantine_id", id,
-		"decision", out.Decision, "thread", out.Thread, "message", out.Message)
+		"decision", out.Decision, "thread", out.Thread, "message", out.Message, "by", by)
 	return nil
 }
 
-func (q *quarantineActions) DeleteQuarantined(ctx context.Context, tenant string, id uint64) error {
-	if err := q.st.DeleteQuarantined(ctx, tenant, id); err != nil {
+func (q *quarantineActions) DeleteQuarantined(ctx context.Context, tenant string, id uint64, by string) error {
+	act := &store.QuarantineAction{Action: store.QuarantineDeleted, By: by}
+	if err := q.st.DeleteQuarantined(ctx, tenant, id, act); err != nil {
 		return err
 	}
-	q.log.InfoContext(ctx, "quarantined message deleted", "tenant", tenant, "quarantine_id", id)
+	q.log.InfoContext(ctx, "quarantined message deleted", "tenant", tenant, "quarantine_id", id, "by", by)
 	return nil
 }

@@ -24,6 +24,8 @@ type Store interface {
 	CreateKV(ctx context.Context, k string, v any, ttl time.Duration) error
 	GetKV(ctx context.Context, k string, v any) error
 	DeleteKV(ctx context.Context, k string) error
+	ClaimApprovalEmails(ctx context.Context, now time.Time, limit int, lease time.Duration) ([]*store.Delegation, error)
+	FinishApprovalEmail(ctx context.Context, tenant string, id uint64, attempt int, e *store.ApprovalMail) (*store.Delegation, error)
 }
 
 // Sender sends a notice through a user's own grant (*outbound.Service).
@@ -51,12 +53,34 @@ type Options struct {
 	BaseURL string
 	// LinkTTL is the links' lifetime (DefaultLinkTTL).
 	LinkTTL time.Duration
-	Now     func() time.Time
-	Log     *slog.Logger
+	// The queue of approval emails (Run): an email is retried after a
+	// temporary failure (a provider 5xx or 429 that outlasted the outbound
+	// retries, a transport error) RetryBase later, doubling up to
+	// RetryMax, MaxAttempts times in all; each attempt holds the email
+	// for Lease (longer than a send with all its outbound retries), after
+	// which another worker may take it. Run looks for due emails every
+	// PollInterval, and at once after Notify.
+	MaxAttempts         int
+	RetryBase, RetryMax time.Duration
+	Lease, PollInterval time.Duration
+	Now                 func() time.Time
+	Log                 *slog.Logger
 }
 
+// Queue defaults.
+const (
+	DefaultMaxAttempts  = 8
+	DefaultRetryBase    = time.Minute
+	DefaultRetryMax     = time.Hour
+	DefaultLease        = 5 * time.Minute
+	DefaultPollInterval = 15 * time.Second
+)
+
 // Approvals emails approval links and acts on them.
-type Approvals struct{ o Options }
+type Approvals struct {
+	o    Options
+	wake chan struct{}
+}
 
 // New builds Approvals; Store and Signer are required.
 func New(o Options) (*Approvals, error) {
@@ -76,76 +100,206 @@ func New(o Options) (*Approvals, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Approvals{o: o}, nil
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = DefaultMaxAttempts
+	}
+	if o.RetryBase <= 0 {
+		o.RetryBase = DefaultRetryBase
+	}
+	if o.RetryMax <= 0 {
+		o.RetryMax = DefaultRetryMax
+	}
+	if o.Lease <= 0 {
+		o.Lease = DefaultLease
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = DefaultPollInterval
+	}
+	return &Approvals{o: o, wake: make(chan struct{}, 1)}, nil
 }
 
 // Email outcomes.
 const (
-	EmailSent    = "sent"
-	EmailNotSent = "not_sent"
+	EmailQueued  = store.EmailQueued
+	EmailSent    = store.EmailSent
+	EmailNotSent = store.EmailNotSent
 )
 
 // EmailOutcome says whether the grantor was emailed (the API answers it
-// as approval_email).
-type EmailOutcome struct {
-	Status string `json:"status"` // sent | not_sent
-	// Via is the user whose mailbox sent it (the requester).
-	Via       string    `json:"via"`
-	To        string    `json:"to"` // the grantor's user id
-	ExpiresAt time.Time `json:"expires_at,omitzero"`
-	// Error says why it was not sent.
-	Error string `json:"error,omitempty"`
+// as approval_email): queued, sent, or not_sent with the reason.
+type EmailOutcome = store.ApprovalMail
+
+// Queue sets d.ApprovalEmail, before d is created, when tenant t asks for
+// approval by email: the email is then queued in the commit that creates
+// the delegation, held by the creating request (attempt 1, leased), which
+// sends it with Requested. If the process dies first, Run sends it once
+// the lease ends. Without a Sender the email is not_sent at once.
+func (a *Approvals) Queue(t *store.Tenant, d *store.Delegation) {
+	if t.ApprovalBy() != store.ApprovalEmail {
+		return
+	}
+	e := &store.ApprovalMail{Status: EmailQueued, Via: d.Requester, To: d.Grantor, Attempts: 1,
+		NextAttempt: a.o.Now().Add(a.o.Lease).UTC()}
+	if a.o.Sender == nil {
+		e = &store.ApprovalMail{Status: EmailNotSent, Via: d.Requester, To: d.Grantor, Error: "sending is not configured on this server"}
+	}
+	d.ApprovalEmail = e
 }
 
-// Requested emails d's grantor a link to approve or decline, through the
-// requester's grant, when tenant t asks for it (delegation_approval
-// "email"); it returns nil otherwise. The request itself stands whatever
-// happens here: a missing or broken grant, or a provider failure, is
-// reported in the outcome and logged (user ids and the reason only).
+// Requested makes the creating request's attempt at d's queued approval
+// email (see Queue) and returns its state: sent, not_sent with the reason
+// (no or broken grant, a provider refusal), or queued again after a
+// temporary failure (Run retries it). It returns nil when d has no
+// approval email. The request itself stands whatever happens here.
 func (a *Approvals) Requested(ctx context.Context, t *store.Tenant, d *store.Delegation) *EmailOutcome {
-	if t.ApprovalBy() != store.ApprovalEmail {
+	if d.ApprovalEmail == nil {
 		return nil
 	}
-	out := &EmailOutcome{Status: EmailNotSent, Via: d.Requester, To: d.Grantor}
-	err := a.email(ctx, t, d, out)
-	log := a.o.Log.With("tenant", t.ID, "delegation", store.DelegationRef(d.ID), "requester", d.Requester, "grantor", d.Grantor)
-	if err != nil {
-		out.Error, out.ExpiresAt = err.Error(), time.Time{}
-		log.WarnContext(ctx, "delegation: approval email not sent; the grantor must approve in the ATS", "err", out.Error)
-		return out
+	if d.ApprovalEmail.Status != EmailQueued {
+		e := *d.ApprovalEmail
+		return &e
 	}
-	out.Status = EmailSent
-	log.InfoContext(ctx, "delegation: approval email sent", "expires", out.ExpiresAt)
-	return out
+	return a.attempt(ctx, d)
 }
 
-func (a *Approvals) email(ctx context.Context, t *store.Tenant, d *store.Delegation, out *EmailOutcome) error {
-	if a.o.Sender == nil {
-		return errors.New("sending is not configured on this server")
+// Notify wakes Run (a new email may be due).
+func (a *Approvals) Notify() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
 	}
-	req, err := a.o.Store.User(ctx, t.ID, d.Requester)
+}
+
+// claimBatch is how many due emails Run takes at once.
+const claimBatch = 4
+
+// Run sends the queued approval emails that are due (left by a request
+// that failed temporarily, or by a process that stopped before sending)
+// until ctx ends. Several processes sharing a store may run it: a claim
+// leases an email to one of them.
+func (a *Approvals) Run(ctx context.Context) {
+	t := time.NewTicker(a.o.PollInterval)
+	defer t.Stop()
+	for {
+		for ctx.Err() == nil {
+			ds, err := a.o.Store.ClaimApprovalEmails(ctx, a.o.Now(), claimBatch, a.o.Lease)
+			if err != nil {
+				if ctx.Err() == nil {
+					a.o.Log.WarnContext(ctx, "delegation: claim approval emails", "err", err)
+				}
+				break
+			}
+			for _, d := range ds {
+				a.attempt(ctx, d)
+			}
+			if len(ds) < claimBatch {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-a.wake:
+		}
+	}
+}
+
+// permanentError is a reason not to try again.
+type permanentError struct{ error }
+
+// temporary reports whether a failed attempt is worth retrying later: the
+// provider (or the network) failed, not the request.
+func temporary(err error) bool {
+	var pe permanentError
+	var rf *outbound.Refusal
+	var oe *outbound.Error
+	switch {
+	case errors.As(err, &pe), errors.As(err, &rf), errors.Is(err, store.ErrNotFound):
+		return false
+	case errors.As(err, &oe):
+		return oe.Temporary
+	}
+	return true
+}
+
+// attempt sends d's claimed approval email (d.ApprovalEmail.Attempts is
+// the claim) and records the outcome.
+func (a *Approvals) attempt(ctx context.Context, d *store.Delegation) *EmailOutcome {
+	claim := d.ApprovalEmail.Attempts
+	e := *d.ApprovalEmail
+	log := a.o.Log.With("tenant", d.Tenant, "delegation", store.DelegationRef(d.ID), "requester", d.Requester, "grantor", d.Grantor, "attempt", claim)
+	err := a.email(ctx, d, &e)
+	now := a.o.Now().UTC()
+	switch {
+	case err == nil:
+		e.Status, e.Error, e.SentAt, e.NextAttempt = EmailSent, "", now, time.Time{}
+		log.InfoContext(ctx, "delegation: approval email sent", "expires", e.ExpiresAt)
+	case temporary(err) && claim < a.o.MaxAttempts:
+		wait := a.o.RetryBase << min(claim-1, 20)
+		if wait > a.o.RetryMax || wait <= 0 {
+			wait = a.o.RetryMax
+		}
+		e.Status, e.Error, e.ExpiresAt, e.NextAttempt = EmailQueued, err.Error(), time.Time{}, now.Add(wait)
+		log.WarnContext(ctx, "delegation: approval email not sent yet; will retry", "err", e.Error, "retry_at", e.NextAttempt)
+	default:
+		e.Status, e.Error, e.ExpiresAt, e.NextAttempt = EmailNotSent, err.Error(), time.Time{}, time.Time{}
+		if temporary(err) {
+			e.Error = fmt.Sprintf("%s (gave up after %d attempts)", e.Error, claim)
+		}
+		log.WarnContext(ctx, "delegation: approval email not sent; the grantor must approve in the ATS", "err", e.Error)
+	}
+	// Record the outcome even if the caller went away: the email went.
+	got, ferr := a.o.Store.FinishApprovalEmail(context.WithoutCancel(ctx), d.Tenant, d.ID, claim, &e)
+	if ferr != nil {
+		// The lease ended before this attempt finished and another one
+		// took the email (at-least-once: it may be sent twice), or the
+		// store failed: report what the store holds.
+		log.WarnContext(ctx, "delegation: record approval email outcome", "err", ferr)
+		if cur, err := a.o.Store.Delegation(context.WithoutCancel(ctx), d.Tenant, d.ID); err == nil && cur.ApprovalEmail != nil {
+			out := *cur.ApprovalEmail
+			return &out
+		}
+		return &e
+	}
+	out := *got.ApprovalEmail
+	return &out
+}
+
+func (a *Approvals) email(ctx context.Context, d *store.Delegation, out *EmailOutcome) error {
+	if a.o.Sender == nil {
+		return permanentError{errors.New("sending is not configured on this server")}
+	}
+	if d.Status != store.DelegationRequested {
+		return permanentError{fmt.Errorf("the request is no longer waiting for a decision (%s)", d.Status)}
+	}
+	tenant := d.Tenant
+	req, err := a.o.Store.User(ctx, tenant, d.Requester)
 	if err != nil {
 		return fmt.Errorf("requester: %w", err)
 	}
-	gr, err := a.o.Store.User(ctx, t.ID, d.Grantor)
+	gr, err := a.o.Store.User(ctx, tenant, d.Grantor)
 	if err != nil {
 		return fmt.Errorf("grantor: %w", err)
 	}
 	exp := a.o.Now().Add(a.o.LinkTTL).UTC().Truncate(time.Second)
-	tok, err := a.o.Signer.Sign(signedlink.Claims{Purpose: signedlink.PurposeDelegation, Tenant: t.ID,
+	tok, err := a.o.Signer.Sign(signedlink.Claims{Purpose: signedlink.PurposeDelegation, Tenant: tenant,
 		Subject: store.DelegationRef(d.ID), Nonce: signedlink.NewNonce(), Expires: exp})
 	if err != nil {
 		return err
 	}
 	link := a.o.BaseURL + PagePath + "?t=" + url.QueryEscape(tok)
-	n := outbound.Notice{Tenant: t.ID, Sender: req.ID, To: mail.Address{Name: gr.Name, Address: gr.Email}}
+	n := outbound.Notice{Tenant: tenant, Sender: req.ID, To: mail.Address{Name: gr.Name, Address: gr.Email}}
 	if err := compose(&n, req, gr, link, exp); err != nil {
 		return err
 	}
 	if err := a.o.Sender.SendNotice(ctx, n); err != nil {
 		var rf *outbound.Refusal
 		if errors.As(err, &rf) {
-			return errors.New(rf.Detail)
+			if rf.Status == 429 || rf.Status >= 500 { // pacing, or unavailable: later
+				return errors.New(rf.Detail)
+			}
+			return permanentError{errors.New(rf.Detail)}
 		}
 		return err
 	}

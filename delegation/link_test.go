@@ -124,6 +124,7 @@ func (e *env) advance(d time.Duration) { e.nowMu.Lock(); e.now = e.now.Add(d); e
 func (e *env) request(t *testing.T) (*store.Delegation, string) {
 	t.Helper()
 	d := &store.Delegation{Tenant: "acme", Requester: "u-rec", Grantor: "u-hm"}
+	e.ap.Queue(e.t, d)
 	if err := e.st.CreateDelegation(context.Background(), d, "u-rec"); err != nil {
 		t.Fatal(err)
 	}
@@ -261,15 +262,189 @@ func testLinkRefusals(t *testing.T, e *env) {
 
 func TestRequestedWithoutEmailSetting(t *testing.T) {
 	e := newEnv(t)
+	ctx := context.Background()
 	e.t.DelegationApproval = ""
-	if out := e.ap.Requested(context.Background(), e.t, &store.Delegation{ID: 1, Requester: "u-rec", Grantor: "u-hm"}); out != nil || len(e.snd.got) != 0 {
+	d := &store.Delegation{Tenant: "acme", Requester: "u-rec", Grantor: "u-hm"}
+	e.ap.Queue(e.t, d)
+	if d.ApprovalEmail != nil {
+		t.Fatalf("webhook-only tenant queued an email: %+v", d.ApprovalEmail)
+	}
+	if err := e.st.CreateDelegation(ctx, d, "u-rec"); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.ap.Requested(ctx, e.t, d); out != nil || len(e.snd.got) != 0 {
 		t.Fatalf("webhook-only tenant emailed: %+v", out)
 	}
-	e.t.DelegationApproval = store.ApprovalEmail
-	e.snd.err = errors.New("provider down")
-	out := e.ap.Requested(context.Background(), e.t, &store.Delegation{ID: 1, Requester: "u-rec", Grantor: "u-hm"})
-	if out == nil || out.Status != delegation.EmailNotSent || out.Error != "provider down" || !out.ExpiresAt.IsZero() {
+}
+
+// create requests a delegation of a tenant asking for approval by email
+// (the email is queued in the same commit), as the API does.
+func (e *env) create(t *testing.T) *store.Delegation {
+	t.Helper()
+	d := &store.Delegation{Tenant: "acme", Requester: "u-rec", Grantor: "u-hm"}
+	e.ap.Queue(e.t, d)
+	if d.ApprovalEmail == nil || d.ApprovalEmail.Status != delegation.EmailQueued {
+		t.Fatalf("queued %+v", d.ApprovalEmail)
+	}
+	if err := e.st.CreateDelegation(context.Background(), d, "u-rec"); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// runQueue runs the queue until it returns or the test ends.
+func runQueue(t *testing.T, ap *delegation.Approvals) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { ap.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// waitEmail waits for the stored approval email to reach status.
+func waitEmail(t *testing.T, st store.Store, id uint64, status string) *store.ApprovalMail {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		d, err := st.Delegation(context.Background(), "acme", id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.ApprovalEmail != nil && d.ApprovalEmail.Status == status {
+			return d.ApprovalEmail
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("approval email %+v, want %s", d.ApprovalEmail, status)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestApprovalEmailRetriedUntilSent: the provider is down (a temporary
+// error that outlasted the outbound retries) when the request is made:
+// the request's answer says queued, the queue retries after the backoff,
+// and the email is sent once when the provider is back.
+func TestApprovalEmailRetriedUntilSent(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.snd.err = fmt.Errorf("%w (gave up after 4 attempts)", &outbound.Error{Provider: "google", Status: 503, Temporary: true, Message: "backend error"})
+	d := e.create(t)
+	out := e.ap.Requested(ctx, e.t, d)
+	if out == nil || out.Status != delegation.EmailQueued || !strings.Contains(out.Error, "gave up after 4 attempts") ||
+		out.Attempts != 1 || !out.NextAttempt.Equal(e.now.Add(delegation.DefaultRetryBase).UTC()) {
+		t.Fatalf("first attempt %+v", out)
+	}
+	runQueue(t, e.ap)
+	// Not due yet: nothing is tried.
+	e.ap.Notify()
+	time.Sleep(100 * time.Millisecond)
+	if got := waitEmail(t, e.st, d.ID, delegation.EmailQueued); got.Attempts != 1 {
+		t.Fatalf("retried before the backoff: %+v", got)
+	}
+	e.snd.mu.Lock()
+	e.snd.err = nil
+	e.snd.mu.Unlock()
+	e.advance(delegation.DefaultRetryBase + time.Second)
+	e.ap.Notify()
+	got := waitEmail(t, e.st, d.ID, delegation.EmailSent)
+	if got.Attempts != 2 || got.Error != "" || got.SentAt.IsZero() || got.ExpiresAt.IsZero() {
+		t.Fatalf("sent %+v", got)
+	}
+	e.advance(time.Hour)
+	e.ap.Notify()
+	time.Sleep(100 * time.Millisecond)
+	e.snd.mu.Lock()
+	defer e.snd.mu.Unlock()
+	if len(e.snd.got) != 1 || e.snd.got[0].To.Address != "hm@acme.test" {
+		t.Fatalf("%d emails sent, want 1", len(e.snd.got))
+	}
+}
+
+// TestApprovalEmailAfterRestart: the process stopped after committing the
+// request and before sending (Requested never ran): after a restart on the
+// same store the queue sends the email, once, when the lease ends.
+func TestApprovalEmailAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	st, err := bolt.Open(dir, bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{st: st, snd: &fakeSender{}, now: time.Now()}
+	clock := func() time.Time { e.nowMu.Lock(); defer e.nowMu.Unlock(); return e.now }
+	mk := func(st store.Store) *delegation.Approvals {
+		ap, err := delegation.New(delegation.Options{Store: st, Sender: e.snd, Signer: signedlink.New(key, clock),
+			BaseURL: "https://relay.example/", Now: clock, PollInterval: 20 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ap
+	}
+	e.ap = mk(st)
+	ctx := context.Background()
+	e.t = &store.Tenant{ID: "acme", Name: "Acme", Domains: []string{"acme.test"}, Provider: "google",
+		InboundAddress: "acme-x@relay.test", DelegationApproval: store.ApprovalEmail}
+	must(t, st.CreateTenant(ctx, e.t))
+	must(t, st.CreateUser(ctx, &store.User{Tenant: "acme", ID: "u-rec", Email: "rec@acme.test", Name: "Rita", Role: store.RoleTeamMember}))
+	must(t, st.CreateUser(ctx, &store.User{Tenant: "acme", ID: "u-hm", Email: "hm@acme.test", Name: "Hugo", Role: store.RoleLimitedTeamMember}))
+	d := e.create(t)
+	must(t, st.Close()) // "crash": the request's own attempt never ran
+
+	st2, err := bolt.Open(dir, bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st2.Close() })
+	ap := mk(st2)
+	runQueue(t, ap)
+	time.Sleep(100 * time.Millisecond)
+	if len(e.snd.got) != 0 {
+		t.Fatal("sent while the creating request's lease holds")
+	}
+	e.advance(delegation.DefaultLease + time.Second)
+	got := waitEmail(t, st2, d.ID, delegation.EmailSent)
+	if got.Attempts != 2 {
+		t.Fatalf("sent %+v", got)
+	}
+	e.advance(time.Hour)
+	time.Sleep(100 * time.Millisecond)
+	e.snd.mu.Lock()
+	defer e.snd.mu.Unlock()
+	if len(e.snd.got) != 1 || !strings.Contains(e.snd.got[0].Text, "https://relay.example/p/delegation?t=") {
+		t.Fatalf("%d emails sent, want 1", len(e.snd.got))
+	}
+}
+
+// TestApprovalEmailPermanentFailure: a refusal (no working grant) is not
+// retried; a request decided before its email went is not emailed.
+func TestApprovalEmailPermanentFailure(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.snd.err = &outbound.Refusal{Status: 409, Type: "grant-missing", Detail: "u-rec has not connected their google mailbox"}
+	d := e.create(t)
+	out := e.ap.Requested(ctx, e.t, d)
+	if out == nil || out.Status != delegation.EmailNotSent || out.Error != "u-rec has not connected their google mailbox" || !out.ExpiresAt.IsZero() {
 		t.Fatalf("%+v", out)
+	}
+	e.snd.err = nil
+	if _, err := e.st.TransitionDelegation(ctx, "acme", d.ID, "u-rec", store.DelegationRevoked, nil); err != nil {
+		t.Fatal(err)
+	}
+	d2 := e.create(t)
+	if _, err := delegation.Decide(ctx, e.st, "acme", d2.ID, "u-hm", store.DelegationDeclined); err != nil {
+		t.Fatal(err)
+	}
+	cur, _ := e.st.Delegation(ctx, "acme", d2.ID)
+	if out := e.ap.Requested(ctx, e.t, cur); out.Status != delegation.EmailNotSent || !strings.Contains(out.Error, "no longer waiting") {
+		t.Fatalf("decided request: %+v", out)
+	}
+	if len(e.snd.got) != 0 {
+		t.Fatalf("%d emails sent", len(e.snd.got))
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"net/mail"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -31,6 +32,8 @@ const (
 	DemoTenant    = "acme"
 	DemoUser      = "u-rita"
 	DemoCandidate = "c-carl"
+	DemoGrantor   = "u-hugo"
+	demoGrantMail = "hugo@acme.test"
 	demoUserMail  = "rita@acme.test"
 	demoStranger  = "deals@shop.test"
 )
@@ -74,6 +77,9 @@ func (d *Demo) Run(ctx context.Context) error {
 		return err
 	}
 	if err := d.timeline(ctx, sent); err != nil {
+		return err
+	}
+	if err := d.sendFor(ctx); err != nil {
 		return err
 	}
 	d.next()
@@ -420,9 +426,112 @@ func (d *Demo) decisions(ctx context.Context) error {
 	return nil
 }
 
+// sendFor asks Hugo for Send For permission with approval by email and
+// prints the link the Gmail stand-in received (through Rita's grant).
+func (d *Demo) sendFor(ctx context.Context) error {
+	d.say("Rita asks Hugo for Send For; the tenant wants approval by email")
+	base := "/v1/tenants/" + DemoTenant
+	if code, b, _, err := d.call(ctx, http.MethodPatch, base, "", `{"delegation_approval":"email"}`); err != nil || code != http.StatusOK {
+		return fmt.Errorf("PATCH %s: HTTP %d %v: %s", base, code, err, b)
+	}
+	if err := d.create(ctx, base+"/users", base+"/users/"+DemoGrantor,
+		`{"id":"`+DemoGrantor+`","email":"`+demoGrantMail+`","name":"Hugo","role":"team_member"}`, nil); err != nil {
+		return err
+	}
+	body := `{"requester":"` + DemoUser + `","grantor":"` + DemoGrantor + `"}`
+	code, b, _, err := d.call(ctx, http.MethodPost, base+"/delegations", DemoUser, body)
+	if err == nil && code == http.StatusConflict {
+		// A second run: end the earlier request and ask again.
+		if err := d.revokeOpen(ctx); err != nil {
+			return err
+		}
+		code, b, _, err = d.call(ctx, http.MethodPost, base+"/delegations", DemoUser, body)
+	}
+	if err != nil {
+		return err
+	}
+	var dl struct {
+		ID            string `json:"id"`
+		ApprovalEmail struct {
+			Status, Error string
+		} `json:"approval_email"`
+	}
+	if code != http.StatusCreated || json.Unmarshal(b, &dl) != nil {
+		return fmt.Errorf("POST %s/delegations: HTTP %d: %s", base, code, b)
+	}
+	d.show("delegation %s requested; approval_email: %s %s", dl.ID, dl.ApprovalEmail.Status, dl.ApprovalEmail.Error)
+	if dl.ApprovalEmail.Status != "sent" {
+		return fmt.Errorf("the approval email was not sent: %s", b)
+	}
+	link, err := d.approvalLink(ctx)
+	if err != nil {
+		return err
+	}
+	d.show("the Gmail stand-in received the email to %s, with the link:", demoGrantMail)
+	d.show("%s", link)
+	d.show("(open it in a browser to approve or decline, as Hugo; it works once)")
+	return nil
+}
+
+// revokeOpen revokes Rita's open Send For requests to Hugo.
+func (d *Demo) revokeOpen(ctx context.Context) error {
+	base := "/v1/tenants/" + DemoTenant + "/delegations"
+	code, b, _, err := d.call(ctx, http.MethodGet, base+"?requester="+DemoUser+"&grantor="+DemoGrantor, "", "")
+	if err != nil {
+		return err
+	}
+	var list struct {
+		Delegations []struct{ ID, Status string } `json:"delegations"`
+	}
+	if code != http.StatusOK || json.Unmarshal(b, &list) != nil {
+		return fmt.Errorf("GET %s: HTTP %d: %s", base, code, b)
+	}
+	for _, x := range list.Delegations {
+		if x.Status == "requested" || x.Status == "active" {
+			if code, b, _, err := d.call(ctx, http.MethodDelete, base+"/"+x.ID, "", ""); err != nil || code != http.StatusOK {
+				return fmt.Errorf("revoke %s: HTTP %d %v: %s", x.ID, code, err, b)
+			}
+		}
+	}
+	return nil
+}
+
+var approvalLinkRE = regexp.MustCompile(`https?://\S+/p/delegation\?t=[A-Za-z0-9_.%-]+`)
+
+// approvalLink is the link in the newest approval email the Gmail
+// stand-in recorded for Hugo.
+func (d *Demo) approvalLink(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.State.GoogleSentURL, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := d.http.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("Gmail stand-in: %w", err)
+	}
+	defer resp.Body.Close()
+	var list []struct{ Raw []byte }
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+		return "", fmt.Errorf("Gmail stand-in: %w", err)
+	}
+	for i := len(list) - 1; i >= 0; i-- {
+		m, err := mail.ReadMessage(bytes.NewReader(list[i].Raw))
+		if err != nil || !strings.Contains(m.Header.Get("To"), demoGrantMail) {
+			continue
+		}
+		// The text part is quoted-printable at most: undo soft breaks.
+		raw := strings.ReplaceAll(strings.ReplaceAll(string(list[i].Raw), "=\r\n", ""), "=3D", "=")
+		if l := approvalLinkRE.FindString(raw); l != "" {
+			return l, nil
+		}
+	}
+	return "", errors.New("the Gmail stand-in recorded no approval email with a link for " + demoGrantMail)
+}
+
 func (d *Demo) next() {
 	fmt.Fprintf(d.Out, `
-Done: a message sent, the signed reply stored on the candidate, the stranger discarded.
+Done: a message sent, the signed reply stored on the candidate, the stranger discarded,
+and a Send For request emailed to its grantor for approval.
 
 Look around with the API:
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"syncrelay/setup"
+	"syncrelay/signedlink"
 	"syncrelay/store"
 )
 
@@ -23,11 +24,15 @@ import (
 // quarantine is listed by its metadata).
 
 // QuarantineActions release a quarantined message to the profile, or
-// delete it; each is recorded by the implementation.
+// delete it; each is recorded by the implementation, in the store's commit
+// that removes it from the quarantine, with by (who acted).
 type QuarantineActions interface {
-	ReleaseQuarantined(ctx context.Context, tenant string, id uint64) error
-	DeleteQuarantined(ctx context.Context, tenant string, id uint64) error
+	ReleaseQuarantined(ctx context.Context, tenant string, id uint64, by string) error
+	DeleteQuarantined(ctx context.Context, tenant string, id uint64, by string) error
 }
+
+// recentActions is how many quarantine actions the page lists.
+const recentActions = 20
 
 func (s *Server) adminRoutes() {
 	s.mux.HandleFunc("GET /p/admin", s.adminPage)
@@ -65,6 +70,8 @@ type adminData struct {
 
 	Quarantine        []quarantineRow
 	QuarantineActions bool
+	// Actions are the last releases and deletions, newest first.
+	Actions []actionRow
 
 	Probe   *probeView
 	Notice  string
@@ -94,6 +101,12 @@ type quarantineRow struct {
 	Reason   string
 	DKIM     string
 	Size     string
+}
+
+type actionRow struct {
+	At                  time.Time
+	Action, Ref, Reason string
+	Message, Thread, By string
 }
 
 // adminLink reads and checks the link of a GET (query) or POST (form).
@@ -210,6 +223,14 @@ func (s *Server) adminData(ctx context.Context, tok string, t *store.Tenant) (*a
 			Expires: q.Expires, Reason: q.Reason, DKIM: strings.Join(dk, ", "), Size: sizeText(q.Size)})
 	}
 	d.QuarantineActions = s.o.Quarantine != nil
+	acts, err := s.o.Store.QuarantineActions(ctx, t.ID, recentActions)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range acts {
+		d.Actions = append(d.Actions, actionRow{At: a.At, Action: a.Action, Ref: "q_" + strconv.FormatUint(a.Quarantine, 10),
+			Reason: a.Reason, Message: a.Message, Thread: a.Thread, By: a.By})
+	}
 
 	d.Probe, err = s.probeView(ctx, t, a, now)
 	if err != nil {
@@ -316,12 +337,16 @@ func (s *Server) adminQuarantine(w http.ResponseWriter, r *http.Request) {
 		s.errorPage(w, r, http.StatusBadRequest, "The form named no quarantined message. Go back, reload the page and try again.")
 		return
 	}
+	// The record names the link that acted (its nonce and generation, not
+	// the token): enough to tell which handed-out link it was.
+	c, _ := s.o.Links.Verify(tok, signedlink.PurposeAdmin)
+	by := fmt.Sprintf("admin link n=%s g=%d", c.Nonce, c.Gen)
 	var done string
 	switch r.PostFormValue("action") {
 	case "release":
-		err, done = s.o.Quarantine.ReleaseQuarantined(r.Context(), t.ID, id), "released"
+		err, done = s.o.Quarantine.ReleaseQuarantined(r.Context(), t.ID, id, by), "released"
 	case "delete":
-		err, done = s.o.Quarantine.DeleteQuarantined(r.Context(), t.ID, id), "deleted"
+		err, done = s.o.Quarantine.DeleteQuarantined(r.Context(), t.ID, id, by), "deleted"
 	default:
 		s.errorPage(w, r, http.StatusBadRequest, "Choose Release or Delete.")
 		return

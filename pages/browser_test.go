@@ -274,6 +274,12 @@ func TestAdminPageInBrowser(t *testing.T) {
 	if txt := browsertest.Get(b, chromedp.Text(chromedp.ID("quarantine-list"))); !strings.Contains(txt, "empty") {
 		t.Fatalf("quarantine after release and delete: %q", txt)
 	}
+	// Both actions are recorded and listed, with the link that acted.
+	acts := browsertest.Get(b, chromedp.Text(chromedp.ID("quarantine-actions")))
+	if !strings.Contains(acts, "released") || !strings.Contains(acts, "deleted") || strings.Count(acts, "admin link n=") != 2 ||
+		strings.Contains(acts, "release me") {
+		t.Fatalf("recent quarantine actions: %q", acts)
+	}
 	b.Screenshot(t, "released")
 	code, _, raw = testenv.Do(t, s.base, s.token, "u-rita", "GET", "/v1/tenants/acme/candidates/c-carl/threads", "")
 	if code != 200 || !strings.Contains(string(raw), "Re: release me") || strings.Contains(string(raw), "Re: delete me") {

@@ -45,6 +45,7 @@ type Store interface {
 	TenantActivity(ctx context.Context, tenant string, now, sentSince time.Time) (*store.TenantActivity, error)
 	Counts(ctx context.Context, tenant string, since time.Time) (map[string]uint64, time.Time, error)
 	QuarantinedMessages(ctx context.Context, tenant string) ([]*store.Quarantined, error)
+	QuarantineActions(ctx context.Context, tenant string, limit int) ([]*store.QuarantineAction, error)
 	PutKV(ctx context.Context, k string, v any, ttl time.Duration) error
 	GetKV(ctx context.Context, k string, v any) error
 }

@@ -130,7 +130,13 @@ type Quarantines interface {
 	// DeleteQuarantined removes one quarantined message and gives up its
 	// bytes (an admin deleted it, or released it to the profile after
 	// committing its copy); ErrNotFound when it is not (or no longer) there.
-	DeleteQuarantined(ctx context.Context, tenant string, id uint64) error
+	// act, when not nil, is recorded in the same commit (the store fills
+	// in its Tenant, Quarantine, Reason, Seq and At), and the tenant's
+	// oldest actions beyond QuarantineActionsKept are dropped.
+	DeleteQuarantined(ctx context.Context, tenant string, id uint64, act *QuarantineAction) error
+	// QuarantineActions lists a tenant's recorded actions, newest first,
+	// at most limit (<= 0: all that are kept).
+	QuarantineActions(ctx context.Context, tenant string, limit int) ([]*QuarantineAction, error)
 }
 
 // Grants are users' sealed send-only OAuth grants.
@@ -151,6 +157,17 @@ type Delegations interface {
 	Delegation(ctx context.Context, tenant string, id uint64) (*Delegation, error)
 	Delegations(ctx context.Context, tenant string) ([]*Delegation, error)
 	OpenDelegation(ctx context.Context, tenant, requester, grantor string) (*Delegation, error)
+	// CreateDelegation stores d.ApprovalEmail as given; a queued one is
+	// due at its NextAttempt. ClaimApprovalEmails takes up to limit queued
+	// emails due at now (of any tenant): in the same commit each one's
+	// Attempts is incremented and NextAttempt moved to now+lease, so no
+	// other worker or node takes it before the lease ends.
+	ClaimApprovalEmails(ctx context.Context, now time.Time, limit int, lease time.Duration) ([]*Delegation, error)
+	// FinishApprovalEmail records the outcome of attempt (the Attempts the
+	// claim returned) of a queued email; ErrStale when the email is no
+	// longer queued under that attempt (its lease ended and it was claimed
+	// again). A queued e is due again at e.NextAttempt.
+	FinishApprovalEmail(ctx context.Context, tenant string, id uint64, attempt int, e *ApprovalMail) (*Delegation, error)
 }
 
 // KV is small expiring cross-request state: OAuth state (single use),

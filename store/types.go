@@ -39,6 +39,33 @@ type Delegation struct {
 	Created   time.Time         `json:"created_at"`
 	Updated   time.Time         `json:"updated_at"`
 	History   []DelegationEvent `json:"history"`
+	// ApprovalEmail is the email asking the grantor to decide (tenants
+	// with delegation_approval "email"): queued in the commit that creates
+	// the delegation, so a crash before the provider call does not lose it.
+	ApprovalEmail *ApprovalMail `json:"approval_email,omitempty"`
+}
+
+// Approval email states.
+const (
+	EmailQueued  = "queued"   // waiting to be sent (or being sent, under a lease)
+	EmailSent    = "sent"     // the provider accepted it
+	EmailNotSent = "not_sent" // given up; Error says why
+)
+
+// ApprovalMail is the state of a Send For request's approval email. The
+// store keeps it with the delegation; a queued one is due at NextAttempt.
+type ApprovalMail struct {
+	Status string `json:"status"` // EmailQueued | EmailSent | EmailNotSent
+	// Via is the user whose mailbox sends it (the requester).
+	Via       string    `json:"via"`
+	To        string    `json:"to"` // the grantor's user id
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// Error is why it was not sent, or why the last attempt failed.
+	Error string `json:"error,omitempty"`
+	// Attempts counts claims of the email (each claim may send once).
+	Attempts    int       `json:"attempts,omitempty"`
+	NextAttempt time.Time `json:"next_attempt_at,omitzero"`
+	SentAt      time.Time `json:"sent_at,omitzero"`
 }
 
 // Live reports whether a delegation still counts for its pair (requested
@@ -133,6 +160,39 @@ type Quarantined struct {
 	DKIM     []AuthResult `json:"dkim,omitempty"`
 	Received time.Time    `json:"received"`
 	Expires  time.Time    `json:"expires"`
+}
+
+// Quarantine actions an admin takes.
+const (
+	QuarantineReleased = "released"
+	QuarantineDeleted  = "deleted"
+)
+
+// QuarantineActionsKept is how many quarantine actions a backend keeps per
+// tenant (the newest): the audit trail is bounded, so it cannot grow forever.
+const QuarantineActionsKept = 200
+
+// QuarantineAction records an admin's release or deletion of a quarantined
+// message, written in the commit that removes it from the quarantine. It
+// holds ids and who acted, never the message's content or addresses.
+type QuarantineAction struct {
+	Tenant string `json:"tenant"`
+	// Seq orders a tenant's actions (filled in by the store).
+	Seq    uint64 `json:"seq"`
+	Action string `json:"action"` // QuarantineReleased | QuarantineDeleted
+	// Quarantine is the quarantined message's id (filled in by the store).
+	Quarantine uint64 `json:"quarantine_id"`
+	// Reason is why it had been quarantined (e.g. dkim_fail), copied from
+	// the quarantine record by the store.
+	Reason string `json:"reason,omitempty"`
+	// Message and Thread are where a release put it on the profile
+	// (their external refs, MessageRef and ThreadRef).
+	Message string `json:"message,omitempty"`
+	Thread  string `json:"thread,omitempty"`
+	// By says who acted: "admin link n=<nonce> g=<generation>" for the
+	// email admin page, "api user=<id>" for the API.
+	By string    `json:"by"`
+	At time.Time `json:"at"` // filled in by the store
 }
 
 // UnalignedSigners is the pseudo-decision under which the router counts,

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"html"
 	"io"
@@ -12,11 +13,14 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	gomail "github.com/emersion/go-message/mail"
 
 	"syncrelay/devmode"
 	"syncrelay/internal/testenv"
+	"syncrelay/store"
+	"syncrelay/store/bolt"
 )
 
 // TestServeDevSendForApprovalByEmail: the daemon wires Send For approval
@@ -108,5 +112,79 @@ func TestServeDevSendForApprovalByEmail(t *testing.T) {
 	}
 	if got := call("", "GET", "/v1/tenants/sf/delegations/"+dl["id"].(string), "", 200); got["status"] != "active" {
 		t.Fatalf("after approval: %v", got)
+	}
+}
+
+// TestServeDevApprovalEmailAfterRestart: the daemon stopped after it
+// committed a Send For request and before the approval email went (the
+// store holds it queued, under the request's lease). Restarted on the same
+// store, the daemon's queue sends it once the lease ends, once, and GET of
+// the delegation shows it sent.
+func TestServeDevApprovalEmailAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	d := startDaemon(t, dir, "-dev")
+	waitStdout(t, d, "dev mode is ready")
+	d.Token = readToken(t, data)
+	call := func(d *testenv.Daemon, method, path, body string, want int) map[string]any {
+		t.Helper()
+		code, m, raw := testenv.Call(t, "http://"+d.HTTP, d.Token, "", method, path, body)
+		if code != want {
+			t.Fatalf("%s %s: %d, want %d: %s", method, path, code, want, raw)
+		}
+		return m
+	}
+	call(d, "POST", "/v1/tenants", `{"id":"sf","name":"SF","domains":["sf.test"],"provider":"google","delegation_approval":"email"}`, 201)
+	call(d, "POST", "/v1/tenants/sf/users", `{"id":"u-rec","email":"rec@sf.test","name":"Rita","role":"team_member"}`, 201)
+	call(d, "POST", "/v1/tenants/sf/users", `{"id":"u-hm","email":"hm@sf.test","name":"Hugo","role":"team_member"}`, 201)
+	if code := d.Stop(t); code != 0 {
+		t.Fatalf("stop: exit %d", code)
+	}
+
+	// What a crash between the request's commit and its send leaves.
+	st, err := bolt.Open(data, bolt.Options{})
+	must(t, err)
+	dl := &store.Delegation{Tenant: "sf", Requester: "u-rec", Grantor: "u-hm",
+		ApprovalEmail: &store.ApprovalMail{Status: store.EmailQueued, Via: "u-rec", To: "u-hm", Attempts: 1, NextAttempt: time.Now().Add(8 * time.Second)}}
+	must(t, st.CreateDelegation(context.Background(), dl, "u-rec"))
+	must(t, st.Close())
+
+	d2 := startDaemon(t, dir, "-dev")
+	waitStdout(t, d2, "dev mode is ready")
+	d2.Token = d.Token
+	// The dev stand-in is new with the process: connect Rita again before
+	// the lease ends.
+	if code, _, raw := testenv.Do(t, "http://"+d2.HTTP, d2.Token, "u-rec", "GET", "/oauth/google/start?tenant=sf&user=u-rec", ""); code != 200 || !bytes.Contains(raw, []byte("connected")) {
+		t.Fatalf("consent: %d %s", code, raw)
+	}
+	ds, err := devmode.ReadState(filepath.Join(data, devmode.StateFileName))
+	must(t, err)
+	path := "/v1/tenants/sf/delegations/" + store.DelegationRef(dl.ID)
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		g := call(d2, "GET", path, "", 200)
+		ae, _ := g["approval_email"].(map[string]any)
+		if ae["status"] == "sent" {
+			break
+		}
+		if ae["status"] != "queued" || time.Now().After(deadline) {
+			t.Fatalf("approval_email %v\n%s", ae, d2.Logs)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	resp, err := http.Get(ds.GoogleSentURL)
+	must(t, err)
+	var sent []struct{ Raw []byte }
+	must(t, json.NewDecoder(resp.Body).Decode(&sent))
+	resp.Body.Close()
+	n := 0
+	for _, s := range sent {
+		if bytes.Contains(s.Raw, []byte("hm@sf.test")) && bytes.Contains(s.Raw, []byte("/p/delegation?t=")) {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d approval emails recorded by the stand-in, want 1", n)
 	}
 }

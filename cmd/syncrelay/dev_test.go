@@ -3,10 +3,12 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syncrelay/internal/testenv"
 	"syscall"
@@ -68,10 +70,23 @@ func TestReadmeTryingIt(t *testing.T) {
 		t.Fatalf("demo: %v\n%s\ndaemon:\n%s", err, dout, d.Logs)
 	}
 	for _, want := range []string{"status sent", "consent approved", "the Gmail stand-in received it", "250 2.0.0 OK: stored",
-		"250 2.0.0 OK: discarded", `"from": "carl@cand.test"`, "stored/token", "discarded/no_match", "curl "} {
+		"250 2.0.0 OK: discarded", `"from": "carl@cand.test"`, "stored/token", "discarded/no_match", "curl ",
+		"approval_email: sent", "the Gmail stand-in received the email to hugo@acme.test"} {
 		if !strings.Contains(dout, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, dout)
 		}
+	}
+	// The Send For step printed the emailed approval link: it opens the page.
+	link := regexp.MustCompile(`http://\S+/p/delegation\?t=\S+`).FindString(dout)
+	if link == "" {
+		t.Fatalf("demo printed no approval link:\n%s", dout)
+	}
+	resp, err := http.Get(link)
+	must(t, err)
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(page), "Approve") || !strings.Contains(string(page), "rita@acme.test") {
+		t.Fatalf("approval page %d:\n%s", resp.StatusCode, page)
 	}
 
 	// The API agrees: the signed reply is on the candidate's thread, the

@@ -6,29 +6,31 @@ import "syncrelay/store"
 // here so that the implementation reads as it did when it was the store.
 
 type (
-	AuthResult      = store.AuthResult
-	BackupManifest  = store.BackupManifest
-	Candidate       = store.Candidate
-	CommitResult    = store.CommitResult
-	CompactStats    = store.CompactStats
-	DeadLetter      = store.DeadLetter
-	Delegation      = store.Delegation
-	DelegationEvent = store.DelegationEvent
-	Event           = store.Event
-	Grant           = store.Grant
-	Incoming        = store.Incoming
-	Message         = store.Message
-	MintFunc        = store.MintFunc
-	OutboxStats     = store.OutboxStats
-	Quarantined     = store.Quarantined
-	Raw             = store.Raw
-	RawFile         = store.RawFile
-	Ref             = store.Ref
-	Tenant          = store.Tenant
-	TenantActivity  = store.TenantActivity
-	Thread          = store.Thread
-	User            = store.User
-	WindowCounts    = store.WindowCounts
+	AuthResult       = store.AuthResult
+	BackupManifest   = store.BackupManifest
+	Candidate        = store.Candidate
+	CommitResult     = store.CommitResult
+	CompactStats     = store.CompactStats
+	DeadLetter       = store.DeadLetter
+	Delegation       = store.Delegation
+	ApprovalMail     = store.ApprovalMail
+	DelegationEvent  = store.DelegationEvent
+	Event            = store.Event
+	Grant            = store.Grant
+	Incoming         = store.Incoming
+	Message          = store.Message
+	MintFunc         = store.MintFunc
+	OutboxStats      = store.OutboxStats
+	Quarantined      = store.Quarantined
+	QuarantineAction = store.QuarantineAction
+	Raw              = store.Raw
+	RawFile          = store.RawFile
+	Ref              = store.Ref
+	Tenant           = store.Tenant
+	TenantActivity   = store.TenantActivity
+	Thread           = store.Thread
+	User             = store.User
+	WindowCounts     = store.WindowCounts
 )
 
 var (
@@ -43,6 +45,8 @@ var (
 
 const (
 	SyntheticDomain       = store.SyntheticDomain
+	EmailQueued           = store.EmailQueued
+	QuarantineActionsKept = store.QuarantineActionsKept
 	DelegationActive      = store.DelegationActive
 	DelegationDeclined    = store.DelegationDeclined
 	DelegationRequested   = store.DelegationRequested

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -11,7 +12,20 @@ import (
 var (
 	bDelegations = []byte("delegations") // tenant/u64 -> Delegation
 	bDelegPair   = []byte("deleg_pair")  // tenant/requester/grantor -> u64 of the open delegation
+	// bDelegEmail indexes the queued approval emails (few at any time:
+	// a claim scans it whole).
+	bDelegEmail = []byte("deleg_email") // tenant/u64 -> "" while the delegation's approval email is queued
 )
+
+// indexEmail keeps d's entry in bDelegEmail in step with its approval email.
+func indexEmail(tx *bolt.Tx, d *Delegation) error {
+	b := tx.Bucket(bDelegEmail)
+	k := keyU64(d.Tenant, d.ID)
+	if d.ApprovalEmail != nil && d.ApprovalEmail.Status == EmailQueued {
+		return b.Put(k, nil)
+	}
+	return b.Delete(k)
+}
 
 func delegationEventData(d *Delegation) map[string]any {
 	return map[string]any{
@@ -48,7 +62,14 @@ func (s *Store) CreateDelegation(ctx context.Context, d *Delegation, by string) 
 		out = Delegation{Tenant: d.Tenant, ID: seq, Requester: d.Requester, Grantor: d.Grantor,
 			Status: DelegationRequested, Created: now, Updated: now,
 			History: []DelegationEvent{{At: now, By: by, To: DelegationRequested}}}
+		if d.ApprovalEmail != nil {
+			e := *d.ApprovalEmail
+			out.ApprovalEmail = &e
+		}
 		if err := pb.Put(pk, putU64(seq)); err != nil {
+			return err
+		}
+		if err := indexEmail(tx, &out); err != nil {
 			return err
 		}
 		if err := putJSON(db, keyU64(d.Tenant, seq), &out); err != nil {
@@ -177,4 +198,64 @@ func (s *Store) OpenDelegation(ctx context.Context, tenant, requester, grantor s
 		return nil, fmt.Errorf("delegation from %q to %q: %w", requester, grantor, err)
 	}
 	return &d, nil
+}
+
+// ClaimApprovalEmails takes up to limit queued approval emails due at now,
+// leasing each until now+lease.
+func (s *Store) ClaimApprovalEmails(ctx context.Context, now time.Time, limit int, lease time.Duration) ([]*Delegation, error) {
+	var out []*Delegation
+	err := s.group(ctx, func(tx *bolt.Tx) error {
+		out = nil
+		db := tx.Bucket(bDelegations)
+		c := tx.Bucket(bDelegEmail).Cursor()
+		for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
+			var d Delegation
+			if err := getJSON(db, k, &d); err != nil {
+				return fmt.Errorf("queued approval email %q: %w", k, err)
+			}
+			e := d.ApprovalEmail
+			if e == nil || e.Status != EmailQueued || e.NextAttempt.After(now) {
+				continue
+			}
+			e.Attempts++
+			e.NextAttempt = now.Add(lease).UTC()
+			if err := putJSON(db, k, &d); err != nil {
+				return err
+			}
+			out = append(out, &d)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// FinishApprovalEmail records the outcome of attempt of a queued email.
+func (s *Store) FinishApprovalEmail(ctx context.Context, tenant string, id uint64, attempt int, e *ApprovalMail) (*Delegation, error) {
+	var out Delegation
+	err := s.group(ctx, func(tx *bolt.Tx) error {
+		db := tx.Bucket(bDelegations)
+		var d Delegation
+		if err := getJSON(db, keyU64(tenant, id), &d); err != nil {
+			return fmt.Errorf("delegation %s: %w", DelegationRef(id), err)
+		}
+		cur := d.ApprovalEmail
+		if cur == nil || cur.Status != EmailQueued || cur.Attempts != attempt {
+			return fmt.Errorf("approval email of %s: attempt %d is not the current one: %w", DelegationRef(id), attempt, ErrStale)
+		}
+		ne := *e
+		ne.Attempts = attempt
+		d.ApprovalEmail = &ne
+		if err := putJSON(db, keyU64(tenant, id), &d); err != nil {
+			return err
+		}
+		out = d
+		return indexEmail(tx, &d)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
 }

@@ -1,9 +1,11 @@
 package bolt
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -93,8 +95,10 @@ func (s *Store) ExpireQuarantine(ctx context.Context) (int, error) {
 }
 
 // DeleteQuarantined removes one quarantined message and unlinks its raw
-// bytes (freed for good by the next compaction).
-func (s *Store) DeleteQuarantined(ctx context.Context, tenant string, id uint64) error {
+// bytes (freed for good by the next compaction); act, when not nil, is
+// recorded in the same transaction.
+func (s *Store) DeleteQuarantined(ctx context.Context, tenant string, id uint64, act *QuarantineAction) error {
+	now := s.now().UTC()
 	var freed string
 	err := s.group(ctx, func(tx *bolt.Tx) error {
 		freed = ""
@@ -113,6 +117,11 @@ func (s *Store) DeleteQuarantined(ctx context.Context, tenant string, id uint64)
 			return err
 		}
 		freed = name
+		if act != nil {
+			if err := putQuarantineAction(tx, &q, act, now); err != nil {
+				return err
+			}
+		}
 		return b.Delete(k)
 	})
 	if err != nil {
@@ -122,4 +131,55 @@ func (s *Store) DeleteQuarantined(ctx context.Context, tenant string, id uint64)
 		_ = s.big.remove(freed)
 	}
 	return nil
+}
+
+// putQuarantineAction records a copy of act for q and drops the tenant's
+// oldest actions beyond QuarantineActionsKept.
+func putQuarantineAction(tx *bolt.Tx, q *Quarantined, act *QuarantineAction, now time.Time) error {
+	b := tx.Bucket(bQuarantineActs)
+	seq, err := b.NextSequence()
+	if err != nil {
+		return err
+	}
+	a := *act // the callback may run again: never change the caller's record
+	a.Tenant, a.Seq, a.Quarantine, a.Reason, a.At = q.Tenant, seq, q.ID, q.Reason, now
+	if err := putJSON(b, keyU64(q.Tenant, seq), &a); err != nil {
+		return err
+	}
+	prefix := []byte(q.Tenant + "/")
+	n := 0
+	c := b.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		n++
+	}
+	for k, _ := c.Seek(prefix); n > QuarantineActionsKept && k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
+		if err := c.Delete(); err != nil {
+			return err
+		}
+		n--
+	}
+	return nil
+}
+
+// QuarantineActions lists a tenant's recorded actions, newest first.
+func (s *Store) QuarantineActions(ctx context.Context, tenant string, limit int) ([]*QuarantineAction, error) {
+	var out []*QuarantineAction
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return forPrefix(tx.Bucket(bQuarantineActs), []byte(tenant+"/"), func(_, v []byte) error {
+			var a QuarantineAction
+			if err := json.Unmarshal(v, &a); err != nil {
+				return err
+			}
+			out = append(out, &a)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.Reverse(out)
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
 }

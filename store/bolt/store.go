@@ -59,10 +59,12 @@ var (
 	bOutbox     = []byte("outbox")     // u64 seq -> Event
 	bKV         = []byte("kv")         // small cross-request state (oauth state, idempotency ...)
 	bQuarantine = []byte("quarantine") // tenant/u64 -> Quarantined
+	// bQuarantineActs is the bounded audit of releases and deletions.
+	bQuarantineActs = []byte("quarantine_actions") // tenant/u64 seq -> QuarantineAction
 
 	allBuckets = [][]byte{bMeta, bTenants, bInbound, bUsers, bUserEmail, bCands, bCandEmail,
 		bThreads, bCandThread, bMessages, bThreadMsg, bMsgID, bSentIdx, bConvIndex, bCounters, bOutbox, bKV, bQuarantine,
-		bGrants, bDelegations, bDelegPair, bOutboxIdx, bSegs, bSegRecs, bBigFiles}
+		bGrants, bDelegations, bDelegPair, bOutboxIdx, bSegs, bSegRecs, bBigFiles, bQuarantineActs, bDelegEmail}
 
 	keySchema = []byte("schema_version")
 )

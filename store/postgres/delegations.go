@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -21,9 +22,15 @@ func putDelegation(ctx context.Context, tx pgx.Tx, d *store.Delegation) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO delegations (tenant, id, requester, grantor, live, data) VALUES ($1, $2, $3, $4, $5, $6)
-		ON CONFLICT (tenant, id) DO UPDATE SET live = excluded.live, data = excluded.data`,
-		d.Tenant, d.ID, d.Requester, d.Grantor, d.Live(), data)
+	// email_due: when a queued approval email is next due (NULL: none).
+	var due *time.Time
+	if e := d.ApprovalEmail; e != nil && e.Status == store.EmailQueued {
+		t := e.NextAttempt
+		due = &t
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO delegations (tenant, id, requester, grantor, live, data, email_due) VALUES ($1, $2, $3, $4, $5, $6, $7)
+		ON CONFLICT (tenant, id) DO UPDATE SET live = excluded.live, data = excluded.data, email_due = excluded.email_due`,
+		d.Tenant, d.ID, d.Requester, d.Grantor, d.Live(), data, due)
 	return err
 }
 
@@ -55,6 +62,10 @@ func (s *Store) CreateDelegation(ctx context.Context, d *store.Delegation, by st
 		out = store.Delegation{Tenant: d.Tenant, Requester: d.Requester, Grantor: d.Grantor,
 			Status: store.DelegationRequested, Created: now, Updated: now,
 			History: []store.DelegationEvent{{At: now, By: by, To: store.DelegationRequested}}}
+		if d.ApprovalEmail != nil {
+			e := *d.ApprovalEmail
+			out.ApprovalEmail = &e
+		}
 		if err := tx.QueryRow(ctx, "SELECT nextval('delegation_ids')").Scan(&out.ID); err != nil {
 			return err
 		}
@@ -144,4 +155,59 @@ func (s *Store) OpenDelegation(ctx context.Context, tenant, requester, grantor s
 		return nil, fmt.Errorf("delegation from %q to %q: %w", requester, grantor, err)
 	}
 	return &d, nil
+}
+
+// ClaimApprovalEmails takes up to limit queued approval emails due at now,
+// leasing each until now+lease; rows another node is claiming are skipped.
+func (s *Store) ClaimApprovalEmails(ctx context.Context, now time.Time, limit int, lease time.Duration) ([]*store.Delegation, error) {
+	var out []*store.Delegation
+	err := s.group(ctx, "", func(ctx context.Context, tx pgx.Tx) error {
+		out = nil
+		ds, err := listJSON[store.Delegation](ctx, tx, `SELECT data FROM delegations WHERE email_due <= $1
+			ORDER BY email_due LIMIT $2 FOR UPDATE SKIP LOCKED`, now, limit)
+		if err != nil {
+			return err
+		}
+		for _, d := range ds {
+			e := d.ApprovalEmail
+			if e == nil || e.Status != store.EmailQueued {
+				continue
+			}
+			e.Attempts++
+			e.NextAttempt = now.Add(lease).UTC()
+			if err := putDelegation(ctx, tx, d); err != nil {
+				return err
+			}
+			out = append(out, d)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// FinishApprovalEmail records the outcome of attempt of a queued email.
+func (s *Store) FinishApprovalEmail(ctx context.Context, tenant string, id uint64, attempt int, e *store.ApprovalMail) (*store.Delegation, error) {
+	var out store.Delegation
+	err := s.group(ctx, "", func(ctx context.Context, tx pgx.Tx) error {
+		var d store.Delegation
+		if err := getJSON(ctx, tx, &d, "SELECT data FROM delegations WHERE tenant = $1 AND id = $2 FOR UPDATE", tenant, id); err != nil {
+			return fmt.Errorf("delegation %s: %w", store.DelegationRef(id), err)
+		}
+		cur := d.ApprovalEmail
+		if cur == nil || cur.Status != store.EmailQueued || cur.Attempts != attempt {
+			return fmt.Errorf("approval email of %s: attempt %d is not the current one: %w", store.DelegationRef(id), attempt, store.ErrStale)
+		}
+		ne := *e
+		ne.Attempts = attempt
+		d.ApprovalEmail = &ne
+		out = d
+		return putDelegation(ctx, tx, &d)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"slices"
+	"time"
 
 	"syncrelay/store"
 )
@@ -121,6 +122,73 @@ func testGrantConcurrentRefresh(e *env) {
 var delegationTests = []test{
 	{"Lifecycle", testDelegationLifecycle},
 	{"ConcurrentRequests", testDelegationConcurrent},
+	{"ApprovalEmailQueue", testApprovalEmailQueue},
+}
+
+// testApprovalEmailQueue: an approval email stored with the delegation is
+// claimed once it is due, leased (not claimed again until the lease
+// ends), finished only by its current attempt, and survives a reopen.
+func testApprovalEmailQueue(e *env) {
+	e.seed()
+	e.mkUser(tenantID, "u-hm", "hm@acme.test", store.RoleTeamMember)
+	now := e.now()
+	d := &store.Delegation{Tenant: tenantID, Requester: "u-rec", Grantor: "u-boss",
+		ApprovalEmail: &store.ApprovalMail{Status: store.EmailQueued, Via: "u-rec", To: "u-boss", Attempts: 1, NextAttempt: now.Add(time.Minute)}}
+	e.must(e.b.CreateDelegation(e.ctx, d, "u-rec"), "CreateDelegation")
+	if d.ApprovalEmail == nil || d.ApprovalEmail.Status != store.EmailQueued || d.ApprovalEmail.Attempts != 1 {
+		e.fatalf("created with %+v", d.ApprovalEmail)
+	}
+	plain := &store.Delegation{Tenant: tenantID, Requester: "u-rec", Grantor: "u-hm"}
+	e.must(e.b.CreateDelegation(e.ctx, plain, "u-rec"), "CreateDelegation without email")
+	if got, _ := e.b.ClaimApprovalEmails(e.ctx, now, 10, time.Minute); len(got) != 0 {
+		e.fatalf("claimed before due: %+v", got)
+	}
+	// A crash before the first attempt finished: the email is due again
+	// when its lease ends, also after a reopen.
+	e.reopen()
+	later := now.Add(2 * time.Minute)
+	got, err := e.b.ClaimApprovalEmails(e.ctx, later, 10, time.Minute)
+	e.must(err, "ClaimApprovalEmails")
+	if len(got) != 1 || got[0].ID != d.ID || got[0].ApprovalEmail.Attempts != 2 || !got[0].ApprovalEmail.NextAttempt.Equal(later.Add(time.Minute)) {
+		e.fatalf("claim = %+v", got)
+	}
+	if again, _ := e.b.ClaimApprovalEmails(e.ctx, later.Add(30*time.Second), 10, time.Minute); len(again) != 0 {
+		e.fatalf("claimed again within the lease: %+v", again)
+	}
+	if _, err := e.b.FinishApprovalEmail(e.ctx, tenantID, d.ID, 1, &store.ApprovalMail{Status: store.EmailSent}); !errors.Is(err, store.ErrStale) {
+		e.fatalf("finish by an old attempt = %v, want ErrStale", err)
+	}
+	// A failed attempt queues it again at a later time.
+	retry := *got[0].ApprovalEmail
+	retry.Error, retry.NextAttempt = "provider 503", later.Add(10*time.Minute)
+	if f, err := e.b.FinishApprovalEmail(e.ctx, tenantID, d.ID, 2, &retry); err != nil || f.ApprovalEmail.Error != "provider 503" {
+		e.fatalf("finish as retry = %+v %v", f, err)
+	}
+	if c, _ := e.b.ClaimApprovalEmails(e.ctx, later.Add(5*time.Minute), 10, time.Minute); len(c) != 0 {
+		e.fatalf("claimed before its retry time: %+v", c)
+	}
+	c, err := e.b.ClaimApprovalEmails(e.ctx, later.Add(11*time.Minute), 10, time.Minute)
+	if err != nil || len(c) != 1 || c[0].ApprovalEmail.Attempts != 3 {
+		e.fatalf("claim of the retry = %+v %v", c, err)
+	}
+	sent := *c[0].ApprovalEmail
+	sent.Status, sent.Error, sent.SentAt = store.EmailSent, "", later.Add(11*time.Minute)
+	_, err = e.b.FinishApprovalEmail(e.ctx, tenantID, d.ID, 3, &sent)
+	e.must(err, "finish as sent")
+	if c, _ := e.b.ClaimApprovalEmails(e.ctx, later.Add(time.Hour), 10, time.Minute); len(c) != 0 {
+		e.fatalf("a sent email was claimed: %+v", c)
+	}
+	e.reopen()
+	g, err := e.b.Delegation(e.ctx, tenantID, d.ID)
+	e.must(err, "Delegation")
+	if g.ApprovalEmail == nil || g.ApprovalEmail.Status != store.EmailSent || g.ApprovalEmail.Attempts != 3 || g.Status != store.DelegationRequested {
+		e.fatalf("stored %+v / %+v", g, g.ApprovalEmail)
+	}
+	// A transition keeps the email's state.
+	a, err := e.b.TransitionDelegation(e.ctx, tenantID, d.ID, "u-boss", store.DelegationActive, nil)
+	if err != nil || a.ApprovalEmail == nil || a.ApprovalEmail.Status != store.EmailSent {
+		e.fatalf("after approval %+v %v", a, err)
+	}
 }
 
 func testDelegationLifecycle(e *env) {

@@ -2,6 +2,8 @@ package storetest
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"time"
 
 	"syncrelay/store"
@@ -10,6 +12,91 @@ import (
 var quarantineTests = []test{
 	{"KeepListExpire", testQuarantine},
 	{"Delete", testQuarantineDelete},
+	{"ActionsRecorded", testQuarantineActions},
+	{"ActionsBounded", testQuarantineActionsBounded},
+}
+
+// testQuarantineActions: a delete with an action records it in the same
+// commit (a failed delete records nothing); actions are listed newest
+// first, per tenant, survive a reopen, and hold no message content.
+func testQuarantineActions(e *env) {
+	e.seed()
+	e.mkTenant("beta", "beta-8899aabbccddeeff@relay.test")
+	th, _ := e.send(tenantID, "c-1", 0)
+	put := func(tenant string) *store.Quarantined {
+		e.t.Helper()
+		q := &store.Quarantined{Tenant: tenant, Reason: "dkim_fail", Thread: th.ID}
+		e.must(e.b.Quarantine(e.ctx, q, rawOf("", "Subject: secret-subject\r\n\r\nsecret-body\r\n"), time.Hour), "Quarantine")
+		return q
+	}
+	if acts, err := e.b.QuarantineActions(e.ctx, tenantID, 0); err != nil || len(acts) != 0 {
+		e.fatalf("QuarantineActions before any = %+v %v", acts, err)
+	}
+	rel, del, other := put(tenantID), put(tenantID), put("beta")
+	e.must(e.b.DeleteQuarantined(e.ctx, tenantID, rel.ID, &store.QuarantineAction{Action: store.QuarantineReleased,
+		Message: store.MessageRef(77), Thread: store.ThreadRef(th.ID), By: "admin link n=abc g=0"}), "release")
+	e.advance(10 * time.Millisecond)
+	e.must(e.b.DeleteQuarantined(e.ctx, tenantID, del.ID, &store.QuarantineAction{Action: store.QuarantineDeleted, By: "api user=u-boss"}), "delete")
+	// A delete that finds nothing records nothing.
+	if err := e.b.DeleteQuarantined(e.ctx, tenantID, del.ID, &store.QuarantineAction{Action: store.QuarantineDeleted, By: "x"}); !errors.Is(err, store.ErrNotFound) {
+		e.fatalf("second delete = %v, want ErrNotFound", err)
+	}
+	e.must(e.b.DeleteQuarantined(e.ctx, "beta", other.ID, nil), "delete without an action")
+	e.reopen()
+	acts, err := e.b.QuarantineActions(e.ctx, tenantID, 0)
+	e.must(err, "QuarantineActions")
+	if len(acts) != 2 {
+		e.fatalf("QuarantineActions = %+v, want 2", acts)
+	}
+	d, r := acts[0], acts[1]
+	if d.Action != store.QuarantineDeleted || d.Quarantine != del.ID || d.By != "api user=u-boss" || d.Tenant != tenantID ||
+		d.Reason != "dkim_fail" || d.At.IsZero() || d.Seq <= r.Seq {
+		e.fatalf("newest action = %+v (older %+v)", d, r)
+	}
+	if r.Action != store.QuarantineReleased || r.Quarantine != rel.ID || r.Message != store.MessageRef(77) || r.Thread != store.ThreadRef(th.ID) || r.By != "admin link n=abc g=0" || !r.At.Before(d.At) {
+		e.fatalf("release action = %+v", r)
+	}
+	if one, _ := e.b.QuarantineActions(e.ctx, tenantID, 1); len(one) != 1 || one[0].Seq != d.Seq {
+		e.fatalf("QuarantineActions(limit 1) = %+v, want the newest", one)
+	}
+	if b, _ := e.b.QuarantineActions(e.ctx, "beta", 0); len(b) != 0 {
+		e.fatalf("beta's actions = %+v, want none (its delete had no action)", b)
+	}
+	for _, a := range acts {
+		if j := fmt.Sprintf("%+v", *a); strings.Contains(j, "secret") {
+			e.fatalf("action holds message content: %s", j)
+		}
+	}
+}
+
+// testQuarantineActionsBounded: a tenant keeps only its newest
+// QuarantineActionsKept actions; another tenant's are untouched.
+func testQuarantineActionsBounded(e *env) {
+	e.seed()
+	e.mkTenant("beta", "beta-8899aabbccddeeff@relay.test")
+	del := func(tenant string) uint64 {
+		e.t.Helper()
+		q := &store.Quarantined{Tenant: tenant, Reason: "dkim_fail"}
+		e.must(e.b.Quarantine(e.ctx, q, rawOf("", "x\r\n"), time.Hour), "Quarantine")
+		e.must(e.b.DeleteQuarantined(e.ctx, tenant, q.ID, &store.QuarantineAction{Action: store.QuarantineDeleted, By: "t"}), "DeleteQuarantined")
+		return q.ID
+	}
+	betaID := del("beta")
+	var ids []uint64
+	for range store.QuarantineActionsKept + 3 {
+		ids = append(ids, del(tenantID))
+	}
+	acts, err := e.b.QuarantineActions(e.ctx, tenantID, 0)
+	e.must(err, "QuarantineActions")
+	if len(acts) != store.QuarantineActionsKept {
+		e.fatalf("%d actions kept, want %d", len(acts), store.QuarantineActionsKept)
+	}
+	if acts[0].Quarantine != ids[len(ids)-1] || acts[len(acts)-1].Quarantine != ids[3] {
+		e.fatalf("kept %d..%d, want the newest %d..%d", acts[len(acts)-1].Quarantine, acts[0].Quarantine, ids[3], ids[len(ids)-1])
+	}
+	if b, _ := e.b.QuarantineActions(e.ctx, "beta", 0); len(b) != 1 || b[0].Quarantine != betaID {
+		e.fatalf("beta's actions = %+v", b)
+	}
 }
 
 // testQuarantineDelete: deleting one quarantined message removes it (and
@@ -28,11 +115,11 @@ func testQuarantineDelete(e *env) {
 	gone := put(tenantID, pattern(2000, "deleted-one"))
 	kept := put(tenantID, pattern(2000, "kept-one"))
 	other := put("beta", "beta's\r\n")
-	if err := e.b.DeleteQuarantined(e.ctx, "beta", gone.ID); !errors.Is(err, store.ErrNotFound) && gone.ID != other.ID {
+	if err := e.b.DeleteQuarantined(e.ctx, "beta", gone.ID, nil); !errors.Is(err, store.ErrNotFound) && gone.ID != other.ID {
 		e.fatalf("delete of acme's id as beta: %v", err)
 	}
-	e.must(e.b.DeleteQuarantined(e.ctx, tenantID, gone.ID), "DeleteQuarantined")
-	if err := e.b.DeleteQuarantined(e.ctx, tenantID, gone.ID); !errors.Is(err, store.ErrNotFound) {
+	e.must(e.b.DeleteQuarantined(e.ctx, tenantID, gone.ID, nil), "DeleteQuarantined")
+	if err := e.b.DeleteQuarantined(e.ctx, tenantID, gone.ID, nil); !errors.Is(err, store.ErrNotFound) {
 		e.fatalf("second delete: %v, want ErrNotFound", err)
 	}
 	qs, err := e.b.QuarantinedMessages(e.ctx, tenantID)
