@@ -191,3 +191,42 @@ func TestUnfold(t *testing.T) {
 		}
 	}
 }
+
+// foldKey(a) == foldKey(b) exactly when strings.EqualFold(a, b), as the
+// header picker's matching was before it indexed names.
+func TestFoldKeyMatchesEqualFold(t *testing.T) {
+	names := []string{"From", "from", "FROM", "Subject", "\u017fubject", "subject", "X-K", "x-\u212a", "x-k",
+		"Stra\u00dfe", "STRASSE", "stra\u00dfe", "\u03a3igma", "\u03c3igma", "\u03c2igma", "", " from"}
+	for _, a := range names {
+		for _, b := range names {
+			if got, want := foldKey(a) == foldKey(b), strings.EqualFold(a, b); got != want {
+				t.Errorf("foldKey(%q) == foldKey(%q): %v, EqualFold: %v", a, b, got, want)
+			}
+		}
+	}
+}
+
+// The header picker costs one pass over the header, whatever h= lists: an
+// h= naming one field thousands of times over as many instances of it.
+func TestPickerIsLinear(t *testing.T) {
+	const n = 50000
+	fields := slices.Repeat([]string{"X-A: 1\r\n"}, n)
+	fields = append(fields, "From: a@b\r\n")
+	p := newHeaderPicker(fields)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		if _, ok := p.pick("x-a"); !ok {
+			t.Fatalf("pick %d: none", i)
+		}
+	}
+	if _, ok := p.pick("X-A"); ok {
+		t.Error("picked more X-A than there are")
+	}
+	if f, ok := p.pick("FROM"); !ok || f != "From: a@b\r\n" {
+		t.Errorf("From: %q %v", f, ok)
+	}
+	// Quadratic (one scan per pick) is over 10 s here; linear, milliseconds.
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("%d picks took %v", n, d)
+	}
+}
