@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-msgauth/dkim"
+
 	"syncrelay/internal/dkimtest"
 )
 
@@ -55,8 +57,9 @@ func signKeys(t testing.TB, msg []byte, relaxed bool, headerKeys []string) []byt
 	return prepend(msg, f)
 }
 
-// timeVerify returns the best of three Verify times of flat (which must
-// pass) and of msg, with msg's result, and fails t when msg took 10x flat.
+// timeVerify returns the best of three Verify times of flat, the baseline
+// (which must pass), and of msg, with msg's result, and fails t when msg
+// took 10x flat.
 func timeVerify(t *testing.T, e *env, flat, msg []byte) (base, d time.Duration, v Verdict) {
 	t.Helper()
 	ctx := context.Background()
@@ -83,9 +86,9 @@ func timeVerify(t *testing.T, e *env, flat, msg []byte) (base, d time.Duration, 
 			d = di
 		}
 	}
-	t.Logf("verify: flat %v, folded %v (%.1fx)", base, d, float64(d)/float64(base))
+	t.Logf("verify: baseline %v, this %v (%.1fx)", base, d, float64(d)/float64(base))
 	if d > 10*base {
-		t.Errorf("folded header took %v, %.0fx the %v of the same bytes unfolded (want < 10x)", d, float64(d)/float64(base), base)
+		t.Errorf("took %v, %.0fx the baseline's %v (want < 10x)", d, float64(d)/float64(base), base)
 	}
 	return base, d, v
 }
@@ -128,9 +131,10 @@ func TestVerifyManyFoldedLinesIsLinear(t *testing.T) {
 	}
 }
 
-// What still reaches go-msgauth as received, fields of MaxFoldedLines
-// lines filling the header, is bounded too; a simple signature over them
-// verifies.
+// What still reaches go-msgauth as received is bounded too: a simple
+// signature over MaxSignedFields fields of MaxFoldedLines long lines each,
+// filling the header, verifies in about the time of the same bytes
+// unfolded.
 func TestVerifyFieldsAtFoldLimit(t *testing.T) {
 	if testing.Short() {
 		t.Skip("times 1 MiB headers")
@@ -138,25 +142,69 @@ func TestVerifyFieldsAtFoldLimit(t *testing.T) {
 	_, rec := dkimtest.RSA(t, 0)
 	e := newEnv(t)
 	e.srv.SetTXT("sel._domainkey.cand.test", rec)
+	n := MaxSignedFields - len(signedHeaders)
 	build := func(folded bool) []byte {
 		var fields []string
-		for n := 0; n < 17000; n += MaxFoldedLines {
+		for j := 0; j < n; j++ {
 			var f strings.Builder
 			f.WriteString("X-Padding:")
-			for i := n; i < n+MaxFoldedLines; i++ {
-				if i > n && folded {
+			for line := 0; line < MaxFoldedLines; line++ {
+				if line > 0 && folded {
 					f.WriteString("\r\n")
 				}
-				fmt.Fprintf(&f, " <%08d.abcdefghijklmnopqrstuvwxyz@cand.example.test>", i)
+				for id := 0; id < 5; id++ {
+					fmt.Fprintf(&f, " <%03d.%02d.%d.abcdefghijklmnopqrstuvwxyz@cand.example.test>", j, line, id)
+				}
 			}
 			fields = append(fields, f.String()+crlf)
 		}
-		keys := append(slices.Repeat([]string{"X-Padding"}, len(fields)), signedHeaders...)
+		keys := append(slices.Repeat([]string{"X-Padding"}, n), signedHeaders...)
 		return signKeys(t, prepend(message("carl@cand.test", "Re: interview", "Thanks!\r\n"), fields...), false, keys)
 	}
-	_, _, v := timeVerify(t, e, build(false), build(true))
+	flat, folded := build(false), build(true)
+	t.Logf("message sizes: flat %d, folded %d bytes", len(flat), len(folded))
+	_, _, v := timeVerify(t, e, flat, folded)
 	if !v.Pass {
 		t.Errorf("at the limit: %+v", v.DKIM)
+	}
+}
+
+// go-msgauth's picker scans the header bottom-up for each h= entry: an
+// entry naming an absent field (or one only at the top) costs a scan of
+// the whole header, so an h= of many such entries over a header of many
+// short fields is quadratic. Verify hands go-msgauth only the fields a
+// signature can pick, and does not verify a signature listing over
+// MaxSignedFields names. The baseline is the same message signed without
+// the absent names in h=.
+func TestVerifyManySignedInstances(t *testing.T) {
+	if testing.Short() {
+		t.Skip("times 1 MiB headers")
+	}
+	_, rec := dkimtest.RSA(t, 0)
+	const instances = 100000 // 800 KB of "X-B: 1", not signed
+	tests := []struct {
+		name   string
+		listed int // times h= lists X-A, which the header lacks
+		result string
+		reason string
+	}{
+		{"at the h= limit", MaxSignedFields - len(signedHeaders), ResultPass, ""},
+		{"just over the h= limit", MaxSignedFields + 1 - len(signedHeaders), ResultPolicy, tooManySignedReason},
+		// 2,000 scans of 100,000 fields: 3 s and more before.
+		{"far over the h= limit", 2000, ResultPolicy, tooManySignedReason},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.srv.SetTXT("sel._domainkey.cand.test", rec)
+			msg := prepend(message("carl@cand.test", "Re: interview", "Thanks!\r\n"), slices.Repeat([]string{"X-B: 1\r\n"}, instances)...)
+			unlisted := signKeys(t, msg, true, signedHeaders)
+			listed := signKeys(t, msg, true, append(slices.Repeat([]string{"X-A"}, tc.listed), signedHeaders...))
+			_, _, v := timeVerify(t, e, unlisted, listed)
+			if len(v.DKIM) != 1 || v.DKIM[0].Result != tc.result || v.DKIM[0].Reason != tc.reason {
+				t.Errorf("%+v, want %s %q", v.DKIM, tc.result, tc.reason)
+			}
+		})
 	}
 }
 
@@ -229,4 +277,73 @@ func TestPickerIsLinear(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("%d picks took %v", n, d)
 	}
+}
+
+// go-msgauth gives the same result for every signature on the view as on
+// the whole header: the view drops only fields no signature can pick.
+func TestMsgauthViewKeepsResults(t *testing.T) {
+	key, rec := dkimtest.RSA(t, 0)
+	lookup := func(name string) ([]string, error) { return []string{rec}, nil }
+	base := message("carl@cand.test", "Re: interview", "Thanks!\r\n")
+	sign := func(msg []byte, relaxed bool, keys ...string) []byte {
+		return signKeys(t, msg, relaxed, keys)
+	}
+	_ = key
+	tests := []struct {
+		name string
+		msg  []byte
+	}{
+		{"plain", sign(base, true, signedHeaders...)},
+		{"oversigned", sign(base, true, append(signedHeaders, "From", "Subject", "Subject", "Cc")...)},
+		{"unsigned padding", prepend(sign(base, true, signedHeaders...), "X-B: 1\r\n", "X-B: 2\r\n")},
+		{"added Subject below", []byte(strings.Replace(string(sign(base, false, signedHeaders...)), "\r\n\r\n", "\r\nSubject: evil\r\n\r\n", 1))},
+		{"added long-s Subject below", []byte(strings.Replace(string(sign(base, true, signedHeaders...)), "\r\n\r\n", "\r\n\u017fubject: evil\r\n\r\n", 1))},
+		{"added Kelvin field below", []byte(strings.Replace(string(sign(prepend(base, "X-K: 1\r\n"), true, append(signedHeaders, "x-k")...)), "\r\n\r\n", "\r\nX-\u212a: 2\r\n\r\n", 1))},
+		{"two signatures, one signs the other", sign(sign(base, true, signedHeaders...), false, append(signedHeaders, "DKIM-Signature")...)},
+		{"too many names", sign(base, true, append(slices.Repeat([]string{"X-A"}, MaxSignedFields), signedHeaders...)...)},
+		{"folded References, relaxed", sign(bigReferences(200, true), true, append(signedHeaders, "References")...)},
+		{"folded References, simple", sign(bigReferences(200, true), false, append(signedHeaders, "References")...)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fields, body := splitMessage(t, tc.msg)
+			var sigs []string
+			for _, f := range fields {
+				if equalLower(fieldName(f), "dkim-signature") {
+					sigs = append(sigs, f)
+				}
+			}
+			view, policy := msgauthView(fields, sigs)
+			opts := &dkim.VerifyOptions{LookupTXT: lookup}
+			whole, err := dkim.VerifyWithOptions(bytes.NewReader(joinMessage(fields, body)), opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			viewed, err := dkim.VerifyWithOptions(bytes.NewReader(joinMessage(view, body)), opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(whole) != len(viewed) {
+				t.Fatalf("%d results on the whole header, %d on the view", len(whole), len(viewed))
+			}
+			for i := range whole {
+				if policy[i] != "" {
+					t.Logf("signature %d: policy %q (whole header: %v)", i, policy[i], whole[i].Err)
+					continue
+				}
+				if fmt.Sprint(whole[i].Err) != fmt.Sprint(viewed[i].Err) {
+					t.Errorf("signature %d: %v on the whole header, %v on the view", i, whole[i].Err, viewed[i].Err)
+				}
+			}
+			t.Logf("%d fields, view %d; results %v", len(fields), len(view), errs(whole))
+		})
+	}
+}
+
+func errs(vs []*dkim.Verification) []string {
+	var out []string
+	for _, v := range vs {
+		out = append(out, fmt.Sprint(v.Err))
+	}
+	return out
 }

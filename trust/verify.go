@@ -152,7 +152,7 @@ func (v *Verifier) Verify(ctx context.Context, r io.Reader) (Verdict, error) {
 		}
 	}
 	if len(sigFields) > 0 {
-		dkimFields, tooFolded := unfoldForMsgauth(fields, sigFields[:min(len(sigFields), maxSigs)])
+		dkimFields, policy := msgauthView(fields, sigFields[:min(len(sigFields), maxSigs)])
 		vb.msg = msgReader{fields: dkimFields, body: body}
 		// go-msgauth wraps its input in bufio.NewReader, which hands back a
 		// *bufio.Reader of at least 4 KiB as is: this one is pooled.
@@ -173,9 +173,10 @@ func (v *Verifier) Verify(ctx context.Context, r io.Reader) (Verdict, error) {
 				continue
 			}
 			r := dkimResult(sigFields[i], vf, keys, now())
-			if tooFolded[i] && r.Result != ResultPolicy {
-				// go-msgauth saw the field unfolded: its "fail" means nothing.
-				r.Result, r.Reason = ResultPolicy, tooFoldedReason
+			if policy[i] != "" && r.Result != ResultPolicy {
+				// go-msgauth saw it neutralised or a field unfolded: its
+				// "fail" means nothing.
+				r.Result, r.Reason = ResultPolicy, policy[i]
 			}
 			verdict.DKIM = append(verdict.DKIM, r)
 		}
