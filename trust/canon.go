@@ -19,6 +19,7 @@ import (
 	"hash"
 	"io"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -261,30 +262,60 @@ func appendLowerTrimmed(dst []byte, s string) []byte {
 }
 
 // headerPicker returns, for each name asked, the next instance of that field
-// from the bottom of the header up (RFC 6376 §5.4.2).
+// from the bottom of the header up (RFC 6376 §5.4.2). It indexes the fields
+// by name once, so a signature whose h= lists a name thousands of times, or
+// thousands of absent names, costs one pass over the header rather than one
+// per name (an h= of 8,000 names over 8,000 fields took 0.4 s that way).
 type headerPicker struct {
 	fields []string
+	byName map[string][]int // foldKey(name) -> field indexes, bottom-up; built on the first pick
 	used   map[string]int
 }
 
 func newHeaderPicker(fields []string) *headerPicker {
-	return &headerPicker{fields: fields, used: make(map[string]int)}
+	return &headerPicker{fields: fields}
 }
 
 func (p *headerPicker) pick(name string) (string, bool) {
-	key := strings.ToLower(name)
-	skip := p.used[key]
-	for i := len(p.fields) - 1; i >= 0; i-- {
-		if !strings.EqualFold(fieldName(p.fields[i]), key) {
-			continue
+	if p.byName == nil {
+		p.byName = make(map[string][]int, len(p.fields))
+		p.used = make(map[string]int)
+		for i := len(p.fields) - 1; i >= 0; i-- {
+			k := foldKey(fieldName(p.fields[i]))
+			p.byName[k] = append(p.byName[k], i)
 		}
-		if skip == 0 {
-			p.used[key]++
-			return p.fields[i], true
-		}
-		skip--
 	}
-	return "", false
+	key := foldKey(name)
+	idx := p.byName[key]
+	n := p.used[key]
+	if n >= len(idx) {
+		return "", false
+	}
+	p.used[key] = n + 1
+	return p.fields[idx[n]], true
+}
+
+// foldKey maps s to a key equal for exactly the strings strings.EqualFold
+// finds equal: each rune becomes the smallest of its simple case folding
+// orbit (for ASCII letters, the upper case one).
+func foldKey(s string) string {
+	ascii := true
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			ascii = false
+			break
+		}
+	}
+	if ascii {
+		return strings.ToUpper(s)
+	}
+	return strings.Map(func(r rune) rune {
+		m := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			m = min(m, f)
+		}
+		return m
+	}, s)
 }
 
 // bodyCanonicalizer is a streaming RFC 6376 §3.4.3/§3.4.4 body

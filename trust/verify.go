@@ -152,7 +152,8 @@ func (v *Verifier) Verify(ctx context.Context, r io.Reader) (Verdict, error) {
 		}
 	}
 	if len(sigFields) > 0 {
-		vb.msg = msgReader{fields: fields, body: body}
+		dkimFields, policy := msgauthView(fields, sigFields[:min(len(sigFields), maxSigs)])
+		vb.msg = msgReader{fields: dkimFields, body: body}
 		// go-msgauth wraps its input in bufio.NewReader, which hands back a
 		// *bufio.Reader of at least 4 KiB as is: this one is pooled.
 		vb.dr.Reset(&vb.msg)
@@ -171,7 +172,13 @@ func (v *Verifier) Verify(ctx context.Context, r io.Reader) (Verdict, error) {
 			if vf == nil || i >= len(sigFields) {
 				continue
 			}
-			verdict.DKIM = append(verdict.DKIM, dkimResult(sigFields[i], vf, keys, now()))
+			r := dkimResult(sigFields[i], vf, keys, now())
+			if policy[i] != "" && r.Result != ResultPolicy {
+				// go-msgauth saw it neutralised or a field unfolded: its
+				// "fail" means nothing.
+				r.Result, r.Reason = ResultPolicy, policy[i]
+			}
+			verdict.DKIM = append(verdict.DKIM, r)
 		}
 	}
 	// Whatever go-msgauth left unread: the ARC body hash needs it, and the
