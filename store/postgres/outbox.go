@@ -39,6 +39,10 @@ func (s *Store) Enqueue(ctx context.Context, tenant, typ string, data any) error
 	return s.group(ctx, "", func(ctx context.Context, tx pgx.Tx) error { return enqueue(ctx, tx, tenant, typ, data, now) })
 }
 
+// claimAnswerTimeout bounds how long a claim waits for its answer after
+// its caller's context has ended (see ClaimEvents).
+const claimAnswerTimeout = 30 * time.Second
+
 const eventCols = "seq, tenant, type, created, state, attempts, next_attempt, last_error, data"
 
 // scanEvent reads one row of eventCols (plus extra destinations).
@@ -81,10 +85,22 @@ func collectEvents(rows pgx.Rows, err error) ([]*store.Event, error) {
 // their attempt count is raised and their next attempt moved to now+lease
 // in one committed statement before they are returned (at least once).
 // Events another node is claiming are skipped, not waited for.
+//
+// Once the statement is sent, ctx no longer cuts it short: the claim
+// commits at the server before its answer is read, so a caller that gave
+// up on the answer (a node told to stop, a loaded node reading late) would
+// leave the events claimed by nobody until the lease ends, long after the
+// stop. The answer is read to the end (bounded by claimAnswerTimeout) and
+// returned, as store/bolt returns a claim once it is queued.
 func (s *Store) ClaimEvents(ctx context.Context, now time.Time, limit int, lease time.Duration) ([]*store.Event, error) {
 	if limit <= 0 {
 		return nil, nil
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("claim events: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimAnswerTimeout)
+	defer cancel()
 	rows, err := s.pool.Query(ctx, `WITH due AS (
 			SELECT seq, next_attempt AS was FROM outbox
 			WHERE state = 'pending' AND next_attempt <= $1

@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -500,4 +503,156 @@ func open1(t *testing.T, dsn string) *Store {
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// TestClaimEventsCanceledInFlight: a claim whose context ends while its
+// answer is on the way (a node told to stop mid-claim, or a slow, loaded
+// node reading it late) must not leave events claimed behind the caller's
+// back. Either the claim returns them (to be delivered before the node
+// stops) or they stay claimable at once; the lease is for nodes that die,
+// not for ones that stop.
+//
+// The store talks to PostgreSQL through a loopback proxy that can hold
+// the server's answers: the claim commits at the server, its answer is
+// held, the context is canceled, and the answer released after.
+func TestClaimEventsCanceledInFlight(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	ctx := context.Background()
+	px := startHoldProxy(t, dsn)
+	s, err := Open(ctx, px.dsn, Options{Node: "stopping"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	direct, err := Open(ctx, dsn, Options{Node: "observer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+
+	defer px.hold.Store(false) // before the stores close, on any failure
+
+	now := time.Now()
+	// Prime the connection with the claim statement (nothing is due yet),
+	// so that under hold only the claim's execution is in flight.
+	if evs, err := s.ClaimEvents(ctx, now.Add(-time.Hour), 10, time.Hour); err != nil || len(evs) != 0 {
+		t.Fatalf("priming claim = %v, %v", evs, err)
+	}
+	if err := s.Enqueue(ctx, "acme", "message.received", map[string]any{"i": 1}); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := direct.Events(ctx, "")
+	if err != nil || len(evs) != 1 {
+		t.Fatalf("outbox = %v, %v", evs, err)
+	}
+	seq := evs[0].Seq
+
+	px.hold.Store(true)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		evs []*store.Event
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		evs, err := s.ClaimEvents(cctx, now.Add(time.Second), 10, time.Hour)
+		res <- result{evs, err}
+	}()
+	// Wait until the claim is committed at the server (its answer held).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		e, err := direct.OutboxEvent(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Attempts == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the claim never reached the server")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	var r result
+	select {
+	case r = <-res: // gave up while the answer was held
+		px.hold.Store(false)
+	case <-time.After(time.Second): // still waiting for its answer
+		px.hold.Store(false)
+		r = <-res
+	}
+	t.Logf("canceled claim: %d events, err %v", len(r.evs), r.err)
+
+	again, err := direct.ClaimEvents(ctx, now.Add(2*time.Second), 10, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.evs)+len(again) != 1 {
+		e, _ := direct.OutboxEvent(ctx, seq)
+		t.Fatalf("canceled claim returned %d events (err %v), %d claimable after it; %s is %s, attempt %d, next attempt in %v: claimed by nobody until its lease ends",
+			len(r.evs), r.err, len(again), e.ID, e.State, e.Attempts, time.Until(e.NextAttempt).Round(time.Second))
+	}
+}
+
+// holdProxy forwards loopback TCP to PostgreSQL; while hold is set, the
+// server's bytes wait in the proxy (an answer in flight, a slow reader).
+type holdProxy struct {
+	dsn  string
+	hold atomic.Bool
+}
+
+func startHoldProxy(t *testing.T, dsn string) *holdProxy {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := u.Host
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = ln.Addr().String()
+	p := &holdProxy{dsn: u.String()}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			srv, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			wg.Add(2)
+			go func() { defer wg.Done(); io.Copy(srv, c); srv.Close() }()
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := srv.Read(buf)
+					for n > 0 && p.hold.Load() {
+						time.Sleep(time.Millisecond)
+					}
+					if n > 0 {
+						if _, werr := c.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return p
 }

@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"slices"
@@ -16,6 +17,7 @@ var outboxTests = []test{
 	{"DeadLetterPagingAndRedeliverAll", testOutboxDeadPaging},
 	{"Prune", testOutboxPrune},
 	{"ConcurrentClaims", testOutboxConcurrentClaims},
+	{"ClaimWithEndedContext", testOutboxClaimEndedContext},
 }
 
 // enqueue adds n events of tenant and returns them as the outbox lists
@@ -269,5 +271,26 @@ func testOutboxConcurrentClaims(e *env) {
 		if n != 1 {
 			e.fatalf("event %d claimed %d times within its lease", seq, n)
 		}
+	}
+}
+
+// testOutboxClaimEndedContext: a claim made under a context that has
+// ended (a node stopping) claims nothing, or returns what it claimed; it
+// never leaves an event claimed by nobody until its lease ends. (The
+// in-flight case, a context ending after the claim is sent, is
+// backend-specific: store/postgres TestClaimEventsCanceledInFlight.)
+func testOutboxClaimEndedContext(e *env) {
+	evs := e.enqueue(tenantID, "message.received", 3)
+	ctx, cancel := context.WithCancel(e.ctx)
+	cancel()
+	now := e.now().Add(time.Second)
+	got, err := e.b.ClaimEvents(ctx, now, 10, time.Hour)
+	if err != nil && len(got) != 0 {
+		e.fatalf("claim under an ended context returned %d events and %v", len(got), err)
+	}
+	again, err := e.b.ClaimEvents(e.ctx, now, 10, time.Hour)
+	e.must(err, "ClaimEvents")
+	if n := len(got) + len(again); n != len(evs) {
+		e.fatalf("claim under an ended context returned %d events, %d claimable after it, want %d in all", len(got), len(again), len(evs))
 	}
 }
