@@ -69,11 +69,13 @@ type Options struct {
 
 // Queue defaults.
 const (
-	DefaultMaxAttempts  = 8
-	DefaultRetryBase    = time.Minute
-	DefaultRetryMax     = time.Hour
-	DefaultLease        = 5 * time.Minute
-	DefaultPollInterval = 15 * time.Second
+	DefaultMaxAttempts = 8
+	DefaultRetryBase   = time.Minute
+	DefaultRetryMax    = time.Hour
+	DefaultLease       = 5 * time.Minute
+	// As often as the webhook outbox is polled: the claim is one cheap
+	// query, and an email due after a restart should not wait long.
+	DefaultPollInterval = 2 * time.Second
 )
 
 // Approvals emails approval links and acts on them.

@@ -145,7 +145,7 @@ func TestServeDevApprovalEmailAfterRestart(t *testing.T) {
 	st, err := bolt.Open(data, bolt.Options{})
 	must(t, err)
 	dl := &store.Delegation{Tenant: "sf", Requester: "u-rec", Grantor: "u-hm",
-		ApprovalEmail: &store.ApprovalMail{Status: store.EmailQueued, Via: "u-rec", To: "u-hm", Attempts: 1, NextAttempt: time.Now().Add(8 * time.Second)}}
+		ApprovalEmail: &store.ApprovalMail{Status: store.EmailQueued, Via: "u-rec", To: "u-hm", Attempts: 1, NextAttempt: time.Now().Add(5 * time.Second)}}
 	must(t, st.CreateDelegation(context.Background(), dl, "u-rec"))
 	must(t, st.Close())
 
