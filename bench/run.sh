@@ -142,6 +142,9 @@ if [ "$BACKEND" = postgres ]; then
 	AS=()
 	if [ "$(id -u)" = 0 ]; then
 		chown postgres:postgres "$PGDIR"
+		# mktemp -d makes OUT 0700: the postgres user must be able to
+		# pass through it to its own directory (traverse only, no listing).
+		chmod o+x "$OUT"
 		AS=(runuser -u postgres --)
 	fi
 	PGPORT=$(free_port)
