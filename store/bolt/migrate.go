@@ -42,6 +42,9 @@ func (s *Store) migrateV1() error {
 			after = next
 		}
 	}
+	if err := s.indexSentV1(); err != nil {
+		return fmt.Errorf("store: migrate to schema 2 (a backup of the old store is at %s): index sent messages: %w", backup, err)
+	}
 	if err := s.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bMeta).Put(keySchema, putU64(2))
 	}); err != nil {
@@ -168,6 +171,71 @@ func (s *Store) migrateChunk(bucket, after []byte, limit int) (moved, missing in
 		return nil
 	})
 	return moved, missing, next, err
+}
+
+// indexSentV1 fills bSentIdx, which schema 1 did not have, with the
+// messages sent through the API, so the tenant status counts the sends
+// made before the upgrade. Puts are idempotent: a rerun after a crash
+// writes the same keys. Chunks keep each transaction small.
+func (s *Store) indexSentV1() error {
+	var after []byte
+	for {
+		type sent struct {
+			tenant string
+			id     uint64
+			at     time.Time
+		}
+		var todo []sent
+		var next []byte
+		err := s.db.View(func(tx *bolt.Tx) error {
+			c := tx.Bucket(bMessages).Cursor()
+			k, v := c.First()
+			if after != nil {
+				if k, v = c.Seek(after); k != nil && string(k) == string(after) {
+					k, v = c.Next()
+				}
+			}
+			for ; k != nil; k, v = c.Next() {
+				var m struct {
+					Tenant   string    `json:"tenant"`
+					ID       uint64    `json:"id"`
+					Status   string    `json:"status"`
+					Received time.Time `json:"received"`
+				}
+				if err := json.Unmarshal(v, &m); err != nil {
+					return fmt.Errorf("record %q: %w", k, err)
+				}
+				if m.Status != "" { // as CreateOutbound indexes it
+					todo = append(todo, sent{m.Tenant, m.ID, m.Received})
+				}
+				if len(todo) == 1024 {
+					next = append([]byte(nil), k...)
+					return nil
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if len(todo) > 0 {
+			if err := s.db.Update(func(tx *bolt.Tx) error {
+				b := tx.Bucket(bSentIdx)
+				for _, m := range todo {
+					if err := b.Put(sentKey(m.tenant, m.at, m.id), nil); err != nil {
+						return err
+					}
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		if next == nil {
+			return nil
+		}
+		after = next
+	}
 }
 
 // copyLegacy copies one schema-1 file into the new layout.

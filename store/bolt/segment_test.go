@@ -325,6 +325,11 @@ func TestMigrateFromSchema1(t *testing.T) {
 	if qs, _ := s.QuarantinedMessages(context.Background(), "acme"); len(qs) != 1 || !strings.HasPrefix(qs[0].Raw, "s:") {
 		t.Fatalf("quarantine after migration: %+v", qs)
 	}
+	// Schema 1 had no index of sent messages: the migration builds it, so
+	// the tenant status counts sends made before the upgrade.
+	if n, _, err := s.sentSince("acme", time.Time{}); err != nil || n != 1 {
+		t.Fatalf("sent messages indexed after migration: %d, %v (want the fixture's 1)", n, err)
+	}
 	if err := s.Verify(); err != nil {
 		t.Fatal(err)
 	}
