@@ -365,7 +365,12 @@ func TestVerifyForwardingOverHTTP(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if !strings.Contains(s.d.Logs.String(), "reason=probe") {
-		t.Errorf("the relay did not log the probe's return as a discard:\n%s", s.d.Logs)
+	// The page sees the probe as soon as it is recorded; the session logs
+	// its line after replying, a moment later.
+	for !strings.Contains(s.d.Logs.String(), "reason=probe") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the relay did not log the probe's return as a discard:\n%s", s.d.Logs)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
