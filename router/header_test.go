@@ -35,7 +35,7 @@ func TestBodyAfterHeader(t *testing.T) {
 		"long field":       "From: a@b.test\r\n" + long + "\r\n" + strings.Repeat("body line\r\n", 1000),
 		"header over 4096": strings.Repeat("X-A: "+strings.Repeat("b", 70)+"\r\n", 100) + "\r\nbody\r\n",
 		"blank line first": "\r\nbody\r\n",
-		"multipart": "Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\nhi\r\n--x--\r\n",
+		"multipart":        "Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\nhi\r\n--x--\r\n",
 	}
 	r := &Router{}
 	for name, msg := range cases {
