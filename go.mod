@@ -38,3 +38,6 @@ require (
 
 // A patched copy of the same version: see third_party/go-smtp/SYNCRELAY.md.
 replace github.com/emersion/go-smtp => ./third_party/go-smtp
+
+// A patched copy of the same version: see third_party/go-msgauth/SYNCRELAY.md.
+replace github.com/emersion/go-msgauth => ./third_party/go-msgauth
