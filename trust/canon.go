@@ -307,6 +307,9 @@ func foldKey(s string) string {
 		}
 	}
 	if ascii {
+		if k, ok := commonFoldKeys[s]; ok {
+			return k
+		}
 		return strings.ToUpper(s)
 	}
 	return strings.Map(func(r rune) rune {
@@ -317,6 +320,29 @@ func foldKey(s string) string {
 		return m
 	}, s)
 }
+
+// commonFoldKeys holds foldKey of the field names most messages carry and
+// most signatures list, as they are usually spelled: strings.ToUpper
+// allocates for each, about ten times per verified message.
+var commonFoldKeys = func() map[string]string {
+	m := map[string]string{}
+	for _, n := range []string{
+		"From", "To", "Cc", "Subject", "Date", "Message-ID", "Message-Id", "In-Reply-To", "References",
+		"Reply-To", "Sender", "MIME-Version", "Mime-Version", "Content-Type", "Content-Transfer-Encoding",
+		"Content-ID", "Content-Description", "Content-Language", "List-Id", "List-Unsubscribe",
+		"List-Unsubscribe-Post", "Resent-From", "Resent-To", "Resent-Date", "Resent-Message-ID",
+		"Resent-Cc", "Feedback-ID", "DKIM-Signature", "Dkim-Signature", "ARC-Seal", "ARC-Message-Signature",
+		"ARC-Authentication-Results", "Authentication-Results", "Received", "Return-Path",
+		"Delivered-To", "X-Original-To", "X-Forwarded-To", "Thread-Index", "Thread-Topic",
+		"X-Google-DKIM-Signature", "X-Gm-Message-State", "X-Received", "X-Mailer",
+		"Autocrypt", "Openpgp", "Precedence", "Auto-Submitted",
+	} {
+		for _, v := range []string{n, strings.ToLower(n), strings.ToUpper(n)} {
+			m[v] = strings.ToUpper(n)
+		}
+	}
+	return m
+}()
 
 // bodyCanonicalizer is a streaming RFC 6376 §3.4.3/§3.4.4 body
 // canonicaliser. Lone LF counts as a line end (like go-msgauth).
