@@ -138,9 +138,11 @@ func (c *relaxedBodyCanonicalizer) Write(b []byte) (int, error) {
 	written := len(b)
 
 	// syncrelay patch 1: the same two passes (crlfFixer.Fix, then the
-	// canonicaliser), fused into one over b, writing through c.buf.
+	// canonicaliser), fused into one over b, writing through c.buf; a run
+	// of bytes that are neither whitespace nor line ends is copied at once.
 	out := c.buf[:0]
-	for _, ch := range b {
+	for i := 0; i < len(b); i++ {
+		ch := b[i]
 		// crlfFixer.Fix: a lone LF gets a CR before it.
 		prevCR := c.crlfFixer.cr
 		c.crlfFixer.cr = ch == '\r'
@@ -155,12 +157,20 @@ func (c *relaxedBodyCanonicalizer) Write(b []byte) (int, error) {
 			c.wsp = false
 			c.crlfBuf = append(c.crlfBuf, ch)
 		} else {
-			if len(out)+len(c.crlfBuf)+2 > cap(out) {
+			// b[i:j] is kept as is; crlfFixer.cr stays false over it.
+			j := i + 1
+			for j < len(b) && !isRelaxedSpace(b[j]) {
+				j++
+			}
+			run := b[i:j]
+			i = j - 1
+
+			if len(out)+len(c.crlfBuf)+1 > cap(out) {
 				if _, err := c.w.Write(out); err != nil {
 					return written, err
 				}
 				out = out[:0]
-				if len(c.crlfBuf)+2 > cap(out) {
+				if len(c.crlfBuf)+1 > cap(out) {
 					if _, err := c.w.Write(c.crlfBuf); err != nil {
 						return written, err
 					}
@@ -176,13 +186,30 @@ func (c *relaxedBodyCanonicalizer) Write(b []byte) (int, error) {
 				c.wsp = false
 			}
 
-			out = append(out, ch)
+			if len(out)+len(run) > cap(out) {
+				if _, err := c.w.Write(out); err != nil {
+					return written, err
+				}
+				out = out[:0]
+				if len(run) > cap(out) {
+					if _, err := c.w.Write(run); err != nil {
+						return written, err
+					}
+					run = nil
+				}
+			}
+			out = append(out, run...)
 			c.written = true
 		}
 	}
 
 	_, err := c.w.Write(out)
 	return written, err
+}
+
+// isRelaxedSpace reports the bytes relaxed body canonicalisation acts on.
+func isRelaxedSpace(ch byte) bool {
+	return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n'
 }
 
 func (c *relaxedBodyCanonicalizer) Close() error {
