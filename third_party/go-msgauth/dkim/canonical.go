@@ -115,11 +115,59 @@ func (c *relaxedCanonicalizer) CanonicalizeHeader(s string) string {
 		return strings.TrimSpace(strings.ToLower(s)) + ":" + crlf
 	}
 
-	k = strings.TrimSpace(strings.ToLower(k))
-	v = strings.Join(strings.FieldsFunc(v, func(r rune) bool {
-		return r == ' ' || r == '\t' || r == '\n' || r == '\r'
-	}), " ")
-	return k + ":" + v + crlf
+	// syncrelay patch 3: what follows is, in one string,
+	//
+	//	k = strings.TrimSpace(strings.ToLower(k))
+	//	v = strings.Join(strings.FieldsFunc(v, isRelaxedSpace), " ")
+	//	return k + ":" + v + crlf
+	//
+	// (the separators are ASCII, so working on bytes splits the same way).
+	var b strings.Builder
+	b.Grow(len(k) + 1 + len(v) + len(crlf))
+	if isASCII(k) {
+		// For ASCII, TrimSpace then lower case is ToLower then TrimSpace.
+		k = strings.TrimSpace(k)
+		for i := 0; i < len(k); i++ {
+			ch := k[i]
+			if 'A' <= ch && ch <= 'Z' {
+				ch += 'a' - 'A'
+			}
+			b.WriteByte(ch)
+		}
+	} else {
+		b.WriteString(strings.TrimSpace(strings.ToLower(k)))
+	}
+	b.WriteByte(':')
+	first := true
+	for i := 0; i < len(v); {
+		for i < len(v) && isRelaxedSpace(v[i]) {
+			i++
+		}
+		if i == len(v) {
+			break
+		}
+		j := i + 1
+		for j < len(v) && !isRelaxedSpace(v[j]) {
+			j++
+		}
+		if !first {
+			b.WriteByte(' ')
+		}
+		b.WriteString(v[i:j])
+		first = false
+		i = j
+	}
+	b.WriteString(crlf)
+	return b.String()
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 type relaxedBodyCanonicalizer struct {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/textproto"
 	"sort"
 	"strings"
 )
@@ -16,26 +15,59 @@ const crlf = "\r\n"
 type header []string
 
 func readHeader(r *bufio.Reader) (header, error) {
-	tr := textproto.NewReader(r)
-
-	var h header
+	// syncrelay patch 3: the same lines as textproto.Reader.ReadLine reads,
+	// collected in byte slices: one string per field, where a string per
+	// line and one more per line of a folded field were made.
+	var h header // nil when there is no field, as upstream's
+	field, line := make([]byte, 0, 512), make([]byte, 0, 256)
+	pending := false // a field is being read (upstream: len(h) > 0)
 	for {
-		l, err := tr.ReadLine()
+		var err error
+		line, err = readLineInto(r, line[:0])
 		if err != nil {
+			if pending {
+				h = append(h, string(field))
+			}
 			return h, fmt.Errorf("failed to read header: %v", err)
 		}
 
-		if len(l) == 0 {
+		if len(line) == 0 {
 			break
-		} else if len(h) > 0 && (l[0] == ' ' || l[0] == '\t') {
+		} else if pending && (line[0] == ' ' || line[0] == '\t') {
 			// This is a continuation line
-			h[len(h)-1] += l + crlf
 		} else {
-			h = append(h, l+crlf)
+			if pending {
+				if h == nil {
+					h = make(header, 0, 16)
+				}
+				h = append(h, string(field))
+				field = field[:0]
+			}
+			pending = true
 		}
+		field = append(field, line...)
+		field = append(field, crlf...)
+	}
+	if pending {
+		h = append(h, string(field))
 	}
 
 	return h, nil
+}
+
+// readLineInto is textproto.Reader.ReadLine appending to buf (syncrelay
+// patch 3): the line without its CRLF or LF, nothing on error.
+func readLineInto(r *bufio.Reader, buf []byte) ([]byte, error) {
+	for {
+		l, more, err := r.ReadLine()
+		if err != nil {
+			return nil, err
+		}
+		buf = append(buf, l...)
+		if !more {
+			return buf, nil
+		}
+	}
 }
 
 func writeHeader(w io.Writer, h header) error {

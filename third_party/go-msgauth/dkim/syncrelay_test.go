@@ -7,10 +7,14 @@ package dkim
 // upstream's output.
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"math/rand"
+	"net/textproto"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -237,5 +241,127 @@ func BenchmarkSyncrelayRelaxedBody(b *testing.B) {
 				wc.Close()
 			}
 		})
+	}
+}
+
+// refReadHeader and refCanonicalizeHeader are upstream v0.7.0's, as they
+// were before patch 3.
+func refReadHeader(r *bufio.Reader) (header, error) {
+	tr := textproto.NewReader(r)
+
+	var h header
+	for {
+		l, err := tr.ReadLine()
+		if err != nil {
+			return h, fmt.Errorf("failed to read header: %v", err)
+		}
+
+		if len(l) == 0 {
+			break
+		} else if len(h) > 0 && (l[0] == ' ' || l[0] == '\t') {
+			// This is a continuation line
+			h[len(h)-1] += l + crlf
+		} else {
+			h = append(h, l+crlf)
+		}
+	}
+
+	return h, nil
+}
+
+func refCanonicalizeHeader(s string) string {
+	k, v, ok := strings.Cut(s, ":")
+	if !ok {
+		return strings.TrimSpace(strings.ToLower(s)) + ":" + crlf
+	}
+
+	k = strings.TrimSpace(strings.ToLower(k))
+	v = strings.Join(strings.FieldsFunc(v, func(r rune) bool {
+		return r == ' ' || r == '\t' || r == '\n' || r == '\r'
+	}), " ")
+	return k + ":" + v + crlf
+}
+
+// checkHeader reads data with readHeader and the reference, through a
+// bufio.Reader of the given size (16, the smallest, splits long lines),
+// and canonicalises every field both ways.
+func checkHeader(t *testing.T, data []byte, size int) {
+	t.Helper()
+	got, gerr := readHeader(bufio.NewReaderSize(bytes.NewReader(data), size))
+	want, werr := refReadHeader(bufio.NewReaderSize(bytes.NewReader(data), size))
+	if fmt.Sprint(gerr) != fmt.Sprint(werr) || !reflect.DeepEqual(got, want) {
+		t.Fatalf("readHeader(%q) = %q, %v; want %q, %v", data, got, gerr, want, werr)
+	}
+	for _, f := range append(got, string(data)) {
+		var c relaxedCanonicalizer
+		if g, w := c.CanonicalizeHeader(f), refCanonicalizeHeader(f); g != w {
+			t.Fatalf("CanonicalizeHeader(%q) = %q, want %q", f, g, w)
+		}
+	}
+}
+
+var syncrelayHeaders = []string{
+	"",
+	"\r\n",
+	"From: a@b\r\n\r\nbody",
+	"From: a@b\nTo:  c@d \n\n",
+	" leading: continuation\r\nFrom: a\r\n\r\n",
+	"DKIM-Signature: v=1; a=rsa-sha256;\r\n d=example.org; s=x;\r\n\th=From:To;\r\n b=abc\r\n def\r\n\r\n",
+	"No-Colon\r\n\r\n",
+	"  Sp Ace :  x  \t y \r\n\r\n",
+	"\u0130\u212a-K\u00e9y: V\u00e0lue \u00a0 x\r\n\r\n",
+	"X-Bin: \xff\xfe \x80\r\n\r\n",
+	"X-CR: a\rb\r\n\r\n",
+	"X-Long: " + strings.Repeat("w ", 200) + "\r\n" + strings.Repeat(" c", 50) + "\r\n\r\n",
+	"From: unterminated",
+	"From: a\r\n folded but no end",
+	"\x0bVt: x\x0c\r\n\r\n",
+}
+
+func TestSyncrelayHeaderMatchesReference(t *testing.T) {
+	for _, h := range syncrelayHeaders {
+		for _, size := range []int{16, 4096} {
+			checkHeader(t, []byte(h), size)
+		}
+	}
+}
+
+func FuzzSyncrelayHeader(f *testing.F) {
+	for _, h := range syncrelayHeaders {
+		f.Add([]byte(h), false)
+	}
+	f.Fuzz(func(t *testing.T, data []byte, small bool) {
+		size := 4096
+		if small {
+			size = 16
+		}
+		checkHeader(t, data, size)
+	})
+}
+
+// Patch 3: upstream's readHeader makes a string per line and another per
+// line of a folded field; its relaxed header canonicalisation four.
+func TestSyncrelayPatch3HeaderAllocs(t *testing.T) {
+	sig := "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.org; s=sel;\r\n" +
+		strings.Repeat(" h=From:To:Subject:Date:Message-ID:References:In-Reply-To;\r\n", 6) +
+		" b=" + strings.Repeat("A", 60) + "\r\n"
+	hdr := sig + "From: a@example.org\r\nTo: b@example.net\r\nSubject: hello\r\n" +
+		"Date: Mon, 2 Jan 2006 15:04:05 -0700\r\nMessage-ID: <x@y>\r\n\r\n"
+	br := bufio.NewReader(nil)
+	allocs := testing.AllocsPerRun(50, func() {
+		br.Reset(strings.NewReader(hdr))
+		if _, err := readHeader(br); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// 6 fields: a string each, plus three slices (the header, the field
+	// and the line being read).
+	if allocs > 10 {
+		t.Errorf("readHeader of 6 fields over 13 lines: %.0f allocations (patch 3: one string per field)", allocs)
+	}
+	var c relaxedCanonicalizer
+	allocs = testing.AllocsPerRun(50, func() { c.CanonicalizeHeader("Subject:  Re:   hello \r\n  world\r\n") })
+	if allocs > 1 {
+		t.Errorf("relaxed CanonicalizeHeader: %.0f allocations (patch 3: one)", allocs)
 	}
 }
