@@ -425,3 +425,36 @@ func TestLostNoticeCaughtUp(t *testing.T) {
 		})
 	}
 }
+
+// TestNoticeFailsAfterCommit: when the notices sent after a group commit
+// fail, the commit is still reported (its messages are stored: a retry
+// or an error would answer 451 for stored mail), and the other node gets
+// the keys from key_log.
+func TestNoticeFailsAfterCommit(t *testing.T) {
+	nodes := openNodes(t, 2)
+	a, b := nodes[0], nodes[1]
+	ctx := context.Background()
+	th, _ := fixture(t, a.Store)
+
+	// Fails when run (a payload past 8000 bytes), not when prepared.
+	afterCommitNotifySQL = "SELECT pg_notify('" + notifyChannel + "', $1 || repeat('x', 8000))"
+	defer func() { afterCommitNotifySQL = notifySQL }()
+	id := "notice-fails@cand.test"
+	copyOf := func() *store.Incoming {
+		return &store.Incoming{Message: store.Message{Tenant: "acme", Thread: th.ID, Direction: store.Inbound,
+			InternetMessageID: id, From: "carl@cand.test"}, Raw: raw("Hello"), Mailbox: "rita@acme.test"}
+	}
+	res, err := a.CommitInbound(ctx, copyOf())
+	if err != nil || res.Decision != store.Stored {
+		t.Fatalf("commit whose notice fails: %+v %v, want stored", res, err)
+	}
+	afterCommitNotifySQL = notifySQL
+	// The same copy again is a duplicate of it: it was stored once.
+	if res2, err := a.CommitInbound(ctx, copyOf()); err != nil || res2.Decision != store.Duplicate || res2.Ref != res.Ref {
+		t.Fatalf("the copy again: %+v %v, want a duplicate of %v", res2, err, res.Ref)
+	}
+	within(t, 4*keyCatchUp, "B finds "+id+" without its notice", func() (bool, string) {
+		refs, err := b.LookupMsgIDs(ctx, "acme", []string{id})
+		return err == nil && len(refs) == 1 && refs[0] == res.Ref, fmt.Sprint(refs, err)
+	})
+}

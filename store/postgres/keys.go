@@ -105,10 +105,13 @@ func queueNotices(b *pgx.Batch, payloads []string) {
 	b.Queue("BEGIN")
 	b.Queue("SELECT set_config('synchronous_commit', 'off', true)")
 	for _, p := range payloads {
-		b.Queue(notifySQL, p)
+		b.Queue(afterCommitNotifySQL, p)
 	}
 	b.Queue("COMMIT")
 }
+
+// afterCommitNotifySQL is notifySQL; a test breaks it to fail the notices.
+var afterCommitNotifySQL = notifySQL
 
 // notifyAfter sends committed keys' notices (queueNotices) on a pooled
 // connection. A failure is only logged: the other nodes' catch-up reads

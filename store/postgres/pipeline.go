@@ -137,6 +137,7 @@ func (s *Store) runTx(ctx context.Context, ops []batchOp) (err error) {
 	}()
 	dups := map[uint64]*store.Message{}
 	var keys []tenantKey
+	committed := false
 	for {
 		b := &pgx.Batch{}
 		if !open {
@@ -166,13 +167,28 @@ func (s *Store) runTx(ctx context.Context, ops []batchOp) (err error) {
 			if len(pls) > 0 {
 				b.Queue(keyLogSQL, pls)
 			}
-			b.Queue("COMMIT")
+			b.Queue("COMMIT").Fn = func(br pgx.BatchResults) error {
+				_, err := br.Exec()
+				committed = err == nil
+				return err
+			}
 			// The notices go in a transaction of their own after the
 			// commit, in the same round trip (see queueNotices).
 			queueNotices(b, pls)
 		}
 		open = true
 		if err := conn.SendBatch(ctx, b).Close(); err != nil {
+			if committed {
+				// Only the notices failed: the batch is committed and
+				// its requests must hear so. The other nodes read its
+				// keys from key_log within keyCatchUp.
+				s.logger.Warn("store: key notice not sent; other nodes read the keys from key_log within a second", "err", err)
+				if _, rerr := conn.Exec(context.WithoutCancel(ctx), "ROLLBACK"); rerr != nil {
+					conn.Conn().Close(ctx)
+				}
+				open = false
+				return nil
+			}
 			return err
 		}
 		if last {
