@@ -164,7 +164,7 @@ if [ "$BACKEND" = postgres ]; then
 	# of the scenarios. PGWARM=0 skips it.
 	if [ "$PGWARM" -gt 0 ]; then
 		t0=$(date +%s.%N)
-		psql -h 127.0.0.1 -p "$PGPORT" -U postgres -q -At \
+		"$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -q -At \
 			-c "SELECT count(pg_logical_emit_message(false, 'bench-warm', repeat('x', 1048576))) FROM generate_series(1, $PGWARM)" \
 			-c "CHECKPOINT" >/dev/null
 		log "PostgreSQL: $PGWARM MiB of WAL written and recycled in $(calc "$(date +%s.%N) - $t0" 1)s ($(ls "$PGDIR/data/pg_wal" | grep -c '^[0-9A-F]\{24\}$') segments ready)"
@@ -189,7 +189,7 @@ UNION ALL SELECT 'L|' || locktype || '|' || mode || '|' || coalesce(relation::re
 UNION ALL SELECT 'samples';
 \watch 0.05
 EOS
-	psql -h 127.0.0.1 -p "$PGPORT" -U postgres -At -q -f "$OUT/waits.sql" >"$OUT/$1.waits" 2>/dev/null &
+	"$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -At -q -f "$OUT/waits.sql" >"$OUT/$1.waits" 2>/dev/null &
 	WPID=$!
 }
 waits_stop() {
