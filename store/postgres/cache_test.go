@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"syncrelay/internal/pgtest"
 	"syncrelay/store"
 )
@@ -371,5 +373,88 @@ func TestCacheTTLWithoutNotice(t *testing.T) {
 	within(t, 2*ttl, "unannounced change on B after the TTL", func() (bool, string) {
 		ten, err := b.Tenant(ctx, "quiet")
 		return err == nil && ten.Name == "After", fmt.Sprint(ten, err)
+	})
+}
+
+// TestLostNoticeCaughtUp: keys committed with their key_log row but whose
+// notice never went out (the committing node died between its COMMIT and
+// the notice) reach the other node's filter by the key_log catch-up within
+// a few keyCatchUp; also a key whose transaction was already open during
+// an earlier catch-up read (its xid in that read's xip list).
+func TestLostNoticeCaughtUp(t *testing.T) {
+	nodes := openNodes(t, 2)
+	a, b := nodes[0], nodes[1]
+	ctx := context.Background()
+	th, _ := fixture(t, a.Store)
+
+	// commitSilently inserts id as a commit does, without the notice.
+	commitSilently := func(tx pgx.Tx, id string, msg int64) {
+		t.Helper()
+		if _, err := tx.Exec(ctx, "INSERT INTO msgids (tenant, msgid, thread, message) VALUES ('acme', $1, $2, $3)", id, th.ID, msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, keyLogSQL, keyPayloads([]tenantKey{{"acme", id}})); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A transaction with an xid, open across B's catch-up reads.
+	early, err := a.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer early.Rollback(ctx)
+	if _, err := early.Exec(ctx, "SELECT pg_current_xact_id()"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * keyCatchUp)
+	tx, err := a.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commitSilently(tx, "lost-1@cand.test", 999001)
+	time.Sleep(2 * keyCatchUp)
+	commitSilently(early, "lost-2@cand.test", 999002)
+
+	for _, id := range []string{"lost-1@cand.test", "lost-2@cand.test"} {
+		within(t, 4*keyCatchUp, "B finds "+id+" without its notice", func() (bool, string) {
+			refs, err := b.LookupMsgIDs(ctx, "acme", []string{id})
+			return err == nil && len(refs) == 1, fmt.Sprint(refs, err)
+		})
+	}
+}
+
+// TestNoticeFailsAfterCommit: when the notices sent after a group commit
+// fail, the commit is still reported (its messages are stored: a retry
+// or an error would answer 451 for stored mail), and the other node gets
+// the keys from key_log.
+func TestNoticeFailsAfterCommit(t *testing.T) {
+	nodes := openNodes(t, 2)
+	a, b := nodes[0], nodes[1]
+	ctx := context.Background()
+	th, _ := fixture(t, a.Store)
+
+	// Fails when run (a payload past 8000 bytes), not when prepared.
+	afterCommitNotifySQL = "SELECT pg_notify('" + notifyChannel + "', $1 || repeat('x', 8000))"
+	defer func() { afterCommitNotifySQL = notifySQL }()
+	id := "notice-fails@cand.test"
+	copyOf := func() *store.Incoming {
+		return &store.Incoming{Message: store.Message{Tenant: "acme", Thread: th.ID, Direction: store.Inbound,
+			InternetMessageID: id, From: "carl@cand.test"}, Raw: raw("Hello"), Mailbox: "rita@acme.test"}
+	}
+	res, err := a.CommitInbound(ctx, copyOf())
+	if err != nil || res.Decision != store.Stored {
+		t.Fatalf("commit whose notice fails: %+v %v, want stored", res, err)
+	}
+	afterCommitNotifySQL = notifySQL
+	// The same copy again is a duplicate of it: it was stored once.
+	if res2, err := a.CommitInbound(ctx, copyOf()); err != nil || res2.Decision != store.Duplicate || res2.Ref != res.Ref {
+		t.Fatalf("the copy again: %+v %v, want a duplicate of %v", res2, err, res.Ref)
+	}
+	within(t, 4*keyCatchUp, "B finds "+id+" without its notice", func() (bool, string) {
+		refs, err := b.LookupMsgIDs(ctx, "acme", []string{id})
+		return err == nil && len(refs) == 1 && refs[0] == res.Ref, fmt.Sprint(refs, err)
 	})
 }

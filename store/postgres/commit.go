@@ -57,12 +57,16 @@ func (s *Store) queue(ctx context.Context, r *commitReq) error {
 	return <-r.err
 }
 
-// tick flushes the buffered counters (every 10 s while idle).
+// tick flushes the buffered counters and prunes key_log (every 10 s
+// while idle).
 func (s *Store) tick() {
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()
 	if err := s.flushCounters(ctx); err != nil {
 		s.logger.Warn("store: flush counters", "err", err)
+	}
+	if err := s.pruneKeyLog(ctx); err != nil {
+		s.logger.Warn("store: prune key_log", "err", err)
 	}
 }
 
@@ -130,7 +134,8 @@ func (s *Store) attempt(ctx context.Context, batch []*commitReq) error {
 		}
 		return s.runTx(ctx, ops)
 	}
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	var payloads []string
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		ops := make([]batchOp, len(batch))
 		for i, r := range batch {
 			if r.op != nil {
@@ -141,6 +146,10 @@ func (s *Store) attempt(ctx context.Context, batch []*commitReq) error {
 				return &errRequest{i: i, err: err}
 			}
 		}
-		return runPipeline(ctx, tx, ops)
+		return runPipeline(ctx, tx, ops, &payloads)
 	})
+	if err == nil {
+		s.notifyAfter(ctx, payloads)
+	}
+	return err
 }

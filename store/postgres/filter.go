@@ -15,10 +15,11 @@ import (
 // a "maybe" asks the database as before.
 //
 // It is complete only while the listener is connected: keys reach it from
-// three sides, none of which may be missed:
+// these sides, none of which may be missed:
 //   - the initial load (SELECT of both tables), started after LISTEN;
-//   - NOTIFY from the transactions that insert rows later, on any node
-//     (keys.go);
+//   - NOTIFY from the nodes that insert rows later, sent right after
+//     their commit (keys.go), and the listener's catch-up from key_log
+//     every keyCatchUp for a notice that was never sent;
 //   - this node's own writes, added before their commit is sent, so that a
 //     lookup on this node after its own commit never waits for the notice.
 type keyFilter struct {

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -235,12 +236,30 @@ func (s *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig) error {
 		return err
 	}
 	s.cache.reset()
+	// The catch-up (keys.go) starts from a snapshot taken before the load:
+	// it reads again what the load may have missed, never less.
+	var snap string
+	if err := conn.QueryRow(ctx, "SELECT pg_current_snapshot()::text").Scan(&snap); err != nil {
+		return err
+	}
 	if err := s.loadKeys(ctx, conn); err != nil {
 		return err
 	}
 	s.cache.ready.Store(true)
+	due := time.Now().Add(keyCatchUp)
 	for {
-		wctx, cancel := context.WithCancel(ctx)
+		if !time.Now().Before(due) {
+			next, rebuild, err := s.catchUp(ctx, conn, snap)
+			if err != nil {
+				return err
+			}
+			if rebuild {
+				s.cache.ready.Store(false)
+				return nil
+			}
+			snap, due = next, time.Now().Add(keyCatchUp)
+		}
+		wctx, cancel := context.WithDeadline(ctx, due)
 		stop := make(chan struct{})
 		go func() {
 			select {
@@ -251,13 +270,19 @@ func (s *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig) error {
 		}()
 		n, err := conn.WaitForNotification(wctx)
 		close(stop)
-		rebuilding := wctx.Err() != nil && ctx.Err() == nil
+		timedOut := errors.Is(wctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
+		rebuilding := wctx.Err() != nil && ctx.Err() == nil && !timedOut
 		cancel()
 		if rebuilding {
 			return nil
 		}
 		if err != nil {
-			return err
+			if !timedOut {
+				return err
+			}
+			if n == nil {
+				continue // time for the catch-up (the connection stays usable)
+			}
 		}
 		if s.cache.apply(n.Payload) {
 			s.cache.ready.Store(false)

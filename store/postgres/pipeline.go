@@ -81,8 +81,10 @@ func (p *pipe) exec(sql string, args ...any) {
 }
 
 // runPipeline runs the ops (nil entries are requests already run) step by
-// step, one round trip per step for all of them.
-func runPipeline(ctx context.Context, tx pgx.Tx, ops []batchOp) error {
+// step, one round trip per step for all of them. It logs the keys they
+// insert in tx (key_log) and sets payloads to their notices, which the
+// caller sends once tx is committed (notifyAfter).
+func runPipeline(ctx context.Context, tx pgx.Tx, ops []batchOp, payloads *[]string) error {
 	dups := map[uint64]*store.Message{}
 	var keys []tenantKey
 	for {
@@ -97,8 +99,9 @@ func runPipeline(ctx context.Context, tx pgx.Tx, ops []batchOp) error {
 			}
 		}
 		if p.b.Len() == 0 {
-			for _, pl := range keyPayloads(keys) {
-				if _, err := tx.Exec(ctx, notifySQL, pl); err != nil {
+			*payloads = keyPayloads(keys)
+			if len(*payloads) > 0 {
+				if _, err := tx.Exec(ctx, keyLogSQL, *payloads); err != nil {
 					return err
 				}
 			}
@@ -113,7 +116,9 @@ func runPipeline(ctx context.Context, tx pgx.Tx, ops []batchOp) error {
 // runTx runs a batch of only pipelined requests in one transaction with
 // BEGIN sent in the first step's round trip and COMMIT in the last one's
 // (when every request knows its last step; else on its own): a batch of
-// new messages costs two round trips, not four.
+// new messages costs two round trips, not four. The batch's notices follow
+// its COMMIT in that last round trip; when the commit fails, the server
+// skips them with it.
 func (s *Store) runTx(ctx context.Context, ops []batchOp) (err error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
@@ -132,6 +137,7 @@ func (s *Store) runTx(ctx context.Context, ops []batchOp) (err error) {
 	}()
 	dups := map[uint64]*store.Message{}
 	var keys []tenantKey
+	committed := false
 	for {
 		b := &pgx.Batch{}
 		if !open {
@@ -157,13 +163,32 @@ func (s *Store) runTx(ctx context.Context, ops []batchOp) (err error) {
 			last = false
 		}
 		if last {
-			for _, pl := range keyPayloads(keys) {
-				b.Queue(notifySQL, pl)
+			pls := keyPayloads(keys)
+			if len(pls) > 0 {
+				b.Queue(keyLogSQL, pls)
 			}
-			b.Queue("COMMIT")
+			b.Queue("COMMIT").Fn = func(br pgx.BatchResults) error {
+				_, err := br.Exec()
+				committed = err == nil
+				return err
+			}
+			// The notices go in a transaction of their own after the
+			// commit, in the same round trip (see queueNotices).
+			queueNotices(b, pls)
 		}
 		open = true
 		if err := conn.SendBatch(ctx, b).Close(); err != nil {
+			if committed {
+				// Only the notices failed: the batch is committed and
+				// its requests must hear so. The other nodes read its
+				// keys from key_log within keyCatchUp.
+				s.logger.Warn("store: key notice not sent; other nodes read the keys from key_log within a second", "err", err)
+				if _, rerr := conn.Exec(context.WithoutCancel(ctx), "ROLLBACK"); rerr != nil {
+					conn.Conn().Close(ctx)
+				}
+				open = false
+				return nil
+			}
 			return err
 		}
 		if last {
