@@ -123,17 +123,30 @@ func (ss *session) draining() bool {
 	return ss.s.draining
 }
 
-func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
-	err := ss.mail(from)
-	err = mapError(ss.log, stageMail, err)
-	ss.s.o.Observer.Reply(stageMail, replyCode(err))
-	if err != nil {
-		ss.log.Debug("mail", "code", replyCode(err))
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	var size int64
+	if opts != nil {
+		size = opts.Size
+	}
+	verr := ss.mail(from, size)
+	err := mapError(ss.log, stageMail, verr)
+	code := replyCode(err)
+	ss.s.o.Observer.Reply(stageMail, code)
+	if v, ok := verr.(*Verdict); ok {
+		// A message refused before it is sent (SIZE= over the limit):
+		// logged and counted as the refusal of its body would be, since
+		// a sender that declares its size never sends it. go-smtp asks
+		// us first (its patch 6), so this is the only count.
+		ss.s.o.Observer.Decision(v.Decision, v.Reason)
+		ss.log.Info("mail", "code", code, "decision", v.Decision, "reason", v.Reason, "size", size)
+	} else if err != nil {
+		ss.log.Debug("mail", "code", code)
 	}
 	return err
 }
 
-func (ss *session) mail(from string) error {
+// mail begins a transaction; size is MAIL's SIZE= (0: none given).
+func (ss *session) mail(from string, size int64) error {
 	if ss.dead() {
 		return reply(replyAborted)
 	}
@@ -150,6 +163,9 @@ func (ss *session) mail(from string) error {
 	defer ss.mu.Unlock()
 	if ss.active {
 		return reply(replyNestedMail)
+	}
+	if max := ss.s.o.MaxMessageBytes; max > 0 && size > max {
+		return refusal(reasonMessageTooLarge)
 	}
 	ss.active = true
 	ss.ctx, ss.cancel = context.WithCancel(ss.connCtx)
