@@ -204,7 +204,8 @@ func readError(err error) error {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, smtp.ErrDataReset), errors.Is(err, net.ErrClosed):
 		// The client went away or reset the BDAT transfer: nobody will
-		// read this reply.
+		// read this reply (go-smtp does not even write it after a BDAT
+		// reset: see session.Data).
 		return reply(replyAborted)
 	}
 	return err

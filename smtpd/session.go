@@ -3,6 +3,7 @@ package smtpd
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -279,6 +280,22 @@ func (ss *session) Data(r io.Reader) error {
 		// duplicate.
 		body.close = closeShutdownDeadline
 		err = reply(replyAborted)
+	} else if body.reset {
+		// go-smtp aborted the BDAT transfer and writes no reply to it: a
+		// client that reset it (RSET, EHLO) got the reply to that command
+		// and goes on; one that went away got nothing; a timeout got the
+		// 421 trackedConn wrote, counted here. Not the 451 returned below,
+		// which nobody sees.
+		err = reply(replyAborted)
+		body.close = closeNone
+		if ss.tc != nil {
+			if failed, last := ss.tc.endedWith(); last == replyBDATTimeout {
+				code, body.close = replyDataTimeout.Code, closeDataTimeout
+				ss.s.o.Observer.Reply(stageData, code)
+			} else if failed {
+				body.close = closeClientGone
+			}
+		}
 	} else {
 		if err = mapError(ss.log, stageData, err); err == nil {
 			err = reply(replyOK) // go-smtp's own default says "queued"; we are not a queue
@@ -319,6 +336,9 @@ type bodyRead struct {
 	// close says why the connection ends after the reply (closeNone: it
 	// does not, as far as the body goes).
 	close string
+	// reset: go-smtp aborted the BDAT transfer (RSET or EHLO between
+	// chunks, the connection ending) and writes no reply to it.
+	reset bool
 }
 
 // Reasons of the refusals smtpd makes itself, logged with decision
@@ -346,7 +366,7 @@ const (
 	closeBareEOL          = "bare_eol"          // closed after the 550 (SMTP smuggling guard)
 	closeLineTooLong      = "line_too_long"     // closed after the 554: the rest of the line cannot be framed
 	closeDataTimeout      = "data_timeout"      // closed after the 421
-	closeClientGone       = "client_gone"       // the client went away (or reset BDAT) mid-message
+	closeClientGone       = "client_gone"       // the client went away mid-message
 	closeShutdown         = "shutdown"          // answered, then ended with 421 4.3.2 (SIGTERM)
 	closeShutdownDeadline = "shutdown_deadline" // cut by Shutdown's deadline; no reply sent
 )
@@ -381,6 +401,7 @@ func (ss *session) readBody(r io.Reader, bdat bool, sp *spool.Spool) (res bodyRe
 	if err != nil {
 		var reason string
 		reason, res.close = readErrorKind(err)
+		res.reset = bdat && errors.Is(err, smtp.ErrDataReset)
 		if reason != "" {
 			res.decision, res.reason = decisionRejected, reason
 		}

@@ -209,3 +209,66 @@ func checkOneRefusal(t *testing.T, ts *testServer, obs *countingObserver, bdat b
 		t.Fatalf("deliveries %+v, want the one valid message", d)
 	}
 }
+
+// A BDAT transfer that go-smtp aborts (RSET between chunks, the client
+// gone, a timeout) gets no reply to its message from go-smtp: the
+// "message" line says code 0 and nothing is counted, but for a timeout,
+// whose 421 this package writes and counts (not the 451 nobody saw).
+func TestBDATAbortedNotCountedAsUnseen451(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		opts  Options
+		run   func(r *raw)
+		code  int
+		close string
+	}{
+		{"RSET between chunks", Options{}, func(r *raw) {
+			r.send(chunk("Subject: x\r\n", false))
+			r.expect(250)
+			r.send("RSET\r\n")
+			r.expect(250)
+			r.envelope(inboundAddr)
+			r.send(chunk(simpleBody, true))
+			r.expect(250)
+		}, 0, closeNone},
+		{"client gone in a chunk", Options{}, func(r *raw) {
+			r.send("BDAT 100\r\nSubject: x\r\n")
+			r.c.Close()
+		}, 0, closeClientGone},
+		{"timeout between chunks", Options{CommandTimeout: 300 * time.Millisecond}, func(r *raw) {
+			r.send(chunk("Subject: x\r\n", false))
+			r.expect(250)
+			r.expect(421)
+			r.expectClosed()
+		}, 421, closeDataTimeout},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			obs := &countingObserver{}
+			tc.opts.Observer = obs
+			ts := startServer(t, tc.opts)
+			r := ts.ehlod(t)
+			r.envelope(inboundAddr)
+			tc.run(r)
+			// The aborted message's line (its 12 bytes), whenever it comes:
+			// the next transaction does not wait for it.
+			var line map[string]any
+			waitFor(t, "the message line", func() bool {
+				for _, rec := range messageLines(t, ts) {
+					if rec["bytes"] == float64(12) {
+						line = rec
+						return true
+					}
+				}
+				return false
+			})
+			checkFields(t, line, map[string]any{"code": float64(tc.code), "close": tc.close, "bdat": true})
+			obs.mu.Lock()
+			defer obs.mu.Unlock()
+			for k := range obs.n {
+				if strings.HasPrefix(k, "data ") && k != "data 250" && k != fmt.Sprintf("data %d", tc.code) {
+					t.Errorf("reply %q counted", k)
+				}
+			}
+		})
+	}
+}
