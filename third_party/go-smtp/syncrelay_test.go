@@ -131,7 +131,6 @@ type syncrelayBackend struct {
 	// acceptSize: Mail accepts any SIZE= (patch 6's backstop); otherwise
 	// it refuses one over the server's limit with its own reply.
 	acceptSize bool
-	max        int64
 }
 
 func (b *syncrelayBackend) add(ev string) {
@@ -155,7 +154,7 @@ var refusedBySession = &SMTPError{Code: 552, EnhancedCode: EnhancedCode{5, 3, 4}
 
 func (s *syncrelaySession) Mail(from string, opts *MailOptions) error {
 	s.b.add(fmt.Sprintf("mail SIZE=%d", opts.Size))
-	if !s.b.acceptSize && opts.Size > s.b.max {
+	if !s.b.acceptSize && opts.Size > syncrelayMax {
 		return refusedBySession
 	}
 	return nil
@@ -183,12 +182,14 @@ type syncrelayConn struct {
 	br *bufio.Reader
 }
 
-func syncrelayServe(t *testing.T, be *syncrelayBackend) *syncrelayConn {
+// syncrelayMax is the message size limit of syncrelayServe's server.
+const syncrelayMax = 100
+
+func syncrelayServe(t *testing.T, be Backend) *syncrelayConn {
 	t.Helper()
-	be.max = 100
 	s := NewServer(be)
 	s.Domain = "localhost"
-	s.MaxMessageBytes = be.max
+	s.MaxMessageBytes = syncrelayMax
 	s.MaxLineLength = 50
 	s.ReadTimeout, s.WriteTimeout = 5*time.Second, 5*time.Second
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -235,6 +236,53 @@ func (sc *syncrelayConn) expect(prefix string) string {
 	}
 }
 
+// lateBackend's first Data, that of a BDAT transfer reset by RSET,
+// returns only once the next transfer's Data has read its message, and
+// that one waits until the first has sent its result (patch 5).
+type lateBackend struct {
+	mu      sync.Mutex
+	conn    *Conn
+	calls   int
+	first   chan error // the result channel of the first transfer
+	release chan struct{}
+}
+
+func (b *lateBackend) NewSession(c *Conn) (Session, error) {
+	b.mu.Lock()
+	b.conn = c
+	b.mu.Unlock()
+	return &lateSession{b}, nil
+}
+
+type lateSession struct{ b *lateBackend }
+
+func (s *lateSession) Mail(string, *MailOptions) error { return nil }
+func (s *lateSession) Rcpt(string, *RcptOptions) error { return nil }
+func (s *lateSession) Reset()                          {}
+func (s *lateSession) Logout() error                   { return nil }
+
+func (s *lateSession) Data(r io.Reader) error {
+	b := s.b
+	b.mu.Lock()
+	b.calls++
+	first := b.calls == 1
+	ch := b.conn.dataResult // this transfer's, set before Data was started
+	if first {
+		b.first = ch
+	}
+	b.mu.Unlock()
+	io.Copy(io.Discard, r)
+	if first {
+		<-b.release
+		return &SMTPError{Code: 451, EnhancedCode: EnhancedCode{4, 0, 0}, Message: "Late result of the reset transfer"}
+	}
+	close(b.release)
+	for deadline := time.Now().Add(5 * time.Second); len(ch) == 0 && len(b.first) == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	return nil
+}
+
 // Patch 5: a BDAT message over MaxMessageBytes is refused by Session.Data,
 // as a DATA message is: its reader returns ErrDataTooLarge and its answer
 // is the reply, on the first chunk or a later one. Upstream answers "552
@@ -244,7 +292,24 @@ func (sc *syncrelayConn) expect(prefix string) string {
 // client got. A refused chunk is discarded whole, long lines included:
 // upstream discards it under the line limit and reads the rest of the
 // chunk as commands.
-func TestSyncrelayPatch5BDATOversizeToData(t *testing.T) {
+//
+// And the goroutine running Session.Data for BDAT sends its result on its
+// own transfer's channel: upstream sends it on c.dataResult as it is when
+// Data returns, so a transfer reset by RSET whose Data returns after the
+// next BDAT transfer began answers that next transfer with its result.
+func TestSyncrelayPatch5BDAT(t *testing.T) {
+	t.Run("Data returning after RSET", func(t *testing.T) {
+		sc := syncrelayServe(t, &lateBackend{release: make(chan struct{})})
+		sc.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 5\r\nhelloRSET\r\n")
+		for i := 0; i < 4; i++ {
+			sc.expect("250")
+		}
+		sc.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 5 LAST\r\nhello")
+		sc.expect("250")
+		sc.expect("250")
+		sc.expect("250") // not the reset transfer's 451
+	})
+
 	short := strings.Repeat("0123456789\r\n", 5) // 60 bytes, short lines
 	// A line over the line limit, after more than the 4 KiB that go-smtp's
 	// bufio.Reader may have read with the command (under the limit: see
