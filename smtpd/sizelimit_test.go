@@ -272,3 +272,35 @@ func TestBDATAbortedNotCountedAsUnseen451(t *testing.T) {
 		})
 	}
 }
+
+// A BDAT chunk with a line over MaxLineLength sent right behind its
+// command (in one write) is read whole and refused by the session's own
+// check, 554 5.6.0 with its reason, counted once; the session goes on.
+// go-smtp held the bytes it read with the command to its line limit and
+// answered "500 Too long line" and closed, unlogged (its patch 7).
+func TestBDATLongLineBehindCommand(t *testing.T) {
+	obs := &countingObserver{}
+	ts := startServer(t, Options{Observer: obs})
+	r := ts.ehlod(t)
+	r.envelope(inboundAddr)
+	r.send(chunk("Subject: x\r\n\r\n"+strings.Repeat("y", 1500)+"\r\n", true))
+	if text := r.expect(554); ReasonOf(text) != reasonLineTooLong {
+		t.Errorf("554 %q, want reason %s", text, reasonLineTooLong)
+	}
+	r.envelope(inboundAddr)
+	r.send(chunk(simpleBody, true))
+	r.expect(250)
+	var lines []map[string]any
+	waitFor(t, "two message lines", func() bool {
+		lines = messageLines(t, ts)
+		return len(lines) == 2
+	})
+	checkFields(t, lines[0], map[string]any{"code": float64(554), "decision": "rejected",
+		"reason": reasonLineTooLong, "close": closeNone, "bdat": true})
+	got := obs.String()
+	for _, want := range []string{"data 554=1", "data 250=1", "decision rejected/line_too_long=1"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("events %s lack %q", got, want)
+		}
+	}
+}

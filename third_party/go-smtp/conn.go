@@ -1034,6 +1034,7 @@ func (c *Conn) handleBdat(arg string) {
 	c.lineLimitReader.LineLimit = 0
 	defer func() {
 		c.lineLimitReader.LineLimit = c.server.MaxLineLength
+		c.lineLimitReader.startLine() // syncrelay patch 7
 	}()
 
 	if !c.fromReceived || len(c.recipients) == 0 {

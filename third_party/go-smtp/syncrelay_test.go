@@ -370,3 +370,39 @@ func TestSyncrelayPatch6MailSizeToSession(t *testing.T) {
 		t.Errorf("session saw %q, want %q", got, want)
 	}
 }
+
+// Patch 7: a BDAT chunk that arrives in the same read as its command is
+// not held to the line limit (a chunk is octets, not lines). Upstream
+// checks every byte it reads from the socket while a command is read, so
+// a chunk with a line over MaxLineLength sent right behind its BDAT
+// command gets "500 Too long line, closing connection" and is lost; and
+// the end of a chunk read with its command counts towards the length of
+// the command after it. A command line over the limit is still refused.
+func TestSyncrelayPatch7ChunkBehindCommand(t *testing.T) {
+	be := &syncrelayBackend{}
+	sc := syncrelayServe(t, be)
+	line := strings.Repeat("x", 70) + "\r\n" // over the 50-byte line limit
+	sc.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 72 LAST\r\n" + line + "NOOP\r\n")
+	sc.expect("250")
+	sc.expect("250")
+	sc.expect("250") // the message
+	sc.expect("250") // NOOP: in step
+	if got, want := be.log(), "mail SIZE=0, data 72 <nil>, reset"; got != want {
+		t.Errorf("session saw %q, want %q", got, want)
+	}
+
+	// The command after a chunk starts a line: the end of a chunk that
+	// was read with its command (45 bytes without a line ending) does not
+	// count towards it.
+	sc.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 45 LAST\r\n" + strings.Repeat("z", 45))
+	sc.expect("250")
+	sc.expect("250")
+	sc.expect("250") // the message
+	sc.send("MAIL FROM:<a@x>\r\n")
+	sc.expect("250")
+
+	// Still refused: a command line over the limit.
+	sc.send("RSET\r\nMAIL FROM:<" + strings.Repeat("a", 60) + "@x>\r\n")
+	sc.expect("250")
+	sc.expect("500 5.4.0")
+}
