@@ -184,6 +184,10 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 			return 0, err
 		}
 		if len(p) > wbufMax {
+			if c.cut.Load() {
+				c.werr = errEnded
+				return 0, c.werr
+			}
 			n, err := c.Conn.Write(p)
 			if err != nil {
 				c.werr = err
@@ -208,6 +212,13 @@ func (c *trackedConn) flush() error {
 
 func (c *trackedConn) flushLocked() error {
 	if c.werr != nil {
+		return c.werr
+	}
+	if c.cut.Load() {
+		// Shutdown's deadline cut this connection: it says nothing more,
+		// even before its socket is closed (the message in flight is
+		// logged with code 0 and not counted; see session.Data).
+		c.werr = errEnded
 		return c.werr
 	}
 	if len(c.wbuf) == 0 {
