@@ -211,7 +211,8 @@ func checkOneRefusal(t *testing.T, ts *testServer, obs *countingObserver, bdat b
 }
 
 // A BDAT transfer that go-smtp aborts (RSET between chunks, the client
-// gone, a timeout) gets no reply to its message from go-smtp: the
+// gone, even in a chunk over the limit, a timeout) gets no reply to its
+// message from go-smtp: the
 // "message" line says code 0 and nothing is counted, but for a timeout,
 // whose 421 this package writes and counts (not the 451 nobody saw).
 func TestBDATAbortedNotCountedAsUnseen451(t *testing.T) {
@@ -233,6 +234,12 @@ func TestBDATAbortedNotCountedAsUnseen451(t *testing.T) {
 		}, 0, closeNone},
 		{"client gone in a chunk", Options{}, func(r *raw) {
 			r.send("BDAT 100\r\nSubject: x\r\n")
+			r.c.Close()
+		}, 0, closeClientGone},
+		{"client gone in a chunk over the limit", Options{MaxMessageBytes: 1000}, func(r *raw) {
+			r.send(chunk("Subject: x\r\n", false))
+			r.expect(250)
+			r.send("BDAT 2000\r\nSubject: x\r\n")
 			r.c.Close()
 		}, 0, closeClientGone},
 		{"timeout between chunks", Options{CommandTimeout: 300 * time.Millisecond}, func(r *raw) {

@@ -1098,8 +1098,14 @@ func (c *Conn) handleBdat(arg string) {
 		// refused by Session.Data, whose reader returns ErrDataTooLarge,
 		// and its answer is the reply (the session logs and counts its
 		// refusal); upstream answered itself and aborted Data with
-		// ErrDataReset. The chunk itself is discarded.
-		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+		// ErrDataReset. The chunk itself is discarded; a client that goes
+		// away in it gets no refusal: the transfer is reset, as when a
+		// chunk cannot be read.
+		n, err := io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+		if err != nil || n < int64(size) {
+			c.reset()
+			return
+		}
 		c.bdatPipe.CloseWithError(ErrDataTooLarge)
 		c.bdatEnd(ErrDataTooLarge)
 		return

@@ -309,6 +309,22 @@ func TestSyncrelayPatch5BDAT(t *testing.T) {
 		sc.expect("250")
 		sc.expect("250") // not the reset transfer's 451
 	})
+	t.Run("client gone in a chunk over the limit", func(t *testing.T) {
+		// No refusal for nobody: the transfer is reset.
+		be := &syncrelayBackend{}
+		sc := syncrelayServe(t, be)
+		sc.send("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 60\r\n" + strings.Repeat("0123456789\r\n", 5) + "BDAT 200\r\nabc")
+		sc.expect("250")
+		sc.expect("250")
+		sc.expect("250")
+		sc.c.Close()
+		for deadline := time.Now().Add(5 * time.Second); !strings.Contains(be.log(), "data ") && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+		if got, want := be.log(), "data 60 "+ErrDataReset.Error(); !strings.Contains(got, want) {
+			t.Errorf("session saw %q, want %q", got, want)
+		}
+	})
 
 	short := strings.Repeat("0123456789\r\n", 5) // 60 bytes, short lines
 	// A line over the line limit, after more than the 4 KiB that go-smtp's
