@@ -311,3 +311,26 @@ func TestBDATLongLineBehindCommand(t *testing.T) {
 		}
 	}
 }
+
+// A client that goes away right after a BDAT command, in a chunk over the
+// limit or not, ends its session cleanly. go-smtp's goroutine for
+// Session.Data could start after the connection had closed and panic on
+// the missing session (its patch 5 hands it the session); this happened
+// in about a third of such sessions.
+func TestBDATClientGoneAtOnce(t *testing.T) {
+	ts := startServer(t, Options{MaxMessageBytes: 1000})
+	for i := 0; i < 20; i++ {
+		r := ts.ehlod(t)
+		r.envelope(inboundAddr)
+		size := 500
+		if i%2 == 0 {
+			size = 5000
+		}
+		r.send(fmt.Sprintf("BDAT %d LAST\r\nshort", size))
+		r.c.Close()
+	}
+	waitFor(t, "20 message lines", func() bool { return len(messageLines(t, ts)) == 20 })
+	if l := ts.logs.String(); strings.Contains(l, "panic") {
+		t.Fatalf("a session panicked:\n%s", l)
+	}
+}

@@ -1057,11 +1057,14 @@ func (c *Conn) handleBdat(arg string) {
 		r, c.bdatPipe = io.Pipe()
 
 		c.dataResult = make(chan error, 1)
-		// syncrelay patch 5: the goroutine keeps its own channel and
-		// status collector: after RSET between chunks, a Data that
+		// syncrelay patch 5: the goroutine keeps its own session, channel
+		// and status collector: after RSET between chunks, a Data that
 		// returned late sent its result on the next transaction's
-		// channel, which then got that result as its reply.
-		result, status, rcpts := c.dataResult, c.bdatStatus, c.recipients
+		// channel, which then got that result as its reply; and a
+		// goroutine that started after the connection closed (the client
+		// gone right after its BDAT command) found no session and
+		// panicked.
+		session, result, status, rcpts := c.Session(), c.dataResult, c.bdatStatus, c.recipients
 
 		go func() {
 			defer func() {
@@ -1075,11 +1078,11 @@ func (c *Conn) handleBdat(arg string) {
 
 			var err error
 			if !c.server.LMTP {
-				err = c.Session().Data(r)
+				err = session.Data(r)
 			} else {
-				lmtpSession, ok := c.Session().(LMTPSession)
+				lmtpSession, ok := session.(LMTPSession)
 				if !ok {
-					err = c.Session().Data(r)
+					err = session.Data(r)
 					for _, rcpt := range rcpts {
 						status.SetStatus(rcpt, err)
 					}
