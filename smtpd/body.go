@@ -39,10 +39,14 @@ import (
 // plain "\r\n\n", a little earlier than a lenient sender would; the
 // message is refused for its bare LF either way.
 //
-// go-smtp enforces MaxMessageBytes on DATA itself: past it, its reader
+// go-smtp enforces MaxMessageBytes itself: past it, its DATA reader
 // returns ErrDataTooLarge (552) and, after Data returns, drains the rest of
 // the message with the same decoder, so the session stays in step. That
-// rest is not checked for bare CR or LF.
+// rest is not checked for bare CR or LF. On BDAT (its patch 5) the chunk
+// that takes the message over the limit is read and discarded and the
+// pipe returns ErrDataTooLarge; later chunks already pipelined are
+// discarded by go-smtp with a 502 (no transaction). Either way the reply
+// is ours: 552 5.3.4 with the reason token.
 
 // bodyChecker checks and stores a message body as it streams past.
 type bodyChecker struct {
@@ -204,7 +208,8 @@ func readError(err error) error {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, smtp.ErrDataReset), errors.Is(err, net.ErrClosed):
 		// The client went away or reset the BDAT transfer: nobody will
-		// read this reply.
+		// read this reply (go-smtp does not even write it after a BDAT
+		// reset: see session.Data).
 		return reply(replyAborted)
 	}
 	return err

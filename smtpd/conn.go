@@ -150,6 +150,7 @@ type trackedConn struct {
 	rerr         error     // first read error, returned by every later Read
 	dead         bool      // poisoned: no further transaction may run
 	ended        bool      // endWith ran
+	endReply     string    // the reply endWith sent ("" for none)
 	// replyTo is what go-smtp writes replies to: this conn, the tls.Conn
 	// over it once a session runs over TLS, nil while a TLS handshake is
 	// under way (no reply can be written until the next EHLO).
@@ -183,6 +184,10 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 			return 0, err
 		}
 		if len(p) > wbufMax {
+			if c.cut.Load() {
+				c.werr = errEnded
+				return 0, c.werr
+			}
 			n, err := c.Conn.Write(p)
 			if err != nil {
 				c.werr = err
@@ -207,6 +212,13 @@ func (c *trackedConn) flush() error {
 
 func (c *trackedConn) flushLocked() error {
 	if c.werr != nil {
+		return c.werr
+	}
+	if c.cut.Load() {
+		// Shutdown's deadline cut this connection: it says nothing more,
+		// even before its socket is closed (the message in flight is
+		// logged with code 0 and not counted; see session.Data).
+		c.werr = errEnded
 		return c.werr
 	}
 	if len(c.wbuf) == 0 {
@@ -325,6 +337,9 @@ func (c *trackedConn) endWith(reply string) {
 		return
 	}
 	c.ended = true
+	if c.replyTo != nil { // mid TLS handshake nothing can be said (below)
+		c.endReply = reply
+	}
 	if c.rerr == nil {
 		c.rerr = errEnded
 	}
@@ -351,6 +366,15 @@ func (c *trackedConn) endWith(reply string) {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	}
+}
+
+// endedWith reports whether reads on the connection have failed (the
+// client went away, a timeout, or endWith ran) and the reply endWith sent
+// as the connection's last ("" for none).
+func (c *trackedConn) endedWith() (failed bool, reply string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rerr != nil, c.endReply
 }
 
 func (c *trackedConn) setReplyTo(w net.Conn) {

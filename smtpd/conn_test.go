@@ -1,10 +1,14 @@
 package smtpd
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // countingListener hands out connections that count their write calls.
@@ -72,4 +76,54 @@ func TestRepliesCoalesced(t *testing.T) {
 	if got := len(ts.del.all()); got != 1 {
 		t.Errorf("%d deliveries, want 1", got)
 	}
+}
+
+// slowCloseListener hands out connections whose Close waits a little
+// before closing, as a loaded machine may: whatever the server still
+// writes meanwhile reaches the client unless it is held back.
+type slowCloseListener struct{ net.Listener }
+
+func (l slowCloseListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &slowCloseConn{Conn: c}, nil
+}
+
+type slowCloseConn struct {
+	net.Conn
+	once sync.Once
+}
+
+func (c *slowCloseConn) Close() error {
+	c.once.Do(func() { time.Sleep(200 * time.Millisecond) })
+	return c.Conn.Close()
+}
+
+// A message cut by Shutdown's deadline gets no reply at all, as its
+// "message" line (code 0) and the metrics (nothing counted) say: not the
+// 451 the session returns to go-smtp, nor the 421 that follows it, even
+// when they are written before the socket is closed.
+func TestShutdownDeadlineWritesNothing(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startServerOn(t, Options{}, slowCloseListener{inner})
+	started := make(chan struct{})
+	ts.del.setFn(func(ctx context.Context, d *Delivery) error {
+		close(started)
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	r := ts.inData(t, inboundAddr)
+	r.send(simpleBody + ".\r\n")
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := ts.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v", err)
+	}
+	r.expectClosed()
 }

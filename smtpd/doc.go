@@ -41,7 +41,9 @@
 //	452 4.3.1 Insufficient system storage... such an error that is ENOSPC (a full disk)
 //	452 4.5.3 Too many recipients            more than MaxRecipients RCPT commands
 //	552 5.3.4 Maximum message size exceeded (reason=message_too_large)
-//	                                         body over MaxMessageBytes (go-smtp: also MAIL SIZE=, no token)
+//	                                         body over MaxMessageBytes (DATA, or BDAT at the chunk that
+//	                                         goes over: the chunk is read and discarded, the session goes
+//	                                         on), or MAIL's SIZE= over it
 //	550 5.6.0 Bare CR or LF not allowed (reason=bare_eol)
 //	                                         see below; after DATA the connection closes
 //	554 5.6.0 Message line too long (reason=line_too_long)
@@ -81,7 +83,8 @@
 // keep addresses out of its error messages.)
 //
 // Each DATA/BDAT gets one "message" line: "code" (the reply; 0 when none
-// was sent), "close" (why the connection ends after it: none, bare_eol,
+// was sent, e.g. for a BDAT transfer the client reset with RSET or left),
+// "close" (why the connection ends after it: none, bare_eol,
 // line_too_long, data_timeout, client_gone, shutdown, shutdown_deadline),
 // sizes and timings, and the Deliverer's LogArgs (its decision). A body
 // this package refuses itself never reaches the Deliverer; its line carries
@@ -91,7 +94,17 @@
 // reason token too, and Observer.Decision reports them (with a spool that
 // cannot be written, tempfail/local_error): Outcomes lists them all, and
 // ReplyCodes every code Observer.Reply can report, for metrics that exist
-// at 0 from start.
+// at 0 from start. A MAIL whose SIZE= is over MaxMessageBytes is refused
+// the same way (552, reason message_too_large), logged as an info "mail"
+// line with its decision and reason, and counted as a decision too: a
+// sender that declares its size never sends the message.
+//
+// go-smtp enforces the size limit too, but its patched copy leaves every
+// reply about it to this package: DATA's and BDAT's readers return
+// ErrDataTooLarge past the limit (BDAT: at the chunk that goes over it,
+// even the first), and MAIL's SIZE= reaches Mail (patches 5 and 6,
+// third_party/go-smtp/SYNCRELAY.md). Each refusal is thus one reply,
+// one line and one count.
 //
 // # Connections and shutdown
 //

@@ -86,6 +86,10 @@ var fuzzSessionSeeds = []string{
 	"EHLO c\r\nMAIL FROM:<a@b> SMTPUTF8\r\nRCPT TO:<ü@relay.test>\r\n" + strings.Repeat("x", 1100) + "\r\n",
 	"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<" + fuzzInbound + ">\r\nDATA\r\nx\r\n", // EOF inside DATA
 	"\x00\xff\r\n\r\n \r\nehlo\r\n",
+	// Over the size limit (64 KiB here): SIZE=, a first chunk and a later
+	// one (go-smtp patches 5 and 6), the client gone in the discarded chunk.
+	"EHLO c\r\nMAIL FROM:<a@b> SIZE=70000\r\nMAIL FROM:<a@b>\r\nRCPT TO:<" + fuzzInbound + ">\r\nBDAT 70000 LAST\r\nshort",
+	"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<" + fuzzInbound + ">\r\nBDAT 10\r\n0123456789BDAT 65530\r\nxBDAT 3 LAST\r\nabc",
 }
 
 // FuzzSession feeds an arbitrary client byte stream into a real server over

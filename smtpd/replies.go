@@ -182,13 +182,15 @@ func Outcomes() [][2]string {
 // ReplyCodes lists, by stage ("mail", "rcpt", "data"), every code
 // Observer.Reply can report when the Deliverer answers with Verdicts and
 // errors only (as syncrelay's does): the replies above, the reply table,
-// and go-smtp's own size limit. syncrelay_smtp_replies_total exports them
-// at 0 from start. (Replies go-smtp writes without calling this package,
-// such as a syntax error or MAIL's SIZE= over the limit, are not counted
-// at all.)
+// and the size limit (552 to MAIL's SIZE= and to DATA/BDAT, go-smtp's
+// limit included: its patches 5 and 6 leave those replies to this
+// package). syncrelay_smtp_replies_total exports them at 0 from start.
+// (Replies go-smtp writes without calling this package, such as a syntax
+// error, a command out of sequence, or a BDAT chunk pipelined after a
+// refused one, are not counted.)
 func ReplyCodes() map[string][]int {
 	return map[string][]int{
-		stageMail: {250, 421, 451, 503},
+		stageMail: {250, 421, 451, 503, 552},
 		stageRcpt: {250, 451, 452, 550},
 		stageData: {250, 421, 451, 452, 503, 550, 552, 554},
 	}

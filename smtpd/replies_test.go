@@ -102,7 +102,7 @@ func TestReplyCodesCoverTheTable(t *testing.T) {
 		}
 	}
 	for stage, rs := range map[string][]smtp.SMTPError{
-		stageMail: {replyTempLocal, replyAborted, replyShutdown, replyNestedMail},
+		stageMail: {replyTempLocal, replyAborted, replyShutdown, replyNestedMail, replyTooBig},
 		stageRcpt: {replyTempLocal, replyNoSpace, replyAborted, replyNoSuchRcpt, replyTooManyRcpts},
 		stageData: {replyOK, replyTempLocal, replyNoSpace, replyDataTimeout, replyAborted, replyNoRcpts, *smtp.ErrDataTooLarge},
 	} {

@@ -3,6 +3,7 @@ package smtpd
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -123,17 +124,30 @@ func (ss *session) draining() bool {
 	return ss.s.draining
 }
 
-func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
-	err := ss.mail(from)
-	err = mapError(ss.log, stageMail, err)
-	ss.s.o.Observer.Reply(stageMail, replyCode(err))
-	if err != nil {
-		ss.log.Debug("mail", "code", replyCode(err))
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	var size int64
+	if opts != nil {
+		size = opts.Size
+	}
+	verr := ss.mail(from, size)
+	err := mapError(ss.log, stageMail, verr)
+	code := replyCode(err)
+	ss.s.o.Observer.Reply(stageMail, code)
+	if v, ok := verr.(*Verdict); ok {
+		// A message refused before it is sent (SIZE= over the limit):
+		// logged and counted as the refusal of its body would be, since
+		// a sender that declares its size never sends it. go-smtp asks
+		// us first (its patch 6), so this is the only count.
+		ss.s.o.Observer.Decision(v.Decision, v.Reason)
+		ss.log.Info("mail", "code", code, "decision", v.Decision, "reason", v.Reason, "size", size)
+	} else if err != nil {
+		ss.log.Debug("mail", "code", code)
 	}
 	return err
 }
 
-func (ss *session) mail(from string) error {
+// mail begins a transaction; size is MAIL's SIZE= (0: none given).
+func (ss *session) mail(from string, size int64) error {
 	if ss.dead() {
 		return reply(replyAborted)
 	}
@@ -150,6 +164,9 @@ func (ss *session) mail(from string) error {
 	defer ss.mu.Unlock()
 	if ss.active {
 		return reply(replyNestedMail)
+	}
+	if max := ss.s.o.MaxMessageBytes; max > 0 && size > max {
+		return refusal(reasonMessageTooLarge)
 	}
 	ss.active = true
 	ss.ctx, ss.cancel = context.WithCancel(ss.connCtx)
@@ -263,6 +280,22 @@ func (ss *session) Data(r io.Reader) error {
 		// duplicate.
 		body.close = closeShutdownDeadline
 		err = reply(replyAborted)
+	} else if body.reset {
+		// go-smtp aborted the BDAT transfer and writes no reply to it: a
+		// client that reset it (RSET, EHLO) got the reply to that command
+		// and goes on; one that went away got nothing; a timeout got the
+		// 421 trackedConn wrote, counted here. Not the 451 returned below,
+		// which nobody sees.
+		err = reply(replyAborted)
+		body.close = closeNone
+		if ss.tc != nil {
+			if failed, last := ss.tc.endedWith(); last == replyBDATTimeout {
+				code, body.close = replyDataTimeout.Code, closeDataTimeout
+				ss.s.o.Observer.Reply(stageData, code)
+			} else if failed {
+				body.close = closeClientGone
+			}
+		}
 	} else {
 		if err = mapError(ss.log, stageData, err); err == nil {
 			err = reply(replyOK) // go-smtp's own default says "queued"; we are not a queue
@@ -303,6 +336,9 @@ type bodyRead struct {
 	// close says why the connection ends after the reply (closeNone: it
 	// does not, as far as the body goes).
 	close string
+	// reset: go-smtp aborted the BDAT transfer (RSET or EHLO between
+	// chunks, the connection ending) and writes no reply to it.
+	reset bool
 }
 
 // Reasons of the refusals smtpd makes itself, logged with decision
@@ -330,7 +366,7 @@ const (
 	closeBareEOL          = "bare_eol"          // closed after the 550 (SMTP smuggling guard)
 	closeLineTooLong      = "line_too_long"     // closed after the 554: the rest of the line cannot be framed
 	closeDataTimeout      = "data_timeout"      // closed after the 421
-	closeClientGone       = "client_gone"       // the client went away (or reset BDAT) mid-message
+	closeClientGone       = "client_gone"       // the client went away mid-message
 	closeShutdown         = "shutdown"          // answered, then ended with 421 4.3.2 (SIGTERM)
 	closeShutdownDeadline = "shutdown_deadline" // cut by Shutdown's deadline; no reply sent
 )
@@ -365,6 +401,7 @@ func (ss *session) readBody(r io.Reader, bdat bool, sp *spool.Spool) (res bodyRe
 	if err != nil {
 		var reason string
 		reason, res.close = readErrorKind(err)
+		res.reset = bdat && errors.Is(err, smtp.ErrDataReset)
 		if reason != "" {
 			res.decision, res.reason = decisionRejected, reason
 		}

@@ -344,6 +344,7 @@ func (c *Conn) handleMail(arg string) {
 	}
 
 	opts := &MailOptions{}
+	tooBig := false // syncrelay patch 6
 
 	c.binarymime = false
 	// This is where the Conn may put BODY=8BITMIME, but we already
@@ -357,9 +358,11 @@ func (c *Conn) handleMail(arg string) {
 				return
 			}
 
+			// syncrelay patch 6: the session is asked first (below), so
+			// that it sees, answers and counts this refusal like the
+			// others; the limit holds whatever it answers.
 			if c.server.MaxMessageBytes > 0 && int64(size) > c.server.MaxMessageBytes {
-				c.writeResponse(552, EnhancedCode{5, 3, 4}, "Max message size exceeded")
-				return
+				tooBig = true
 			}
 
 			opts.Size = int64(size)
@@ -441,6 +444,13 @@ func (c *Conn) handleMail(arg string) {
 
 	if err := c.Session().Mail(from, opts); err != nil {
 		c.writeError(451, EnhancedCode{4, 0, 0}, err)
+		return
+	}
+	if tooBig {
+		// syncrelay patch 6: a session that accepted SIZE= over the
+		// limit still gets no message: end the transaction it began.
+		c.writeResponse(ErrDataTooLarge.Code, ErrDataTooLarge.EnhancedCode, ErrDataTooLarge.Message)
+		c.reset()
 		return
 	}
 
@@ -1017,6 +1027,16 @@ func (c *Conn) handleBdat(arg string) {
 		return
 	}
 
+	// syncrelay patch 5: a chunk is octets, not lines, also when it is
+	// refused and discarded: under the line limit, the discard of a chunk
+	// with a long line stopped there and the rest of the chunk was read as
+	// commands.
+	c.lineLimitReader.LineLimit = 0
+	defer func() {
+		c.lineLimitReader.LineLimit = c.server.MaxLineLength
+		c.lineLimitReader.startLine() // syncrelay patch 7
+	}()
+
 	if !c.fromReceived || len(c.recipients) == 0 {
 		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
 		// The chunk follows the command even when the command is rejected.
@@ -1024,15 +1044,9 @@ func (c *Conn) handleBdat(arg string) {
 		return
 	}
 
-	if c.server.MaxMessageBytes != 0 && c.bytesReceived+int64(size) > c.server.MaxMessageBytes {
-		c.writeResponse(552, EnhancedCode{5, 3, 4}, "Max message size exceeded")
-
-		// Discard chunk itself without passing it to backend.
-		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
-
-		c.reset()
-		return
-	}
+	// syncrelay patch 5: the size check comes after Session.Data has been
+	// started, below.
+	tooBig := c.server.MaxMessageBytes != 0 && c.bytesReceived+int64(size) > c.server.MaxMessageBytes
 
 	if c.bdatStatus == nil && c.server.LMTP {
 		c.bdatStatus = c.createStatusCollector()
@@ -1043,41 +1057,62 @@ func (c *Conn) handleBdat(arg string) {
 		r, c.bdatPipe = io.Pipe()
 
 		c.dataResult = make(chan error, 1)
+		// syncrelay patch 5: the goroutine keeps its own session, channel
+		// and status collector: after RSET between chunks, a Data that
+		// returned late sent its result on the next transaction's
+		// channel, which then got that result as its reply; and a
+		// goroutine that started after the connection closed (the client
+		// gone right after its BDAT command) found no session and
+		// panicked.
+		session, result, status, rcpts := c.Session(), c.dataResult, c.bdatStatus, c.recipients
 
 		go func() {
 			defer func() {
 				if err := recover(); err != nil {
-					c.handlePanic(err, c.bdatStatus)
+					c.handlePanic(err, status)
 
-					c.dataResult <- errPanic
+					result <- errPanic
 					r.CloseWithError(errPanic)
 				}
 			}()
 
 			var err error
 			if !c.server.LMTP {
-				err = c.Session().Data(r)
+				err = session.Data(r)
 			} else {
-				lmtpSession, ok := c.Session().(LMTPSession)
+				lmtpSession, ok := session.(LMTPSession)
 				if !ok {
-					err = c.Session().Data(r)
-					for _, rcpt := range c.recipients {
-						c.bdatStatus.SetStatus(rcpt, err)
+					err = session.Data(r)
+					for _, rcpt := range rcpts {
+						status.SetStatus(rcpt, err)
 					}
 				} else {
-					err = lmtpSession.LMTPData(r, c.bdatStatus)
+					err = lmtpSession.LMTPData(r, status)
 				}
 			}
 
-			c.dataResult <- err
+			result <- err
 			r.CloseWithError(err)
 		}()
 	}
 
-	c.lineLimitReader.LineLimit = 0
-	defer func() {
-		c.lineLimitReader.LineLimit = c.server.MaxLineLength
-	}()
+	if tooBig {
+		// syncrelay patch 5: as with DATA, the message over the limit is
+		// refused by Session.Data, whose reader returns ErrDataTooLarge,
+		// and its answer is the reply (the session logs and counts its
+		// refusal); upstream answered itself and aborted Data with
+		// ErrDataReset. The chunk itself is discarded; a client that goes
+		// away in it gets no refusal: the transfer is reset, as when a
+		// chunk cannot be read.
+		n, err := io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+		if err != nil || n < int64(size) {
+			c.reset()
+			return
+		}
+		c.bdatPipe.CloseWithError(ErrDataTooLarge)
+		c.bdatEnd(ErrDataTooLarge)
+		return
+	}
 
 	chunk := io.LimitReader(c.text.R, int64(size))
 	_, err = io.Copy(c.bdatPipe, chunk)
@@ -1100,28 +1135,37 @@ func (c *Conn) handleBdat(arg string) {
 
 	if last {
 		c.bdatPipe.Close()
-
-		err := <-c.dataResult
-
-		if c.server.LMTP {
-			c.bdatStatus.fillRemaining(err)
-			for i, rcpt := range c.recipients {
-				code, enchCode, msg := dataErrorToStatus(<-c.bdatStatus.status[i])
-				c.writeResponse(code, enchCode, "<"+rcpt+"> "+msg)
-			}
-		} else {
-			c.writeResponse(dataErrorToStatus(err))
-		}
-
-		if err == errPanic {
-			c.Close()
-			return
-		}
-
-		c.reset()
+		c.bdatEnd(nil)
 	} else {
 		c.writeResponse(250, EnhancedCode{2, 0, 0}, "Continue")
 	}
+}
+
+// bdatEnd waits for Session.Data to return and answers the message with
+// its result. refused (syncrelay patch 5) is the error the server refused
+// the message with; a Data that returns nil is answered that.
+func (c *Conn) bdatEnd(refused error) {
+	err := <-c.dataResult
+	if err == nil && refused != nil {
+		err = refused
+	}
+
+	if c.server.LMTP {
+		c.bdatStatus.fillRemaining(err)
+		for i, rcpt := range c.recipients {
+			code, enchCode, msg := dataErrorToStatus(<-c.bdatStatus.status[i])
+			c.writeResponse(code, enchCode, "<"+rcpt+"> "+msg)
+		}
+	} else {
+		c.writeResponse(dataErrorToStatus(err))
+	}
+
+	if err == errPanic {
+		c.Close()
+		return
+	}
+
+	c.reset()
 }
 
 // ErrDataReset is returned by Reader pased to Data function if client does not

@@ -1,6 +1,7 @@
 package smtp
 
 import (
+	"bytes"
 	"errors"
 	"io"
 )
@@ -16,6 +17,11 @@ type lineLimitReader struct {
 	LineLimit int
 
 	curLineLength int
+	// pending (syncrelay patch 7) holds what a Read got from the start of
+	// a line over the limit that started in that Read: it may be a BDAT
+	// chunk behind its command, which is read without the limit. The next
+	// Read returns it, checked only if the limit still holds then.
+	pending []byte
 }
 
 func (r *lineLimitReader) Read(b []byte) (int, error) {
@@ -23,25 +29,50 @@ func (r *lineLimitReader) Read(b []byte) (int, error) {
 		return 0, ErrTooLongLine
 	}
 
-	n, err := r.R.Read(b)
-	if err != nil {
-		return n, err
+	var n int
+	if len(r.pending) > 0 {
+		n = copy(b, r.pending)
+		r.pending = r.pending[n:]
+	} else {
+		var err error
+		n, err = r.R.Read(b)
+		if err != nil {
+			return n, err
+		}
 	}
 
 	if r.LineLimit == 0 {
 		return n, nil
 	}
 
-	for _, chr := range b[:n] {
+	for i, chr := range b[:n] {
 		if chr == '\n' {
 			r.curLineLength = 0
 		}
 		r.curLineLength++
 
 		if r.curLineLength > r.LineLimit {
-			return 0, ErrTooLongLine
+			// syncrelay patch 7: a line that started in this Read, after
+			// a line the caller may act on first (a BDAT command), is
+			// kept for the next Read with the rest; upstream dropped the
+			// whole Read. Only whole lines are returned: a reader such as
+			// bufio.Reader.ReadLine takes buffered bytes followed by an
+			// error for a line.
+			j := bytes.LastIndexByte(b[:i], '\n')
+			if j < 0 {
+				return 0, ErrTooLongLine
+			}
+			r.curLineLength = 0
+			r.pending = append(append([]byte(nil), b[j+1:n]...), r.pending...)
+			return j + 1, nil
 		}
 	}
 
 	return n, nil
+}
+
+// syncrelay patch 7: startLine says that the next byte starts a line (a
+// command after a BDAT chunk, read without the limit).
+func (r *lineLimitReader) startLine() {
+	r.curLineLength = 0
 }

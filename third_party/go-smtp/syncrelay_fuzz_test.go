@@ -3,7 +3,8 @@ package smtp
 // syncrelay: patch 4 (the bulk DATA decoder) against the byte-at-a-time
 // decoder it replaced (upstream's, with patches 1 to 3), on the same input
 // split into reads of random sizes: the decoded bytes, the error, and
-// where each leaves the connection's reader must be the same.
+// where each leaves the connection's reader must be the same. And patch 7's
+// line limit reader, which must lose no byte.
 
 import (
 	"bufio"
@@ -201,4 +202,68 @@ func BenchmarkSyncrelayDataReader(b *testing.B) {
 			}
 		})
 	}
+}
+
+// Patch 7: whatever the reads and the line limit, lineLimitReader loses,
+// repeats or reorders no byte: what it returns while the limit holds is a
+// prefix of the input made of lines within the limit, ErrTooLongLine comes
+// only for the line being read and stays, and once the limit is turned off
+// (a BDAT chunk follows its command) the rest comes out exactly.
+// Reads are of sizes from sizes, through a bufio.Reader as go-smtp has it.
+func FuzzSyncrelayLineLimitReader(f *testing.F) {
+	for _, s := range []string{
+		"BDAT 72 LAST\r\n" + string(bytes.Repeat([]byte("x"), 70)) + "\r\nNOOP\r\n",
+		"MAIL FROM:<" + string(bytes.Repeat([]byte("a"), 60)) + ">\r\n",
+		"a\r\nb\r\n" + string(bytes.Repeat([]byte("y"), 100)),
+		"\n\n\n",
+	} {
+		f.Add([]byte(s), []byte{3, 0, 200}, uint8(50), uint8(1))
+		f.Add([]byte(s), []byte{255}, uint8(20), uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, in, cuts []byte, limit, limitedReads uint8) {
+		lr := &lineLimitReader{R: &chunkReader{data: in, cuts: cuts}, LineLimit: 1 + int(limit)}
+		buf := make([]byte, 64)
+		var out []byte
+		var err error
+		for i := 0; i < int(limitedReads); i++ {
+			var n int
+			n, err = lr.Read(buf)
+			out = append(out, buf[:n]...)
+			if err != nil {
+				break
+			}
+		}
+		if !bytes.HasPrefix(in, out) {
+			t.Fatalf("input %q: read %q under the limit, not a prefix", in, out)
+		}
+		for _, l := range bytes.SplitAfter(out, []byte("\n")) {
+			if len(bytes.TrimSuffix(l, []byte("\n"))) > lr.LineLimit {
+				t.Fatalf("input %q: line %q over the limit %d returned", in, l, lr.LineLimit)
+			}
+		}
+		if err == ErrTooLongLine {
+			// Only for a line over the limit: the one being read (upstream
+			// failed a read that held a command and a long line after it).
+			start := bytes.LastIndexByte(out, '\n') + 1
+			end := bytes.IndexByte(in[start:], '\n')
+			if end < 0 {
+				end = len(in) - start
+			}
+			if end < lr.LineLimit {
+				t.Fatalf("input %q: ErrTooLongLine after %q, reading a line of %d bytes (limit %d)", in, out, end, lr.LineLimit)
+			}
+			if n, err2 := lr.Read(buf); n != 0 || err2 != ErrTooLongLine {
+				t.Fatalf("input %q: after ErrTooLongLine, Read = %d, %v", in, n, err2)
+			}
+			return
+		}
+		if err != nil && err != io.EOF {
+			t.Fatalf("input %q: %v", in, err)
+		}
+		lr.LineLimit = 0
+		rest, err := io.ReadAll(lr)
+		if err != nil || !bytes.Equal(append(out, rest...), in) {
+			t.Fatalf("input %q: read %q under the limit and %q, %v after it", in, out, rest, err)
+		}
+	})
 }
