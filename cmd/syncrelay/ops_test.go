@@ -191,6 +191,7 @@ func (r *checkReport) get(t *testing.T, name string) checkResult {
 // --- check ---
 
 func TestCheck(t *testing.T) {
+	t.Parallel()
 	e := newOpsEnv(t, store.PolicyRequire)
 	now := time.Now()
 	good, goodKey, _ := genCert(t, e.dir, "good", []string{"relay.test"}, now.Add(-time.Hour), now.Add(90*24*time.Hour))
@@ -395,6 +396,7 @@ secret = "whsec"
 // status, that every line of a connection carries its session id, and that
 // no token, key, body, or subject/address of discarded mail was logged.
 func TestTrafficMetricsStatusAndNoLeaks(t *testing.T) {
+	t.Parallel()
 	e := newOpsEnv(t, store.PolicyRequire)
 	key, txt := dkimtest.RSA(t, 0)
 	zone := filepath.Join(e.dir, "zone.txt")
@@ -618,6 +620,7 @@ func metricValue(text, series string) (float64, bool) {
 // replies stream in, restores into an empty directory and compares; then
 // backs up the stopped store directly, and checks restore's refusals.
 func TestBackupRestoreUnderLoad(t *testing.T) {
+	t.Parallel()
 	e := newOpsEnv(t, store.PolicyOff) // no DKIM signing needed for load
 	cfg := e.config(t, "serve.toml", "max_connections_per_ip = 100", "")
 	b, _ := os.ReadFile(cfg)
@@ -808,6 +811,7 @@ func messagesByID(t *testing.T, dir string) map[string]string {
 // --- SIGHUP and SIGTERM (real binary) ---
 
 func TestSIGHUPReloadsCertificate(t *testing.T) {
+	t.Parallel()
 	e := newOpsEnv(t, store.PolicyOff)
 	now := time.Now()
 	certA, keyA, serialA := genCert(t, e.dir, "a", []string{"relay.test"}, now.Add(-time.Hour), now.Add(30*24*time.Hour))
@@ -914,7 +918,9 @@ func TestShutdownWithinBound(t *testing.T) {
 
 	start := time.Now()
 	must(t, d.Signal(syscall.SIGTERM))
-	// While draining, readyz is false (the listener may already be gone).
+	// While draining, readyz is false (the listener may already be gone);
+	// draining has begun once it is logged (readyz turns false just before).
+	d.WaitLog(t, "shutting down: no new connections")
 	if code, err := readyz(d.HTTP); err == nil && code == 200 {
 		t.Error("readyz still 200 while draining")
 	}
@@ -962,6 +968,7 @@ func freePort(t *testing.T) string {
 // loads (strict: no unknown key) once its files exist, and the unit has
 // the hardening and the timeouts the daemon relies on.
 func TestDistConfigAndUnit(t *testing.T) {
+	t.Parallel()
 	raw, err := os.ReadFile("../../dist/syncrelay.toml")
 	must(t, err)
 	etc := t.TempDir()
@@ -1010,6 +1017,7 @@ func TestDistConfigAndUnit(t *testing.T) {
 // a backup's staging directory, are gone once the daemon reports ready;
 // committed raw files stay.
 func TestStartupCollectsOrphans(t *testing.T) {
+	t.Parallel()
 	e := newOpsEnv(t, store.PolicyOff)
 	st, err := bolt.Open(e.data, bolt.Options{})
 	must(t, err)
@@ -1038,6 +1046,7 @@ func TestStartupCollectsOrphans(t *testing.T) {
 }
 
 func TestOpsCommandsHelpAndUsage(t *testing.T) {
+	t.Parallel()
 	for _, c := range []string{"check", "backup", "restore"} {
 		code, _, errs := runCmd(t, c, "-h")
 		if code != 0 || !strings.Contains(errs, "usage: syncrelay "+c) {
