@@ -122,6 +122,7 @@ func TestGoSMTPCopyDiffersOnlyInDataGo(t *testing.T) {
 // pristine upstream module of the same version. When one passes there,
 // upstream fixed it: drop that patch (SYNCRELAY.md says how).
 func TestUpstreamGoSMTPStillNeedsPatches(t *testing.T) {
+	t.Parallel() // waits on a nested go test; overlaps the other one
 	if testing.Short() {
 		t.Skip("builds upstream go-smtp")
 	}
@@ -172,6 +173,7 @@ func TestUpstreamGoSMTPStillNeedsPatches(t *testing.T) {
 // one it replaced, syncrelay_fuzz_test.go). The copy is a module of its
 // own, which `go test ./...` does not enter.
 func TestPatchedGoSMTPPassesItsTests(t *testing.T) {
+	t.Parallel() // waits on a nested go test; overlaps the other one
 	if testing.Short() {
 		t.Skip("builds the patched go-smtp's tests")
 	}
