@@ -141,6 +141,7 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 // TestEndToEndOverSMTP runs the daemon on each backend: a matching reply
 // is stored (once) on the thread, an unrelated message is not.
 func TestEndToEndOverSMTP(t *testing.T) {
+	t.Parallel() // own data directory and database; mostly waits
 	for _, tc := range []struct {
 		name  string
 		store func(t *testing.T) string
@@ -183,6 +184,7 @@ func TestEndToEndOverSMTP(t *testing.T) {
 // is refused with a 4xx (the sender retries); when it is back the node is
 // ready again by itself and stores mail.
 func TestPostgresOutage(t *testing.T) {
+	t.Parallel() // its own PostgreSQL cluster, which it stops and starts; mostly waits
 	pg := pgtest.Own(t)
 	dsn, err := pg.CreateDB(context.Background())
 	mustT(t, err)

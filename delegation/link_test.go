@@ -145,6 +145,7 @@ func (e *env) request(t *testing.T) (*store.Delegation, string) {
 }
 
 func TestEmailNamesBothUsersAndGoesToGrantor(t *testing.T) {
+	t.Parallel() // each test its own store (a new database for PostgreSQL) and clock
 	e := newEnv(t)
 	e.request(t)
 	n := e.snd.got[0]
@@ -155,6 +156,7 @@ func TestEmailNamesBothUsersAndGoesToGrantor(t *testing.T) {
 }
 
 func TestLinkSingleUse(t *testing.T) {
+	t.Parallel() // each test its own store (a new database for PostgreSQL) and clock
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) { testLinkSingleUse(t, newEnv(t, b)) })
 	}
@@ -187,6 +189,7 @@ func testLinkSingleUse(t *testing.T, e *env) {
 // TestLinkRace: approvals with one link at once (on two nodes for
 // PostgreSQL): exactly one wins.
 func TestLinkRace(t *testing.T) {
+	t.Parallel() // each test its own store (a new database for PostgreSQL) and clock
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) { testLinkRace(t, newEnv(t, b)) })
 	}
@@ -217,6 +220,7 @@ func testLinkRace(t *testing.T, e *env) {
 }
 
 func TestLinkRefusals(t *testing.T) {
+	t.Parallel() // each test its own store (a new database for PostgreSQL) and clock
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) { testLinkRefusals(t, newEnv(t, b)) })
 	}
@@ -261,6 +265,7 @@ func testLinkRefusals(t *testing.T, e *env) {
 }
 
 func TestRequestedWithoutEmailSetting(t *testing.T) {
+	t.Parallel() // each test its own store (a new database for PostgreSQL) and clock
 	e := newEnv(t)
 	ctx := context.Background()
 	e.t.DelegationApproval = ""
@@ -324,6 +329,7 @@ func waitEmail(t *testing.T, st store.Store, id uint64, status string) *store.Ap
 // the request's answer says queued, the queue retries after the backoff,
 // and the email is sent once when the provider is back.
 func TestApprovalEmailRetriedUntilSent(t *testing.T) {
+	t.Parallel() // each test its own store (a new database for PostgreSQL) and clock
 	e := newEnv(t)
 	ctx := context.Background()
 	e.snd.err = fmt.Errorf("%w (gave up after 4 attempts)", &outbound.Error{Provider: "google", Status: 503, Temporary: true, Message: "backend error"})
@@ -363,6 +369,7 @@ func TestApprovalEmailRetriedUntilSent(t *testing.T) {
 // request and before sending (Requested never ran): after a restart on the
 // same store the queue sends the email, once, when the lease ends.
 func TestApprovalEmailAfterRestart(t *testing.T) {
+	t.Parallel() // each test its own store (a new database for PostgreSQL) and clock
 	dir := t.TempDir()
 	st, err := bolt.Open(dir, bolt.Options{})
 	if err != nil {
@@ -416,6 +423,7 @@ func TestApprovalEmailAfterRestart(t *testing.T) {
 // TestApprovalEmailPermanentFailure: a refusal (no working grant) is not
 // retried; a request decided before its email went is not emailed.
 func TestApprovalEmailPermanentFailure(t *testing.T) {
+	t.Parallel() // each test its own store (a new database for PostgreSQL) and clock
 	e := newEnv(t)
 	ctx := context.Background()
 	e.snd.err = &outbound.Refusal{Status: 409, Type: "grant-missing", Detail: "u-rec has not connected their google mailbox"}
@@ -449,6 +457,7 @@ func must(t *testing.T, err error) {
 }
 
 func TestDecideOnlyGrantor(t *testing.T) {
+	t.Parallel() // each test its own store (a new database for PostgreSQL) and clock
 	e := newEnv(t)
 	ctx := context.Background()
 	d, _ := e.request(t)

@@ -181,6 +181,7 @@ func waitText(t *testing.T, b *browsertest.Browser, id, want string) {
 }
 
 func TestAdminPageInBrowser(t *testing.T) {
+	t.Parallel()            // each has its own daemon or env, browser and ports; they mostly wait
 	b := browsertest.New(t) // skips (or fails under SYNCRELAY_REQUIRE_BROWSER=1) without chromium
 	s := startDev(t)
 	link := s.adminLink(t)
@@ -324,6 +325,7 @@ func TestAdminPageInBrowser(t *testing.T) {
 // it runs where Chromium is missing): the page's form over plain HTTP with
 // its cookie, the Gmail stand-in, dev mode's rule, SMTP back to the relay.
 func TestVerifyForwardingOverHTTP(t *testing.T) {
+	t.Parallel() // each has its own daemon or env, browser and ports; they mostly wait
 	s := startDev(t)
 	link := s.adminLink(t)
 	jar, _ := cookiejar.New(nil)

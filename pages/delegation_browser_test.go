@@ -29,6 +29,7 @@ func bodyText(b *browsertest.Browser) string {
 // decline another request, and the expired and tampered link pages. A
 // screenshot of each page is saved (browsertest.OutputDir).
 func TestDelegationBrowser(t *testing.T) {
+	t.Parallel() // each has its own daemon or env, browser and ports; they mostly wait
 	b := browsertest.New(t)
 	e := newApprovalEnv(t)
 	e.connect("u-rec")

@@ -128,6 +128,7 @@ const goSMTPPatches = 7
 // pristine upstream module of the same version. When one passes there,
 // upstream fixed it: drop that patch (SYNCRELAY.md says how).
 func TestUpstreamGoSMTPStillNeedsPatches(t *testing.T) {
+	t.Parallel() // waits on a nested go test; overlaps the other one
 	if testing.Short() {
 		t.Skip("builds upstream go-smtp")
 	}
@@ -180,6 +181,7 @@ func TestUpstreamGoSMTPStillNeedsPatches(t *testing.T) {
 // one it replaced, syncrelay_fuzz_test.go). The copy is a module of its
 // own, which `go test ./...` does not enter.
 func TestPatchedGoSMTPPassesItsTests(t *testing.T) {
+	t.Parallel() // waits on a nested go test; overlaps the other one
 	if testing.Short() {
 		t.Skip("builds the patched go-smtp's tests")
 	}

@@ -30,6 +30,7 @@ import (
 // /p/delegation on the daemon's own listener, and Approve there makes the
 // delegation active in the API.
 func TestServeDevSendForApprovalByEmail(t *testing.T) {
+	defaultPorts(t)
 	dir := t.TempDir()
 	d := startDaemon(t, dir, "-dev")
 	waitStdout(t, d, "dev mode is ready")
@@ -121,6 +122,7 @@ func TestServeDevSendForApprovalByEmail(t *testing.T) {
 // store, the daemon's queue sends it once the lease ends, once, and GET of
 // the delegation shows it sent.
 func TestServeDevApprovalEmailAfterRestart(t *testing.T) {
+	defaultPorts(t)
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
 	d := startDaemon(t, dir, "-dev")

@@ -40,6 +40,7 @@ func readmeTryingIt(t *testing.T) [][]string {
 // real binary in a fresh directory, as a newcomer would, and checks the
 // loop independently through the API.
 func TestReadmeTryingIt(t *testing.T) {
+	defaultPorts(t)
 	cmds := readmeTryingIt(t)
 	if len(cmds) != 2 || cmds[0][0] != "serve" || cmds[1][0] != "demo" {
 		t.Fatalf("README's Trying it: want `serve ...` then `demo ...`, got %q", cmds)
@@ -179,6 +180,7 @@ func waitStdout(t *testing.T, d *testenv.Daemon, s string) {
 // TestServeDevRefusesNonLoopback: dev mode's stand-ins accept anyone, so
 // it never listens beyond loopback, and refuses before touching the store.
 func TestServeDevRefusesNonLoopback(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct{ name, smtp, http string }{
 		{"smtp wildcard", "0.0.0.0:0", "127.0.0.1:0"},
 		{"smtp no host", ":0", "127.0.0.1:0"},

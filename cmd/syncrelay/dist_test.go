@@ -67,6 +67,7 @@ func stopBound(c *config.Config) time.Duration {
 // otherwise systemd kills sessions that were finishing (SIGKILL after
 // TimeoutStopSec), which the drain exists to avoid.
 func TestShutdownTimeoutsFitTheUnit(t *testing.T) {
+	t.Parallel()
 	stop := unitStopTimeout(t)
 	full, err := config.Load("../../config/testdata/full.toml")
 	if err != nil {
@@ -138,6 +139,7 @@ func contains(s []string, v string) bool {
 // The unit's Documentation= names a file an install step puts there, in
 // the unit's own install comment and in the admin guide.
 func TestUnitDocumentationIsInstalled(t *testing.T) {
+	t.Parallel()
 	unit, err := os.ReadFile("../../dist/syncrelay.service")
 	must(t, err)
 	guide, err := os.ReadFile("../../docs/admin-setup.md")
@@ -161,6 +163,7 @@ func TestUnitDocumentationIsInstalled(t *testing.T) {
 
 // Every backup example writes into a directory an install step creates.
 func TestBackupExampleDirectoryIsCreated(t *testing.T) {
+	t.Parallel()
 	unit, err := os.ReadFile("../../dist/syncrelay.service")
 	must(t, err)
 	guide, err := os.ReadFile("../../docs/admin-setup.md")
@@ -254,6 +257,7 @@ func (e *hookEnv) state(t *testing.T) (chain, calls string) {
 // host: the hook copies and reloads only for the lineage of
 // smtp.hostname, and leaves syncrelay's certificate alone for any other.
 func TestCertbotHookOnlyForSMTPHostname(t *testing.T) {
+	t.Parallel()
 	for _, shell := range []string{"sh", "bash"} {
 		if _, err := exec.LookPath(shell); err != nil {
 			t.Logf("no %s", shell)

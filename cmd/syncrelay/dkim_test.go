@@ -35,6 +35,7 @@ var leakRE = regexp.MustCompile(`\d+\.\d+\.\d+\.\d+|:\d{2,5}\b|/|(?i)lookup|no s
 // -tenant`; signing_domains set over HTTP makes acme.onmicrosoft.com
 // count; a forward-everything rule shows as over_forwarding.
 func TestProviderSigningDomainsStatusAndCheck(t *testing.T) {
+	t.Parallel()
 	e := newOpsEnv(t, store.PolicyRequire)
 	const (
 		gapps = "acme-test.20230601.gappssmtp.com"

@@ -69,6 +69,7 @@ func startWithTenant(t *testing.T, dir, extra string) (cfg, data string, key []b
 }
 
 func TestServeRefusesAKeyThatIsNotTheData(t *testing.T) {
+	t.Parallel()
 	otherKey := []byte(strings.Repeat("ab", 32) + "\n")
 	tests := []struct {
 		name string
@@ -140,6 +141,7 @@ func TestServeRefusesAKeyThatIsNotTheData(t *testing.T) {
 // TestServeGeneratesKeyForEmptyStore: an empty store (the daemon started
 // once, nothing created) still gets a key generated.
 func TestServeGeneratesKeyForEmptyStore(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
 	must(t, os.MkdirAll(data, 0o700))
@@ -159,6 +161,7 @@ func TestServeGeneratesKeyForEmptyStore(t *testing.T) {
 // message, so only the recorded fingerprint can tell) and while it runs
 // (the store is locked: the fingerprint comes through the daemon's API).
 func TestCheckComparesKeyAndData(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	port := freePort(t)
 	cfg, data, key := startWithTenant(t, dir, "")

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,9 +26,26 @@ import (
 var bins *testenv.Bins
 
 func TestMain(m *testing.M) {
+	// Most tests here wait on the daemons they start; they run in parallel
+	// (each in its own directory on its own ports) except those that set
+	// the environment, bound a shutdown's time, or need the default ports.
+	testenv.DefaultParallel(4)
 	code := testenv.Main(m, &bins, "syncrelay")
 	pgtest.StopShared() // the PostgreSQL tests' cluster, if they started it
 	os.Exit(code)
+}
+
+// portsMu is held by the tests whose daemon wants the embedded default
+// ports (127.0.0.1:2525 and :8025: no config, or serve -dev, which takes
+// them when free): two at once would race for them.
+var portsMu sync.Mutex
+
+// defaultPorts runs t in parallel with the other tests but not with the
+// others that call it.
+func defaultPorts(t *testing.T) {
+	t.Parallel()
+	portsMu.Lock()
+	t.Cleanup(portsMu.Unlock) // registered first, so it runs after the daemon is stopped
 }
 
 // writeConfig writes a config on free loopback ports in dir.
@@ -53,6 +71,7 @@ func readToken(t *testing.T, dataDir string) string {
 }
 
 func TestServeEndToEnd(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := writeConfig(t, dir, "")
 	d := startDaemon(t, dir, "-config", cfg)
@@ -126,8 +145,10 @@ func TestServeEndToEnd(t *testing.T) {
 	must(t, err)
 	io.WriteString(w2, "From: someone@elsewhere.test\r\nSubject: in flight\r\n\r\n")
 	must(t, d.Signal(syscall.SIGTERM))
+	// New connections are refused while draining (the line is logged just
+	// before the SMTP listener is closed).
+	d.WaitLog(t, "shutting down: no new connections")
 	time.Sleep(300 * time.Millisecond)
-	// New connections are refused while draining.
 	if nc, err := net.DialTimeout("tcp", d.SMTP, time.Second); err == nil {
 		br := bufio.NewReader(nc)
 		line, _ := br.ReadString('\n')
@@ -182,6 +203,7 @@ func errorsAs(err error, target **exec.ExitError) bool {
 }
 
 func TestStoreLockedBySecondDaemon(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := writeConfig(t, dir, "")
 	startDaemon(t, dir, "-config", cfg)
@@ -192,6 +214,7 @@ func TestStoreLockedBySecondDaemon(t *testing.T) {
 }
 
 func TestConfigErrorsNameKeyAndLine(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.toml")
 	os.WriteFile(bad, []byte("[smtp]\nlisten = \"127.0.0.1:0\"\nmax_recipent = 5\n"), 0o600)
@@ -211,6 +234,7 @@ func TestConfigErrorsNameKeyAndLine(t *testing.T) {
 }
 
 func TestCommandsAndHelp(t *testing.T) {
+	t.Parallel()
 	out, err := exec.Command(bins.Syncrelay, "version").Output()
 	if err != nil || !strings.HasPrefix(string(out), "syncrelay ") {
 		t.Fatalf("version: %v %q", err, out)
@@ -230,6 +254,7 @@ func TestCommandsAndHelp(t *testing.T) {
 // TestDefaultsNoConfig runs `serve` with no config at all, as the README
 // tells a newcomer to, on the embedded default ports.
 func TestDefaultsNoConfig(t *testing.T) {
+	defaultPorts(t)
 	for _, a := range []string{"127.0.0.1:2525", "127.0.0.1:8025"} {
 		l, err := net.Listen("tcp", a)
 		if err != nil {

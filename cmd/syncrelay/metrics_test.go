@@ -21,6 +21,7 @@ import (
 // the first tempfail after a restart), and the HTTP API is measured by
 // route pattern and status code, never by raw path (issue 16, item 2).
 func TestMetricsFromTheFirstSecond(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	defer hook.Close()

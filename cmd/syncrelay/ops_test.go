@@ -191,6 +191,7 @@ func (r *checkReport) get(t *testing.T, name string) checkResult {
 // --- check ---
 
 func TestCheck(t *testing.T) {
+	t.Parallel()
 	e := newOpsEnv(t, store.PolicyRequire)
 	now := time.Now()
 	good, goodKey, _ := genCert(t, e.dir, "good", []string{"relay.test"}, now.Add(-time.Hour), now.Add(90*24*time.Hour))
@@ -395,6 +396,7 @@ secret = "whsec"
 // status, that every line of a connection carries its session id, and that
 // no token, key, body, or subject/address of discarded mail was logged.
 func TestTrafficMetricsStatusAndNoLeaks(t *testing.T) {
+	t.Parallel()
 	e := newOpsEnv(t, store.PolicyRequire)
 	key, txt := dkimtest.RSA(t, 0)
 	zone := filepath.Join(e.dir, "zone.txt")
@@ -481,9 +483,11 @@ func TestTrafficMetricsStatusAndNoLeaks(t *testing.T) {
 		t.Fatalf("last_hour %v", h)
 	}
 
-	// Metrics after traffic.
-	_, mtext := get("/metrics", "")
-	for _, want := range []struct {
+	// Metrics after traffic. The session counters move when the daemon
+	// has finished with a session, a moment after the client's QUIT
+	// returned: the scrape is repeated (up to 20 s) until every series
+	// reaches its minimum, and only then are the misses reported.
+	wants := []struct {
 		series string
 		min    float64
 	}{
@@ -500,7 +504,21 @@ func TestTrafficMetricsStatusAndNoLeaks(t *testing.T) {
 		{`syncrelay_smtp_connections_refused_total{reason="max_connections"}`, 0},
 		{`syncrelay_webhook_outbox_pending`, 0},
 		{`go_goroutines`, 1},
-	} {
+	}
+	var mtext string
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		_, mtext = get("/metrics", "")
+		short := false
+		for _, want := range wants {
+			if v, ok := metricValue(mtext, want.series); !ok || v < want.min {
+				short = true
+			}
+		}
+		if !short || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, want := range wants {
 		v, ok := metricValue(mtext, want.series)
 		if !ok || v < want.min {
 			t.Errorf("%s = %v (present %v), want >= %v", want.series, v, ok, want.min)
@@ -512,13 +530,17 @@ func TestTrafficMetricsStatusAndNoLeaks(t *testing.T) {
 	if strings.Contains(mtext, "syncrelay_tls_certificate_expiry_timestamp_seconds") {
 		t.Error("certificate expiry exported without a certificate")
 	}
-	if v, _ := metricValue(mtext, "syncrelay_smtp_connections_active"); v != 0 {
-		// closed sessions are released asynchronously; allow a moment
-		time.Sleep(200 * time.Millisecond)
-		_, mtext = get("/metrics", "")
-		if v, _ := metricValue(mtext, "syncrelay_smtp_connections_active"); v != 0 {
-			t.Errorf("connections_active %v after all sessions closed", v)
+	// Closed sessions are released asynchronously: poll (up to 20 s).
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		v, _ := metricValue(mtext, "syncrelay_smtp_connections_active")
+		if v == 0 {
+			break
 		}
+		if time.Now().After(deadline) {
+			t.Errorf("connections_active %v after all sessions closed", v)
+			break
+		}
+		_, mtext = get("/metrics", "")
 	}
 	stop()
 
@@ -618,6 +640,7 @@ func metricValue(text, series string) (float64, bool) {
 // replies stream in, restores into an empty directory and compares; then
 // backs up the stopped store directly, and checks restore's refusals.
 func TestBackupRestoreUnderLoad(t *testing.T) {
+	t.Parallel()
 	e := newOpsEnv(t, store.PolicyOff) // no DKIM signing needed for load
 	cfg := e.config(t, "serve.toml", "max_connections_per_ip = 100", "")
 	b, _ := os.ReadFile(cfg)
@@ -808,6 +831,7 @@ func messagesByID(t *testing.T, dir string) map[string]string {
 // --- SIGHUP and SIGTERM (real binary) ---
 
 func TestSIGHUPReloadsCertificate(t *testing.T) {
+	t.Parallel()
 	e := newOpsEnv(t, store.PolicyOff)
 	now := time.Now()
 	certA, keyA, serialA := genCert(t, e.dir, "a", []string{"relay.test"}, now.Add(-time.Hour), now.Add(30*24*time.Hour))
@@ -914,7 +938,9 @@ func TestShutdownWithinBound(t *testing.T) {
 
 	start := time.Now()
 	must(t, d.Signal(syscall.SIGTERM))
-	// While draining, readyz is false (the listener may already be gone).
+	// While draining, readyz is false (the listener may already be gone);
+	// draining has begun once it is logged (readyz turns false just before).
+	d.WaitLog(t, "shutting down: no new connections")
 	if code, err := readyz(d.HTTP); err == nil && code == 200 {
 		t.Error("readyz still 200 while draining")
 	}
@@ -962,6 +988,7 @@ func freePort(t *testing.T) string {
 // loads (strict: no unknown key) once its files exist, and the unit has
 // the hardening and the timeouts the daemon relies on.
 func TestDistConfigAndUnit(t *testing.T) {
+	t.Parallel()
 	raw, err := os.ReadFile("../../dist/syncrelay.toml")
 	must(t, err)
 	etc := t.TempDir()
@@ -1010,6 +1037,7 @@ func TestDistConfigAndUnit(t *testing.T) {
 // a backup's staging directory, are gone once the daemon reports ready;
 // committed raw files stay.
 func TestStartupCollectsOrphans(t *testing.T) {
+	t.Parallel()
 	e := newOpsEnv(t, store.PolicyOff)
 	st, err := bolt.Open(e.data, bolt.Options{})
 	must(t, err)
@@ -1038,6 +1066,7 @@ func TestStartupCollectsOrphans(t *testing.T) {
 }
 
 func TestOpsCommandsHelpAndUsage(t *testing.T) {
+	t.Parallel()
 	for _, c := range []string{"check", "backup", "restore"} {
 		code, _, errs := runCmd(t, c, "-h")
 		if code != 0 || !strings.Contains(errs, "usage: syncrelay "+c) {

@@ -17,6 +17,7 @@ import (
 // nothing, says that pg_dump/PITR is the backup and exits non-zero,
 // without echoing the DSN (it may hold a password).
 func TestBackupPostgresExplains(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "c.toml")
 	must(t, os.WriteFile(cfg, []byte("[store]\nbackend = \"postgres\"\ndsn = \"postgres://u:hunter2@127.0.0.1:1/x\"\n"), 0o600))
@@ -33,6 +34,7 @@ func TestBackupPostgresExplains(t *testing.T) {
 // TestCheckPostgres: check connects to the DSN, reports the schema and
 // the durability of commits, and never echoes the password.
 func TestCheckPostgres(t *testing.T) {
+	t.Parallel()
 	dsn := pgtest.DSN(t)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "c.toml")
@@ -67,6 +69,7 @@ func TestCheckPostgres(t *testing.T) {
 // TestBboltOnlyCommandsPostgres: commands that only make sense on a bbolt
 // store say what to do instead with the postgres backend.
 func TestBboltOnlyCommandsPostgres(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "c.toml")
 	must(t, os.WriteFile(cfg, []byte("[store]\nbackend = \"postgres\"\ndsn = \"postgres://u@127.0.0.1:1/x\"\n"), 0o600))

@@ -122,6 +122,7 @@ func blankInProcessOnly(t *testing.T, line string) string {
 // root, with the binary on PATH), end with an empty diff against
 // golden.jsonl.
 func TestReadmeReplayCorpus(t *testing.T) {
+	t.Parallel()
 	b, err := os.ReadFile(filepath.Join(moduleRoot, "README.md"))
 	must(t, err)
 	const marker = "<!-- replay-corpus: run by TestReadmeReplayCorpus -->\n```sh\n"
@@ -151,6 +152,7 @@ func TestReadmeReplayCorpus(t *testing.T) {
 // a backup of it replays as golden.jsonl too, in one command, while the
 // daemon runs on the live store.
 func TestReplayCorpusInProcessSMTPAndBackup(t *testing.T) {
+	t.Parallel()
 	dir := renderCorpus(t)
 	cfg := filepath.Join(dir, "syncrelay.toml")
 	golden := goldenLines(t)
@@ -287,6 +289,7 @@ func replayCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
 // Against a daemon that is not there, replay -smtp prints no decision and
 // exits 3 saying so: a CI job must not pass against a dead daemon.
 func TestReplaySMTPDeadDaemon(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := writeConfig(t, dir, "")
 	eml := filepath.Join(dir, "m.eml")

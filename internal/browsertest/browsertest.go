@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -130,15 +131,36 @@ func (b *Browser) TryDo(actions ...chromedp.Action[chromedp.Void]) error {
 }
 
 // Get runs one action and returns its value, failing the test on error.
+// An action that found its node in chromedp's copy of the DOM just before
+// the page replaced it (a form's redirect, seen first by a script poll
+// such as the pages tests' waitText) fails with a stale node or context
+// id; it is run again until it works or Timeout ends.
 func Get[T any](b *Browser, a chromedp.Action[T]) T {
 	b.t.Helper()
 	ctx, cancel := context.WithTimeout(b.Ctx, Timeout)
 	defer cancel()
-	v, err := chromedp.Run(ctx, a)
-	if err != nil {
-		b.t.Fatalf("browsertest: %v", err)
+	for {
+		v, err := chromedp.Run(ctx, a)
+		if err == nil {
+			return v
+		}
+		if !staleNode(err) || ctx.Err() != nil {
+			b.t.Fatalf("browsertest: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	return v
+}
+
+// staleNode tells the DevTools errors of a node or JavaScript context
+// that the page's navigation has just replaced.
+func staleNode(err error) bool {
+	msg := err.Error()
+	for _, s := range []string{"No node with given id found", "Could not find node with given id", "Cannot find context with specified id"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // GrantClipboard lets pages of origin (e.g. "http://127.0.0.1:8025") read

@@ -11,6 +11,7 @@ package testenv
 
 import (
 	"crypto/sha256"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -58,6 +59,22 @@ func Main(m *testing.M, bins **Bins, names ...string) int {
 	}
 	*bins = b
 	return m.Run()
+}
+
+// DefaultParallel sets -test.parallel to n unless the command line set it.
+// go test's default is GOMAXPROCS (2 on CI), right for tests that compute
+// but not for tests that mostly wait on the binaries they start (a daemon
+// coming up, a signal's shutdown, a lease running out). Call it from
+// TestMain before m.Run.
+func DefaultParallel(n int) {
+	if !flag.Parsed() {
+		flag.Parse()
+	}
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		flag.Set("test.parallel", fmt.Sprint(n)) //nolint:errcheck // the flag exists once testing is linked
+	}
 }
 
 // BuildShared builds cmd/<name> for each name into a directory that all

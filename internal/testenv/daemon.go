@@ -195,3 +195,18 @@ func (b *Bins) Start(t testing.TB, cfg string) *Daemon {
 	t.Helper()
 	return StartBinary(t, b.Syncrelay, Proc{Args: []string{"-config", cfg}})
 }
+
+// WaitLog waits (up to 20 s) for s to appear in the daemon's logs. A test
+// that must see a state the daemon logs (draining began, a reload happened)
+// waits for the line rather than sleeping a fixed time, which a loaded
+// machine can outlast.
+func (d *Daemon) WaitLog(t testing.TB, s string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(d.Logs.String(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the daemon's logs after 20s:\n%s", s, d.Logs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -92,7 +92,8 @@ type group struct {
 }
 
 // Run runs the whole suite against the backends f opens. Every subtest
-// gets a fresh, empty backend and runs in parallel with the others.
+// gets a fresh, empty backend and runs in parallel with the others, of
+// its group and of the other groups.
 func Run(t *testing.T, f Factory) {
 	if f.Open == nil {
 		t.Fatal("storetest: Factory.Open is nil")
@@ -115,6 +116,9 @@ func Run(t *testing.T, f Factory) {
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
+			// The groups run in parallel too, so one long subtest (a few
+			// hundred fsynced commits) does not hold the next group back.
+			t.Parallel()
 			for _, c := range g.tests {
 				t.Run(c.name, func(t *testing.T) {
 					if why, ok := f.Skip[g.name+"/"+c.name]; ok {
