@@ -33,7 +33,7 @@ func benchCommit(b *testing.B, nodes int) {
 	var ss []*Store
 	var stmts atomic.Int64
 	for i := range nodes {
-		s, err := Open(ctx, dsn, Options{Node: fmt.Sprintf("n%d", i), trace: func(string) { stmts.Add(1) }})
+		s, err := Open(ctx, dsn, Options{Node: fmt.Sprintf("n%d", i), trace: func(context.Context, string) { stmts.Add(1) }})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,7 +18,8 @@ import (
 // node is one store on a shared database whose statements are counted.
 type node struct {
 	*Store
-	queries atomic.Int64
+	mu   sync.Mutex
+	sqls []string
 }
 
 // openNodes opens n stores on one fresh database with a cache TTL far
@@ -31,7 +32,7 @@ func openNodes(t *testing.T, n int) []*node {
 	for i := range n {
 		nd := &node{}
 		s, err := Open(context.Background(), dsn, Options{Node: fmt.Sprintf("node%d", i), CacheTTL: time.Hour,
-			trace: func(string) { nd.queries.Add(1) }})
+			trace: nd.trace})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -70,11 +71,31 @@ func within(t *testing.T, d time.Duration, what string, cond func() (bool, strin
 	}
 }
 
-// counted runs fn and returns how many statements n sent meanwhile.
-func (n *node) counted(fn func()) int64 {
-	before := n.queries.Load()
-	fn()
-	return n.queries.Load() - before
+// countKey marks the context of the calls counted measures.
+type countKey struct{}
+
+// trace counts the statements sent under a counted call's context, not
+// the node's background work (counter flushes, the key_log catch-up,
+// the listener), which may run at any moment of the window.
+func (n *node) trace(ctx context.Context, sql string) {
+	if ctx.Value(countKey{}) != n {
+		return
+	}
+	n.mu.Lock()
+	n.sqls = append(n.sqls, sql)
+	n.mu.Unlock()
+}
+
+// counted runs fn with a marked context and returns how many statements
+// it sent, with their text.
+func (n *node) counted(fn func(ctx context.Context)) (int, []string) {
+	n.mu.Lock()
+	n.sqls = nil
+	n.mu.Unlock()
+	fn(context.WithValue(context.Background(), countKey{}, n))
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.sqls), n.sqls
 }
 
 // TestCachesFollowOtherNodes: node B caches tenants, inbound addresses and
@@ -93,8 +114,8 @@ func TestCachesFollowOtherNodes(t *testing.T) {
 	if _, err := b.Tenant(ctx, "late"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("Tenant before: %v", err)
 	}
-	if q := b.counted(func() { b.InboundTenant(ctx, addr) }); q != 0 {
-		t.Errorf("a repeated unknown address cost %d statements, want 0 (cached)", q)
+	if q, sqls := b.counted(func(ctx context.Context) { b.InboundTenant(ctx, addr) }); q != 0 {
+		t.Errorf("a repeated unknown address cost %d statements, want 0 (cached): %q", q, sqls)
 	}
 
 	if err := a.CreateTenant(ctx, &store.Tenant{ID: "late", InboundAddress: addr, DKIMPolicy: store.PolicyRequire}); err != nil {
@@ -109,8 +130,8 @@ func TestCachesFollowOtherNodes(t *testing.T) {
 		return err == nil, fmt.Sprint(ten, err)
 	})
 	// Cached now: the next read costs nothing, and a change on A shows.
-	if q := b.counted(func() { b.Tenant(ctx, "late") }); q != 0 {
-		t.Errorf("a repeated tenant read cost %d statements, want 0", q)
+	if q, sqls := b.counted(func(ctx context.Context) { b.Tenant(ctx, "late") }); q != 0 {
+		t.Errorf("a repeated tenant read cost %d statements, want 0: %q", q, sqls)
 	}
 	if _, err := a.UpdateTenant(ctx, "late", func(t *store.Tenant) error { t.DKIMPolicy = store.PolicyQuarantine; return nil }); err != nil {
 		t.Fatal(err)
@@ -147,11 +168,11 @@ func TestUnknownIDsCostNoQuery(t *testing.T) {
 	var err error
 	unknown := []string{"lunch-1@elsewhere.test", "lunch-2@elsewhere.test"}
 	for _, n := range nodes {
-		if q := n.counted(func() { refs, err = n.LookupMsgIDs(ctx, "acme", unknown) }); q != 0 || err != nil || len(refs) != 0 {
-			t.Errorf("%s: LookupMsgIDs(unknown) = %v %v with %d statements, want none and 0", n.node, refs, err, q)
+		if q, sqls := n.counted(func(ctx context.Context) { refs, err = n.LookupMsgIDs(ctx, "acme", unknown) }); q != 0 || err != nil || len(refs) != 0 {
+			t.Errorf("%s: LookupMsgIDs(unknown) = %v %v with %d statements, want none and 0: %q", n.node, refs, err, q, sqls)
 		}
-		if q := n.counted(func() { _, _, err = n.LookupCopy(ctx, "acme", th.ID, "new@cand.test", "") }); q != 0 || err != nil {
-			t.Errorf("%s: LookupCopy(unknown) cost %d statements (%v), want 0", n.node, q, err)
+		if q, sqls := n.counted(func(ctx context.Context) { _, _, err = n.LookupCopy(ctx, "acme", th.ID, "new@cand.test", "") }); q != 0 || err != nil {
+			t.Errorf("%s: LookupCopy(unknown) cost %d statements (%v), want 0: %q", n.node, q, err, sqls)
 		}
 	}
 	// The issued id was stored before B started listening... and after.
@@ -187,8 +208,8 @@ func TestUnknownIDsCostNoQuery(t *testing.T) {
 		})
 	}
 	// A different tenant's ids are not this tenant's.
-	if q := b.counted(func() { refs, err = b.LookupMsgIDs(ctx, "other", []string{"reply0@cand.test"}) }); q != 0 || len(refs) != 0 {
-		t.Errorf("another tenant's id: %v with %d statements", refs, q)
+	if q, sqls := b.counted(func(ctx context.Context) { refs, err = b.LookupMsgIDs(ctx, "other", []string{"reply0@cand.test"}) }); q != 0 || len(refs) != 0 {
+		t.Errorf("another tenant's id: %v with %d statements: %q", refs, q, sqls)
 	}
 }
 
@@ -220,8 +241,8 @@ func TestListenerReconnects(t *testing.T) {
 	if _, ok, err := b.InboundTenant(ctx, addr); ok || err != nil {
 		t.Fatalf("after reconnect: %v %v", ok, err)
 	}
-	if q := b.counted(func() { b.InboundTenant(ctx, addr) }); q != 0 {
-		t.Errorf("after reconnect an unknown address cost %d statements, want 0 (cached)", q)
+	if q, sqls := b.counted(func(ctx context.Context) { b.InboundTenant(ctx, addr) }); q != 0 {
+		t.Errorf("after reconnect an unknown address cost %d statements, want 0 (cached): %q", q, sqls)
 	}
 	if err := a.CreateTenant(ctx, &store.Tenant{ID: "after", InboundAddress: addr}); err != nil {
 		t.Fatal(err)
@@ -241,8 +262,8 @@ func TestListenerReconnects(t *testing.T) {
 		refs, err := b.LookupMsgIDs(ctx, "acme", []string{"late-reply@cand.test"})
 		return err == nil && len(refs) == 1 && refs[0] == res.Ref, fmt.Sprint(refs, err)
 	})
-	if q := b.counted(func() { b.LookupMsgIDs(ctx, "acme", []string{"nothing@x.test"}) }); q != 0 {
-		t.Errorf("unknown id after reconnect cost %d statements", q)
+	if q, sqls := b.counted(func(ctx context.Context) { b.LookupMsgIDs(ctx, "acme", []string{"nothing@x.test"}) }); q != 0 {
+		t.Errorf("unknown id after reconnect cost %d statements: %q", q, sqls)
 	}
 }
 

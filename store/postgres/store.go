@@ -49,7 +49,7 @@ type Options struct {
 	CacheTTL time.Duration
 
 	// trace, in this package's tests, sees every statement sent.
-	trace func(sql string)
+	trace func(ctx context.Context, sql string)
 }
 
 // Store is the PostgreSQL-backed store.
@@ -308,11 +308,12 @@ type querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// traceFunc hands every statement's text to a test.
-type traceFunc func(sql string)
+// traceFunc hands every statement's text, with the context it was sent
+// under, to a test.
+type traceFunc func(ctx context.Context, sql string)
 
 func (f traceFunc) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	f(d.SQL)
+	f(ctx, d.SQL)
 	return ctx
 }
 
@@ -320,7 +321,7 @@ func (traceFunc) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData
 
 func (f traceFunc) TraceBatchStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceBatchStartData) context.Context {
 	for _, q := range d.Batch.QueuedQueries {
-		f(q.SQL)
+		f(ctx, q.SQL)
 	}
 	return ctx
 }
