@@ -156,6 +156,11 @@ func TestShutdownDeadlineLogLine(t *testing.T) {
 			if err := ts.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
 				t.Fatalf("Shutdown = %v", err)
 			}
+			// Already written when Shutdown returns: the daemon exits
+			// right after it, and a line written later is lost.
+			if !strings.Contains(ts.logs.String(), `"msg":"message"`) {
+				t.Errorf("Shutdown returned before the cut session logged its line:\n%s", ts.logs)
+			}
 			r.expectClosed()
 			rec := oneMessageLine(t, ts)
 			checkFields(t, rec, map[string]any{"code": float64(0), "close": "shutdown_deadline"})

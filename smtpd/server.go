@@ -280,8 +280,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		c.cancel()
 		c.Conn.Close() // the raw socket; go-smtp closes its side as it unwinds
 	}
+	// Let the cut sessions unwind so their message lines and counts are
+	// written before the process exits; bounded, since a Deliverer that
+	// ignores its cancelled context must not hold the exit.
+	select {
+	case <-done:
+	case <-time.After(cutGrace):
+	}
 	return ctx.Err()
 }
+
+// cutGrace is how long Shutdown waits, after cutting the sessions left at
+// its deadline, for them to log and count what happened.
+const cutGrace = time.Second
 
 func (s *Server) newSpool() *spool.Spool {
 	return spool.New(s.o.SpoolDir, 0)
