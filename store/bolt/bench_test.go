@@ -83,7 +83,7 @@ func BenchmarkCommitInboundPaced(b *testing.B) {
 
 // commitBench opens a store with a tenant and 64 threads, and returns a
 // function committing the i-th new 4 KiB message.
-func commitBench(b *testing.B) (*Store, func(i int64) error) {
+func commitBench(b testing.TB) (*Store, func(i int64) error) {
 	s, err := Open(b.TempDir(), Options{})
 	if err != nil {
 		b.Fatal(err)
