@@ -165,3 +165,41 @@ func TestPageAccounting(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenMergesSplitRoot: a store whose root bucket split while its
+// buckets grew (64 threads started) has a one-page root after it is
+// reopened, so that a commit rewrites one root page, not three.
+func TestOpenMergesSplitRoot(t *testing.T) {
+	s, commit := commitBench(t)
+	for i := range int64(50) {
+		if err := commit(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := s.Dir()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "syncrelay.db")
+	if n := len(treePages(t, path)[""]); n < 2 {
+		t.Fatalf("the setup no longer splits the root (%d page): the test checks nothing", n)
+	}
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(treePages(t, path)[""]); n != 1 {
+		t.Errorf("root bucket has %d pages after Open, want 1", n)
+	}
+	s, err = Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Thread(context.Background(), "acme", 1); err != nil {
+		t.Errorf("after the merge: %v", err)
+	}
+}
