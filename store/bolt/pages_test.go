@@ -96,8 +96,17 @@ func TestPageAccounting(t *testing.T) {
 	if os.Getenv("SYNCRELAY_PAGES") == "" {
 		t.Skip("diagnostic; SYNCRELAY_PAGES=1 runs it")
 	}
-	s, commit := commitBench(t)
+	s, threads := benchStore(t)
+	// Reopened, as the daemon opens a store srload prepared.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(s.Dir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer s.Close()
+	commit := benchCommit(s, threads)
 	path := filepath.Join(s.Dir(), "syncrelay.db")
 	var next int64
 	for _, pre := range []int{0, 20000} {
@@ -161,7 +170,7 @@ func TestPageAccounting(t *testing.T) {
 				fmt.Fprintf(&b, " %s=%.1f", n, float64(sum[n])/rounds)
 			}
 			t.Logf("stored %d, batch %d: %.1f pages + 1 meta per batch = %.2f KiB/msg of bbolt;%s",
-				pre, B, float64(total)/rounds, float64(total/rounds+1)*4/float64(B), b.String())
+				pre, B, float64(total)/rounds, (float64(total)/rounds+1)*4/float64(B), b.String())
 		}
 	}
 }
