@@ -88,8 +88,23 @@ func commitBench(b testing.TB) (*Store, func(i int64) error) {
 	return s, benchCommit(s, threads)
 }
 
-// benchStore opens a store with a tenant and 64 threads.
+// benchStore opens a store with a tenant and 64 threads, made by
+// benchSetup and opened again, as the daemon opens the store srload
+// prepared.
 func benchStore(b testing.TB) (*Store, []uint64) {
+	s, threads := benchSetup(b)
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	s, err := Open(s.Dir(), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s, threads
+}
+
+// benchSetup creates a store with a tenant and 64 threads.
+func benchSetup(b testing.TB) (*Store, []uint64) {
 	s, err := Open(b.TempDir(), Options{})
 	if err != nil {
 		b.Fatal(err)

@@ -107,7 +107,47 @@ func (s *Store) commitTx(batch []*commitReq, ready func() error) (failed int, er
 	if err := ready(); err != nil {
 		return -1, err
 	}
-	return -1, tx.Commit()
+	counted, err := s.countPads(tx)
+	if err != nil {
+		return -1, err
+	}
+	if err := tx.Commit(); err != nil {
+		return -1, err
+	}
+	for id, pads := range counted {
+		s.segs.padsCounted(id, pads)
+	}
+	return -1, nil
+}
+
+// countPads counts as live, in tx, the alignment gaps of the segment log
+// that its committed records now reach past (segStat.live would otherwise
+// call them dead bytes, and compaction would copy the whole segment to
+// free them). It returns what it counted, to forget once tx is committed.
+func (s *Store) countPads(tx *bolt.Tx) (map[uint64][]segPad, error) {
+	var counted map[uint64][]segPad
+	sb := tx.Bucket(bSegs)
+	for _, id := range s.segs.paddedSegments() {
+		st, ok := getSegStat(sb, id)
+		if !ok {
+			continue
+		}
+		pads := s.segs.padsBelow(id, st.end)
+		if len(pads) == 0 {
+			continue
+		}
+		for _, p := range pads {
+			st.live += p.n
+		}
+		if err := putSegStat(sb, id, st); err != nil {
+			return nil, err
+		}
+		if counted == nil {
+			counted = map[uint64][]segPad{}
+		}
+		counted[id] = pads
+	}
+	return counted, nil
 }
 
 // appendedBuckets are keyed by a sequence (or by time), so every batch

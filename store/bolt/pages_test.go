@@ -97,14 +97,6 @@ func TestPageAccounting(t *testing.T) {
 		t.Skip("diagnostic; SYNCRELAY_PAGES=1 runs it")
 	}
 	s, threads := benchStore(t)
-	// Reopened, as the daemon opens a store srload prepared.
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s, err := Open(s.Dir(), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer s.Close()
 	commit := benchCommit(s, threads)
 	path := filepath.Join(s.Dir(), "syncrelay.db")
@@ -179,7 +171,8 @@ func TestPageAccounting(t *testing.T) {
 // buckets grew (64 threads started) has a one-page root after it is
 // reopened, so that a commit rewrites one root page, not three.
 func TestOpenMergesSplitRoot(t *testing.T) {
-	s, commit := commitBench(t)
+	s, threads := benchSetup(t)
+	commit := benchCommit(s, threads)
 	for i := range int64(50) {
 		if err := commit(i); err != nil {
 			t.Fatal(err)
