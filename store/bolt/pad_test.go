@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // TestSegmentBatchesStartOnAPage: after a batch's flush the next append
@@ -77,5 +80,45 @@ func TestSegmentBatchesStartOnAPage(t *testing.T) {
 			t.Fatalf("message %d after compaction: %v", m.ID, err)
 		}
 		f.Close()
+	}
+}
+
+// TestRotateWhileBatchCommits: a session that starts a new segment (rotate
+// registers it in its own bbolt transaction, holding the segment log's
+// lock) while a batch is being committed must not deadlock with the
+// commit loop, which holds bbolt's writer lock while it waits for the
+// segment flush and counts alignment gaps.
+func TestRotateWhileBatchCommits(t *testing.T) {
+	s, threads := benchStore(t)
+	// No deferred Close: after a deadlock it would never return, and the
+	// panic below would never be reported.
+	commit := benchCommit(s, threads)
+	for round := range 3 {
+		s.segs.seal() // the next append starts a segment
+		release, held := make(chan struct{}), make(chan struct{})
+		heldDone := make(chan error, 1)
+		go func() {
+			heldDone <- s.group(context.Background(), func(*bolt.Tx) error { close(held); <-release; return nil })
+		}()
+		<-held
+		done := make(chan error, 1)
+		go func() { done <- commit(int64(round)) }()
+		time.Sleep(50 * time.Millisecond) // the append is in rotate, waiting for the writer lock
+		close(release)
+		for _, ch := range []chan error{heldDone, done} {
+			select {
+			case err := <-ch:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(20 * time.Second):
+				// Not t.Fatal: a test that waits for its goroutines
+				// would wait for the stuck commit loop forever.
+				panic(fmt.Sprintf("round %d: deadlock: a commit did not end in 20 s", round))
+			}
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

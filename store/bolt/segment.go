@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -61,6 +62,14 @@ type segLog struct {
 	dmu   sync.Mutex // the segments written since the last flush
 	dirty map[*segment]struct{}
 
+	// pads are the alignment gaps (see pageAlign) that no commit has
+	// counted as live yet, by segment. pmu is taken after mu, never
+	// before, and nothing else is taken while it is held: the commit loop
+	// reads pads while it holds bbolt's writer lock, which rotate waits
+	// for while it holds mu.
+	pmu  sync.Mutex
+	pads map[uint64][]segPad
+
 	// syncFile makes a segment's bytes durable: fdatasync, or a test's
 	// stand-in that delays or fails it.
 	syncFile func(*os.File) error
@@ -74,13 +83,12 @@ type segment struct {
 
 	readers int  // open RawFiles; guarded by segLog.mu
 	gone    bool // deleted by compaction: close f when readers drop to 0
-	// pads are the alignment gaps flush left (see pageAlign) that no
-	// commit has counted as live yet; guarded by segLog.mu.
-	pads []segPad
+	// alignNext is set by a flush: the next reservation starts on a page.
+	alignNext atomic.Bool
 }
 
-// segPad is a gap of n bytes at off that flush skipped to align the next
-// append to a page.
+// segPad is a gap of n bytes at off that the first reservation after a
+// flush skipped to start on a page.
 type segPad struct{ off, n int64 }
 
 // pageAlign is the alignment of the first append after a flush. A flush
@@ -110,7 +118,7 @@ func openSegLog(dir string, committed map[uint64]int64, scratch bool) (*segLog, 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	l := &segLog{dir: dir, files: map[uint64]*segment{}, dirty: map[*segment]struct{}{}}
+	l := &segLog{dir: dir, files: map[uint64]*segment{}, dirty: map[*segment]struct{}{}, pads: map[uint64][]segPad{}}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
@@ -194,6 +202,14 @@ func (l *segLog) reserve(n int64) (*segment, int64, error) {
 		}
 	}
 	s := l.active
+	if s.alignNext.Swap(false) {
+		if r := s.size % pageAlign; r != 0 {
+			l.pmu.Lock()
+			l.pads[s.id] = append(l.pads[s.id], segPad{off: s.size, n: pageAlign - r})
+			l.pmu.Unlock()
+			s.size += pageAlign - r
+		}
+	}
 	off := s.size
 	s.size += n
 	return s, off, nil
@@ -289,14 +305,11 @@ func (l *segLog) flush() error {
 	}
 	clear(l.dirty)
 	l.dmu.Unlock()
-	l.mu.Lock()
-	if a := l.active; a != nil && slices.Contains(segs, a) {
-		if r := a.size % pageAlign; r != 0 {
-			a.pads = append(a.pads, segPad{off: a.size, n: pageAlign - r})
-			a.size += pageAlign - r
-		}
+	// Not l.mu: the commit loop waits for this flush while it holds
+	// bbolt's writer lock, and rotate holds l.mu while it waits for that.
+	for _, s := range segs {
+		s.alignNext.Store(true)
 	}
-	l.mu.Unlock()
 	var errs []error
 	for _, s := range segs {
 		syncFn := fdatasync
@@ -324,14 +337,10 @@ func (l *segLog) flush() error {
 // removed record from compaction; a gap the records never pass is cut off
 // with the rest of the file at the next Open.
 func (l *segLog) padsBelow(id uint64, end int64) []segPad {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	s := l.files[id]
-	if s == nil {
-		return nil
-	}
+	l.pmu.Lock()
+	defer l.pmu.Unlock()
 	var out []segPad
-	for _, p := range s.pads {
+	for _, p := range l.pads[id] {
 		if p.off+p.n <= end {
 			out = append(out, p)
 		}
@@ -341,22 +350,22 @@ func (l *segLog) padsBelow(id uint64, end int64) []segPad {
 
 // padsCounted forgets gaps a committed transaction counted as live.
 func (l *segLog) padsCounted(id uint64, counted []segPad) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if s := l.files[id]; s != nil {
-		s.pads = slices.DeleteFunc(s.pads, func(p segPad) bool { return slices.Contains(counted, p) })
+	l.pmu.Lock()
+	defer l.pmu.Unlock()
+	if left := slices.DeleteFunc(l.pads[id], func(p segPad) bool { return slices.Contains(counted, p) }); len(left) > 0 {
+		l.pads[id] = left
+	} else {
+		delete(l.pads, id)
 	}
 }
 
 // paddedSegments lists the segments with uncounted gaps.
 func (l *segLog) paddedSegments() []uint64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var ids []uint64
-	for id, s := range l.files {
-		if len(s.pads) > 0 {
-			ids = append(ids, id)
-		}
+	l.pmu.Lock()
+	defer l.pmu.Unlock()
+	ids := make([]uint64, 0, len(l.pads))
+	for id := range l.pads {
+		ids = append(ids, id)
 	}
 	return ids
 }
@@ -427,6 +436,9 @@ func (l *segLog) drop(id uint64) error {
 		}
 	}
 	l.mu.Unlock()
+	l.pmu.Lock()
+	delete(l.pads, id)
+	l.pmu.Unlock()
 	err := os.Remove(filepath.Join(l.dir, segName(id)))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("store: remove segment: %w", err)
