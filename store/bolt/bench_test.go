@@ -83,7 +83,28 @@ func BenchmarkCommitInboundPaced(b *testing.B) {
 
 // commitBench opens a store with a tenant and 64 threads, and returns a
 // function committing the i-th new 4 KiB message.
-func commitBench(b *testing.B) (*Store, func(i int64) error) {
+func commitBench(b testing.TB) (*Store, func(i int64) error) {
+	s, threads := benchStore(b)
+	return s, benchCommit(s, threads)
+}
+
+// benchStore opens a store with a tenant and 64 threads, made by
+// benchSetup and opened again, as the daemon opens the store srload
+// prepared.
+func benchStore(b testing.TB) (*Store, []uint64) {
+	s, threads := benchSetup(b)
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	s, err := Open(s.Dir(), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s, threads
+}
+
+// benchSetup creates a store with a tenant and 64 threads.
+func benchSetup(b testing.TB) (*Store, []uint64) {
 	s, err := Open(b.TempDir(), Options{})
 	if err != nil {
 		b.Fatal(err)
@@ -104,8 +125,15 @@ func commitBench(b *testing.B) (*Store, func(i int64) error) {
 		}
 		threads = append(threads, th.ID)
 	}
+	return s, threads
+}
+
+// benchCommit returns a function committing the i-th new 4 KiB message
+// to s on one of threads.
+func benchCommit(s *Store, threads []uint64) func(i int64) error {
+	ctx := context.Background()
 	body := strings.Repeat("x", 4000) + "\r\n"
-	return s, func(i int64) error {
+	return func(i int64) error {
 		id := fmt.Sprintf("bench%d@cand.test", i)
 		_, err := s.CommitInbound(ctx, &Incoming{
 			Message: Message{Tenant: "acme", Thread: threads[i%int64(len(threads))], Direction: Inbound, InternetMessageID: id,
