@@ -225,10 +225,12 @@ func (c *Cluster) Resume() error {
 	// loses nothing that is in the page cache), and each fsynced commit,
 	// CREATE DATABASE and checkpoint costs CPU and seconds on a loaded
 	// machine. synchronous_commit stays on: commits still wait for their
-	// WAL write, and `syncrelay check` reads the setting.
+	// WAL write, and `syncrelay check` reads the setting. autovacuum off:
+	// a cluster that lives for one package's tests has nothing to reclaim,
+	// and no test depends on statistics or vacuum.
 	c.cmd = c.run(filepath.Join(BinDir, "postgres"), "-D", c.data(),
 		"-c", "listen_addresses=127.0.0.1", "-c", "port="+strconv.Itoa(c.port),
-		"-c", "unix_socket_directories="+c.dir, "-c", "fsync=off", "-c", "full_page_writes=off",
+		"-c", "unix_socket_directories="+c.dir, "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "autovacuum=off",
 		"-c", "max_connections=200", "-c", "shared_buffers=32MB")
 	var logBuf bytes.Buffer
 	c.cmd.Stdout, c.cmd.Stderr = &logBuf, &logBuf
