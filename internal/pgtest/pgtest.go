@@ -1,6 +1,9 @@
 // Package pgtest runs a throwaway PostgreSQL 15 cluster for tests: initdb
-// in a temporary directory, postgres on 127.0.0.1 and a free port (fsync
-// on, as in production), one fresh database per test.
+// in a temporary directory, postgres on 127.0.0.1 and a free port, one
+// fresh database per test. The cluster is throwaway, so it runs with fsync
+// and full_page_writes off (synchronous_commit stays on, as production's
+// checks expect): only an operating-system crash could tell the difference,
+// and no test makes one; a test that halts the server stops it cleanly.
 //
 // A test package uses it from TestMain so that the cluster is started at
 // most once per package and always stopped:
@@ -217,10 +220,17 @@ func (c *Cluster) data() string { return filepath.Join(c.dir, "data") }
 
 // Resume starts the server (again, after Halt) on the same port.
 func (c *Cluster) Resume() error {
-	// fsync stays on: the tests must see the durability production has.
+	// fsync and full_page_writes off: a throwaway cluster needs no
+	// protection from an operating-system crash (a killed or halted server
+	// loses nothing that is in the page cache), and each fsynced commit,
+	// CREATE DATABASE and checkpoint costs CPU and seconds on a loaded
+	// machine. synchronous_commit stays on: commits still wait for their
+	// WAL write, and `syncrelay check` reads the setting. autovacuum off:
+	// a cluster that lives for one package's tests has nothing to reclaim,
+	// and no test depends on statistics or vacuum.
 	c.cmd = c.run(filepath.Join(BinDir, "postgres"), "-D", c.data(),
 		"-c", "listen_addresses=127.0.0.1", "-c", "port="+strconv.Itoa(c.port),
-		"-c", "unix_socket_directories="+c.dir, "-c", "fsync=on",
+		"-c", "unix_socket_directories="+c.dir, "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "autovacuum=off",
 		"-c", "max_connections=200", "-c", "shared_buffers=32MB")
 	var logBuf bytes.Buffer
 	c.cmd.Stdout, c.cmd.Stderr = &logBuf, &logBuf

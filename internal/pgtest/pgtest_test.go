@@ -13,8 +13,9 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(Main(m)) }
 
-// TestDSN checks that the cluster runs with fsync on and that each DSN is
-// its own empty database.
+// TestDSN checks that the cluster runs with fsync off (a throwaway
+// cluster), synchronous_commit on (what production's checks look for) and
+// that each DSN is its own empty database.
 func TestDSN(t *testing.T) {
 	ctx := context.Background()
 	a, b := DSN(t), DSN(t)
@@ -26,12 +27,15 @@ func TestDSN(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	var fsync string
-	if err := conn.QueryRow(ctx, "SHOW fsync").Scan(&fsync); err != nil {
+	var fsync, syncCommit string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('fsync'), current_setting('synchronous_commit')").Scan(&fsync, &syncCommit); err != nil {
 		t.Fatal(err)
 	}
-	if fsync != "on" {
-		t.Errorf("fsync = %s, want on", fsync)
+	if fsync != "off" {
+		t.Errorf("fsync = %s, want off", fsync)
+	}
+	if syncCommit != "on" {
+		t.Errorf("synchronous_commit = %s, want on", syncCommit)
 	}
 }
 
