@@ -21,7 +21,8 @@
 # 1000000; 0 skips it), BACKEND (bbolt, the default, or postgres: a throwaway
 # PostgreSQL 15 cluster on 127.0.0.1 is started for the run, and c2 adds two
 # nodes sharing it, each given half the sessions; PGWARM MiB of WAL segments,
-# default 1024, are written and recycled first, as on a server in service).
+# default 1024, are written and recycled first, as on a server in service;
+# PGOPTS adds server settings, e.g. PGOPTS="-c commit_delay=200").
 #
 # Everything listens on 127.0.0.1 only. Postfix is installed if missing
 # (Debian package, "No configuration", its service never started): only
@@ -152,7 +153,7 @@ if [ "$BACKEND" = postgres ]; then
 	PGPORT=$(free_port)
 	"${AS[@]}" "$PGBIN/initdb" -D "$PGDIR/data" -A trust -U postgres >"$OUT/pg-initdb.log" 2>&1
 	"${AS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/pg.log" -w start \
-		-o "-c listen_addresses=127.0.0.1 -p $PGPORT -c unix_socket_directories=$PGDIR -c fsync=on -c synchronous_commit=on -c max_connections=200 -c min_wal_size=${PGWARM}MB -c max_wal_size=4GB" >/dev/null
+		-o "-c listen_addresses=127.0.0.1 -p $PGPORT -c unix_socket_directories=$PGDIR -c fsync=on -c synchronous_commit=on -c max_connections=200 -c min_wal_size=${PGWARM}MB -c max_wal_size=4GB ${PGOPTS:-}" >/dev/null
 	trap 'cleanup; "${AS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null 2>&1 || true' EXIT
 	# A new cluster has no WAL segments to recycle: every 16 MiB of WAL
 	# the committing backend creates and zero-fills the next segment (waits
@@ -173,7 +174,7 @@ if [ "$BACKEND" = postgres ]; then
 	printf '[store]\nbackend = "postgres"\ndsn = "%s"\ndir = "%s"\n' "$DSN" "$OUT/data" >"$OUT/store.toml"
 	# The [store] section above names the bbolt dir: swap it for this one.
 	awk -v f="$OUT/store.toml" '/^\[store\]/{while ((getline l < f) > 0) print l; skip=1; next} /^\[/{skip=0} !skip' "$CFG" >"$CFG.pg" && mv "$CFG.pg" "$CFG"
-	log "PostgreSQL 15 on 127.0.0.1:$PGPORT (fsync on, synchronous_commit on)"
+	log "PostgreSQL 15 on 127.0.0.1:$PGPORT (fsync on, synchronous_commit on${PGOPTS:+, $PGOPTS})"
 fi
 # waits_start NAME / waits_stop NAME (postgres only): sample what the
 # client backends wait for every 50 ms during a scenario (pg_stat_activity,
@@ -486,7 +487,7 @@ P99H=$(jget "$OUT/c-half.json" p99_ms)
 	cat "$OUT/machine.txt"
 	echo "4 KiB O_DSYNC write (dd): $FSYNC_MS ms"
 	echo "workload: $SESSIONS sessions, connection reuse, ${SIZE}-byte bodies, ${DUR}s per scenario"
-	echo "store backend: $BACKEND"
+	echo "store backend: $BACKEND${PGOPTS:+ (PostgreSQL settings: $PGOPTS)}"
 	echo '```'
 	echo
 	echo '| scenario | msgs/s | p50 ms | p99 ms | p99.9 ms | reply codes |'
