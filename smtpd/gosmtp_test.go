@@ -24,99 +24,30 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strings"
-	"syscall"
 	"testing"
+
+	"syncrelay/internal/patchedmod"
 )
 
-const goSMTP = "github.com/emersion/go-smtp"
-
-// goSMTPVersion reads go.mod: the go-smtp version required, and that it
-// is replaced by the patched copy in third_party/go-smtp.
-func goSMTPVersion(t *testing.T) string {
-	t.Helper()
-	mod, err := os.ReadFile("../go.mod")
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := regexp.MustCompile(`(?m)^\s+` + regexp.QuoteMeta(goSMTP) + ` (v\S+)$`).FindSubmatch(mod)
-	if req == nil {
-		t.Fatal("go.mod does not require go-smtp")
-	}
-	if !regexp.MustCompile(`(?m)^replace ` + regexp.QuoteMeta(goSMTP) + ` => \./third_party/go-smtp$`).Match(mod) {
-		t.Fatal("go.mod does not replace go-smtp by ./third_party/go-smtp")
-	}
-	return string(req[1])
+// goSMTP is the patched copy of go-smtp the build uses.
+var goSMTP = patchedmod.Copy{
+	Module:  "github.com/emersion/go-smtp",
+	Dir:     "third_party/go-smtp",
+	Root:    "..",
+	Probe:   "data.go",
+	Patched: map[string]bool{"data.go": true, "conn.go": true, "lengthlimit_reader.go": true},
+	Added:   map[string]bool{"SYNCRELAY.md": true, "syncrelay_test.go": true, "syncrelay_fuzz_test.go": true},
 }
 
 // The build uses the patched copy in third_party/go-smtp, of the version
 // go.mod requires: upgrading the require line without re-vendoring (and
 // re-checking the patches) fails here.
-func TestGoSMTPIsThePatchedCopy(t *testing.T) {
-	version := goSMTPVersion(t)
-	readme, err := os.ReadFile("../third_party/go-smtp/SYNCRELAY.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(readme), "upstream version: "+version+"\n") {
-		t.Fatalf("go.mod requires go-smtp %s but third_party/go-smtp/SYNCRELAY.md names another upstream version: re-vendor it", version)
-	}
-}
-
-// upstreamGoSMTP is the pristine upstream module of the version go.mod
-// requires, in the module cache; the test is skipped when it is not there.
-func upstreamGoSMTP(t *testing.T) (dir, version string) {
-	t.Helper()
-	version = goSMTPVersion(t)
-	out, err := exec.Command("go", "env", "GOMODCACHE").Output()
-	if err != nil {
-		t.Skipf("no go command: %v", err)
-	}
-	dir = filepath.Join(strings.TrimSpace(string(out)), goSMTP+"@"+version)
-	if _, err := os.Stat(filepath.Join(dir, "data.go")); err != nil {
-		t.Skipf("upstream go-smtp %s is not in the module cache (go mod download %s@%s)", version, goSMTP, version)
-	}
-	return dir, version
-}
+func TestGoSMTPIsThePatchedCopy(t *testing.T) { goSMTP.CheckVersion(t) }
 
 // third_party/go-smtp is upstream's module but for data.go, conn.go,
 // lengthlimit_reader.go and the files SYNCRELAY.md names: nothing else was
 // changed by hand.
-func TestGoSMTPCopyDiffersOnlyInDataGo(t *testing.T) {
-	upstream, _ := upstreamGoSMTP(t)
-	const copyDir = "../third_party/go-smtp"
-	seen := map[string]bool{}
-	err := filepath.WalkDir(upstream, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(upstream, p)
-		seen[rel] = true
-		want, _ := os.ReadFile(p)
-		got, err := os.ReadFile(filepath.Join(copyDir, rel))
-		if err != nil {
-			t.Errorf("%s missing from the copy", rel)
-		} else if rel != "data.go" && rel != "conn.go" && rel != "lengthlimit_reader.go" && string(got) != string(want) {
-			t.Errorf("%s differs from upstream", rel)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	filepath.WalkDir(copyDir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(copyDir, p)
-		if !seen[rel] && rel != "SYNCRELAY.md" && rel != "syncrelay_test.go" && rel != "syncrelay_fuzz_test.go" &&
-			!strings.HasPrefix(rel, filepath.Join("testdata", "fuzz")+string(filepath.Separator)) {
-			t.Errorf("%s is not upstream's and not named in SYNCRELAY.md", rel)
-		}
-		return nil
-	})
-}
+func TestGoSMTPCopyDiffersOnlyInDataGo(t *testing.T) { goSMTP.CheckDiffers(t) }
 
 // goSMTPPatches is the number of patches in third_party/go-smtp
 // (SYNCRELAY.md), each with its reproduction, TestSyncrelayPatchN.
@@ -132,24 +63,8 @@ func TestUpstreamGoSMTPStillNeedsPatches(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds upstream go-smtp")
 	}
-	upstream, version := upstreamGoSMTP(t)
-	// The same directory every run (written afresh): go's build cache is
-	// keyed on the package's directory, and a new temporary one had go
-	// test compile upstream go-smtp again each time. The lock keeps two
-	// test runs from writing it at once.
-	dir := filepath.Join(os.TempDir(), fmt.Sprintf("syncrelay-gosmtp-upstream-%d-%s", os.Geteuid(), version))
-	lock, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
-	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN) //nolint:errcheck
-	if err := os.RemoveAll(dir); err != nil {
-		t.Fatal(err)
-	}
+	upstream, version := goSMTP.Upstream(t)
+	dir := patchedmod.WorkDir(t, "gosmtp-upstream", version)
 	if err := os.CopyFS(dir, os.DirFS(upstream)); err != nil {
 		t.Fatal(err)
 	}
@@ -160,16 +75,10 @@ func TestUpstreamGoSMTPStillNeedsPatches(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "syncrelay_test.go"), repro, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("go", "test", "-count=1", "-v", "-run", "^TestSyncrelay", ".")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod", "GOPROXY=off")
-	res, _ := cmd.CombinedOutput()
-	// Top-level tests only (at the start of a line): a reproduction may
-	// have subtests.
-	failed := regexp.MustCompile(`(?m)^--- FAIL: (TestSyncrelay\w+) `).FindAllStringSubmatch(string(res), -1)
-	passed := regexp.MustCompile(`(?m)^--- PASS: (TestSyncrelay\w+) `).FindAllStringSubmatch(string(res), -1)
+	res := patchedmod.GoTest(dir, "-run", "^TestSyncrelay", ".")
+	passed, failed := patchedmod.Outcomes(res)
 	for _, p := range passed {
-		t.Errorf("upstream go-smtp %s passes %s: that patch is no longer needed (see third_party/go-smtp/SYNCRELAY.md)", version, p[1])
+		t.Errorf("upstream go-smtp %s passes %s: that patch is no longer needed (see third_party/go-smtp/SYNCRELAY.md)", version, p)
 	}
 	if len(failed) != goSMTPPatches {
 		t.Fatalf("want the %d patch reproductions to fail on upstream, got %d failures:\n%s", goSMTPPatches, len(failed), res)
