@@ -104,20 +104,8 @@ func TestDeliverer(t *testing.T) {
 // the daemon's Deliverer and router over a real bbolt store, and the slog
 // output as the daemon writes it (JSON).
 func TestRefusalLogLinesOverSMTP(t *testing.T) {
-	st, err := bolt.Open(t.TempDir(), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st, kr := acmeStore(t)
 	ctx := context.Background()
-	if err := st.CreateTenant(ctx, &store.Tenant{ID: "acme", Name: "acme", Domains: []string{"acme.test"},
-		InboundAddress: "acme-x@relay.test"}); err != nil {
-		t.Fatal(err)
-	}
-	kr, err := token.New(bytes.Repeat([]byte{1}, 32), "relay.test")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var logs testutil.SyncBuf
 	log := withContextAttrs(slog.New(slog.NewJSONHandler(&logs, nil)))
 	rt := &router.Router{Store: st, Keys: kr, Hostname: "relay.test", Salt: []byte("s"), MaxHeaderBytes: 200, Log: log}
@@ -210,4 +198,25 @@ func delivery(t *testing.T, tenants []string, raw string) *smtpd.Delivery {
 		t.Fatal(err)
 	}
 	return &smtpd.Delivery{SessionID: "s1", Tenants: tenants, Message: sp}
+}
+
+// acmeStore is a real bbolt store holding tenant acme (inbound address
+// acme-x@relay.test), closed when the test ends, and a token keyring for
+// relay.test.
+func acmeStore(t *testing.T) (*bolt.Store, *token.Keyring) {
+	t.Helper()
+	st, err := bolt.Open(t.TempDir(), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if err := st.CreateTenant(context.Background(), &store.Tenant{ID: "acme", Name: "acme", Domains: []string{"acme.test"},
+		InboundAddress: "acme-x@relay.test"}); err != nil {
+		t.Fatal(err)
+	}
+	kr, err := token.New(bytes.Repeat([]byte{1}, 32), "relay.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, kr
 }

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -19,9 +18,6 @@ import (
 	"syncrelay/metrics"
 	"syncrelay/router"
 	"syncrelay/smtpd"
-	"syncrelay/store"
-	"syncrelay/store/bolt"
-	"syncrelay/token"
 )
 
 // Every refusal for size, however the message comes (MAIL SIZE=, BDAT over
@@ -31,20 +27,8 @@ import (
 // no 451 is counted for a BDAT transfer go-smtp cut. Real SMTP over TCP,
 // the daemon's Deliverer and router over a real bbolt store.
 func TestSizeRefusalsCountedOnce(t *testing.T) {
-	st, err := bolt.Open(t.TempDir(), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st, kr := acmeStore(t)
 	ctx := context.Background()
-	if err := st.CreateTenant(ctx, &store.Tenant{ID: "acme", Name: "acme", Domains: []string{"acme.test"},
-		InboundAddress: "acme-x@relay.test"}); err != nil {
-		t.Fatal(err)
-	}
-	kr, err := token.New(bytes.Repeat([]byte{1}, 32), "relay.test")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var logs testutil.SyncBuf
 	log := withContextAttrs(slog.New(slog.NewJSONHandler(&logs, nil)))
 	reg := prometheus.NewRegistry()
