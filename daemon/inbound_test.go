@@ -105,7 +105,6 @@ func TestDeliverer(t *testing.T) {
 // output as the daemon writes it (JSON).
 func TestRefusalLogLinesOverSMTP(t *testing.T) {
 	st, kr := acmeStore(t)
-	ctx := context.Background()
 	var logs testutil.SyncBuf
 	log := withContextAttrs(slog.New(slog.NewJSONHandler(&logs, nil)))
 	rt := &router.Router{Store: st, Keys: kr, Hostname: "relay.test", Salt: []byte("s"), MaxHeaderBytes: 200, Log: log}
@@ -114,16 +113,7 @@ func TestRefusalLogLinesOverSMTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	defer func() {
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-	}()
+	addr := serveSMTP(t, srv)
 
 	for _, tc := range []struct {
 		name, raw, want string
@@ -139,7 +129,7 @@ func TestRefusalLogLinesOverSMTP(t *testing.T) {
 			before := len(messageLines(t, &logs))
 			// A raw connection: an SMTP client library would turn the
 			// bare LF into CRLF.
-			c, err := net.Dial("tcp", ln.Addr().String())
+			c, err := net.Dial("tcp", addr)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -219,4 +209,21 @@ func acmeStore(t *testing.T) (*bolt.Store, *token.Keyring) {
 		t.Fatal(err)
 	}
 	return st, kr
+}
+
+// serveSMTP serves srv on a loopback port until the test ends and returns
+// its address.
+func serveSMTP(t *testing.T, srv *smtpd.Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return ln.Addr().String()
 }

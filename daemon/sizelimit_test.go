@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -28,7 +27,6 @@ import (
 // the daemon's Deliverer and router over a real bbolt store.
 func TestSizeRefusalsCountedOnce(t *testing.T) {
 	st, kr := acmeStore(t)
-	ctx := context.Background()
 	var logs testutil.SyncBuf
 	log := withContextAttrs(slog.New(slog.NewJSONHandler(&logs, nil)))
 	reg := prometheus.NewRegistry()
@@ -41,18 +39,9 @@ func TestSizeRefusalsCountedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	defer func() {
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-	}()
+	addr := serveSMTP(t, srv)
 
-	c, err := net.Dial("tcp", ln.Addr().String())
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -418,4 +419,27 @@ func (o *knownCodesObserver) unknownCodes() []string {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return append([]string(nil), o.unknown...)
+}
+
+// cutWhileCommitting makes ts's Deliverer block until its context ends,
+// sends a message into it, and shuts ts down with a 300 ms deadline, which
+// must be reached: the session is cut mid-commit. It returns the session's
+// connection.
+func (ts *testServer) cutWhileCommitting(t testing.TB) *raw {
+	t.Helper()
+	started := make(chan struct{})
+	ts.del.setFn(func(ctx context.Context, d *Delivery) error {
+		close(started)
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	r := ts.inData(t, inboundAddr)
+	r.send(simpleBody + ".\r\n")
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := ts.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v", err)
+	}
+	return r
 }
