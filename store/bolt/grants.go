@@ -134,14 +134,10 @@ func (s *Store) Grants(ctx context.Context, tenant string) ([]*Grant, error) {
 // marked.
 func (s *Store) FailStaleSends(ctx context.Context, cutoff time.Time, reason string) (int, error) {
 	var keys [][]byte
-	marker := []byte(`"status":"sending"`)
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bMessages).ForEach(func(k, v []byte) error {
-			if !bytes.Contains(v, marker) {
-				return nil
-			}
 			var m Message
-			if err := json.Unmarshal(v, &m); err != nil {
+			if err := decodeMessage(v, &m); err != nil {
 				return err
 			}
 			if m.Status == "sending" && m.Received.Before(cutoff) {
@@ -159,11 +155,11 @@ func (s *Store) FailStaleSends(ctx context.Context, cutoff time.Time, reason str
 		mb := tx.Bucket(bMessages)
 		for _, k := range keys {
 			var m Message
-			if err := getJSON(mb, k, &m); err != nil || m.Status != "sending" {
+			if err := getMessage(mb, k, &m); err != nil || m.Status != "sending" {
 				continue
 			}
 			m.Status, m.Error = "failed", reason
-			if err := putJSON(mb, k, &m); err != nil {
+			if err := putMessageRec(mb, k, &m); err != nil {
 				return err
 			}
 			n++
