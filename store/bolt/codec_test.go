@@ -21,7 +21,7 @@ func storedMessage() *Message {
 		From:              "carl@cand.test", To: []string{"ursula@acme.test"}, Subject: "Re: your application for the backend role",
 		Date: at.Add(-2 * time.Second).Truncate(time.Second), Received: at, MatchedBy: "references",
 		DKIM: []AuthResult{{Domain: "cand.test", Result: "pass"}}, AuthAligned: true,
-		Raw:  segLoc(3, 41943040, 5083, strings.Repeat("9f86d081884c7d65", 4)), Size: 5083,
+		Raw: segLoc(3, 41943040, 5083, strings.Repeat("9f86d081884c7d65", 4)), Size: 5083,
 		Mailboxes: []string{"acme-x@relay.test"}}
 }
 
