@@ -6,13 +6,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
 
 // Record encoding of the two records every stored message writes, its
-// message record and its outbox event (bench/RESULTS.md "Record encoding"):
+// message record and its outbox event, and of the thread record it reads
+// (bench/RESULTS.md "Record encoding"):
 // a compact binary form whose first byte, a version, is one no JSON text
 // starts with ('{' or white space). Records written by older binaries are
 // JSON and still read as such, so no migration is needed: a record takes
@@ -23,8 +26,9 @@ import (
 // (TestRecordFieldsCovered fails until the codec knows every field).
 
 const (
-	msgRecV1   = 0x01 // encodeMessage's layout
-	eventRecV1 = 0x01 // encodeEvent's layout
+	msgRecV1    = 0x01 // encodeMessage's layout
+	eventRecV1  = 0x01 // encodeEvent's layout
+	threadRecV1 = 0x01 // encodeThread's layout
 )
 
 // errBadRecord is a binary record that does not decode (damaged, or
@@ -48,7 +52,7 @@ const (
 )
 
 func encodeMessage(m *Message) []byte {
-	e := recEnc{b: make([]byte, 0, 256)}
+	e := recEnc{b: make([]byte, 0, 384)}
 	e.b = append(e.b, msgRecV1)
 	var flags byte
 	for bit, on := range []bool{m.AutoReply, m.Bounced, m.AuthAligned, m.Removed} {
@@ -95,7 +99,7 @@ func decodeMessage(v []byte, m *Message) error {
 	if isJSON(v) {
 		return json.Unmarshal(v, m)
 	}
-	d := recDec{b: v}
+	d := newDec(v)
 	if ver := d.byte(); ver != msgRecV1 {
 		return fmt.Errorf("%w: message version %#x", errBadRecord, ver)
 	}
@@ -177,7 +181,7 @@ func decodeEvent(v []byte, r *eventRec) error {
 	if isJSON(v) {
 		return json.Unmarshal(v, r)
 	}
-	d := recDec{b: v}
+	d := newDec(v)
 	if ver := d.byte(); ver != eventRecV1 {
 		return fmt.Errorf("%w: event version %#x", errBadRecord, ver)
 	}
@@ -203,6 +207,68 @@ func eventID(seq uint64) string { return fmt.Sprintf("evt-%d", seq) }
 
 func putEvent(ob *bolt.Bucket, seq uint64, r *eventRec) error {
 	return ob.Put(putU64(seq), encodeEvent(r))
+}
+
+// --- threads ---
+
+func encodeThread(t *Thread) []byte {
+	e := recEnc{b: make([]byte, 0, 128)}
+	e.b = append(e.b, threadRecV1)
+	var secret byte
+	if t.Secret {
+		secret = 1
+	}
+	e.b = append(e.b, secret)
+	e.str(t.Tenant)
+	e.uint(t.ID)
+	e.str(t.Candidate)
+	e.str(t.Subject)
+	e.str(t.SecretBy)
+	e.str(t.CreatedBy)
+	e.strs(t.Participants)
+	e.time(t.Created)
+	e.time(t.LastActivity)
+	e.str(t.ConvIndex)
+	return e.b
+}
+
+// decodeThread reads a thread record in either form.
+func decodeThread(v []byte, t *Thread) error {
+	if isJSON(v) {
+		return json.Unmarshal(v, t)
+	}
+	d := newDec(v)
+	if ver := d.byte(); ver != threadRecV1 {
+		return fmt.Errorf("%w: thread version %#x", errBadRecord, ver)
+	}
+	secret := d.byte()
+	if secret > 1 {
+		d.fail()
+	}
+	*t = Thread{Secret: secret == 1}
+	t.Tenant = d.str()
+	t.ID = d.uint()
+	t.Candidate = d.str()
+	t.Subject = d.str()
+	t.SecretBy = d.str()
+	t.CreatedBy = d.str()
+	t.Participants = d.strs()
+	t.Created = d.time()
+	t.LastActivity = d.time()
+	t.ConvIndex = d.str()
+	return d.end()
+}
+
+func getThreadRec(b *bolt.Bucket, k []byte, t *Thread) error {
+	v := b.Get(k)
+	if v == nil {
+		return ErrNotFound
+	}
+	return decodeThread(v, t)
+}
+
+func putThreadRec(b *bolt.Bucket, k []byte, t *Thread) error {
+	return b.Put(k, encodeThread(t))
 }
 
 // --- raw locators of owner records (compaction, the schema-1 migration) ---
@@ -298,93 +364,128 @@ const (
 )
 
 func (e *recEnc) loc(loc string) {
-	l, ok := parseSegLoc(loc)
-	if ok && l.String() == loc {
-		if sum, err := hex.DecodeString(l.sum); err == nil && len(sum) == 32 {
-			e.b = append(e.b, locSeg)
-			e.uint(l.seg)
-			e.uint(uint64(l.off))
-			e.uint(uint64(l.n))
-			e.b = append(e.b, sum...)
-			return
-		}
+	if seg, off, n, sum, ok := cutSegLoc(loc); ok {
+		e.b = append(e.b, locSeg)
+		e.uint(seg)
+		e.uint(off)
+		e.uint(n)
+		e.b = append(e.b, sum[:]...)
+		return
 	}
 	e.b = append(e.b, locText)
 	e.str(loc)
 }
 
-// recDec reads what recEnc wrote. The first error sticks; later reads
-// return zero values, and end reports it.
+// cutSegLoc splits a segment locator (segLoc's form) without allocating.
+// ok only when appendSegLoc makes the same text again, so that the binary
+// form always reads back as the locator it was given.
+func cutSegLoc(loc string) (seg, off, n uint64, sum [32]byte, ok bool) {
+	rest, ok1 := strings.CutPrefix(loc, "s:")
+	segHex, rest, ok2 := strings.Cut(rest, ":")
+	offDec, rest, ok3 := strings.Cut(rest, ":")
+	nDec, sumHex, ok4 := strings.Cut(rest, ":")
+	if !ok1 || !ok2 || !ok3 || !ok4 || len(sumHex) != 64 {
+		return 0, 0, 0, sum, false
+	}
+	var err [4]error
+	seg, err[0] = strconv.ParseUint(segHex, 16, 64)
+	off, err[1] = strconv.ParseUint(offDec, 10, 63)
+	n, err[2] = strconv.ParseUint(nDec, 10, 63)
+	_, err[3] = hex.Decode(sum[:], []byte(sumHex))
+	if err != [4]error{} {
+		return 0, 0, 0, sum, false
+	}
+	var buf [128]byte
+	return seg, off, n, sum, string(appendSegLoc(buf[:0], seg, off, n, sum[:])) == loc
+}
+
+// appendSegLoc appends segLoc(seg, off, n, hex(sum)).
+func appendSegLoc(b []byte, seg, off, n uint64, sum []byte) []byte {
+	b = append(b, "s:"...)
+	for shift := 60; shift >= 0; shift -= 4 {
+		b = append(b, "0123456789abcdef"[seg>>shift&0xf])
+	}
+	b = append(b, ':')
+	b = strconv.AppendUint(b, off, 10)
+	b = append(b, ':')
+	b = strconv.AppendUint(b, n, 10)
+	b = append(b, ':')
+	return hex.AppendEncode(b, sum)
+}
+
+// recDec reads what recEnc wrote, from one string copy of the record
+// (its strings share it: one allocation, and nothing aliases bbolt's
+// memory, which lives only as long as its transaction). The first error
+// sticks; later reads return zero values, and end reports it.
 type recDec struct {
-	b   []byte
+	s   string
 	err error
 }
+
+func newDec(v []byte) recDec { return recDec{s: string(v)} }
 
 func (d *recDec) fail() {
 	if d.err == nil {
 		d.err = errBadRecord
 	}
-	d.b = nil
+	d.s = ""
 }
 
 func (d *recDec) byte() byte {
-	if len(d.b) == 0 {
+	if len(d.s) == 0 {
 		d.fail()
 		return 0
 	}
-	c := d.b[0]
-	d.b = d.b[1:]
+	c := d.s[0]
+	d.s = d.s[1:]
 	return c
 }
 
 func (d *recDec) uint() uint64 {
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.fail()
-		return 0
+	var v uint64
+	for i := 0; i < len(d.s) && i < binary.MaxVarintLen64; i++ {
+		c := d.s[i]
+		if i == binary.MaxVarintLen64-1 && c > 1 {
+			break // overflows 64 bits
+		}
+		v |= uint64(c&0x7f) << (7 * i)
+		if c < 0x80 {
+			d.s = d.s[i+1:]
+			return v
+		}
 	}
-	d.b = d.b[n:]
-	return v
+	d.fail()
+	return 0
 }
 
 func (d *recDec) int() int64 {
-	v, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.fail()
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
+	u := d.uint()
+	return int64(u>>1) ^ -int64(u&1) // binary.AppendVarint's zig-zag
 }
 
-// take returns the next n bytes, aliasing the record.
-func (d *recDec) take(n uint64) []byte {
-	if n > uint64(len(d.b)) {
+func (d *recDec) str() string {
+	n := d.uint()
+	if n > uint64(len(d.s)) {
 		d.fail()
-		return nil
+		return ""
 	}
-	p := d.b[:n:n]
-	d.b = d.b[n:]
+	p := d.s[:n]
+	d.s = d.s[n:]
 	return p
 }
 
-func (d *recDec) str() string { return string(d.take(d.uint())) }
-
-// bytes returns a copy: bbolt's values live only as long as their
-// transaction.
 func (d *recDec) bytes() []byte {
-	p := d.take(d.uint())
-	if len(p) == 0 {
-		return nil
+	if p := d.str(); p != "" {
+		return []byte(p)
 	}
-	return append([]byte(nil), p...)
+	return nil
 }
 
 // count reads a length of items of at least min bytes each, bounded by
 // what is left (a damaged count must not allocate gigabytes).
 func (d *recDec) count(min int) int {
 	n := d.uint()
-	if n > uint64(len(d.b)/min) {
+	if n > uint64(len(d.s)/min) {
 		d.fail()
 		return 0
 	}
@@ -432,12 +533,14 @@ func (d *recDec) loc() string {
 		return d.str()
 	case locSeg:
 		seg, off, n := d.uint(), d.uint(), d.uint()
-		sum := d.take(32)
-		if d.err != nil || off > 1<<62 || n > 1<<62 {
+		if len(d.s) < 32 || off >= 1<<63 || n >= 1<<63 {
 			d.fail()
 			return ""
 		}
-		return segLoc(seg, int64(off), int64(n), hex.EncodeToString(sum))
+		sum := d.s[:32]
+		d.s = d.s[32:]
+		var buf [128]byte
+		return string(appendSegLoc(buf[:0], seg, off, n, []byte(sum)))
 	}
 	d.fail()
 	return ""
@@ -445,8 +548,8 @@ func (d *recDec) loc() string {
 
 // end reports the first error, or trailing bytes.
 func (d *recDec) end() error {
-	if d.err == nil && len(d.b) != 0 {
-		d.err = fmt.Errorf("%w: %d trailing bytes", errBadRecord, len(d.b))
+	if d.err == nil && len(d.s) != 0 {
+		d.err = fmt.Errorf("%w: %d trailing bytes", errBadRecord, len(d.s))
 	}
 	return d.err
 }

@@ -43,6 +43,8 @@ func TestRecordSizes(t *testing.T) {
 	mb, eb := encodeMessage(m), encodeEvent(ev)
 	t.Logf("message record: JSON %d bytes, binary %d", len(mj), len(mb))
 	t.Logf("outbox event:   JSON %d bytes, binary %d (of which data %d)", len(ej), len(eb), len(ev.Data))
+	tj, _ := json.Marshal(storedThread())
+	t.Logf("thread record:  JSON %d bytes, binary %d", len(tj), len(encodeThread(storedThread())))
 	if len(mb) >= len(mj) || len(eb) >= len(ej) {
 		t.Fatalf("binary not smaller: message %d/%d, event %d/%d", len(mb), len(mj), len(eb), len(ej))
 	}
@@ -99,6 +101,34 @@ func TestRecordFieldsCovered(t *testing.T) {
 		}
 		sameJSON(t, "event", &r, &got)
 	})
+	eachField(t, reflect.TypeFor[Thread](), func(set func(reflect.Value)) {
+		var th, got Thread
+		set(reflect.ValueOf(&th).Elem())
+		if err := decodeThread(encodeThread(&th), &got); err != nil {
+			t.Fatal(err)
+		}
+		sameJSON(t, "thread", &th, &got)
+	})
+}
+
+// storedThread is a thread record as CreateOutbound writes one.
+func storedThread() *Thread {
+	at := time.Date(2026, 12, 7, 3, 53, 24, 123456789, time.UTC)
+	return &Thread{Tenant: "acme", ID: 63, Candidate: "c-1", Subject: "Your application for the backend role",
+		CreatedBy: "u-1", Participants: []string{"u-1", "u-2"}, Created: at, LastActivity: at,
+		ConvIndex: "01d9a3c4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6"}
+}
+
+func TestThreadRecordRoundTrip(t *testing.T) {
+	secret := storedThread()
+	secret.Secret, secret.SecretBy = true, "u-2"
+	for _, th := range []*Thread{storedThread(), secret, {}} {
+		var got Thread
+		if err := decodeThread(encodeThread(th), &got); err != nil {
+			t.Fatal(err)
+		}
+		sameJSON(t, "thread", th, &got)
+	}
 }
 
 func eachField(t *testing.T, typ reflect.Type, check func(set func(reflect.Value))) {
@@ -169,7 +199,12 @@ func TestJSONRecordsStillRead(t *testing.T) {
 	ev := storedEvent()
 	mj, _ := json.Marshal(m)
 	ej, _ := json.Marshal(ev)
+	th.Subject = "kept"
+	tj, _ := json.Marshal(&th)
 	if err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bThreads).Put(keyU64("acme", th.ID), tj); err != nil {
+			return err
+		}
 		if err := tx.Bucket(bMessages).Put(keyU64("acme", m.ID), mj); err != nil {
 			return err
 		}
@@ -179,6 +214,10 @@ func TestJSONRecordsStillRead(t *testing.T) {
 		return tx.Bucket(bOutbox).Put(putU64(ev.Seq), ej)
 	}); err != nil {
 		t.Fatal(err)
+	}
+	gotTh, err := s.Thread(ctx, "acme", th.ID)
+	if err != nil || gotTh.Subject != "kept" || gotTh.Candidate != "c-1" {
+		t.Fatalf("JSON thread = %+v %v", gotTh, err)
 	}
 	got, err := s.Message(ctx, "acme", m.ID)
 	if err != nil {
@@ -204,6 +243,9 @@ func TestJSONRecordsStillRead(t *testing.T) {
 		if v := tx.Bucket(bMessages).Get(keyU64("acme", m.ID)); v[0] != msgRecV1 {
 			t.Errorf("message saved again as %q, want the binary form", v)
 		}
+		if v := tx.Bucket(bThreads).Get(keyU64("acme", th.ID)); v[0] != '{' {
+			t.Errorf("thread rewritten by a read: %q", v)
+		}
 		if v := tx.Bucket(bOutbox).Get(putU64(ev.Seq)); v[0] != eventRecV1 {
 			t.Errorf("event saved again as %q, want the binary form", v)
 		}
@@ -222,7 +264,18 @@ func FuzzRecordDecode(f *testing.F) {
 	f.Add([]byte{msgRecV1})
 	mj, _ := json.Marshal(storedMessage())
 	f.Add(mj)
+	f.Add(encodeThread(storedThread()))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		var th, th2 Thread
+		if decodeThread(data, &th) == nil {
+			enc := encodeThread(&th)
+			if err := decodeThread(enc, &th2); err != nil {
+				t.Fatalf("re-encoded thread does not decode: %v", err)
+			}
+			if !bytes.Equal(encodeThread(&th2), enc) {
+				t.Fatalf("thread encoding not stable: %+v / %+v", th, th2)
+			}
+		}
 		var m, m2 Message
 		if decodeMessage(data, &m) == nil {
 			enc := encodeMessage(&m)
@@ -242,6 +295,73 @@ func FuzzRecordDecode(f *testing.F) {
 			if !bytes.Equal(encodeEvent(&r2), enc) {
 				t.Fatalf("event encoding not stable: %+v / %+v", r, r2)
 			}
+		}
+	})
+}
+
+// BenchmarkRecordCodec: the CPU of writing a stored message's records and
+// of reading them back, JSON against the binary form.
+func BenchmarkRecordCodec(b *testing.B) {
+	m, ev := storedMessage(), storedEvent()
+	mj, _ := json.Marshal(m)
+	ej, _ := json.Marshal(ev)
+	mb, eb := encodeMessage(m), encodeEvent(ev)
+	b.Run("message/encode/json", func(b *testing.B) {
+		for b.Loop() {
+			_, _ = json.Marshal(m)
+		}
+	})
+	b.Run("message/encode/binary", func(b *testing.B) {
+		for b.Loop() {
+			_ = encodeMessage(m)
+		}
+	})
+	b.Run("message/decode/json", func(b *testing.B) {
+		for b.Loop() {
+			var got Message
+			_ = decodeMessage(mj, &got)
+		}
+	})
+	b.Run("message/decode/binary", func(b *testing.B) {
+		for b.Loop() {
+			var got Message
+			_ = decodeMessage(mb, &got)
+		}
+	})
+	th := storedThread()
+	tj, tb := func() []byte { j, _ := json.Marshal(th); return j }(), encodeThread(th)
+	b.Run("thread/decode/json", func(b *testing.B) {
+		for b.Loop() {
+			var got Thread
+			_ = decodeThread(tj, &got)
+		}
+	})
+	b.Run("thread/decode/binary", func(b *testing.B) {
+		for b.Loop() {
+			var got Thread
+			_ = decodeThread(tb, &got)
+		}
+	})
+	b.Run("event/encode/json", func(b *testing.B) {
+		for b.Loop() {
+			_, _ = json.Marshal(ev)
+		}
+	})
+	b.Run("event/encode/binary", func(b *testing.B) {
+		for b.Loop() {
+			_ = encodeEvent(ev)
+		}
+	})
+	b.Run("event/decode/json", func(b *testing.B) {
+		for b.Loop() {
+			var got eventRec
+			_ = decodeEvent(ej, &got)
+		}
+	})
+	b.Run("event/decode/binary", func(b *testing.B) {
+		for b.Loop() {
+			var got eventRec
+			_ = decodeEvent(eb, &got)
 		}
 	})
 }

@@ -35,7 +35,7 @@ func (s *Store) CreateOutbound(ctx context.Context, th *Thread, m *Message, mint
 			if err := tx.Bucket(bCandThread).Put(key(t.Tenant, t.Candidate, string(putU64(t.ID))), nil); err != nil {
 				return err
 			}
-		} else if err := getJSON(tb, keyU64(t.Tenant, t.ID), &t); err != nil {
+		} else if err := getThreadRec(tb, keyU64(t.Tenant, t.ID), &t); err != nil {
 			return fmt.Errorf("thread %d: %w", th.ID, err)
 		}
 		seq, err := tx.Bucket(bMessages).NextSequence()
@@ -72,7 +72,7 @@ func (s *Store) CreateOutbound(ctx context.Context, th *Thread, m *Message, mint
 				return err
 			}
 		}
-		if err := putJSON(tb, keyU64(t.Tenant, t.ID), &t); err != nil {
+		if err := putThreadRec(tb, keyU64(t.Tenant, t.ID), &t); err != nil {
 			return err
 		}
 		outTh, outM = t, msg
@@ -159,7 +159,7 @@ func (s *Store) Thread(ctx context.Context, tenant string, id uint64) (*Thread, 
 // inbound commit does not rewrite the thread record, which would dirty one
 // more page per message in every batch.
 func getThread(tx *bolt.Tx, tenant string, id uint64, t *Thread) error {
-	if err := getJSON(tx.Bucket(bThreads), keyU64(tenant, id), t); err != nil {
+	if err := getThreadRec(tx.Bucket(bThreads), keyU64(tenant, id), t); err != nil {
 		return err
 	}
 	prefix := keyU64(tenant, id)
@@ -190,7 +190,7 @@ func (s *Store) UpdateThread(ctx context.Context, tenant string, id uint64, fn f
 		if err := fn(&out); err != nil {
 			return err
 		}
-		return putJSON(tx.Bucket(bThreads), keyU64(tenant, id), &out)
+		return putThreadRec(tx.Bucket(bThreads), keyU64(tenant, id), &out)
 	})
 	if err != nil {
 		return nil, err
@@ -355,7 +355,7 @@ func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, 
 			return putMessageRec(mb, keyU64(tenant, m.ID), &m)
 		}
 		var th Thread
-		if err := getJSON(tx.Bucket(bThreads), keyU64(tenant, in.Message.Thread), &th); err != nil {
+		if err := getThreadRec(tx.Bucket(bThreads), keyU64(tenant, in.Message.Thread), &th); err != nil {
 			return fmt.Errorf("thread %d: %w", in.Message.Thread, err)
 		}
 		seq, err := mb.NextSequence()
