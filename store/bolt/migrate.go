@@ -45,7 +45,7 @@ func (s *Store) migrateV1() error {
 		return fmt.Errorf("store: migrate to schema 2 (a backup of the old store is at %s): index sent messages: %w", backup, err)
 	}
 	if err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bMeta).Put(keySchema, putU64(2))
+		return tx.Bucket(bMeta).Put(keySchema, putU64(SchemaVersion)) // 2 to 3 changes no data
 	}); err != nil {
 		return fmt.Errorf("store: migrate to schema 2: %w", err)
 	}
