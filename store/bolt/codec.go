@@ -21,8 +21,8 @@ import (
 // JSON and still read as such, so no migration is needed: a record takes
 // the new form the next time it is saved. The other records stay JSON.
 //
-// A version names one fixed field order. Adding a field to Message or
-// eventRec means a new version byte, with the old one still decoded
+// A version names one fixed field order. Adding a field to Message,
+// eventRec or Thread means a new version byte, with the old one still decoded
 // (TestRecordFieldsCovered fails until the codec knows every field).
 
 const (
@@ -49,18 +49,21 @@ const (
 	mfBounced
 	mfAuthAligned
 	mfRemoved
+	mfAll = mfAutoReply | mfBounced | mfAuthAligned | mfRemoved
 )
+
+func flag(on bool, bit byte) byte {
+	if on {
+		return bit
+	}
+	return 0
+}
 
 func encodeMessage(m *Message) []byte {
 	e := recEnc{b: make([]byte, 0, 384)}
 	e.b = append(e.b, msgRecV1)
-	var flags byte
-	for bit, on := range []bool{m.AutoReply, m.Bounced, m.AuthAligned, m.Removed} {
-		if on {
-			flags |= 1 << bit
-		}
-	}
-	e.b = append(e.b, flags)
+	e.b = append(e.b, flag(m.AutoReply, mfAutoReply)|flag(m.Bounced, mfBounced)|
+		flag(m.AuthAligned, mfAuthAligned)|flag(m.Removed, mfRemoved))
 	e.str(m.Tenant)
 	e.uint(m.ID)
 	e.uint(m.Thread)
@@ -104,6 +107,9 @@ func decodeMessage(v []byte, m *Message) error {
 		return fmt.Errorf("%w: message version %#x", errBadRecord, ver)
 	}
 	flags := d.byte()
+	if flags&^mfAll != 0 {
+		d.fail()
+	}
 	*m = Message{
 		AutoReply: flags&mfAutoReply != 0, Bounced: flags&mfBounced != 0,
 		AuthAligned: flags&mfAuthAligned != 0, Removed: flags&mfRemoved != 0,
