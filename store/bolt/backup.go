@@ -289,7 +289,7 @@ func (s *Store) describe(dataDir string) (*BackupManifest, []rawEntry, error) {
 func forEachRawOwner(tx *bolt.Tx, fn func(owner []byte, loc string) error) error {
 	if err := tx.Bucket(bMessages).ForEach(func(k, v []byte) error {
 		var m Message
-		if err := json.Unmarshal(v, &m); err != nil {
+		if err := decodeMessage(v, &m); err != nil {
 			return err
 		}
 		if m.Raw == "" {

@@ -3,7 +3,6 @@ package bolt
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -177,12 +176,10 @@ func (s *Store) moveRecords(ctx context.Context, recs []segRec) (int, error) {
 			if v == nil {
 				continue
 			}
-			var rec map[string]json.RawMessage
-			if err := json.Unmarshal(v, &rec); err != nil {
+			cur, err := recordRaw(v)
+			if err != nil {
 				return err
 			}
-			var cur string
-			_ = json.Unmarshal(rec["raw"], &cur)
 			if cur != mv.old {
 				continue
 			}
@@ -192,9 +189,7 @@ func (s *Store) moveRecords(ctx context.Context, recs []segRec) (int, error) {
 			if err := linkRaw(tx, mv.new, mv.owner); err != nil {
 				return err
 			}
-			loc, _ := json.Marshal(mv.new)
-			rec["raw"] = loc
-			data, err := json.Marshal(rec)
+			data, err := withRaw(v, mv.new)
 			if err != nil {
 				return err
 			}
@@ -234,11 +229,8 @@ func (s *Store) ownerRaw(owner []byte) (string, error) {
 		if v == nil {
 			return nil
 		}
-		var rec struct {
-			Raw string `json:"raw"`
-		}
-		err := json.Unmarshal(v, &rec)
-		loc = rec.Raw
+		var err error
+		loc, err = recordRaw(v)
 		return err
 	})
 	return loc, err

@@ -134,14 +134,16 @@ func (s *Store) Grants(ctx context.Context, tenant string) ([]*Grant, error) {
 // marked.
 func (s *Store) FailStaleSends(ctx context.Context, cutoff time.Time, reason string) (int, error) {
 	var keys [][]byte
-	marker := []byte(`"status":"sending"`)
+	// The status as either form of record writes it: a cheap filter before
+	// decoding (this scans every message, every 10 minutes).
+	markers := [][]byte{[]byte(`"status":"sending"`), []byte("\x07sending")}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bMessages).ForEach(func(k, v []byte) error {
-			if !bytes.Contains(v, marker) {
+			if !bytes.Contains(v, markers[0]) && !bytes.Contains(v, markers[1]) {
 				return nil
 			}
 			var m Message
-			if err := json.Unmarshal(v, &m); err != nil {
+			if err := decodeMessage(v, &m); err != nil {
 				return err
 			}
 			if m.Status == "sending" && m.Received.Before(cutoff) {
@@ -159,11 +161,11 @@ func (s *Store) FailStaleSends(ctx context.Context, cutoff time.Time, reason str
 		mb := tx.Bucket(bMessages)
 		for _, k := range keys {
 			var m Message
-			if err := getJSON(mb, k, &m); err != nil || m.Status != "sending" {
+			if err := getMessage(mb, k, &m); err != nil || m.Status != "sending" {
 				continue
 			}
 			m.Status, m.Error = "failed", reason
-			if err := putJSON(mb, k, &m); err != nil {
+			if err := putMessageRec(mb, k, &m); err != nil {
 				return err
 			}
 			n++

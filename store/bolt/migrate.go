@@ -2,7 +2,6 @@ package bolt
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,7 +45,7 @@ func (s *Store) migrateV1() error {
 		return fmt.Errorf("store: migrate to schema 2 (a backup of the old store is at %s): index sent messages: %w", backup, err)
 	}
 	if err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bMeta).Put(keySchema, putU64(2))
+		return tx.Bucket(bMeta).Put(keySchema, putU64(SchemaVersion)) // 2 to 3 changes no data
 	}); err != nil {
 		return fmt.Errorf("store: migrate to schema 2: %w", err)
 	}
@@ -107,14 +106,12 @@ func (s *Store) migrateChunk(bucket, after []byte, limit int) (moved, missing in
 			}
 		}
 		for ; k != nil; k, v = c.Next() {
-			var rec struct {
-				Raw string `json:"raw"`
-			}
-			if err := json.Unmarshal(v, &rec); err != nil {
+			raw, err := recordRaw(v)
+			if err != nil {
 				return fmt.Errorf("record %q: %w", k, err)
 			}
-			if validSum(rec.Raw) {
-				todo = append(todo, legacyRaw{key: append([]byte(nil), k...), sum: rec.Raw})
+			if validSum(raw) {
+				todo = append(todo, legacyRaw{key: append([]byte(nil), k...), sum: raw})
 			}
 			if len(todo) == limit {
 				next = append([]byte(nil), k...)
@@ -150,13 +147,7 @@ func (s *Store) migrateChunk(bucket, after []byte, limit int) (moved, missing in
 			if t.loc == "" {
 				continue
 			}
-			var rec map[string]json.RawMessage
-			if err := json.Unmarshal(b.Get(t.key), &rec); err != nil {
-				return err
-			}
-			loc, _ := json.Marshal(t.loc)
-			rec["raw"] = loc
-			data, err := json.Marshal(rec)
+			data, err := withRaw(b.Get(t.key), t.loc)
 			if err != nil {
 				return err
 			}
@@ -196,13 +187,8 @@ func (s *Store) indexSentV1() error {
 				}
 			}
 			for ; k != nil; k, v = c.Next() {
-				var m struct {
-					Tenant   string    `json:"tenant"`
-					ID       uint64    `json:"id"`
-					Status   string    `json:"status"`
-					Received time.Time `json:"received"`
-				}
-				if err := json.Unmarshal(v, &m); err != nil {
+				var m Message
+				if err := decodeMessage(v, &m); err != nil {
 					return fmt.Errorf("record %q: %w", k, err)
 				}
 				if m.Status != "" { // as CreateOutbound indexes it

@@ -69,8 +69,12 @@ func (r *eventRec) event() *Event {
 }
 
 func getEvent(ob *bolt.Bucket, seq uint64) (*eventRec, error) {
+	v := ob.Get(putU64(seq))
+	if v == nil {
+		return nil, fmt.Errorf("event %d: %w", seq, ErrNotFound)
+	}
 	var r eventRec
-	if err := getJSON(ob, putU64(seq), &r); err != nil {
+	if err := decodeEvent(v, &r); err != nil {
 		return nil, fmt.Errorf("event %d: %w", seq, err)
 	}
 	return &r, nil
@@ -96,7 +100,7 @@ func indexNew(ob, idx *bolt.Bucket) error {
 			continue
 		}
 		var r eventRec
-		if err := json.Unmarshal(v, &r); err != nil {
+		if err := decodeEvent(v, &r); err != nil {
 			return fmt.Errorf("event %d: %w", seq, err)
 		}
 		if r.State == EventPending || r.State == "" {
@@ -208,7 +212,7 @@ func (s *Store) ClaimEvents(ctx context.Context, now time.Time, limit int, lease
 			r.State = EventPending
 			r.Attempts++
 			r.NextAttempt = now.Add(lease).UTC()
-			if err := putJSON(ob, putU64(seq), r); err != nil {
+			if err := putEvent(ob, seq, r); err != nil {
 				return err
 			}
 			if err := setPending(idx, seq, r.NextAttempt); err != nil {
@@ -245,7 +249,7 @@ func (s *Store) EventDelivered(ctx context.Context, seq uint64, at time.Time) er
 		if err := idx.Put(idxTime('v', at.UnixNano(), seq), nil); err != nil {
 			return err
 		}
-		return putJSON(ob, putU64(seq), r)
+		return putEvent(ob, seq, r)
 	})
 }
 
@@ -278,7 +282,7 @@ func (s *Store) EventFailed(ctx context.Context, seq uint64, attempt int, at tim
 				return err
 			}
 		}
-		return putJSON(ob, putU64(seq), r)
+		return putEvent(ob, seq, r)
 	})
 }
 
@@ -373,7 +377,7 @@ func (s *Store) Redeliver(ctx context.Context, tenant string, seqs []uint64, now
 			if err := setPending(idx, seq, r.NextAttempt); err != nil {
 				return err
 			}
-			if err := putJSON(ob, putU64(seq), r); err != nil {
+			if err := putEvent(ob, seq, r); err != nil {
 				return err
 			}
 			requeued = append(requeued, r.event())
@@ -410,7 +414,7 @@ func (s *Store) OutboxStats(ctx context.Context) (OutboxStats, error) {
 		oc := ob.Cursor()
 		for k, v := oc.Seek(putU64(next)); k != nil; k, v = oc.Next() {
 			var r eventRec
-			if err := json.Unmarshal(v, &r); err != nil {
+			if err := decodeEvent(v, &r); err != nil {
 				return err
 			}
 			if r.State != EventPending && r.State != "" {

@@ -3,7 +3,6 @@ package bolt
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"strings"
 	"time"
 
@@ -107,12 +106,8 @@ func (s *Store) sentSince(tenant string, since time.Time) (n int, last time.Time
 		mb := tx.Bucket(bMessages)
 		c := tx.Bucket(bSentIdx).Cursor()
 		for k, _ := c.Seek(sentKey(tenant, since, 0)); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+16; k, _ = c.Next() {
-			var m struct {
-				Direction string    `json:"direction"`
-				Status    string    `json:"status"`
-				Received  time.Time `json:"received"`
-			}
-			if err := getJSON(mb, keyU64(tenant, getU64(k[len(prefix)+8:])), &m); err != nil {
+			var m Message
+			if err := getMessage(mb, keyU64(tenant, getU64(k[len(prefix)+8:])), &m); err != nil {
 				return err
 			}
 			if m.Direction == Outbound && m.Status != "" && m.Status != "failed" {
@@ -144,12 +139,8 @@ func (s *Store) LatestIssuedMessageID(ctx context.Context) (msgid string, ok boo
 		n := 0
 		for k, v := c.Last(); k != nil && n < 10000; k, v = c.Prev() {
 			n++
-			var m struct {
-				Direction         string `json:"direction"`
-				SentBy            string `json:"sent_by"`
-				InternetMessageID string `json:"internet_message_id"`
-			}
-			if err := json.Unmarshal(v, &m); err != nil {
+			var m Message
+			if err := decodeMessage(v, &m); err != nil {
 				return err
 			}
 			if m.Direction == Outbound && m.SentBy != "" && strings.HasPrefix(m.InternetMessageID, "sr.") {

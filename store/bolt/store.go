@@ -31,7 +31,11 @@ import (
 // 1: raw messages in content-addressed files, one per message.
 // 2: raw messages in the segment log (or a file of their own when large),
 // each owned by one record and indexed to it.
-const SchemaVersion = 2
+// 3: message, outbox-event and thread records may be binary (codec.go).
+// No data changes: a schema-2 store is raised at Open and its JSON
+// records still read; the number is raised so that an older binary
+// refuses the store instead of failing on every binary record.
+const SchemaVersion = 3
 
 var (
 	bMeta       = []byte("meta")
@@ -241,7 +245,7 @@ func (s *Store) migrate() (from int, err error) {
 		if from > SchemaVersion {
 			return fmt.Errorf("store: schema version %d is newer than this binary's %d; upgrade syncrelay", from, SchemaVersion)
 		}
-		if from == SchemaVersion {
+		if from >= 2 { // nothing to migrate from 2 (see SchemaVersion)
 			return m.Put(keySchema, putU64(SchemaVersion))
 		}
 		return nil

@@ -35,7 +35,7 @@ func (s *Store) CreateOutbound(ctx context.Context, th *Thread, m *Message, mint
 			if err := tx.Bucket(bCandThread).Put(key(t.Tenant, t.Candidate, string(putU64(t.ID))), nil); err != nil {
 				return err
 			}
-		} else if err := getJSON(tb, keyU64(t.Tenant, t.ID), &t); err != nil {
+		} else if err := getThreadRec(tb, keyU64(t.Tenant, t.ID), &t); err != nil {
 			return fmt.Errorf("thread %d: %w", th.ID, err)
 		}
 		seq, err := tx.Bucket(bMessages).NextSequence()
@@ -72,7 +72,7 @@ func (s *Store) CreateOutbound(ctx context.Context, th *Thread, m *Message, mint
 				return err
 			}
 		}
-		if err := putJSON(tb, keyU64(t.Tenant, t.ID), &t); err != nil {
+		if err := putThreadRec(tb, keyU64(t.Tenant, t.ID), &t); err != nil {
 			return err
 		}
 		outTh, outM = t, msg
@@ -99,7 +99,7 @@ func (s *Store) putMessage(tx *bolt.Tx, m *Message, dk string) error {
 	if err := tx.Bucket(bThreadMsg).Put(append(keyU64(m.Tenant, m.Thread), putU64(m.ID)...), nil); err != nil {
 		return err
 	}
-	return putJSON(tx.Bucket(bMessages), keyU64(m.Tenant, m.ID), m)
+	return putMessageRec(tx.Bucket(bMessages), keyU64(m.Tenant, m.ID), m)
 }
 
 // UpdateMessage applies fn to a stored message and saves it; raw, when not
@@ -113,7 +113,7 @@ func (s *Store) UpdateMessage(ctx context.Context, tenant string, id uint64, raw
 	var freed string
 	err = s.group(ctx, func(tx *bolt.Tx) error {
 		var m Message
-		if err := getJSON(tx.Bucket(bMessages), keyU64(tenant, id), &m); err != nil {
+		if err := getMessage(tx.Bucket(bMessages), keyU64(tenant, id), &m); err != nil {
 			return fmt.Errorf("message %d: %w", id, err)
 		}
 		freed = ""
@@ -131,7 +131,7 @@ func (s *Store) UpdateMessage(ctx context.Context, tenant string, id uint64, raw
 			return err
 		}
 		out = m
-		return putJSON(tx.Bucket(bMessages), keyU64(tenant, id), &m)
+		return putMessageRec(tx.Bucket(bMessages), keyU64(tenant, id), &m)
 	})
 	if err != nil {
 		return nil, err
@@ -159,7 +159,7 @@ func (s *Store) Thread(ctx context.Context, tenant string, id uint64) (*Thread, 
 // inbound commit does not rewrite the thread record, which would dirty one
 // more page per message in every batch.
 func getThread(tx *bolt.Tx, tenant string, id uint64, t *Thread) error {
-	if err := getJSON(tx.Bucket(bThreads), keyU64(tenant, id), t); err != nil {
+	if err := getThreadRec(tx.Bucket(bThreads), keyU64(tenant, id), t); err != nil {
 		return err
 	}
 	prefix := keyU64(tenant, id)
@@ -173,10 +173,8 @@ func getThread(tx *bolt.Tx, tenant string, id uint64, t *Thread) error {
 	if k == nil || len(k) != len(prefix)+8 || !bytes.HasPrefix(k, prefix) {
 		return nil
 	}
-	var m struct {
-		Received time.Time `json:"received"`
-	}
-	if err := getJSON(tx.Bucket(bMessages), keyU64(tenant, getU64(k[len(prefix):])), &m); err == nil && m.Received.After(t.LastActivity) {
+	var m Message
+	if err := getMessage(tx.Bucket(bMessages), keyU64(tenant, getU64(k[len(prefix):])), &m); err == nil && m.Received.After(t.LastActivity) {
 		t.LastActivity = m.Received
 	}
 	return nil
@@ -192,7 +190,7 @@ func (s *Store) UpdateThread(ctx context.Context, tenant string, id uint64, fn f
 		if err := fn(&out); err != nil {
 			return err
 		}
-		return putJSON(tx.Bucket(bThreads), keyU64(tenant, id), &out)
+		return putThreadRec(tx.Bucket(bThreads), keyU64(tenant, id), &out)
 	})
 	if err != nil {
 		return nil, err
@@ -233,7 +231,7 @@ func (s *Store) LookupMsgID(ctx context.Context, tenant, msgid string) (Ref, boo
 func (s *Store) Message(ctx context.Context, tenant string, id uint64) (*Message, error) {
 	var m Message
 	err := s.db.View(func(tx *bolt.Tx) error {
-		return getJSON(tx.Bucket(bMessages), keyU64(tenant, id), &m)
+		return getMessage(tx.Bucket(bMessages), keyU64(tenant, id), &m)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("message %d: %w", id, err)
@@ -249,7 +247,7 @@ func (s *Store) ThreadMessages(ctx context.Context, tenant string, thread uint64
 		prefix := keyU64(tenant, thread)
 		return forPrefix(tx.Bucket(bThreadMsg), prefix, func(k, _ []byte) error {
 			var m Message
-			if err := getJSON(mb, keyU64(tenant, getU64(k[len(prefix):])), &m); err != nil {
+			if err := getMessage(mb, keyU64(tenant, getU64(k[len(prefix):])), &m); err != nil {
 				return err
 			}
 			out = append(out, &m)
@@ -326,7 +324,7 @@ func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, 
 		mb := tx.Bucket(bMessages)
 		if in.Learn != nil {
 			var m Message
-			if err := getJSON(mb, keyU64(tenant, in.Learn.Message), &m); err != nil {
+			if err := getMessage(mb, keyU64(tenant, in.Learn.Message), &m); err != nil {
 				return fmt.Errorf("sent message %d: %w", in.Learn.Message, err)
 			}
 			id := in.Message.InternetMessageID
@@ -344,20 +342,20 @@ func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, 
 			}
 			m.AddMailbox(in.Mailbox)
 			res = CommitResult{Decision: Duplicate, Ref: *in.Learn, Removed: m.Removed}
-			return putJSON(mb, keyU64(tenant, m.ID), &m)
+			return putMessageRec(mb, keyU64(tenant, m.ID), &m)
 		}
 		dk := DedupKey(in.Message.InternetMessageID, in.Digest)
 		if ref, ok := threadCopy(tx, tenant, in.Message.Thread, dk); ok {
 			var m Message
-			if err := getJSON(mb, keyU64(tenant, ref.Message), &m); err != nil {
+			if err := getMessage(mb, keyU64(tenant, ref.Message), &m); err != nil {
 				return fmt.Errorf("indexed message %d: %w", ref.Message, err)
 			}
 			m.AddMailbox(in.Mailbox)
 			res = CommitResult{Decision: Duplicate, Ref: ref, Removed: m.Removed}
-			return putJSON(mb, keyU64(tenant, m.ID), &m)
+			return putMessageRec(mb, keyU64(tenant, m.ID), &m)
 		}
 		var th Thread
-		if err := getJSON(tx.Bucket(bThreads), keyU64(tenant, in.Message.Thread), &th); err != nil {
+		if err := getThreadRec(tx.Bucket(bThreads), keyU64(tenant, in.Message.Thread), &th); err != nil {
 			return fmt.Errorf("thread %d: %w", in.Message.Thread, err)
 		}
 		seq, err := mb.NextSequence()
@@ -406,12 +404,12 @@ func (s *Store) MarkBounced(ctx context.Context, tenant string, id uint64, statu
 	err = s.group(ctx, func(tx *bolt.Tx) error {
 		mb := tx.Bucket(bMessages)
 		var m Message
-		if err := getJSON(mb, keyU64(tenant, id), &m); err != nil {
+		if err := getMessage(mb, keyU64(tenant, id), &m); err != nil {
 			return fmt.Errorf("message %d: %w", id, err)
 		}
 		already = m.Bounced && m.BounceStatus == status
 		m.Bounced, m.BounceStatus, m.BounceDiagnostic = true, status, diag
-		if err := putJSON(mb, keyU64(tenant, id), &m); err != nil {
+		if err := putMessageRec(mb, keyU64(tenant, id), &m); err != nil {
 			return err
 		}
 		if already {
@@ -434,7 +432,7 @@ func (s *Store) RemoveMessage(ctx context.Context, tenant string, id uint64) err
 	err := s.group(ctx, func(tx *bolt.Tx) error {
 		mb := tx.Bucket(bMessages)
 		var m Message
-		if err := getJSON(mb, keyU64(tenant, id), &m); err != nil {
+		if err := getMessage(mb, keyU64(tenant, id), &m); err != nil {
 			return fmt.Errorf("message %d: %w", id, err)
 		}
 		var err error
@@ -442,7 +440,7 @@ func (s *Store) RemoveMessage(ctx context.Context, tenant string, id uint64) err
 			return err
 		}
 		m.Removed, m.RemovedAt, m.Raw = true, s.now().UTC(), ""
-		return putJSON(mb, keyU64(tenant, id), &m)
+		return putMessageRec(mb, keyU64(tenant, id), &m)
 	})
 	if err != nil {
 		return err
@@ -509,9 +507,12 @@ func (s *Store) enqueue(tx *bolt.Tx, tenant, typ string, data any, now time.Time
 	if err != nil {
 		return err
 	}
-	ev := Event{ID: fmt.Sprintf("evt-%d", seq), Seq: seq, Type: typ, Created: now, Tenant: tenant,
-		Data: data, NextAttempt: now, State: "pending"}
-	return putJSON(ob, putU64(seq), &ev)
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return fmt.Errorf("event %s: %w", typ, err)
+	}
+	return putEvent(ob, seq, &eventRec{ID: eventID(seq), Seq: seq, Type: typ, Created: now, Tenant: tenant,
+		Data: raw, NextAttempt: now, State: EventPending})
 }
 
 // Enqueue adds an event to the durable outbox on its own.
@@ -525,13 +526,22 @@ func (s *Store) Events(ctx context.Context, state string) ([]*Event, error) {
 	var out []*Event
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bOutbox).ForEach(func(k, v []byte) error {
-			var e Event
-			if err := json.Unmarshal(v, &e); err != nil {
+			var r eventRec
+			if err := decodeEvent(v, &r); err != nil {
 				return err
 			}
-			if state == "" || e.State == state {
-				out = append(out, &e)
+			if state != "" && r.State != state {
+				return nil
 			}
+			e := r.event()
+			// As before the binary form: Data as JSON decodes it.
+			e.Data = nil
+			if len(r.Data) > 0 {
+				if err := json.Unmarshal(r.Data, &e.Data); err != nil {
+					return err
+				}
+			}
+			out = append(out, e)
 			return nil
 		})
 	})

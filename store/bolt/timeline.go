@@ -20,7 +20,7 @@ func (s *Store) ThreadMessagesPage(ctx context.Context, tenant string, thread, a
 		start := append(slicesClone(prefix), putU64(after+1)...)
 		for k, _ := c.Seek(start); k != nil && len(k) == len(prefix)+8 && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 			var m Message
-			if err := getJSON(mb, keyU64(tenant, getU64(k[len(prefix):])), &m); err != nil {
+			if err := getMessage(mb, keyU64(tenant, getU64(k[len(prefix):])), &m); err != nil {
 				return err
 			}
 			if m.Removed {
@@ -56,7 +56,7 @@ func (s *Store) ThreadInvolves(ctx context.Context, tenant string, thread uint64
 				return nil
 			}
 			var m Message
-			if err := getJSON(mb, keyU64(tenant, getU64(k[len(prefix):])), &m); err != nil {
+			if err := getMessage(mb, keyU64(tenant, getU64(k[len(prefix):])), &m); err != nil {
 				return err
 			}
 			found = m.Involves(userID, email)
