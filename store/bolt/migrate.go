@@ -56,7 +56,7 @@ func (s *Store) migrateV1() error {
 			_ = os.RemoveAll(filepath.Join(s.raw.root, sh.Name()))
 		}
 	}
-	s.log().Warn("store migrated from schema 1 to 2", "dir", s.dir, "backup", backup,
+	s.log().Warn("store migrated from schema 1", "to", SchemaVersion, "dir", s.dir, "backup", backup,
 		"raw_messages_moved", moved, "raw_files_missing", missing, "elapsed", time.Since(start).Round(time.Millisecond))
 	return nil
 }
