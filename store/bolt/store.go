@@ -180,7 +180,7 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	s.counts = newCounterBuf()
 	s.commits = groupcommit.New[*commitReq](1024)
-	go s.commits.Run(maxBatch, 10*time.Second, func() { _ = s.flushCounters() }, s.runBatch)
+	go s.commits.RunAhead(maxBatch, 10*time.Second, func() { _ = s.flushCounters() }, s.committer())
 	return s, nil
 }
 
