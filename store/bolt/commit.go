@@ -130,7 +130,11 @@ func (s *Store) commitAhead(tx *bolt.Tx, next func(<-chan struct{}) []*commitReq
 		}
 		got <- taken{b, f}
 	}()
-	err := tx.Commit()
+	commit := (*bolt.Tx).Commit
+	if s.txCommit != nil {
+		commit = s.txCommit
+	}
+	err := commit(tx)
 	close(done)
 	a := <-got
 	return a.batch, a.flushed, err

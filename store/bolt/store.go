@@ -98,6 +98,9 @@ type Store struct {
 	logger *slog.Logger
 
 	commits *groupcommit.Queue[*commitReq] // nil when read-only
+	// txCommit commits a batch's transaction: tx.Commit, or a test's
+	// stand-in that holds it.
+	txCommit func(*bolt.Tx) error
 	counts  *counterBuf
 	inbound inboundCache
 
