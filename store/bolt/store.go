@@ -101,8 +101,8 @@ type Store struct {
 	// txCommit commits a batch's transaction: tx.Commit, or a test's
 	// stand-in that holds it.
 	txCommit func(*bolt.Tx) error
-	counts  *counterBuf
-	inbound inboundCache
+	counts   *counterBuf
+	inbound  inboundCache
 
 	compactMu sync.Mutex    // one compaction at a time
 	grace     time.Duration // compactGrace, 0 for a store nobody else writes
