@@ -160,3 +160,75 @@ func TestRunNOverlaps(t *testing.T) {
 		})
 	}
 }
+
+// TestRunAhead: a batch's commit takes the next batch with next, which
+// returns what is queued, or else the first requests queued before its
+// channel closes, or nil; Run commits that batch next, and Close still
+// commits every queued request.
+func TestRunAhead(t *testing.T) {
+	q := New[int](64)
+	waiting, arrived := make(chan struct{}), make(chan struct{})
+	var mu sync.Mutex
+	var batches [][]int
+	var ahead []int // what the first batch's next returned
+	go q.RunAhead(8, time.Hour, func() {}, func(b []int, next func(<-chan struct{}) []int) []int {
+		mu.Lock()
+		batches = append(batches, b)
+		n := len(batches)
+		mu.Unlock()
+		done := make(chan struct{})
+		if n == 1 {
+			// The first batch's wait: nothing is queued yet, so next
+			// waits for the first arrival.
+			close(waiting)
+			<-arrived
+			b := next(done)
+			mu.Lock()
+			ahead = b
+			mu.Unlock()
+			return b
+		}
+		close(done) // later batches: what is queued, or nil
+		return next(done)
+	})
+	submit := func(i int) {
+		t.Helper()
+		if err := q.Submit(context.Background(), i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	submit(0)
+	<-waiting
+	go func() { time.Sleep(20 * time.Millisecond); submit(1) }()
+	close(arrived)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n := len(batches)
+		mu.Unlock()
+		if n == 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for i := 2; i < 12; i++ {
+		submit(i)
+	}
+	q.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	got := fmt.Sprint(batches)
+	if fmt.Sprint(ahead) != "[1]" || len(batches) < 3 || fmt.Sprint(batches[:2]) != "[[0] [1]]" {
+		t.Fatalf("batches %s, taken ahead %v: want [0], then [1] taken ahead during its wait", got, ahead)
+	}
+	total := 0
+	for _, b := range batches {
+		if len(b) > 8 {
+			t.Fatalf("batch of %d, max 8: %s", len(b), got)
+		}
+		total += len(b)
+	}
+	if total != 12 {
+		t.Fatalf("%d of 12 committed: %s", total, got)
+	}
+}
