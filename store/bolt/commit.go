@@ -48,57 +48,28 @@ func (s *Store) group(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 	return <-r.err
 }
 
-// committer returns the group commit's commit function. A batch's records
-// go in one bbolt transaction, committed after the segment bytes they
-// refer to are durable. Three flushes in a row per batch would be the
-// segment's fdatasync and bbolt's two (pages, then meta page); instead the
-// next batch is taken while this one's Commit syncs (what is queued then,
-// or the first requests to arrive before it ends), and its segment flush
-// runs alongside. Its records are committed only after that flush, which
-// started after they were written and after the previous flush ended.
-func (s *Store) committer() func([]*commitReq, func(<-chan struct{}) []*commitReq) []*commitReq {
-	var flushed func() error // the flush of the batch taken ahead
-	return func(batch []*commitReq, next func(<-chan struct{}) []*commitReq) []*commitReq {
-		if flushed == nil {
-			flushed = s.startFlush()
-		}
-		var ahead []*commitReq
-		ahead, flushed = s.runBatch(batch, flushed, next)
-		return ahead
-	}
-}
-
-// startFlush starts a flush of the segment log, which makes the bytes of
-// every append that returned before it durable, and returns its outcome's
-// wait (which may be called again).
-func (s *Store) startFlush() func() error {
-	ch := make(chan error, 1)
-	go func() { ch <- s.segs.flush() }()
-	var err error
+// runBatch commits a batch: its records in one bbolt transaction, after
+// the segment bytes they refer to are durable. The segment's fdatasync runs
+// while the transaction is being built (its requests' functions: record
+// encoding, index puts), and only Commit waits for it: the building is off
+// the critical path of every message in the batch.
+func (s *Store) runBatch(batch []*commitReq) {
+	// The segment bytes these records refer to were written before their
+	// requests were queued: one flush makes them all durable before any
+	// record that points at them is committed.
+	flushed := make(chan error, 1)
+	go func() { flushed <- s.segs.flush() }()
+	var flushErr error
 	waited := false
-	return func() error {
+	waitFlush := func() error {
 		if !waited {
-			err, waited = <-ch, true
+			flushErr, waited = <-flushed, true
 		}
-		return err
+		return flushErr
 	}
-}
-
-// runBatch commits batch once flushed() (its segment flush) returns nil.
-// It returns the batch it took ahead during its Commit, if any, and that
-// batch's flush.
-func (s *Store) runBatch(batch []*commitReq, flushed func() error, next func(<-chan struct{}) []*commitReq) ([]*commitReq, func() error) {
-	// Every request failed: the flush still ends before the next batch's.
-	defer flushed()
-	var ahead []*commitReq
-	var aheadFlushed func() error
-	commit := func(tx *bolt.Tx) error {
-		var err error
-		ahead, aheadFlushed, err = s.commitAhead(tx, next)
-		return err
-	}
+	defer waitFlush() // every request failed: the flush still ends before the next batch's
 	for len(batch) > 0 {
-		failed, err := s.commitTx(batch, flushed, commit)
+		failed, err := s.commitTx(batch, waitFlush)
 		if failed >= 0 {
 			batch[failed].err <- err
 			batch = append(batch[:failed:failed], batch[failed+1:]...)
@@ -107,44 +78,15 @@ func (s *Store) runBatch(batch []*commitReq, flushed func() error, next func(<-c
 		for _, r := range batch {
 			r.err <- err
 		}
-		break
+		return
 	}
-	return ahead, aheadFlushed
-}
-
-// commitAhead commits tx and meanwhile takes the next batch and starts its
-// segment flush. The caller has waited for the current batch's flush, so
-// the two flushes never overlap: when one ends, every append that returned
-// before it started is durable.
-func (s *Store) commitAhead(tx *bolt.Tx, next func(<-chan struct{}) []*commitReq) ([]*commitReq, func() error, error) {
-	type taken struct {
-		batch   []*commitReq
-		flushed func() error
-	}
-	done, got := make(chan struct{}), make(chan taken, 1)
-	go func() {
-		b := next(done)
-		var f func() error
-		if len(b) > 0 {
-			f = s.startFlush()
-		}
-		got <- taken{b, f}
-	}()
-	commit := (*bolt.Tx).Commit
-	if s.txCommit != nil {
-		commit = s.txCommit
-	}
-	err := commit(tx)
-	close(done)
-	a := <-got
-	return a.batch, a.flushed, err
 }
 
 // commitTx runs batch's functions in a new write transaction and commits
-// it with commit once ready() (the segment flush) returns nil. When a
-// function fails it rolls back and returns that request's index and error;
-// otherwise failed is -1 and err is the outcome of the whole batch.
-func (s *Store) commitTx(batch []*commitReq, ready func() error, commit func(*bolt.Tx) error) (failed int, err error) {
+// it once ready() (the segment flush) returns nil. When a function fails
+// it rolls back and returns that request's index and error; otherwise
+// failed is -1 and err is the outcome of the whole batch.
+func (s *Store) commitTx(batch []*commitReq, ready func() error) (failed int, err error) {
 	tx, err := s.db.Begin(true)
 	if err != nil {
 		return -1, err
@@ -169,7 +111,7 @@ func (s *Store) commitTx(batch []*commitReq, ready func() error, commit func(*bo
 	if err != nil {
 		return -1, err
 	}
-	if err := commit(tx); err != nil {
+	if err := tx.Commit(); err != nil {
 		return -1, err
 	}
 	for id, pads := range counted {

@@ -98,11 +98,8 @@ type Store struct {
 	logger *slog.Logger
 
 	commits *groupcommit.Queue[*commitReq] // nil when read-only
-	// txCommit commits a batch's transaction: tx.Commit, or a test's
-	// stand-in that holds it.
-	txCommit func(*bolt.Tx) error
-	counts   *counterBuf
-	inbound  inboundCache
+	counts  *counterBuf
+	inbound inboundCache
 
 	compactMu sync.Mutex    // one compaction at a time
 	grace     time.Duration // compactGrace, 0 for a store nobody else writes
@@ -183,7 +180,7 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	s.counts = newCounterBuf()
 	s.commits = groupcommit.New[*commitReq](1024)
-	go s.commits.RunAhead(maxBatch, 10*time.Second, func() { _ = s.flushCounters() }, s.committer())
+	go s.commits.Run(maxBatch, 10*time.Second, func() { _ = s.flushCounters() }, s.runBatch)
 	return s, nil
 }
 

@@ -53,41 +53,13 @@ func (q *Queue[R]) Submit(ctx context.Context, r R) error {
 // every interval while idle (the stores flush their buffered counters).
 // Before it returns, every request queued before Close is committed.
 func (q *Queue[R]) Run(max int, every time.Duration, tick func(), commit func([]R)) {
-	q.RunAhead(max, every, tick, func(batch []R, _ func(<-chan struct{}) []R) []R {
-		commit(batch)
-		return nil
-	})
-}
-
-// RunAhead is Run for a committer whose batch ends in a wait that the next
-// batch's first stage can overlap (bbolt's commit syncing its pages while
-// the next batch's segment log is flushed). commit may call next once, with
-// a channel it closes when its wait ends: next returns what is queued, or
-// else the first requests queued before the channel closes, or nil. commit
-// returns that batch, and Run commits it next, before anything else.
-func (q *Queue[R]) RunAhead(max int, every time.Duration, tick func(), commit func(batch []R, next func(done <-chan struct{}) []R) []R) {
 	defer close(q.done)
 	t := time.NewTicker(every)
 	defer t.Stop()
-	next := func(done <-chan struct{}) []R { return q.ahead(max, done) }
-	from := func(first R) {
-		for batch := q.fill(first, max); len(batch) > 0; {
-			batch = commit(batch, next)
-			if len(batch) > 0 {
-				// Under steady load the loop may never get back to
-				// the select below: tick here too.
-				select {
-				case <-t.C:
-					tick()
-				default:
-				}
-			}
-		}
-	}
 	for {
 		select {
 		case first := <-q.ch:
-			from(first)
+			commit(q.fill(first, max))
 		case <-t.C:
 			tick()
 		case <-q.stop:
@@ -96,28 +68,12 @@ func (q *Queue[R]) RunAhead(max int, every time.Duration, tick func(), commit fu
 			for {
 				select {
 				case first := <-q.ch:
-					from(first)
+					commit(q.fill(first, max))
 				default:
 					return
 				}
 			}
 		}
-	}
-}
-
-// ahead returns what is queued, at most max, or else the first requests
-// queued before done is closed, or nil.
-func (q *Queue[R]) ahead(max int, done <-chan struct{}) []R {
-	select {
-	case first := <-q.ch:
-		return q.fill(first, max)
-	default:
-	}
-	select {
-	case first := <-q.ch:
-		return q.fill(first, max)
-	case <-done:
-		return nil
 	}
 }
 
