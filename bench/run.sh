@@ -17,7 +17,7 @@
 #
 # Environment: DUR, SESSIONS, SIZE, OUT (results dir), PROFILE=1 (run b and c
 # under bench/profiled and save a 10 s CPU profile of each), IDLE (sessions,
-# default 2000), BIG (bytes, default 25000000), FILL (messages for c1M, default
+# default 2000), HALF (c½'s rate, default half of c's), BIG (bytes, default 25000000), FILL (messages for c1M, default
 # 1000000; 0 skips it), BACKEND (bbolt, the default, or postgres: a throwaway
 # PostgreSQL 15 cluster on 127.0.0.1 is started for the run, and c2 adds two
 # nodes sharing it, each given half the sessions; PGWARM MiB of WAL segments,
@@ -346,8 +346,9 @@ C_DEV_KIB=$(calc "($DS1 - $DS0) / 2 / ($C_STORED > 0 ? $C_STORED : 1)" 1)
 curl -s "http://$HTTP/metrics" >"$OUT/c.metrics" 2>/dev/null || true
 C_REPLY=$(avg_ms "$OUT/c.metrics" syncrelay_smtp_data_reply_seconds)
 C_COMMIT=$(avg_ms "$OUT/c.metrics" syncrelay_store_commit_seconds 'op="commit_inbound"')
-HALF=$(calc "($C < 2 ? 2 : $C) / 2" 0)
-log "c½: syncrelay, matching at $HALF msgs/s (half of c)"
+# HALF fixes the rate instead: A/B runs of two trees compare at one rate.
+HALF=${HALF:-$(calc "($C < 2 ? 2 : $C) / 2" 0)}
+log "c½: syncrelay, matching at $HALF msgs/s"
 waits_start c-half
 "$BIN/srload" run -addr "$SMTP" -manifest "$OUT/manifest.json" -mix match=100 -c "$SESSIONS" -size "$SIZE" \
 	-rate "$HALF" -d "${DUR}s" -warmup 1s -json "$OUT/c-half.json" | tee "$OUT/c-half.txt" >&2

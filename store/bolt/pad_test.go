@@ -2,8 +2,11 @@ package bolt
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -116,6 +119,49 @@ func TestRotateWhileBatchCommits(t *testing.T) {
 				// would wait for the stuck commit loop forever.
 				panic(fmt.Sprintf("round %d: deadlock: a commit did not end in 20 s", round))
 			}
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRotateWhileFlushFails: a batch's segment flush that fails while a
+// session waits in rotate (holding the segment log's lock, waiting for
+// bbolt's writer lock, which the batch holds until its flush ends) must
+// fail that batch, not deadlock: the flush stops appends to the failed
+// file without the segment log's lock.
+func TestRotateWhileFlushFails(t *testing.T) {
+	s, threads := benchStore(t)
+	// No deferred Close: after a deadlock it would never return.
+	commit := benchCommit(s, threads)
+	held, release := make(chan struct{}), make(chan struct{})
+	var hold atomic.Bool
+	s.segs.syncFile = func(f *os.File) error {
+		if hold.Swap(false) {
+			close(held)
+			<-release
+			return errors.New("disk on fire")
+		}
+		return fdatasync(f)
+	}
+	hold.Store(true)
+	failed := make(chan error, 1)
+	go func() { failed <- commit(0) }()
+	<-held
+	s.segs.seal() // the next append starts a segment
+	done := make(chan error, 1)
+	go func() { done <- commit(1) }()
+	time.Sleep(50 * time.Millisecond) // the append is in rotate, waiting for the writer lock
+	close(release)
+	for i, ch := range []chan error{failed, done} {
+		select {
+		case err := <-ch:
+			if (i == 0) != (err != nil) {
+				t.Fatalf("commit %d: %v", i, err)
+			}
+		case <-time.After(20 * time.Second):
+			panic(fmt.Sprintf("deadlock: commit %d did not end in 20 s", i))
 		}
 	}
 	if err := s.Close(); err != nil {

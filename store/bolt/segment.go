@@ -85,6 +85,9 @@ type segment struct {
 	gone    bool // deleted by compaction: close f when readers drop to 0
 	// alignNext is set by a flush: the next reservation starts on a page.
 	alignNext atomic.Bool
+	// syncFailed is set by a failed flush: the next reservation seals the
+	// segment and starts another.
+	syncFailed atomic.Bool
 }
 
 // segPad is a gap of n bytes at off that the first reservation after a
@@ -196,7 +199,7 @@ func (l *segLog) reserve(n int64) (*segment, int64, error) {
 	if l.files == nil || l.dirFile == nil {
 		return nil, 0, ErrClosed
 	}
-	if l.active == nil || (l.active.size > 0 && l.active.size+n > segmentMax) {
+	if l.active == nil || l.active.syncFailed.Load() || (l.active.size > 0 && l.active.size+n > segmentMax) {
 		if err := l.rotate(); err != nil {
 			return nil, 0, err
 		}
@@ -319,13 +322,9 @@ func (l *segLog) flush() error {
 		if err := syncFn(s.f); err != nil {
 			errs = append(errs, fmt.Errorf("store: segment %s: fdatasync: %w", segName(s.id), err))
 			// After a failed flush the kernel may have dropped the dirty
-			// pages (fsyncgate): never append to this file again.
-			l.mu.Lock()
-			if l.active == s {
-				l.active.sealed = l.clock()
-				l.active = nil
-			}
-			l.mu.Unlock()
+			// pages (fsyncgate): never append to this file again. Not
+			// l.mu (see above): reserve seals it.
+			s.syncFailed.Store(true)
 		}
 	}
 	return errors.Join(errs...)
