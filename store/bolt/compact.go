@@ -186,7 +186,7 @@ func (s *Store) moveRecords(ctx context.Context, recs []segRec) (int, error) {
 			if _, err := unlinkRaw(tx, mv.old); err != nil {
 				return err
 			}
-			if err := linkRaw(tx, mv.new, mv.owner); err != nil {
+			if err := s.linkNew(tx, mv.new, mv.owner); err != nil {
 				return err
 			}
 			data, err := withRaw(v, mv.new)

@@ -168,3 +168,63 @@ func TestRotateWhileFlushFails(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestNoCommitAfterFailedFlush: bytes appended to a segment whose flush
+// then fails are never committed by a later batch, even when that batch's
+// own flush succeeds (the failed fdatasync may have dropped them); the
+// next message goes to a new segment and commits.
+func TestNoCommitAfterFailedFlush(t *testing.T) {
+	s, threads := benchStore(t)
+	defer s.Close()
+	commit := benchCommit(s, threads)
+	held, release := make(chan struct{}), make(chan struct{})
+	var hold atomic.Bool
+	s.segs.syncFile = func(f *os.File) error {
+		if hold.Swap(false) {
+			close(held)
+			<-release
+			return errors.New("disk on fire")
+		}
+		return fdatasync(f)
+	}
+	hold.Store(true)
+	first := make(chan error, 1)
+	go func() { first <- commit(0) }()
+	<-held
+	// The second message's bytes go into the same segment while the
+	// first batch's flush is under way; its record waits for the next batch.
+	second := make(chan error, 1)
+	go func() { second <- commit(1) }()
+	waitFor(t, "the second message's bytes appended", func() bool {
+		s.segs.dmu.Lock()
+		defer s.segs.dmu.Unlock()
+		return len(s.segs.dirty) > 0
+	})
+	close(release)
+	if err := <-first; err == nil {
+		t.Fatal("the batch whose flush failed was committed")
+	}
+	if err := <-second; !errors.Is(err, errSegmentSyncFailed) {
+		t.Fatalf("a message whose bytes were in the failed segment: %v, want errSegmentSyncFailed", err)
+	}
+	if err := commit(2); err != nil {
+		t.Fatalf("the next message (a new segment): %v", err)
+	}
+	for i, want := range []bool{false, false, true} {
+		refs, err := s.LookupMsgIDs(context.Background(), "acme", []string{fmt.Sprintf("bench%d@cand.test", i)})
+		if err != nil || (len(refs) == 1) != want {
+			t.Errorf("message %d stored: %v (%v), want %v", i, refs, err, want)
+		}
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

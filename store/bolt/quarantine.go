@@ -28,7 +28,7 @@ func (s *Store) Quarantine(ctx context.Context, q *Quarantined, raw *Raw, keep t
 		out = *q
 		out.ID, out.Received, out.Expires = seq, now, now.Add(keep)
 		out.Raw, out.Size = loc, size
-		if err := linkRaw(tx, loc, ownerKey(ownerQuarantine, q.Tenant, seq)); err != nil {
+		if err := s.linkNew(tx, loc, ownerKey(ownerQuarantine, q.Tenant, seq)); err != nil {
 			return err
 		}
 		return putJSON(b, keyU64(q.Tenant, seq), &out)

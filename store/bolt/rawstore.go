@@ -99,6 +99,22 @@ func (s *Store) writeRaw(raw *Raw) (string, int64, error) {
 	return loc, n, nil
 }
 
+// errSegmentSyncFailed refuses a record whose bytes are in a segment that
+// a flush failed on: the kernel may have dropped them with the failed
+// flush's pages, and a later flush's success does not say they are on disk.
+var errSegmentSyncFailed = errors.New("store: the raw bytes' segment failed an fdatasync; write them again")
+
+// linkNew is linkRaw for bytes written by this process and committed
+// through the group commit: it refuses bytes in a segment a flush failed
+// on. Its requests run after every earlier batch's flush has ended, so a
+// failure is seen here; their own batch's failed flush fails them all.
+func (s *Store) linkNew(tx *bolt.Tx, loc string, owner []byte) error {
+	if l, ok := parseSegLoc(loc); ok && s.segs.flushFailed(l.seg) {
+		return errSegmentSyncFailed
+	}
+	return linkRaw(tx, loc, owner)
+}
+
 // linkRaw records in tx that owner holds loc.
 func linkRaw(tx *bolt.Tx, loc string, owner []byte) error {
 	if l, ok := parseSegLoc(loc); ok {

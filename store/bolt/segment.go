@@ -73,6 +73,11 @@ type segLog struct {
 	// syncFile makes a segment's bytes durable: fdatasync, or a test's
 	// stand-in that delays or fails it.
 	syncFile func(*os.File) error
+
+	// failed holds the ids of segments a flush failed on (uint64 →
+	// struct{}). Not under mu: the commit loop reads it while it holds
+	// bbolt's writer lock.
+	failed sync.Map
 }
 
 type segment struct {
@@ -323,11 +328,21 @@ func (l *segLog) flush() error {
 			errs = append(errs, fmt.Errorf("store: segment %s: fdatasync: %w", segName(s.id), err))
 			// After a failed flush the kernel may have dropped the dirty
 			// pages (fsyncgate): never append to this file again. Not
-			// l.mu (see above): reserve seals it.
+			// l.mu (see above): reserve seals it. Nor commit a record
+			// whose bytes are in it (linkNew): bytes appended before this
+			// flush but committed by a later batch may be among the
+			// dropped pages, and the later flush would not say so.
 			s.syncFailed.Store(true)
+			l.failed.Store(s.id, struct{}{})
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// flushFailed reports that a flush of segment id failed in this process.
+func (l *segLog) flushFailed(id uint64) bool {
+	_, ok := l.failed.Load(id)
+	return ok
 }
 
 // padsBelow returns the uncounted gaps of segment id that lie below end

@@ -122,7 +122,7 @@ func (s *Store) UpdateMessage(ctx context.Context, tenant string, id uint64, raw
 			if freed, err = unlinkRaw(tx, m.Raw); err != nil {
 				return err
 			}
-			if err := linkRaw(tx, loc, ownerKey(ownerMessage, tenant, id)); err != nil {
+			if err := s.linkNew(tx, loc, ownerKey(ownerMessage, tenant, id)); err != nil {
 				return err
 			}
 			m.Raw, m.Size = loc, size
@@ -365,7 +365,7 @@ func (s *Store) CommitInbound(ctx context.Context, in *Incoming) (CommitResult, 
 		m := in.Message
 		m.ID, m.Candidate, m.Received = seq, th.Candidate, now
 		m.Raw, m.Size = loc, size
-		if err := linkRaw(tx, loc, ownerKey(ownerMessage, tenant, m.ID)); err != nil {
+		if err := s.linkNew(tx, loc, ownerKey(ownerMessage, tenant, m.ID)); err != nil {
 			return err
 		}
 		m.Mailboxes = nil
