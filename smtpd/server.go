@@ -88,6 +88,8 @@ type Server struct {
 	// recent maps the remote address of recently closed connections to
 	// their session id, for go-smtp's log lines written after the close.
 	recent map[string]*slog.Logger
+	// readBufs are the sessions' buffers for reading a message body.
+	readBufs readBufs
 }
 
 func orDefault[T int | int64 | time.Duration](v, def T) T {
