@@ -3,7 +3,9 @@ package router
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 
@@ -60,4 +62,49 @@ func truncate(b []byte) string {
 		return string(b[:40]) + "..."
 	}
 	return string(b)
+}
+
+// FuzzScanHeader: scanHeader refuses what readHeader refuses (too large,
+// malformed), measures the same header length, and holds exactly
+// readHeader's values of the fields it keeps, in the same order.
+func FuzzScanHeader(f *testing.F) {
+	for _, s := range []string{
+		"From: Carl <carl@cand.test>\r\nmessage-id: <a@b>\r\nReferences: <x@y>\r\n <z@w>\r\nIn-Reply-To: <x@y>\r\n\r\nbody\r\n",
+		"References: <a@b>\r\nX-Other: 1\r\nreferences: <c@d>\r\nREFERENCES : <e@f>\r\n\r\n",
+		" From: a@b\r\n\r\n",
+		"From a@b\r\n\r\n",
+		"Fr(m: a@b\r\n\r\n",
+		": empty key\r\nFrom: a@b\r\n\r\n",
+		"X-Syncrelay-Thread: t\nX-Syncrelay-Probe: p\nThread-Index: AQ==\nContent-Type: multipart/report; report-type=delivery-status\n\n",
+		"From: a@b\r\nSubject: hi",
+		"",
+		"\r\n",
+		"From: a@b\r\nX-Pad: " + strings.Repeat("x", 300) + "\r\n\r\n",
+		"From: a@b\r\n\tfolded\r\n \r\nTo: c\r\n\r\n",
+	} {
+		f.Add([]byte(s), uint16(200))
+		f.Add([]byte(s), uint16(0))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte, limit uint16) {
+		r := &Router{MaxHeaderBytes: int64(limit)}
+		for _, b := range []Body{memBody(raw), streamBody(raw)} {
+			want, wantN, wantErr := r.readHeader(b)
+			got, gotN, gotErr := r.scanHeader(b)
+			var tooBig *headerTooLarge
+			if (gotErr == nil) != (wantErr == nil) || errors.As(gotErr, &tooBig) != errors.As(wantErr, &tooBig) {
+				t.Fatalf("%q: scanHeader error %v, readHeader %v", raw, gotErr, wantErr)
+			}
+			if wantErr != nil {
+				continue
+			}
+			if gotN != wantN {
+				t.Fatalf("%q: scanHeader length %d, readHeader %d", raw, gotN, wantN)
+			}
+			for _, k := range narrowKeys {
+				if g, w := got.Values(k), want.Values(k); !slices.Equal(g, w) {
+					t.Fatalf("%q: %s: scanHeader %q, readHeader %q", raw, k, g, w)
+				}
+			}
+		}
+	})
 }

@@ -214,6 +214,9 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 		out.logAs(Discarded, "reason", discard, "msgid_hash", r.hashID(msg.msgID))
 		return out, nil
 	}
+	if err := r.wholeHeader(msg); err != nil {
+		return out, err
+	}
 	// Matching needs only the tenant's id; its record (domains, DKIM
 	// policy) is read once the message is of interest, so discarded mail
 	// costs no tenant read (a bbolt read and a JSON decode: 6% of the
@@ -267,24 +270,26 @@ func (r *Router) refuse(out *Outcome, reason string) {
 
 // parsed is a message whose header has been read.
 type parsed struct {
-	in  Input
-	hdr textproto.Header
+	in Input
+	// hdr holds only narrowKeys' fields until wholeHeader reads it all.
+	hdr    textproto.Header
+	narrow bool
 	// headerLen is the header block's length in bytes: where the body starts.
 	headerLen int64
 	from      string // the first From address, lowercased ("" if none)
 	msgID     string // normalized Message-ID ("" if none)
 	tenant    *store.Tenant
-
 	// fromUser is the tenant user From names, read only when needed
 	// (lookupUser).
 	fromUser  *store.User
 	userKnown bool
 }
 
-// parse reads the header; refusal names what is wrong with it
-// ("header_too_large", "malformed_header"), "" when nothing is.
+// parse reads the header fields that matching needs (scanHeader); refusal
+// names what is wrong with the header ("header_too_large",
+// "malformed_header"), "" when nothing is.
 func (r *Router) parse(in Input) (msg *parsed, refusal string) {
-	hdr, headerLen, err := r.readHeader(in.Body)
+	hdr, headerLen, err := r.scanHeader(in.Body)
 	if err != nil {
 		var tooBig *headerTooLarge
 		if errors.As(err, &tooBig) {
@@ -294,9 +299,23 @@ func (r *Router) parse(in Input) (msg *parsed, refusal string) {
 	}
 	msgID, _ := mailhdr.NormalizeMsgID(hdr.Get("Message-Id"))
 	return &parsed{
-		in: in, hdr: hdr, headerLen: headerLen, from: firstAddress(hdr.Get("From")), msgID: msgID,
+		in: in, hdr: hdr, narrow: true, headerLen: headerLen, from: firstAddress(hdr.Get("From")), msgID: msgID,
 		tenant: &store.Tenant{ID: in.Tenant},
 	}, ""
+}
+
+// wholeHeader reads every field of the header, for a message that
+// matched a thread or is a report: scanHeader kept only narrowKeys'.
+func (r *Router) wholeHeader(msg *parsed) error {
+	if !msg.narrow {
+		return nil
+	}
+	hdr, _, err := r.readHeader(msg.in.Body)
+	if err != nil { // scanHeader read the same bytes without error
+		return fmt.Errorf("router: header read again: %w", err)
+	}
+	msg.hdr, msg.narrow = hdr, false
+	return nil
 }
 
 // checkMIME refuses a message nested deeper than MaxMIMEDepth
@@ -343,6 +362,9 @@ func (r *Router) matchThread(ctx context.Context, msg *parsed) (m match, discard
 	// A DSN is tried first: bounces often carry References to the
 	// original, and must mark it bounced rather than be stored as a reply.
 	if isReport(msg.hdr) {
+		if err := r.wholeHeader(msg); err != nil {
+			return m, "", err
+		}
 		if m, err = r.matchDSN(ctx, msg.tenant, msg.hdr, msg.in.Body, msg.headerLen); err != nil {
 			return m, "", err
 		}

@@ -1,0 +1,181 @@
+package router
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+
+	"github.com/emersion/go-message/textproto"
+)
+
+// Most forwarded mail is discarded, and what decides that is a handful of
+// header fields. parse reads the header block with scanHeader, which keeps
+// only those fields (narrowKeys); a message that matches a thread, or is a
+// report, is read again in full (wholeHeader) before anything else looks
+// at its header. scanHeader is textproto.ReadHeader's loop with the same
+// reads of the same reader, so it refuses what readHeader refuses
+// (header_too_large, malformed_header) and finds the same length; it only
+// allocates nothing for the fields it does not keep (a DKIM-Signature is
+// most of a header). FuzzScanHeader checks it against readHeader.
+
+// narrowKeys are the fields matchThread, the probe check and the discard's
+// log line read, as textproto canonicalises them.
+var narrowKeys = [...]string{
+	"Message-Id", "From", "In-Reply-To", "References", "Thread-Index",
+	"Content-Type", "X-Syncrelay-Thread", HeaderProbe,
+}
+
+// errMalformedHeader is scanHeader's error for what textproto.ReadHeader
+// calls a malformed header (the text differs; parse only tells errors
+// apart from header_too_large).
+var errMalformedHeader = errors.New("router: malformed header")
+
+// scanHeader is readHeader keeping only narrowKeys' fields.
+func (r *Router) scanHeader(b Body) (textproto.Header, int64, error) {
+	limit := r.MaxHeaderBytes
+	if limit <= 0 {
+		limit = 1 << 20
+	}
+	lr := &io.LimitedReader{R: b.Open(), N: limit + 1}
+	br := headerReaders.Get().(*bufio.Reader)
+	br.Reset(lr)
+	kept, err := scanFields(br)
+	n := limit + 1 - lr.N - int64(br.Buffered())
+	br.Reset(nil)
+	headerReaders.Put(br)
+	// Fields are added from the last one up, as ReadHeader's Header holds
+	// them: Get answers the first, Values lists them in order.
+	var h textproto.Header
+	for i := len(kept) - 1; i >= 0; i-- {
+		h.AddRaw(kept[i])
+	}
+	if lr.N <= 0 {
+		return h, n, &headerTooLarge{}
+	}
+	return h, n, err
+}
+
+// scanFields is textproto.ReadHeader (go-message v0.18) over br, returning
+// a copy of each field in narrowKeys (raw, folded lines included).
+func scanFields(br *bufio.Reader) (kept [][]byte, err error) {
+	// The first line cannot start with a leading space.
+	if buf, err := br.Peek(1); err == nil && isSpace(buf[0]) {
+		if _, err := readLineSlice(br, nil); err != nil {
+			return nil, err
+		}
+		return nil, errMalformedHeader
+	}
+	var line []byte // reused: only kept fields are copied
+	for {
+		kv, err := readContinuedLineSlice(br, line[:0])
+		if len(kv) == 0 {
+			return kept, err
+		}
+		line = kv
+		// Key ends at first colon; trailing spaces are removed.
+		i := bytes.IndexByte(kv, ':')
+		if i < 0 {
+			return kept, errMalformedHeader
+		}
+		key := trim(kv[:i])
+		for _, c := range key {
+			if c < 33 || c > 126 || c == ':' {
+				return kept, errMalformedHeader
+			}
+		}
+		if len(key) > 0 && isNarrowKey(key) {
+			kept = append(kept, bytes.Clone(kv))
+		}
+		if err != nil {
+			return kept, err
+		}
+	}
+}
+
+// isNarrowKey reports whether key (printable ASCII) canonicalises to one
+// of narrowKeys: those are tokens, so a key does exactly when it equals
+// one but for the case of its letters.
+func isNarrowKey(key []byte) bool {
+	for _, k := range narrowKeys {
+		if len(k) == len(key) && asciiEqualFold(key, k) {
+			return true
+		}
+	}
+	return false
+}
+
+func asciiEqualFold(b []byte, s string) bool {
+	for i := range b {
+		x, y := b[i], s[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' }
+
+// trim returns s without leading and trailing spaces and tabs.
+func trim(s []byte) []byte {
+	i, n := 0, len(s)
+	for i < n && isSpace(s[i]) {
+		i++
+	}
+	for n > i && isSpace(s[n-1]) {
+		n--
+	}
+	return s[i:n]
+}
+
+// readLineSlice, hasContinuationLine and readContinuedLineSlice are
+// go-message's, the last one appending to line instead of a new slice.
+func readLineSlice(r *bufio.Reader, line []byte) ([]byte, error) {
+	for {
+		l, more, err := r.ReadLine()
+		line = append(line, l...)
+		if err != nil {
+			return line, err
+		}
+		if !more {
+			return line, nil
+		}
+	}
+}
+
+func hasContinuationLine(r *bufio.Reader) bool {
+	c, err := r.ReadByte()
+	if err != nil {
+		return false // bufio will keep err until next read.
+	}
+	r.UnreadByte()
+	return isSpace(c)
+}
+
+func readContinuedLineSlice(r *bufio.Reader, line []byte) ([]byte, error) {
+	line, err := readLineSlice(r, line)
+	if err == io.EOF && len(line) == 0 {
+		return nil, nil // a header without a body
+	} else if err != nil {
+		return nil, err
+	}
+	if len(line) == 0 { // blank line: the end of the header
+		return line, nil
+	}
+	line = append(line, '\r', '\n')
+	for hasContinuationLine(r) {
+		line, err = readLineSlice(r, line)
+		if err != nil {
+			break // bufio will keep err until next read.
+		}
+		line = append(line, '\r', '\n')
+	}
+	return line, nil
+}
