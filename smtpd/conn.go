@@ -135,8 +135,16 @@ type trackedConn struct {
 	// being received or committed. Shutdown lets those finish.
 	bodies atomic.Int32
 	// dataBody is set while readBody reads a DATA body on go-smtp's
-	// goroutine: read errors then go back to it as they are.
+	// goroutine: read errors then go back to it as they are, and reads
+	// go through ahead.
 	dataBody atomic.Bool
+	// ahead holds what a read inside a DATA body took from the socket
+	// beyond what go-smtp asked for (its 4 KiB buffer): the rest of a
+	// message of a few KiB, returned by the next Reads without a
+	// read(2) each. aheadBuf is its pooled buffer, given back once it is
+	// empty. Only Read (go-smtp's goroutine) touches them.
+	ahead    []byte
+	aheadBuf *[]byte
 	// session: 0 before EHLO/HELO, sessionPlain or sessionTLS after (the
 	// last one wins: STARTTLS). Counted once, when the connection closes.
 	session atomic.Int32
@@ -253,6 +261,11 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 			return 0, errEnded
 		}
 
+		if len(c.ahead) > 0 {
+			// Nothing to wait for: the held replies wait for the next
+			// read(2), as they do while go-smtp's own buffer serves it.
+			return c.readAhead(p), nil
+		}
 		if err := c.flush(); err != nil {
 			c.mu.Lock()
 			if c.rerr == nil {
@@ -261,7 +274,7 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, err
 		}
-		n, err := c.Conn.Read(p)
+		n, err := c.readConn(p)
 		if err == nil {
 			return n, nil
 		}
@@ -273,6 +286,33 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 		}
 		return n, c.readFailed(err)
 	}
+}
+
+// readConn reads from the socket. Inside a DATA body it reads up to a
+// pooled buffer's worth (readBufSize) and keeps what does not fit in p
+// for the next Reads: a 4 KiB message with its header takes one read(2),
+// not two, and a large one half as many. Outside a body it reads into p,
+// so an idle connection holds no buffer while it waits.
+func (c *trackedConn) readConn(p []byte) (int, error) {
+	if !c.dataBody.Load() || len(p) >= readBufSize {
+		return c.Conn.Read(p)
+	}
+	b := c.s.readBufs.get()
+	n, err := c.Conn.Read(*b)
+	c.ahead, c.aheadBuf = (*b)[:n], b
+	return c.readAhead(p), err
+}
+
+// readAhead copies what ahead holds into p, and gives its buffer back
+// once it is empty.
+func (c *trackedConn) readAhead(p []byte) int {
+	n := copy(p, c.ahead)
+	c.ahead = c.ahead[n:]
+	if len(c.ahead) == 0 {
+		c.s.readBufs.put(c.aheadBuf)
+		c.ahead, c.aheadBuf = nil, nil
+	}
+	return n
 }
 
 // wokenByKick reports whether err is the timeout kick provoked rather than

@@ -3,16 +3,19 @@ package smtpd
 import (
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// countingListener hands out connections that count their write calls.
+// countingListener hands out connections that count their write calls,
+// and their read calls that returned bytes.
 type countingListener struct {
 	net.Listener
 	writes atomic.Int64
+	reads  atomic.Int64
 }
 
 func (l *countingListener) Accept() (net.Conn, error) {
@@ -20,12 +23,20 @@ func (l *countingListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &countingConn{Conn: c, n: &l.writes}, nil
+	return &countingConn{Conn: c, n: &l.writes, r: &l.reads}, nil
 }
 
 type countingConn struct {
 	net.Conn
-	n *atomic.Int64
+	n, r *atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.r.Add(1)
+	}
+	return n, err
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {
@@ -73,6 +84,37 @@ func TestRepliesCoalesced(t *testing.T) {
 	})
 	if got := len(ts.del.all()); got != 1 {
 		t.Errorf("%d deliveries, want 1", got)
+	}
+}
+
+// TestBodyReadAhead: a DATA body of a few KiB sent in one write is taken
+// from the socket in one read, not in go-smtp's 4 KiB pieces, and arrives
+// whole.
+func TestBodyReadAhead(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &countingListener{Listener: inner}
+	ts := startServerOn(t, Options{}, l)
+	r := ts.raw(t)
+	r.ehlo()
+	body := simpleBody + strings.Repeat(strings.Repeat("y", 76)+"\r\n", 80) // 6.4 KiB
+	for i := 0; i < 2; i++ {
+		r.send(fmt.Sprintf("MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\n", senderAddr, inboundAddr))
+		r.expect(250)
+		r.expect(250)
+		r.expect(354)
+		before := l.reads.Load()
+		r.send(body + ".\r\n")
+		r.expect(250)
+		if got := l.reads.Load() - before; got != 1 {
+			t.Errorf("message %d: the body took %d reads, want 1", i, got)
+		}
+	}
+	d := ts.del.all()
+	if len(d) != 2 || string(d[0].body) != body || string(d[1].body) != body {
+		t.Fatalf("%d deliveries, bodies not as sent", len(d))
 	}
 }
 
