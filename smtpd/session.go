@@ -249,8 +249,8 @@ func (ss *session) Data(r io.Reader) error {
 	if ss.dead() {
 		return reply(replyAborted)
 	}
-	sp := ss.s.newSpool()
-	defer sp.Close()
+	sp, release := ss.s.newSpool()
+	defer release()
 	body, err := ss.readBody(r, bdat, sp)
 	if body.close == closeBareEOL || body.close == closeLineTooLong {
 		ss.mu.Lock()
