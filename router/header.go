@@ -5,19 +5,99 @@ import (
 	"bytes"
 	"errors"
 	"io"
-
-	"github.com/emersion/go-message/textproto"
+	"strings"
 )
 
 // Most forwarded mail is discarded, and what decides that is a handful of
 // header fields. parse reads the header block with scanHeader, which keeps
-// only those fields (narrowKeys); a message that matches a thread, or is a
-// report, is read again in full (wholeHeader) before anything else looks
-// at its header. scanHeader is textproto.ReadHeader's loop with the same
-// reads of the same reader, so it refuses what readHeader refuses
-// (header_too_large, malformed_header) and finds the same length; it only
-// allocates nothing for the fields it does not keep (a DKIM-Signature is
-// most of a header). FuzzScanHeader checks it against readHeader.
+// only those fields (narrowKeys) in a narrowHeader; a message that matches
+// a thread, or is a report, is read again in full (wholeHeader) before
+// anything else looks at its header. scanHeader is textproto.ReadHeader's
+// loop with the same reads of the same reader, so it refuses what
+// readHeader refuses (header_too_large, malformed_header) and finds the
+// same length; it allocates nothing for the fields it does not keep (a
+// DKIM-Signature is most of a header), and builds no textproto.Header (its
+// map and per-field strings were 4 % of the discard path).
+// FuzzScanHeader checks it against readHeader.
+
+// header is what matching reads of a header: a narrowHeader, or a whole
+// *textproto.Header.
+type header interface {
+	Get(key string) string
+	Values(key string) []string
+}
+
+// narrowHeader holds the fields of narrowKeys, raw (folded lines
+// included), in their order.
+type narrowHeader struct{ fields [][]byte }
+
+// Get is textproto.Header.Get: the first field's value.
+func (h *narrowHeader) Get(key string) string {
+	checkNarrow(key)
+	for _, kv := range h.fields {
+		if k, v := splitField(kv); asciiEqualFold(k, key) {
+			return trimAroundNewlines(v)
+		}
+	}
+	return ""
+}
+
+// Values is textproto.Header.Values: every value, in order; nil for none.
+func (h *narrowHeader) Values(key string) []string {
+	checkNarrow(key)
+	var vs []string
+	for _, kv := range h.fields {
+		if k, v := splitField(kv); asciiEqualFold(k, key) {
+			vs = append(vs, trimAroundNewlines(v))
+		}
+	}
+	return vs
+}
+
+// checkNarrow panics for a field scanHeader did not keep: reading it from
+// a narrowHeader would find nothing where the message may have it.
+func checkNarrow(key string) {
+	if !isNarrowKey([]byte(key)) {
+		panic("router: " + key + " read from a narrow header (add it to narrowKeys)")
+	}
+}
+
+// splitField is a field's key (trimmed) and raw value.
+func splitField(kv []byte) (key, value []byte) {
+	i := bytes.IndexByte(kv, ':')
+	return trim(kv[:i]), kv[i+1:]
+}
+
+// trimAroundNewlines is go-message's: the value without its line breaks
+// and the spaces around them, continuation lines joined by one space.
+func trimAroundNewlines(v []byte) string {
+	var b strings.Builder
+	b.Grow(len(v))
+	for {
+		i := bytes.IndexByte(v, '\n')
+		if i < 0 {
+			writeContinued(&b, v)
+			break
+		}
+		writeContinued(&b, v[:i])
+		v = v[i+1:]
+	}
+	return b.String()
+}
+
+func writeContinued(b *strings.Builder, l []byte) {
+	if len(l) > 0 && l[len(l)-1] == '\r' {
+		l = l[:len(l)-1]
+	}
+	l = trim(l)
+	if len(l) == 0 {
+		return
+	}
+	if b.Len() > 0 {
+		b.WriteByte(' ')
+	}
+	b.Write(l)
+}
 
 // narrowKeys are the fields matchThread, the probe check and the discard's
 // log line read, as textproto canonicalises them.
@@ -32,7 +112,7 @@ var narrowKeys = [...]string{
 var errMalformedHeader = errors.New("router: malformed header")
 
 // scanHeader is readHeader keeping only narrowKeys' fields.
-func (r *Router) scanHeader(b Body) (textproto.Header, int64, error) {
+func (r *Router) scanHeader(b Body) (*narrowHeader, int64, error) {
 	limit := r.MaxHeaderBytes
 	if limit <= 0 {
 		limit = 1 << 20
@@ -44,21 +124,18 @@ func (r *Router) scanHeader(b Body) (textproto.Header, int64, error) {
 	n := limit + 1 - lr.N - int64(br.Buffered())
 	br.Reset(nil)
 	headerReaders.Put(br)
-	// Fields are added from the last one up, as ReadHeader's Header holds
-	// them: Get answers the first, Values lists them in order.
-	var h textproto.Header
-	for i := len(kept) - 1; i >= 0; i-- {
-		h.AddRaw(kept[i])
-	}
 	if lr.N <= 0 {
-		return h, n, &headerTooLarge{}
+		return nil, n, &headerTooLarge{}
 	}
-	return h, n, err
+	return &narrowHeader{fields: kept}, n, err
 }
 
 // scanFields is textproto.ReadHeader (go-message v0.18) over br, returning
 // a copy of each field in narrowKeys (raw, folded lines included).
 func scanFields(br *bufio.Reader) (kept [][]byte, err error) {
+	// The copies share one buffer; a field copied before it grew stays
+	// where it was, unchanged.
+	var copies []byte
 	// The first line cannot start with a leading space.
 	if buf, err := br.Peek(1); err == nil && isSpace(buf[0]) {
 		if _, err := readLineSlice(br, nil); err != nil {
@@ -85,7 +162,11 @@ func scanFields(br *bufio.Reader) (kept [][]byte, err error) {
 			}
 		}
 		if len(key) > 0 && isNarrowKey(key) {
-			kept = append(kept, bytes.Clone(kv))
+			if copies == nil {
+				copies = make([]byte, 0, 512)
+			}
+			copies = append(copies, kv...)
+			kept = append(kept, copies[len(copies)-len(kv):len(copies):len(copies)])
 		}
 		if err != nil {
 			return kept, err
@@ -98,7 +179,7 @@ func scanFields(br *bufio.Reader) (kept [][]byte, err error) {
 // one but for the case of its letters.
 func isNarrowKey(key []byte) bool {
 	for _, k := range narrowKeys {
-		if len(k) == len(key) && asciiEqualFold(key, k) {
+		if asciiEqualFold(key, k) {
 			return true
 		}
 	}
@@ -106,6 +187,9 @@ func isNarrowKey(key []byte) bool {
 }
 
 func asciiEqualFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
 	for i := range b {
 		x, y := b[i], s[i]
 		if 'A' <= x && x <= 'Z' {

@@ -194,7 +194,7 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 		r.refuse(&out, refusal)
 		return out, nil
 	}
-	if v := msg.hdr.Get(HeaderProbe); v != "" && r.Probes != nil {
+	if v := msg.fields().Get(HeaderProbe); v != "" && r.Probes != nil {
 		ok, err := r.Probes.ProbeReturned(ctx, in.Tenant, v)
 		if err != nil {
 			return out, fmt.Errorf("router: probe: %w", err)
@@ -271,9 +271,10 @@ func (r *Router) refuse(out *Outcome, reason string) {
 // parsed is a message whose header has been read.
 type parsed struct {
 	in Input
-	// hdr holds only narrowKeys' fields until wholeHeader reads it all.
+	// narrow holds narrowKeys' fields, until wholeHeader reads them all
+	// into hdr (fields says which to read).
+	narrow *narrowHeader
 	hdr    textproto.Header
-	narrow bool
 	// headerLen is the header block's length in bytes: where the body starts.
 	headerLen int64
 	from      string // the first From address, lowercased ("" if none)
@@ -299,7 +300,7 @@ func (r *Router) parse(in Input) (msg *parsed, refusal string) {
 	}
 	msgID, _ := mailhdr.NormalizeMsgID(hdr.Get("Message-Id"))
 	return &parsed{
-		in: in, hdr: hdr, narrow: true, headerLen: headerLen, from: firstAddress(hdr.Get("From")), msgID: msgID,
+		in: in, narrow: hdr, headerLen: headerLen, from: firstAddress(hdr.Get("From")), msgID: msgID,
 		tenant: &store.Tenant{ID: in.Tenant},
 	}, ""
 }
@@ -307,15 +308,23 @@ func (r *Router) parse(in Input) (msg *parsed, refusal string) {
 // wholeHeader reads every field of the header, for a message that
 // matched a thread or is a report: scanHeader kept only narrowKeys'.
 func (r *Router) wholeHeader(msg *parsed) error {
-	if !msg.narrow {
+	if msg.narrow == nil {
 		return nil
 	}
 	hdr, _, err := r.readHeader(msg.in.Body)
 	if err != nil { // scanHeader read the same bytes without error
 		return fmt.Errorf("router: header read again: %w", err)
 	}
-	msg.hdr, msg.narrow = hdr, false
+	msg.hdr, msg.narrow = hdr, nil
 	return nil
+}
+
+// fields is the header as read so far: narrowKeys' fields, or all.
+func (msg *parsed) fields() header {
+	if msg.narrow != nil {
+		return msg.narrow
+	}
+	return &msg.hdr
 }
 
 // checkMIME refuses a message nested deeper than MaxMIMEDepth
@@ -354,14 +363,14 @@ func (r *Router) lookupUser(ctx context.Context, msg *parsed) error {
 // belongs to, or the reason it is discarded ("no_match", or
 // "delivery_report" for a delay or relay notice about our mail).
 func (r *Router) matchThread(ctx context.Context, msg *parsed) (m match, discard string, err error) {
-	if msg.hdr.Get("X-Syncrelay-Thread") != "" {
+	if msg.fields().Get("X-Syncrelay-Thread") != "" {
 		if err := r.lookupUser(ctx, msg); err != nil {
 			return m, "", err
 		}
 	}
 	// A DSN is tried first: bounces often carry References to the
 	// original, and must mark it bounced rather than be stored as a reply.
-	if isReport(msg.hdr) {
+	if isReport(msg.fields()) {
 		if err := r.wholeHeader(msg); err != nil {
 			return m, "", err
 		}
@@ -375,7 +384,7 @@ func (r *Router) matchThread(ctx context.Context, msg *parsed) (m match, discard
 		return match{}, "delivery_report", nil
 	}
 	if !m.ok {
-		if m, err = r.match(ctx, msg.tenant, msg.hdr, msg.fromUser); err != nil {
+		if m, err = r.match(ctx, msg.tenant, msg.fields(), msg.fromUser); err != nil {
 			return m, "", err
 		}
 	}
@@ -550,7 +559,7 @@ type match struct {
 }
 
 // match applies SPEC §3's rules in order.
-func (r *Router) match(ctx context.Context, ten *store.Tenant, hdr textproto.Header, fromUser *store.User) (match, error) {
+func (r *Router) match(ctx context.Context, ten *store.Tenant, hdr header, fromUser *store.User) (match, error) {
 	ids := referencedIDs(hdr)
 	// Rule 1: a referenced msg-id is a valid token of this tenant.
 	for _, id := range ids {
@@ -610,7 +619,7 @@ func (r *Router) threadMatch(ctx context.Context, tenant, by string, ref store.R
 // withSentCopy marks m as a user's forwarded sent copy when the message
 // carries our X-Syncrelay-Thread for an outbound message of the same thread
 // and comes from a tenant user: such a copy is never a second message.
-func (r *Router) withSentCopy(ctx context.Context, tenant string, hdr textproto.Header, fromUser *store.User, m match, err error) (match, error) {
+func (r *Router) withSentCopy(ctx context.Context, tenant string, hdr header, fromUser *store.User, m match, err error) (match, error) {
 	if err != nil || !m.ok || fromUser == nil {
 		return m, err
 	}
@@ -761,7 +770,7 @@ func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
 // referencedIDs lists In-Reply-To then References (newest first), without
 // duplicates.
-func referencedIDs(h textproto.Header) []string {
+func referencedIDs(h header) []string {
 	var ids []string
 	seen := map[string]bool{}
 	add := func(id string) {
@@ -785,7 +794,7 @@ func referencedIDs(h textproto.Header) []string {
 	return ids
 }
 
-func isReport(h textproto.Header) bool {
+func isReport(h header) bool {
 	mt, params, err := mime.ParseMediaType(h.Get("Content-Type"))
 	return err == nil && mt == "multipart/report" && strings.EqualFold(params["report-type"], "delivery-status")
 }
