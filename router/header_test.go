@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"mime"
 	"slices"
 	"strings"
 	"testing"
@@ -105,6 +106,29 @@ func FuzzScanHeader(f *testing.F) {
 					t.Fatalf("%q: %s: scanHeader %q, readHeader %q", raw, k, g, w)
 				}
 			}
+		}
+	})
+}
+
+// FuzzIsReport: isReport's shortcut decides as mime.ParseMediaType alone
+// did, whatever the Content-Type.
+func FuzzIsReport(f *testing.F) {
+	for _, s := range []string{
+		"text/plain; charset=utf-8", "multipart/report; report-type=delivery-status; boundary=x",
+		" Multipart/Report ;report-type=Delivery-Status", "multipart/report", "MULTİPART/REPORT; report-type=delivery-status",
+		"multipart/report; report-type=delivery-status; x", "",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		if strings.ContainsAny(v, "\r\n") {
+			return // not a one-line field
+		}
+		h := &narrowHeader{fields: [][]byte{[]byte("Content-Type: " + v + "\r\n")}}
+		mt, params, err := mime.ParseMediaType(h.Get("Content-Type"))
+		want := err == nil && mt == "multipart/report" && strings.EqualFold(params["report-type"], "delivery-status")
+		if got := isReport(h); got != want {
+			t.Fatalf("isReport(%q) = %v, ParseMediaType says %v", v, got, want)
 		}
 	})
 }

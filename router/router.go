@@ -795,7 +795,13 @@ func referencedIDs(h header) []string {
 }
 
 func isReport(h header) bool {
-	mt, params, err := mime.ParseMediaType(h.Get("Content-Type"))
+	v := h.Get("Content-Type")
+	// ParseMediaType's media type, without parsing the parameters (a map
+	// per message) of what is not a report: almost all mail.
+	if base, _, _ := strings.Cut(v, ";"); strings.TrimSpace(strings.ToLower(base)) != "multipart/report" {
+		return false
+	}
+	mt, params, err := mime.ParseMediaType(v)
 	return err == nil && mt == "multipart/report" && strings.EqualFold(params["report-type"], "delivery-status")
 }
 
