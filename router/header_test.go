@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"mime"
+	"net/mail"
 	"slices"
 	"strings"
 	"testing"
@@ -129,6 +130,27 @@ func FuzzIsReport(f *testing.F) {
 		want := err == nil && mt == "multipart/report" && strings.EqualFold(params["report-type"], "delivery-status")
 		if got := isReport(h); got != want {
 			t.Fatalf("isReport(%q) = %v, ParseMediaType says %v", v, got, want)
+		}
+	})
+}
+
+// FuzzPlainAddress: where plainAddress answers, net/mail parses the same
+// address.
+func FuzzPlainAddress(f *testing.F) {
+	for _, s := range []string{
+		"carl@cand.test", "Carl Candidate <Carl@Cand.test>", " <a@b> ", "a.b@c.d", "=?utf-8?q?x?= <a@b>",
+		"\"Carl\" <a@b>", "a@b, c@d", "Carl <a@b> x", "Carl <a@[1.2.3.4]>", "a..b@c", "<a@b", "Carl\t<a@b>\t",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		got, ok := plainAddress(v)
+		if !ok {
+			return
+		}
+		a, err := (&mail.AddressParser{WordDecoder: wordDecoder}).Parse(v)
+		if err != nil || a.Address != got {
+			t.Fatalf("plainAddress(%q) = %q; net/mail: %v, %v", v, got, a, err)
 		}
 	})
 }

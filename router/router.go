@@ -818,6 +818,9 @@ func firstAddress(v string) string {
 	if v == "" {
 		return ""
 	}
+	if a, ok := plainAddress(v); ok {
+		return strings.ToLower(a)
+	}
 	if a, err := (&mail.AddressParser{WordDecoder: wordDecoder}).Parse(v); err == nil {
 		return strings.ToLower(a.Address)
 	}
