@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/mail"
@@ -153,4 +154,22 @@ func FuzzPlainAddress(f *testing.F) {
 			t.Fatalf("plainAddress(%q) = %q; net/mail: %v, %v", v, got, a, err)
 		}
 	})
+}
+
+// referencedIDs keeps the first of each id, In-Reply-To's first and then
+// References newest first, below and above the few it checks without a map.
+func TestReferencedIDsDedupe(t *testing.T) {
+	var refs []string
+	for i := 0; i < 20; i++ {
+		refs = append(refs, fmt.Sprintf("<r%d@x.test>", i%13)) // r0..r12, then r0..r6 again
+	}
+	h := &narrowHeader{fields: [][]byte{
+		[]byte("In-Reply-To: <r3@x.test> <r3@x.test> <irt@x.test>\r\n"),
+		[]byte("References: " + strings.Join(refs, " ") + "\r\n"),
+	}}
+	want := []string{"r3@x.test", "irt@x.test", "r6@x.test", "r5@x.test", "r4@x.test", "r2@x.test", "r1@x.test", "r0@x.test",
+		"r12@x.test", "r11@x.test", "r10@x.test", "r9@x.test", "r8@x.test", "r7@x.test"}
+	if got := referencedIDs(h); !slices.Equal(got, want) {
+		t.Fatalf("referencedIDs = %q, want %q", got, want)
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/mail"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -772,8 +773,20 @@ func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 // duplicates.
 func referencedIDs(h header) []string {
 	var ids []string
-	seen := map[string]bool{}
+	var seen map[string]bool // made once there are more than a few ids
 	add := func(id string) {
+		if seen == nil && len(ids) < 8 {
+			if !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+			return
+		}
+		if seen == nil {
+			seen = make(map[string]bool, 2*len(ids))
+			for _, s := range ids {
+				seen[s] = true
+			}
+		}
 		if !seen[id] {
 			seen[id] = true
 			ids = append(ids, id)
