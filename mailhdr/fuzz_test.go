@@ -158,3 +158,22 @@ func FuzzMIMEDepth(f *testing.F) {
 		}
 	})
 }
+
+// FuzzPlainID: where plainID decides, fullNormID decides the same.
+func FuzzPlainID(f *testing.F) {
+	for _, s := range []string{
+		"a@b.test", "A.B@X.Test", "a@b..c", "a@.b", "a@b.", "@b", "a@", "a@b@c", "a@b:c", "a b@c",
+		"a(c)@b", "\"a\"@b", "a@[1.2.3.4]", "a\\b@c", "é@b", "sr.aecwc3lnmu2zbaqbdn3dmqvzswyrn4ubvu@Relay.Example.COM",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		id, ok, decided := plainID(s)
+		if !decided {
+			return
+		}
+		if wantID, wantOK := fullNormID(s); id != wantID || ok != wantOK {
+			t.Fatalf("plainID(%q) = %q, %v; fullNormID %q, %v", s, id, ok, wantID, wantOK)
+		}
+	})
+}

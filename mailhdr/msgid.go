@@ -4,7 +4,10 @@
 // delivery status notifications, and MIME nesting depth.
 package mailhdr
 
-import "unicode/utf8"
+import (
+	"strings"
+	"unicode/utf8"
+)
 
 // MaxMsgIDLen is the longest id (without angle brackets) that is kept.
 const MaxMsgIDLen = 998
@@ -164,6 +167,54 @@ func isWSP(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n'
 
 // normID validates and normalizes the inside of <...>.
 func normID(s string) (string, bool) {
+	if id, ok, decided := plainID(s); decided {
+		return id, ok
+	}
+	return fullNormID(s)
+}
+
+// plainID decides the ids almost all mail carries, one left@right of
+// printable ASCII without quotes, brackets, comments, backslashes or
+// white space, in one pass (fullNormID makes five: 2 to 3 % of the
+// discard path's CPU); decided is false for anything else. Such an id
+// needs no stripping; its left part is valid as it is, and its right part
+// is a dot-atom or invalid. FuzzPlainID checks it against fullNormID.
+func plainID(s string) (id string, ok, decided bool) {
+	if len(s) == 0 || len(s) > MaxMsgIDLen {
+		return "", false, false
+	}
+	at, upper := -1, false
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c <= ' ' || c >= 0x7f || c == '"' || c == '(' || c == ')' || c == '[' || c == ']' ||
+			c == '<' || c == '>' || c == '\\':
+			return "", false, false
+		case c == '@':
+			if at >= 0 {
+				return "", false, false // a second '@': fullNormID decides
+			}
+			at = i
+		case at >= 0 && 'A' <= c && c <= 'Z':
+			upper = true
+		}
+	}
+	if at <= 0 || at == len(s)-1 {
+		return "", false, true
+	}
+	right := s[at+1:]
+	if right[0] == '.' || right[len(right)-1] == '.' || strings.Contains(right, "..") ||
+		strings.ContainsAny(right, ":;,") {
+		return "", false, true
+	}
+	if !upper {
+		return s, true, true
+	}
+	return s[:at+1] + strings.ToLower(right), true, true
+}
+
+// fullNormID is normID for any id: quoted parts, domain literals, comments
+// and folding white space.
+func fullNormID(s string) (string, bool) {
 	if len(s) == 0 {
 		return "", false
 	}

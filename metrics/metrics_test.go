@@ -209,3 +209,39 @@ func TestKnownRepliesAtZero(t *testing.T) {
 		t.Errorf("%d reply series, want 5", n)
 	}
 }
+
+// The known series (KnownReplies, KnownDecisions) are counted through
+// their precomputed counters: the same series WithLabelValues finds, and
+// series not known in advance still counted.
+func TestKnownSeriesCounted(t *testing.T) {
+	m := New(prometheus.NewRegistry())
+	m.KnownReplies(map[string][]int{"data": {250, 451}, "rcpt": {250}})
+	m.KnownDecisions([][2]string{{"discarded", "no_match"}, {"stored", "token"}})
+	m.KnownDecisions([][2]string{{"tempfail", "local_error"}}) // adds, keeps the others
+	m.Reply("data", 250)
+	m.Reply("data", 250)
+	m.Reply("rcpt", 250)
+	m.Reply("mail", 250) // not known in advance
+	m.Decision("discarded", "no_match")
+	m.Decision("stored", "token")
+	m.Decision("stored", "token")
+	m.Decision("tempfail", "local_error")
+	m.Decision("rejected", "bare_eol") // not known in advance
+	for _, tc := range []struct {
+		c    prometheus.Collector
+		want float64
+	}{
+		{m.replies.WithLabelValues("data", "250"), 2},
+		{m.replies.WithLabelValues("data", "451"), 0},
+		{m.replies.WithLabelValues("rcpt", "250"), 1},
+		{m.replies.WithLabelValues("mail", "250"), 1},
+		{m.messages.WithLabelValues("discarded", "no_match"), 1},
+		{m.messages.WithLabelValues("stored", "token"), 2},
+		{m.messages.WithLabelValues("tempfail", "local_error"), 1},
+		{m.messages.WithLabelValues("rejected", "bare_eol"), 1},
+	} {
+		if got := value(t, tc.c); got != tc.want {
+			t.Errorf("%v = %v, want %v", tc.c, got, tc.want)
+		}
+	}
+}

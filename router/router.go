@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/mail"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -194,7 +195,7 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 		r.refuse(&out, refusal)
 		return out, nil
 	}
-	if v := msg.hdr.Get(HeaderProbe); v != "" && r.Probes != nil {
+	if v := msg.fields().Get(HeaderProbe); v != "" && r.Probes != nil {
 		ok, err := r.Probes.ProbeReturned(ctx, in.Tenant, v)
 		if err != nil {
 			return out, fmt.Errorf("router: probe: %w", err)
@@ -213,6 +214,9 @@ func (r *Router) Route(ctx context.Context, in Input) (out Outcome, err error) {
 		out.decide(Discarded, discard)
 		out.logAs(Discarded, "reason", discard, "msgid_hash", r.hashID(msg.msgID))
 		return out, nil
+	}
+	if err := r.wholeHeader(msg); err != nil {
+		return out, err
 	}
 	// Matching needs only the tenant's id; its record (domains, DKIM
 	// policy) is read once the message is of interest, so discarded mail
@@ -267,24 +271,27 @@ func (r *Router) refuse(out *Outcome, reason string) {
 
 // parsed is a message whose header has been read.
 type parsed struct {
-	in  Input
-	hdr textproto.Header
+	in Input
+	// narrow holds narrowKeys' fields, until wholeHeader reads them all
+	// into hdr (fields says which to read).
+	narrow *narrowHeader
+	hdr    textproto.Header
 	// headerLen is the header block's length in bytes: where the body starts.
 	headerLen int64
 	from      string // the first From address, lowercased ("" if none)
 	msgID     string // normalized Message-ID ("" if none)
 	tenant    *store.Tenant
-
 	// fromUser is the tenant user From names, read only when needed
 	// (lookupUser).
 	fromUser  *store.User
 	userKnown bool
 }
 
-// parse reads the header; refusal names what is wrong with it
-// ("header_too_large", "malformed_header"), "" when nothing is.
+// parse reads the header fields that matching needs (scanHeader); refusal
+// names what is wrong with the header ("header_too_large",
+// "malformed_header"), "" when nothing is.
 func (r *Router) parse(in Input) (msg *parsed, refusal string) {
-	hdr, headerLen, err := r.readHeader(in.Body)
+	hdr, headerLen, err := r.scanHeader(in.Body)
 	if err != nil {
 		var tooBig *headerTooLarge
 		if errors.As(err, &tooBig) {
@@ -294,9 +301,31 @@ func (r *Router) parse(in Input) (msg *parsed, refusal string) {
 	}
 	msgID, _ := mailhdr.NormalizeMsgID(hdr.Get("Message-Id"))
 	return &parsed{
-		in: in, hdr: hdr, headerLen: headerLen, from: firstAddress(hdr.Get("From")), msgID: msgID,
+		in: in, narrow: hdr, headerLen: headerLen, from: firstAddress(hdr.Get("From")), msgID: msgID,
 		tenant: &store.Tenant{ID: in.Tenant},
 	}, ""
+}
+
+// wholeHeader reads every field of the header, for a message that
+// matched a thread or is a report: scanHeader kept only narrowKeys'.
+func (r *Router) wholeHeader(msg *parsed) error {
+	if msg.narrow == nil {
+		return nil
+	}
+	hdr, _, err := r.readHeader(msg.in.Body)
+	if err != nil { // scanHeader read the same bytes without error
+		return fmt.Errorf("router: header read again: %w", err)
+	}
+	msg.hdr, msg.narrow = hdr, nil
+	return nil
+}
+
+// fields is the header as read so far: narrowKeys' fields, or all.
+func (msg *parsed) fields() header {
+	if msg.narrow != nil {
+		return msg.narrow
+	}
+	return &msg.hdr
 }
 
 // checkMIME refuses a message nested deeper than MaxMIMEDepth
@@ -335,14 +364,17 @@ func (r *Router) lookupUser(ctx context.Context, msg *parsed) error {
 // belongs to, or the reason it is discarded ("no_match", or
 // "delivery_report" for a delay or relay notice about our mail).
 func (r *Router) matchThread(ctx context.Context, msg *parsed) (m match, discard string, err error) {
-	if msg.hdr.Get("X-Syncrelay-Thread") != "" {
+	if msg.fields().Get("X-Syncrelay-Thread") != "" {
 		if err := r.lookupUser(ctx, msg); err != nil {
 			return m, "", err
 		}
 	}
 	// A DSN is tried first: bounces often carry References to the
 	// original, and must mark it bounced rather than be stored as a reply.
-	if isReport(msg.hdr) {
+	if isReport(msg.fields()) {
+		if err := r.wholeHeader(msg); err != nil {
+			return m, "", err
+		}
 		if m, err = r.matchDSN(ctx, msg.tenant, msg.hdr, msg.in.Body, msg.headerLen); err != nil {
 			return m, "", err
 		}
@@ -353,7 +385,7 @@ func (r *Router) matchThread(ctx context.Context, msg *parsed) (m match, discard
 		return match{}, "delivery_report", nil
 	}
 	if !m.ok {
-		if m, err = r.match(ctx, msg.tenant, msg.hdr, msg.fromUser); err != nil {
+		if m, err = r.match(ctx, msg.tenant, msg.fields(), msg.fromUser); err != nil {
 			return m, "", err
 		}
 	}
@@ -528,7 +560,7 @@ type match struct {
 }
 
 // match applies SPEC §3's rules in order.
-func (r *Router) match(ctx context.Context, ten *store.Tenant, hdr textproto.Header, fromUser *store.User) (match, error) {
+func (r *Router) match(ctx context.Context, ten *store.Tenant, hdr header, fromUser *store.User) (match, error) {
 	ids := referencedIDs(hdr)
 	// Rule 1: a referenced msg-id is a valid token of this tenant.
 	for _, id := range ids {
@@ -588,7 +620,7 @@ func (r *Router) threadMatch(ctx context.Context, tenant, by string, ref store.R
 // withSentCopy marks m as a user's forwarded sent copy when the message
 // carries our X-Syncrelay-Thread for an outbound message of the same thread
 // and comes from a tenant user: such a copy is never a second message.
-func (r *Router) withSentCopy(ctx context.Context, tenant string, hdr textproto.Header, fromUser *store.User, m match, err error) (match, error) {
+func (r *Router) withSentCopy(ctx context.Context, tenant string, hdr header, fromUser *store.User, m match, err error) (match, error) {
 	if err != nil || !m.ok || fromUser == nil {
 		return m, err
 	}
@@ -739,10 +771,22 @@ func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
 // referencedIDs lists In-Reply-To then References (newest first), without
 // duplicates.
-func referencedIDs(h textproto.Header) []string {
+func referencedIDs(h header) []string {
 	var ids []string
-	seen := map[string]bool{}
+	var seen map[string]bool // made once there are more than a few ids
 	add := func(id string) {
+		if seen == nil && len(ids) < 8 {
+			if !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+			return
+		}
+		if seen == nil {
+			seen = make(map[string]bool, 2*len(ids))
+			for _, s := range ids {
+				seen[s] = true
+			}
+		}
 		if !seen[id] {
 			seen[id] = true
 			ids = append(ids, id)
@@ -763,8 +807,14 @@ func referencedIDs(h textproto.Header) []string {
 	return ids
 }
 
-func isReport(h textproto.Header) bool {
-	mt, params, err := mime.ParseMediaType(h.Get("Content-Type"))
+func isReport(h header) bool {
+	v := h.Get("Content-Type")
+	// ParseMediaType's media type, without parsing the parameters (a map
+	// per message) of what is not a report: almost all mail.
+	if base, _, _ := strings.Cut(v, ";"); strings.TrimSpace(strings.ToLower(base)) != "multipart/report" {
+		return false
+	}
+	mt, params, err := mime.ParseMediaType(v)
 	return err == nil && mt == "multipart/report" && strings.EqualFold(params["report-type"], "delivery-status")
 }
 
@@ -780,6 +830,9 @@ func decodeHeader(v string) string {
 func firstAddress(v string) string {
 	if v == "" {
 		return ""
+	}
+	if a, ok := plainAddress(v); ok {
+		return strings.ToLower(a)
 	}
 	if a, err := (&mail.AddressParser{WordDecoder: wordDecoder}).Parse(v); err == nil {
 		return strings.ToLower(a.Address)

@@ -3,16 +3,20 @@ package smtpd
 import (
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// countingListener hands out connections that count their write calls.
+// countingListener hands out connections that count their write calls,
+// and their read calls that returned bytes.
 type countingListener struct {
 	net.Listener
-	writes atomic.Int64
+	writes    atomic.Int64
+	reads     atomic.Int64
+	deadlines atomic.Int64
 }
 
 func (l *countingListener) Accept() (net.Conn, error) {
@@ -20,12 +24,35 @@ func (l *countingListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &countingConn{Conn: c, n: &l.writes}, nil
+	return &countingConn{Conn: c, n: &l.writes, r: &l.reads, d: &l.deadlines}, nil
 }
 
 type countingConn struct {
 	net.Conn
-	n *atomic.Int64
+	n, r, d *atomic.Int64
+}
+
+func (c *countingConn) SetDeadline(t time.Time) error {
+	c.d.Add(1)
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *countingConn) SetReadDeadline(t time.Time) error {
+	c.d.Add(1)
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *countingConn) SetWriteDeadline(t time.Time) error {
+	c.d.Add(1)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.r.Add(1)
+	}
+	return n, err
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {
@@ -73,6 +100,74 @@ func TestRepliesCoalesced(t *testing.T) {
 	})
 	if got := len(ts.del.all()); got != 1 {
 		t.Errorf("%d deliveries, want 1", got)
+	}
+}
+
+// TestBodyReadAhead: a DATA body of a few KiB sent in one write is taken
+// from the socket in one read, not in go-smtp's 4 KiB pieces, and arrives
+// whole.
+func TestBodyReadAhead(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &countingListener{Listener: inner}
+	ts := startServerOn(t, Options{}, l)
+	r := ts.raw(t)
+	r.ehlo()
+	body := simpleBody + strings.Repeat(strings.Repeat("y", 76)+"\r\n", 80) // 6.4 KiB
+	for i := 0; i < 2; i++ {
+		r.send(fmt.Sprintf("MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\n", senderAddr, inboundAddr))
+		r.expect(250)
+		r.expect(250)
+		r.expect(354)
+		before := l.reads.Load()
+		r.send(body + ".\r\n")
+		r.expect(250)
+		if got := l.reads.Load() - before; got != 1 {
+			t.Errorf("message %d: the body took %d reads, want 1", i, got)
+		}
+	}
+	d := ts.del.all()
+	if len(d) != 2 || string(d[0].body) != body || string(d[1].body) != body {
+		t.Fatalf("%d deliveries, bodies not as sent", len(d))
+	}
+}
+
+// TestDeadlinesCoalesced: go-smtp moves the read or write deadline before
+// every command and reply; the socket's is moved only when that takes it
+// later by a sixteenth of the timeout or more, so a busy session's
+// messages set none (here well under one each, not the eight go-smtp asks
+// for), and a timeout still ends an idle session.
+func TestDeadlinesCoalesced(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &countingListener{Listener: inner}
+	ts := startServerOn(t, Options{CommandTimeout: 2 * time.Second, DataTimeout: 2 * time.Second}, l)
+	r := ts.raw(t)
+	r.ehlo()
+	send := func() {
+		r.send(fmt.Sprintf("MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\n", senderAddr, inboundAddr))
+		r.expect(250)
+		r.expect(250)
+		r.expect(354)
+		r.send(simpleBody + ".\r\n")
+		r.expect(250)
+	}
+	send()
+	before := l.deadlines.Load()
+	for i := 0; i < 4; i++ {
+		send()
+	}
+	if got := l.deadlines.Load() - before; got >= 4 {
+		t.Errorf("4 messages set the socket's deadlines %d times, want fewer than one each", got)
+	}
+	start := time.Now()
+	r.expect(421) // the idle timeout, close to 2 s
+	if d := time.Since(start); d < 2*time.Second*15/16-100*time.Millisecond || d > 3*time.Second {
+		t.Errorf("idle timeout after %v, want between 15/16 of 2 s and 2 s", d)
 	}
 }
 

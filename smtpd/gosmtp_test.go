@@ -51,7 +51,7 @@ func TestGoSMTPCopyDiffersOnlyInDataGo(t *testing.T) { goSMTP.CheckDiffers(t) }
 
 // goSMTPPatches is the number of patches in third_party/go-smtp
 // (SYNCRELAY.md), each with its reproduction, TestSyncrelayPatchN.
-const goSMTPPatches = 7
+const goSMTPPatches = 8
 
 // The patches to go-smtp (its DATA decoder, BDAT, MAIL and the line
 // limit) are still needed: their

@@ -249,8 +249,8 @@ func (ss *session) Data(r io.Reader) error {
 	if ss.dead() {
 		return reply(replyAborted)
 	}
-	sp := ss.s.newSpool()
-	defer sp.Close()
+	sp, release := ss.s.newSpool()
+	defer release()
 	body, err := ss.readBody(r, bdat, sp)
 	if body.close == closeBareEOL || body.close == closeLineTooLong {
 		ss.mu.Lock()
@@ -391,9 +391,11 @@ func (ss *session) readBody(r io.Reader, bdat bool, sp *spool.Spool) (res bodyRe
 		ss.tc.dataBody.Store(true)
 		defer ss.tc.dataBody.Store(false)
 	}
+	buf := ss.s.readBufs.get()
+	defer ss.s.readBufs.put(buf)
 	if bdat {
-		err = readDecoded(r, b, false, func() {})
-	} else if err = readDecoded(r, b, true, ss.dataTimer()); err == nil && b.fakeEnd && ss.tc != nil {
+		err = readDecoded(r, b, *buf, false, func() {})
+	} else if err = readDecoded(r, b, *buf, true, ss.dataTimer()); err == nil && b.fakeEnd && ss.tc != nil {
 		// We stopped before go-smtp's end of data: its drain must not
 		// wait for one. The connection closes after the reply.
 		ss.tc.stopReading()

@@ -70,6 +70,28 @@ func New(dir string, memLimit int64) *Spool {
 	return &Spool{dir: dir, memLimit: memLimit}
 }
 
+// Reuse gives s buf's memory (its capacity; the contents are ignored) as
+// its first in-memory buffer, instead of a new one: a server receiving
+// many small messages reuses one buffer per message in flight (Release).
+// It does nothing once s has been written to.
+func (s *Spool) Reuse(buf []byte) {
+	if s.mem == nil && s.f == nil && !s.done && s.size == 0 {
+		s.mem = buf[:0]
+	}
+}
+
+// Release closes s and returns its in-memory buffer for another Spool's
+// Reuse (nil if s spilled to a file or never held anything). No reader
+// from Open may be used after it: the next message overwrites that
+// memory.
+func (s *Spool) Release() ([]byte, error) {
+	mem := s.mem
+	if s.f != nil || s.done {
+		mem = nil
+	}
+	return mem, s.Close()
+}
+
 // Write appends p. After a failed Write the Spool is broken: every later
 // Write returns the same error, and the caller should discard the message.
 func (s *Spool) Write(p []byte) (int, error) {

@@ -221,3 +221,37 @@ func BenchmarkSpool4K(b *testing.B) {
 		s.Close()
 	}
 }
+
+// Reuse and Release: a released buffer serves the next spool without an
+// allocation and holds only that spool's bytes; a spilled spool gives
+// nothing back.
+func TestReuse(t *testing.T) {
+	first := New(t.TempDir(), 1024)
+	first.Write(bytes.Repeat([]byte("a"), 600))
+	mem, err := first.Release()
+	if err != nil || cap(mem) < 600 {
+		t.Fatalf("Release = cap %d, %v", cap(mem), err)
+	}
+	if _, err := first.Write([]byte("x")); err != ErrClosed {
+		t.Fatalf("Write after Release: %v", err)
+	}
+	p := []byte("bb")
+	allocs := testing.AllocsPerRun(10, func() {
+		s := New("", 1024)
+		s.Reuse(mem)
+		s.Write(p)
+		if got := readAll(t, s); string(got) != "bb" {
+			t.Fatalf("reused spool holds %q", got)
+		}
+		mem, _ = s.Release()
+	})
+	if allocs > 3 { // the Spool and its reader, not a buffer
+		t.Errorf("%.0f allocations per reused spool", allocs)
+	}
+	spilled := New(t.TempDir(), 4)
+	spilled.Reuse(mem)
+	spilled.Write([]byte("more than four"))
+	if m, err := spilled.Release(); m != nil || err != nil {
+		t.Fatalf("spilled spool released %d bytes, %v", cap(m), err)
+	}
+}

@@ -4,7 +4,8 @@ package smtp
 // decoder it replaced (upstream's, with patches 1 to 3), on the same input
 // split into reads of random sizes: the decoded bytes, the error, and
 // where each leaves the connection's reader must be the same. And patch 7's
-// line limit reader, which must lose no byte.
+// line limit reader, which must lose no byte, and patch 8's count of its
+// line lengths against upstream's byte loop.
 
 import (
 	"bufio"
@@ -264,6 +265,47 @@ func FuzzSyncrelayLineLimitReader(f *testing.F) {
 		rest, err := io.ReadAll(lr)
 		if err != nil || !bytes.Equal(append(out, rest...), in) {
 			t.Fatalf("input %q: read %q under the limit and %q, %v after it", in, out, rest, err)
+		}
+	})
+}
+
+// byteScan is upstream's loop over every byte read, which patch 8's scan
+// replaced, kept as the reference: the same counts, the same index of the
+// byte over the limit.
+func byteScan(r *lineLimitReader, p []byte) (int, bool) {
+	for i, chr := range p {
+		if chr == '\n' {
+			r.curLineLength = 0
+		}
+		r.curLineLength++
+		if r.curLineLength > r.LineLimit {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+// Patch 8: scan and byteScan agree on every input, line length carried
+// over from the previous read (0 to the limit, as Read allows) and limit.
+func FuzzSyncrelayLineLimitScan(f *testing.F) {
+	for _, s := range []string{
+		"", "\n", "\n\n\n", "abc", "abc\r\ndef\r\n", "x\n" + string(bytes.Repeat([]byte("y"), 70)) + "\r\nz",
+		string(bytes.Repeat([]byte("a"), 50)) + "\n",
+	} {
+		f.Add([]byte(s), uint8(0), uint8(49))
+		f.Add([]byte(s), uint8(3), uint8(2))
+		f.Add([]byte(s), uint8(50), uint8(49))
+	}
+	f.Fuzz(func(t *testing.T, p []byte, cur, limit uint8) {
+		lim := 1 + int(limit)
+		c := int(cur) % (lim + 1)
+		want := &lineLimitReader{LineLimit: lim, curLineLength: c}
+		got := &lineLimitReader{LineLimit: lim, curLineLength: c}
+		wi, wover := byteScan(want, p)
+		gi, gover := got.scan(p)
+		if gi != wi || gover != wover || got.curLineLength != want.curLineLength {
+			t.Fatalf("%q from %d, limit %d: scan = %d, %v, length %d; byte loop = %d, %v, length %d",
+				p, c, lim, gi, gover, got.curLineLength, wi, wover, want.curLineLength)
 		}
 	})
 }
