@@ -445,8 +445,8 @@ func (c *trackedConn) SetReadDeadline(t time.Time) error {
 	if keepDeadline(c.sockRead, t) {
 		return nil
 	}
-	c.sockRead = t
-	return c.Conn.SetReadDeadline(t)
+	c.sockRead = withSlack(t)
+	return c.Conn.SetReadDeadline(c.sockRead)
 }
 
 func (c *trackedConn) SetDeadline(t time.Time) error {
@@ -465,23 +465,38 @@ func (c *trackedConn) SetWriteDeadline(t time.Time) error {
 	if keepDeadline(c.sockWrite, t) {
 		return nil
 	}
-	c.sockWrite = t
-	return c.Conn.SetWriteDeadline(t)
+	c.sockWrite = withSlack(t)
+	return c.Conn.SetWriteDeadline(c.sockWrite)
 }
 
 // keepDeadline reports whether a socket whose deadline is cur may keep it
-// when t is asked for: t is later by less than a sixteenth of the time
-// from now to t, so the socket times out at most that much early (a 5
-// minute command timeout after 4 min 42 s at the least). go-smtp sets a
-// deadline before every command and every reply, each a runtime timer
-// update under a lock (4 % of the discard path); a pipelined group or a
-// busy session then moves it once per sixteenth of the timeout. An
-// earlier deadline, or one from none, is always set.
+// when t is asked for: cur is not earlier than t and later by no more than
+// the slack withSlack adds, so the socket times out at most a sixteenth of
+// the timeout late and never early (RFC 5321 4.5.3.2 sets the minimum
+// timeouts; a 5 minute command timeout ends a session after 5 to 5 min
+// 19 s). go-smtp sets a deadline before every command and every reply,
+// each a runtime timer update under a lock (4 % of the discard path); a
+// busy session now moves it about once per sixteenth of the timeout.
+// An earlier deadline, none, or one from none is always set.
 func keepDeadline(cur, t time.Time) bool {
-	if cur.IsZero() || t.IsZero() || t.Before(cur) {
+	if cur.IsZero() || t.IsZero() || cur.Before(t) {
 		return false
 	}
-	return t.Sub(cur) < time.Until(t)/16
+	return cur.Sub(t) <= time.Until(t)/16
+}
+
+// withSlack is the socket deadline set for t: a sixteenth of the time
+// until t later, so that the deadlines asked for in the next sixteenth
+// of the timeout keep it. A deadline now or past (a kick, a close) is set
+// as it is.
+func withSlack(t time.Time) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	if d := time.Until(t); d > 0 {
+		return t.Add(d / 16)
+	}
+	return t
 }
 
 // flushBefore writes the held replies before a write deadline that has

@@ -207,3 +207,50 @@ func TestShutdownDeadlineWritesNothing(t *testing.T) {
 	r := ts.cutWhileCommitting(t)
 	r.expectClosed()
 }
+
+// TestDeadlineNeverEarly: the socket's deadline, kept or set, is never
+// before the one go-smtp asked for (RFC 5321's minimum timeouts), and is
+// at most a sixteenth of the timeout after it.
+func TestDeadlineNeverEarly(t *testing.T) {
+	const timeout = 5 * time.Minute
+	// Simulated sessions: a command every 7 s. sock is the socket's
+	// deadline on the simulated clock; at step it is sock-step on the real
+	// one, where go-smtp asks for now+timeout.
+	var sock time.Time
+	sets := 0
+	for step := time.Duration(0); step < 3*timeout; step += 7 * time.Second {
+		asked := time.Now().Add(timeout)
+		cur := time.Time{}
+		if !sock.IsZero() {
+			cur = sock.Add(-step)
+		}
+		if !keepDeadline(cur, asked) {
+			cur = withSlack(asked)
+			sock = cur.Add(step)
+			sets++
+		}
+		if cur.Before(asked) {
+			t.Fatalf("at +%v the socket's deadline is %v before the one asked for", step, asked.Sub(cur))
+		}
+		if late := cur.Sub(asked); late > timeout/16+time.Second {
+			t.Fatalf("at +%v the socket's deadline is %v late, more than a sixteenth of %v", step, late, timeout)
+		}
+	}
+	if sets > 3*16+2 { // 128 commands, 48 sixteenths
+		t.Errorf("the deadline was set %d times in %v of commands every 7 s, want about one per sixteenth", sets, 3*timeout)
+	}
+	// An earlier deadline (the command timeout after the longer data
+	// timeout), none, and a past one (a kick) are set as asked.
+	later := time.Now().Add(10 * time.Minute)
+	for _, tc := range []struct {
+		cur, t time.Time
+	}{
+		{withSlack(later), time.Now().Add(5 * time.Minute)},
+		{withSlack(later), time.Time{}},
+		{withSlack(later), time.Unix(1, 0)},
+	} {
+		if keepDeadline(tc.cur, tc.t) {
+			t.Errorf("kept %v when %v was asked for", tc.cur, tc.t)
+		}
+	}
+}
