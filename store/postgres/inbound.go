@@ -3,10 +3,10 @@ package postgres
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -168,58 +168,41 @@ func (o *commitOp) next(p *pipe) bool {
 
 func (o *commitOp) dk() string { return store.DedupKey(o.in.Message.InternetMessageID, o.in.Digest) }
 
-// lockAndClaim queues step 1 as one statement: the thread's record, the
-// new message's and blob's ids and, with a duplicate key, its claim (a
-// statement per part cost the server about as much again as the parts).
 func (o *commitOp) lockAndClaim(p *pipe) {
 	tenant, thread := o.in.Message.Tenant, o.in.Message.Thread
-	dk := o.dk()
-	sql, args := claimNoKeySQL, []any{tenant, thread}
-	if dk != "" {
-		p.note(o.s, tenant, dk)
-		sql, args = claimSQL, append(args, dk)
-	}
-	o.holder = 0
 	p.row(func(r pgx.Row) error {
-		var data []byte
-		var holder *uint64
-		if err := r.Scan(&data, &o.id, &o.blob, &holder); err != nil {
-			return err
-		}
-		if data == nil {
-			return fmt.Errorf("thread %d: %w", thread, store.ErrNotFound)
-		}
-		if err := decode(data, &o.th); err != nil {
+		if err := scanJSON(r, &o.th); err != nil {
 			return fmt.Errorf("thread %d: %w", thread, err)
 		}
-		switch {
-		case dk == "":
-			o.holder = o.id // no key: never a duplicate
-		case holder != nil:
-			o.holder = *holder
-		} // else: read again in the next step
 		return nil
-	}, sql, args...)
+	}, "SELECT data FROM threads WHERE tenant = $1 AND id = $2", tenant, thread)
+	p.row(func(r pgx.Row) error {
+		err := r.Scan(&o.id, &o.blob)
+		if o.dk() == "" {
+			o.holder = o.id // no key: never a duplicate
+		}
+		return err
+	}, "SELECT nextval('message_ids'), nextval(pg_get_serial_sequence('raw_blobs', 'id'))")
+	o.holder = 0
+	if dk := o.dk(); dk != "" {
+		p.note(o.s, tenant, dk)
+		// currval: the id allocated just above, in this session.
+		p.row(func(r pgx.Row) error {
+			err := r.Scan(&o.holder)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil // read again in the next step
+			}
+			return err
+		}, `WITH ins AS (
+				INSERT INTO thread_copies (tenant, thread, dk, message) VALUES ($1, $2, $3, currval('message_ids'))
+				ON CONFLICT DO NOTHING RETURNING message)
+			SELECT message FROM ins UNION ALL
+			SELECT message FROM thread_copies WHERE tenant = $1 AND thread = $2 AND dk = $3
+			LIMIT 1`, tenant, thread, dk)
+	}
 }
 
-// claimNoKeySQL reads a thread ($1, $2) and allocates a message and a
-// blob id; claimSQL also claims the duplicate key $3 for the new message
-// unless it is held: the holder is the fourth column, NULL when the holder
-// committed after this statement's snapshot (the insert waited for it).
-// The CTE ids runs its nextval once however often it is read.
-const (
-	claimNoKeySQL = `SELECT (SELECT data FROM threads WHERE tenant = $1 AND id = $2),
-		nextval('message_ids'), nextval(pg_get_serial_sequence('raw_blobs', 'id')), NULL::bigint`
-	claimSQL = `WITH ids AS (SELECT nextval('message_ids') AS id, nextval(pg_get_serial_sequence('raw_blobs', 'id')) AS blob),
-		ins AS (INSERT INTO thread_copies (tenant, thread, dk, message) SELECT $1, $2, $3, id FROM ids
-			ON CONFLICT DO NOTHING RETURNING message)
-		SELECT (SELECT data FROM threads WHERE tenant = $1 AND id = $2), ids.id, ids.blob,
-			coalesce((SELECT message FROM ins), (SELECT message FROM thread_copies WHERE tenant = $1 AND thread = $2 AND dk = $3))
-		FROM ids`
-)
-
-// store queues the writes of a new message as one statement (see
-// writes): its bytes, record, Message-ID index entry and event.
+// store queues the writes of a new message.
 func (o *commitOp) store(p *pipe) bool {
 	in := o.in
 	m := in.Message
@@ -231,40 +214,37 @@ func (o *commitOp) store(p *pipe) bool {
 		// for matching); the digest in the key de-duplicates it.
 		m.InternetMessageID = fmt.Sprintf("no-id.%d%s", m.ID, store.SyntheticDomain)
 	}
-	var w writes
 	m.Raw, m.Size = "", 0
 	if in.Raw != nil {
 		m.Raw, m.Size = rawPrefix+strconv.FormatInt(o.blob, 10), int64(len(o.body))
-		w.add("INSERT INTO raw_blobs (id, bytes) VALUES (%s, %s)", o.blob, o.body)
+		p.exec("INSERT INTO raw_blobs (id, bytes) VALUES ($1, $2)", o.blob, o.body)
 	}
 	// The thread is not rewritten: its LastActivity is read from its
 	// newest message (selectThread).
 	mdata, err := encode(&m)
 	if err == nil {
-		w.add(`INSERT INTO messages (tenant, id, thread, direction, status, sent_by, msgid, received, data)
-			VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)`,
+		p.exec(`INSERT INTO messages (tenant, id, thread, direction, status, sent_by, msgid, received, data)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
 			m.Tenant, m.ID, m.Thread, m.Direction, m.Status, m.SentBy, m.InternetMessageID, m.Received, mdata)
 		if !store.Synthetic(m.InternetMessageID) {
 			if m.InternetMessageID != o.dk() { // the same key was noted in step 1
 				p.note(o.s, m.Tenant, m.InternetMessageID)
 			}
-			w.add("INSERT INTO msgids (tenant, msgid, thread, message) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+			p.exec("INSERT INTO msgids (tenant, msgid, thread, message) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
 				m.Tenant, m.InternetMessageID, m.Thread, m.ID)
 		}
-		err = o.event(&w, &m)
+		err = o.event(p, &m)
 	}
 	if err != nil {
 		p.fail(err)
-	} else {
-		p.exec(w.sql(), w.args...)
 	}
 	*o.res = store.CommitResult{Decision: store.Stored, Ref: store.Ref{Thread: o.th.ID, Message: m.ID}}
 	o.final = true
 	return true
 }
 
-// event adds message.received with the new message's ids.
-func (o *commitOp) event(w *writes, m *store.Message) error {
+// event queues message.received with the new message's ids.
+func (o *commitOp) event(p *pipe, m *store.Message) error {
 	if o.in.Event == nil {
 		return nil
 	}
@@ -279,42 +259,7 @@ func (o *commitOp) event(w *writes, m *store.Message) error {
 	if err != nil {
 		return err
 	}
-	w.add(`INSERT INTO outbox (tenant, type, created, state, next_attempt, data) VALUES (%s, 'message.received', %s, 'pending', %s, %s)`,
-		m.Tenant, o.now, o.now, b)
+	p.exec(`INSERT INTO outbox (tenant, type, created, state, next_attempt, data) VALUES ($1, 'message.received', $2, 'pending', $2, $3)`,
+		m.Tenant, o.now, b)
 	return nil
-}
-
-// writes joins INSERTs into one statement, all but the last as
-// data-modifying WITH items (PostgreSQL runs each exactly once, read or
-// not): one statement per message instead of one per table.
-type writes struct {
-	stmts []string
-	args  []any
-}
-
-// add appends an INSERT whose %s verbs are its args' placeholders.
-func (w *writes) add(format string, args ...any) {
-	ph := make([]any, len(args))
-	for i := range args {
-		ph[i] = "$" + strconv.Itoa(len(w.args)+i+1)
-	}
-	w.stmts = append(w.stmts, fmt.Sprintf(format, ph...))
-	w.args = append(w.args, args...)
-}
-
-func (w *writes) sql() string {
-	var b strings.Builder
-	for i, st := range w.stmts[:len(w.stmts)-1] {
-		if i == 0 {
-			b.WriteString("WITH ")
-		} else {
-			b.WriteString(", ")
-		}
-		fmt.Fprintf(&b, "w%d AS (%s)", i, st)
-	}
-	if len(w.stmts) > 1 {
-		b.WriteString(" ")
-	}
-	b.WriteString(w.stmts[len(w.stmts)-1])
-	return b.String()
 }
