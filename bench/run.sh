@@ -151,9 +151,11 @@ if [ "$BACKEND" = postgres ]; then
 		AS=(runuser -u postgres --)
 	fi
 	PGPORT=$(free_port)
+	# track_wal_io_timing: pg_stat_wal times each WAL fsync, so that the
+	# per-second record (waits_start) can say how long the flushes took.
 	"${AS[@]}" "$PGBIN/initdb" -D "$PGDIR/data" -A trust -U postgres >"$OUT/pg-initdb.log" 2>&1
 	"${AS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/pg.log" -w start \
-		-o "-c listen_addresses=127.0.0.1 -p $PGPORT -c unix_socket_directories=$PGDIR -c fsync=on -c synchronous_commit=on -c max_connections=200 -c min_wal_size=${PGWARM}MB -c max_wal_size=4GB ${PGOPTS:-}" >/dev/null
+		-o "-c listen_addresses=127.0.0.1 -p $PGPORT -c unix_socket_directories=$PGDIR -c fsync=on -c synchronous_commit=on -c max_connections=200 -c min_wal_size=${PGWARM}MB -c max_wal_size=4GB -c track_wal_io_timing=on ${PGOPTS:-}" >/dev/null
 	trap 'cleanup; "${AS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null 2>&1 || true' EXIT
 	# A new cluster has no WAL segments to recycle: every 16 MiB of WAL
 	# the committing backend creates and zero-fills the next segment (waits
@@ -180,7 +182,12 @@ fi
 # client backends wait for every 50 ms during a scenario (pg_stat_activity,
 # ungranted pg_locks) into $OUT/NAME.waits; waits_stop leaves the counts,
 # most frequent first, in $OUT/NAME.waits.txt (count per "samples" line).
+# Once a second they also record, in $OUT/NAME.seconds, the WAL fsyncs so
+# far and their milliseconds (pg_stat_wal), the checkpoints completed and
+# the daemon's "." -> reply histogram counts at 16 ms, 32 ms and in all
+# (node A's in c2), for seconds_top.
 WPID=
+SPID=
 waits_start() {
 	[ "$BACKEND" = postgres ] || return 0
 	cat >"$OUT/waits.sql" <<'EOS'
@@ -192,13 +199,32 @@ UNION ALL SELECT 'samples';
 EOS
 	"$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -At -q -f "$OUT/waits.sql" >"$OUT/$1.waits" 2>/dev/null &
 	WPID=$!
+	local http=$HTTP
+	while :; do
+		printf '%s %s %s\n' "$(date +%s.%N)" \
+			"$("$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -At -F' ' -c "SELECT w.wal_sync, w.wal_sync_time, b.checkpoints_timed + b.checkpoints_req FROM pg_stat_wal w, pg_stat_bgwriter b" 2>/dev/null)" \
+			"$(curl -s -m 0.5 "http://$http/metrics" 2>/dev/null | awk '/^syncrelay_smtp_data_reply_seconds_bucket/ && /le="(0.016|0.032|\+Inf)"/ {printf "%s ", $2}')"
+		sleep 1
+	done >"$OUT/$1.seconds" &
+	SPID=$!
 }
 waits_stop() {
 	[ -n "$WPID" ] || return 0
-	kill "$WPID" 2>/dev/null || true
-	wait "$WPID" 2>/dev/null || true
+	kill "$WPID" "$SPID" 2>/dev/null || true
+	wait "$WPID" "$SPID" 2>/dev/null || true
 	WPID=
+	SPID=
 	sort "$OUT/$1.waits" | uniq -c | sort -rn >"$OUT/$1.waits.txt"
+}
+# seconds_top NAME: from NAME.seconds, how many seconds had a reply over
+# 32 ms, and the mean WAL fsync in those seconds against the others: a
+# tail set by the flush shows as slower fsyncs in the slow seconds.
+seconds_top() {
+	awk 'NF >= 7 && p { ds = $2 - s; dms = $3 - ms; slow = ($7 - $6) - (r - r32)
+			n++; if (slow > 0) {k++; over += slow; ss += ds; sms += dms} else {os += ds; oms += dms} }
+		NF >= 7 {p = 1; s = $2; ms = $3; r32 = $6; r = $7; c1 = $4; if (c0 == "") c0 = $4}
+		END {printf "%d of %d s had replies over 32 ms (%d replies); WAL fsync %.2f ms on average in those seconds (%d fsyncs), %.2f ms in the others (%d); checkpoints completed: %d",
+			k, n, over, ss ? sms / ss : 0, ss, os ? oms / os : 0, os, c1 - c0}' "$OUT/$1.seconds"
 }
 # waits_top NAME: the samples and the three most frequent waits, one line.
 waits_top() {
@@ -532,6 +558,11 @@ P99H=$(jget "$OUT/c-half.json" p99_ms)
 		echo "c½: $(waits_top c-half)"
 		[ -n "$C2" ] && echo "c2: $(waits_top c2)"
 		echo "(all counts in $OUT/*.waits.txt)"
+		echo
+		echo "By second (\$OUT/*.seconds): c: $(seconds_top c)"
+		echo "c½: $(seconds_top c-half)"
+		[ -n "$C2" ] && echo "c2 (node A's replies): $(seconds_top c2)"
+		echo "Checkpoints started (pg.log): $(grep -o '^[0-9-]* [0-9:.]* UTC.*checkpoint starting: .*' "$PGDIR/pg.log" | sed 's/^[0-9-]* \([0-9:]*\)[0-9.]* UTC.*checkpoint starting: /\1 /' | paste -sd ';' - | sed 's/;/; /g')"
 	fi
 } | tee "$OUT/summary.md"
 log "results in $OUT"
