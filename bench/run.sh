@@ -216,15 +216,19 @@ waits_stop() {
 	SPID=
 	sort "$OUT/$1.waits" | uniq -c | sort -rn >"$OUT/$1.waits.txt"
 }
-# seconds_top NAME: from NAME.seconds, how many seconds had a reply over
-# 32 ms, and the mean WAL fsync in those seconds against the others: a
-# tail set by the flush shows as slower fsyncs in the slow seconds.
+# seconds_top NAME: from NAME.seconds, the share of each second's replies
+# over 16 ms (the histogram's bucket nearest the 20 ms target) and its
+# correlation with that second's mean WAL fsync: a tail set by the flush
+# shows as r near 1. Also the checkpoints completed in the scenario.
 seconds_top() {
-	awk 'NF >= 7 && p { ds = $2 - s; dms = $3 - ms; slow = ($7 - $6) - (r - r32)
-			n++; if (slow > 0) {k++; over += slow; ss += ds; sms += dms} else {os += ds; oms += dms} }
-		NF >= 7 {p = 1; s = $2; ms = $3; r32 = $6; r = $7; c1 = $4; if (c0 == "") c0 = $4}
-		END {printf "%d of %d s had replies over 32 ms (%d replies); WAL fsync %.2f ms on average in those seconds (%d fsyncs), %.2f ms in the others (%d); checkpoints completed: %d",
-			k, n, over, ss ? sms / ss : 0, ss, os ? oms / os : 0, os, c1 - c0}' "$OUT/$1.seconds"
+	awk 'NF >= 7 && p && $7 > r && $2 > s {
+			x = ($3 - ms) / ($2 - s); y = 100 * ((($7 - $5) - (r - r16)) / ($7 - r))
+			n++; sx += x; sy += y; sxx += x * x; syy += y * y; sxy += x * y
+			if (n == 1 || y < lo) lo = y; if (n == 1 || y > hi) hi = y }
+		NF >= 7 {p = 1; s = $2; ms = $3; r16 = $5; r = $7; c1 = $4; if (c0 == "") c0 = $4}
+		END {vx = n * sxx - sx * sx; vy = n * syy - sy * sy
+			printf "%d s; replies over 16 ms %.1f %% to %.1f %% of a second'"'"'s; mean WAL fsync %.2f ms; per-second correlation of the two r = %s; checkpoints completed: %d",
+				n, lo, hi, n ? sx / n : 0, (vx > 0 && vy > 0) ? sprintf("%.2f", (n * sxy - sx * sy) / sqrt(vx * vy)) : "n/a", c1 - c0}' "$OUT/$1.seconds"
 }
 # waits_top NAME: the samples and the three most frequent waits, one line.
 waits_top() {
