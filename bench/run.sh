@@ -353,6 +353,10 @@ commits() { curl -s "http://$HTTP/metrics" 2>/dev/null | awk '/^syncrelay_store_
 DEVSTAT=/sys/class/block/$(basename "$(df --output=source "$OUT" | tail -1)")/stat
 sectors() { [ -r "$DEVSTAT" ] && awk '{print $7}' "$DEVSTAT" || echo 0; }
 CM0=$(commits)
+# wal_lsn: PostgreSQL's WAL position in bytes (postgres only), for the WAL
+# written per stored message.
+wal_lsn() { [ "$BACKEND" = postgres ] && "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -At -c "SELECT pg_current_wal_lsn() - '0/0'" || echo 0; }
+WAL0=$(wal_lsn)
 DS0=$(sectors)
 WB0=$(awk '/^write_bytes/{print $2}' "/proc/$DPID/io")
 waits_start c
@@ -362,6 +366,7 @@ waits_stop c
 WB1=$(awk '/^write_bytes/{print $2}' "/proc/$DPID/io")
 DS1=$(sectors)
 CM1=$(commits)
+WAL1=$(wal_lsn)
 C_HWM=$(kib "$DPID" VmHWM)
 C=$(jget "$OUT/c.json" msgs_per_sec)
 # Bytes the daemon caused to be written to disk per stored message: the
@@ -372,6 +377,7 @@ C_STORED=$((CM1 - CM0))
 [ "$C_STORED" -gt 0 ] || C_STORED=$(jget "$OUT/c.json" completed)
 C_WB_KIB=$(calc "($WB1 - $WB0) / 1024 / ($C_STORED > 0 ? $C_STORED : 1)" 1)
 C_DEV_KIB=$(calc "($DS1 - $DS0) / 2 / ($C_STORED > 0 ? $C_STORED : 1)" 1)
+C_WAL_KIB=$(calc "($WAL1 - $WAL0) / 1024 / ($C_STORED > 0 ? $C_STORED : 1)" 2)
 # Where a stored message's time goes, from the daemon's own histograms.
 curl -s "http://$HTTP/metrics" >"$OUT/c.metrics" 2>/dev/null || true
 C_REPLY=$(avg_ms "$OUT/c.metrics" syncrelay_smtp_data_reply_seconds)
@@ -558,6 +564,7 @@ P99H=$(jget "$OUT/c-half.json" p99_ms)
 	echo "Ratios are judged against the faster of a1 and a2 ($AMAX msgs/s)."
 	if [ "$BACKEND" = postgres ]; then
 		echo
+		echo "PostgreSQL WAL per stored message in c: $C_WAL_KIB KiB (pg_current_wal_lsn over the run, warm-up included, over the daemon's commits)."
 		echo "PostgreSQL waits (client backends, sampled every 50 ms; CPU and client reads left out): c: $(waits_top c)"
 		echo "c½: $(waits_top c-half)"
 		[ -n "$C2" ] && echo "c2: $(waits_top c2)"
