@@ -151,9 +151,11 @@ if [ "$BACKEND" = postgres ]; then
 		AS=(runuser -u postgres --)
 	fi
 	PGPORT=$(free_port)
+	# track_wal_io_timing: pg_stat_wal times each WAL fsync, so that the
+	# per-second record (waits_start) can say how long the flushes took.
 	"${AS[@]}" "$PGBIN/initdb" -D "$PGDIR/data" -A trust -U postgres >"$OUT/pg-initdb.log" 2>&1
 	"${AS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/pg.log" -w start \
-		-o "-c listen_addresses=127.0.0.1 -p $PGPORT -c unix_socket_directories=$PGDIR -c fsync=on -c synchronous_commit=on -c max_connections=200 -c min_wal_size=${PGWARM}MB -c max_wal_size=4GB ${PGOPTS:-}" >/dev/null
+		-o "-c listen_addresses=127.0.0.1 -p $PGPORT -c unix_socket_directories=$PGDIR -c fsync=on -c synchronous_commit=on -c max_connections=200 -c min_wal_size=${PGWARM}MB -c max_wal_size=4GB -c track_wal_io_timing=on ${PGOPTS:-}" >/dev/null
 	trap 'cleanup; "${AS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null 2>&1 || true' EXIT
 	# A new cluster has no WAL segments to recycle: every 16 MiB of WAL
 	# the committing backend creates and zero-fills the next segment (waits
@@ -180,7 +182,12 @@ fi
 # client backends wait for every 50 ms during a scenario (pg_stat_activity,
 # ungranted pg_locks) into $OUT/NAME.waits; waits_stop leaves the counts,
 # most frequent first, in $OUT/NAME.waits.txt (count per "samples" line).
+# Once a second they also record, in $OUT/NAME.seconds, the WAL fsyncs so
+# far and their milliseconds (pg_stat_wal), the checkpoints completed and
+# the daemon's "." -> reply histogram counts at 16 ms, 32 ms and in all
+# (node A's in c2), for seconds_top.
 WPID=
+SPID=
 waits_start() {
 	[ "$BACKEND" = postgres ] || return 0
 	cat >"$OUT/waits.sql" <<'EOS'
@@ -192,13 +199,36 @@ UNION ALL SELECT 'samples';
 EOS
 	"$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -At -q -f "$OUT/waits.sql" >"$OUT/$1.waits" 2>/dev/null &
 	WPID=$!
+	local http=$HTTP
+	while :; do
+		printf '%s %s %s\n' "$(date +%s.%N)" \
+			"$("$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -At -F' ' -c "SELECT w.wal_sync, w.wal_sync_time, b.checkpoints_timed + b.checkpoints_req FROM pg_stat_wal w, pg_stat_bgwriter b" 2>/dev/null)" \
+			"$(curl -s -m 0.5 "http://$http/metrics" 2>/dev/null | awk '/^syncrelay_smtp_data_reply_seconds_bucket/ && /le="(0.016|0.032|\+Inf)"/ {printf "%s ", $2}')"
+		sleep 1
+	done >"$OUT/$1.seconds" &
+	SPID=$!
 }
 waits_stop() {
 	[ -n "$WPID" ] || return 0
-	kill "$WPID" 2>/dev/null || true
-	wait "$WPID" 2>/dev/null || true
+	kill "$WPID" "$SPID" 2>/dev/null || true
+	wait "$WPID" "$SPID" 2>/dev/null || true
 	WPID=
+	SPID=
 	sort "$OUT/$1.waits" | uniq -c | sort -rn >"$OUT/$1.waits.txt"
+}
+# seconds_top NAME: from NAME.seconds, the share of each second's replies
+# over 16 ms (the histogram's bucket nearest the 20 ms target) and its
+# correlation with that second's mean WAL fsync: a tail set by the flush
+# shows as r near 1. Also the checkpoints completed in the scenario.
+seconds_top() {
+	awk 'NF >= 7 && p && $7 > r && $2 > s {
+			x = ($3 - ms) / ($2 - s); y = 100 * ((($7 - $5) - (r - r16)) / ($7 - r))
+			n++; sx += x; sy += y; sxx += x * x; syy += y * y; sxy += x * y
+			if (n == 1 || y < lo) lo = y; if (n == 1 || y > hi) hi = y }
+		NF >= 7 {p = 1; s = $2; ms = $3; r16 = $5; r = $7; c1 = $4; if (c0 == "") c0 = $4}
+		END {vx = n * sxx - sx * sx; vy = n * syy - sy * sy
+			printf "%d s; replies over 16 ms %.1f %% to %.1f %% of a second'"'"'s; mean WAL fsync %.2f ms; per-second correlation of the two r = %s; checkpoints completed: %d",
+				n, lo, hi, n ? sx / n : 0, (vx > 0 && vy > 0) ? sprintf("%.2f", (n * sxy - sx * sy) / sqrt(vx * vy)) : "n/a", c1 - c0}' "$OUT/$1.seconds"
 }
 # waits_top NAME: the samples and the three most frequent waits, one line.
 waits_top() {
@@ -323,6 +353,10 @@ commits() { curl -s "http://$HTTP/metrics" 2>/dev/null | awk '/^syncrelay_store_
 DEVSTAT=/sys/class/block/$(basename "$(df --output=source "$OUT" | tail -1)")/stat
 sectors() { [ -r "$DEVSTAT" ] && awk '{print $7}' "$DEVSTAT" || echo 0; }
 CM0=$(commits)
+# wal_lsn: PostgreSQL's WAL position in bytes (postgres only), for the WAL
+# written per stored message.
+wal_lsn() { [ "$BACKEND" = postgres ] && "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -At -c "SELECT pg_current_wal_lsn() - '0/0'" || echo 0; }
+WAL0=$(wal_lsn)
 DS0=$(sectors)
 WB0=$(awk '/^write_bytes/{print $2}' "/proc/$DPID/io")
 waits_start c
@@ -332,6 +366,7 @@ waits_stop c
 WB1=$(awk '/^write_bytes/{print $2}' "/proc/$DPID/io")
 DS1=$(sectors)
 CM1=$(commits)
+WAL1=$(wal_lsn)
 C_HWM=$(kib "$DPID" VmHWM)
 C=$(jget "$OUT/c.json" msgs_per_sec)
 # Bytes the daemon caused to be written to disk per stored message: the
@@ -342,6 +377,7 @@ C_STORED=$((CM1 - CM0))
 [ "$C_STORED" -gt 0 ] || C_STORED=$(jget "$OUT/c.json" completed)
 C_WB_KIB=$(calc "($WB1 - $WB0) / 1024 / ($C_STORED > 0 ? $C_STORED : 1)" 1)
 C_DEV_KIB=$(calc "($DS1 - $DS0) / 2 / ($C_STORED > 0 ? $C_STORED : 1)" 1)
+C_WAL_KIB=$(calc "($WAL1 - $WAL0) / 1024 / ($C_STORED > 0 ? $C_STORED : 1)" 2)
 # Where a stored message's time goes, from the daemon's own histograms.
 curl -s "http://$HTTP/metrics" >"$OUT/c.metrics" 2>/dev/null || true
 C_REPLY=$(avg_ms "$OUT/c.metrics" syncrelay_smtp_data_reply_seconds)
@@ -529,10 +565,16 @@ P99H=$(jget "$OUT/c-half.json" p99_ms)
 	echo "Ratios are judged against the faster of a1 and a2 ($AMAX msgs/s)."
 	if [ "$BACKEND" = postgres ]; then
 		echo
+		echo "PostgreSQL WAL per stored message in c: $C_WAL_KIB KiB (pg_current_wal_lsn over the run, warm-up included, over the daemon's commits)."
 		echo "PostgreSQL waits (client backends, sampled every 50 ms; CPU and client reads left out): c: $(waits_top c)"
 		echo "c½: $(waits_top c-half)"
 		[ -n "$C2" ] && echo "c2: $(waits_top c2)"
 		echo "(all counts in $OUT/*.waits.txt)"
+		echo
+		echo "By second (\$OUT/*.seconds): c: $(seconds_top c)"
+		echo "c½: $(seconds_top c-half)"
+		[ -n "$C2" ] && echo "c2 (node A's replies): $(seconds_top c2)"
+		echo "Checkpoints started (pg.log): $(grep -o '^[0-9-]* [0-9:.]* UTC.*checkpoint starting: .*' "$PGDIR/pg.log" | sed 's/^[0-9-]* \([0-9:]*\)[0-9.]* UTC.*checkpoint starting: /\1 /' | paste -sd ';' - | sed 's/;/; /g')"
 	fi
 } | tee "$OUT/summary.md"
 log "results in $OUT"
