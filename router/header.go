@@ -113,19 +113,13 @@ var errMalformedHeader = errors.New("router: malformed header")
 
 // scanHeader is readHeader keeping only narrowKeys' fields.
 func (r *Router) scanHeader(b Body) (*narrowHeader, int64, error) {
-	limit := r.MaxHeaderBytes
-	if limit <= 0 {
-		limit = 1 << 20
-	}
-	lr := &io.LimitedReader{R: b.Open(), N: limit + 1}
-	br := headerReaders.Get().(*bufio.Reader)
-	br.Reset(lr)
-	kept, err := scanFields(br)
-	n := limit + 1 - lr.N - int64(br.Buffered())
-	br.Reset(nil)
-	headerReaders.Put(br)
-	if lr.N <= 0 {
-		return nil, n, &headerTooLarge{}
+	var kept [][]byte
+	n, err := r.headerBlock(b, func(br *bufio.Reader) (err error) {
+		kept, err = scanFields(br)
+		return err
+	})
+	if errors.As(err, new(*headerTooLarge)) {
+		return nil, n, err
 	}
 	return &narrowHeader{fields: kept}, n, err
 }

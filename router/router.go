@@ -711,7 +711,19 @@ var headerReaders = sync.Pool{New: func() any { return bufio.NewReader(nil) }}
 
 // readHeader parses the header block and returns it with its length in
 // bytes (up to and including the empty line), where the body starts.
-func (r *Router) readHeader(b Body) (textproto.Header, int64, error) {
+func (r *Router) readHeader(b Body) (h textproto.Header, n int64, err error) {
+	n, err = r.headerBlock(b, func(br *bufio.Reader) (err error) {
+		h, err = textproto.ReadHeader(br)
+		return err
+	})
+	return h, n, err
+}
+
+// headerBlock runs read over the start of b, held to MaxHeaderBytes, and
+// returns the header block's length: what read consumed (what was read from
+// the body, less what the buffered reader holds unread). A header past the
+// limit is headerTooLarge, whatever read returned.
+func (r *Router) headerBlock(b Body, read func(*bufio.Reader) error) (int64, error) {
 	limit := r.MaxHeaderBytes
 	if limit <= 0 {
 		limit = 1 << 20
@@ -719,15 +731,14 @@ func (r *Router) readHeader(b Body) (textproto.Header, int64, error) {
 	lr := &io.LimitedReader{R: b.Open(), N: limit + 1}
 	br := headerReaders.Get().(*bufio.Reader)
 	br.Reset(lr)
-	h, err := textproto.ReadHeader(br)
-	// What was read from the body, less what br holds unread.
+	err := read(br)
 	n := limit + 1 - lr.N - int64(br.Buffered())
 	br.Reset(nil)
 	headerReaders.Put(br)
 	if lr.N <= 0 {
-		return h, n, &headerTooLarge{}
+		return n, &headerTooLarge{}
 	}
-	return h, n, err
+	return n, err
 }
 
 // bodyAfterHeader returns a reader of the body after the header block,
