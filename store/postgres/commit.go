@@ -79,16 +79,18 @@ func (e *errRequest) Error() string { return e.err.Error() }
 func (e *errRequest) Unwrap() error { return e.err }
 
 // commitsInFlight is how many batches a node commits at once, each on its
-// own connection (groupcommit.RunN): 2 unless SYNCRELAY_PG_COMMITS sets it
-// (1 to 8). A batch then does not wait for the whole previous batch's
-// round trips and WAL flush, and PostgreSQL flushes the WAL of concurrent
-// commits together. Batches are sorted by key, so two of them claim keys
-// in the same order; a deadlock is retried like any other.
+// own connection (groupcommit.RunN): 1 unless SYNCRELAY_PG_COMMITS sets it
+// (1 to 8). With more than one, a message arriving during a commit starts
+// at once, but each batch is smaller: on a shared disk every batch costs a
+// WAL flush, and two nodes at 2 each stored 16 % less than at 1 (four
+// alternating pairs, bench/RESULTS.md, 2026-12-07 05:27) with one node
+// unchanged. Batches are sorted by key, so two of them claim keys in the
+// same order; a deadlock is retried like any other.
 func commitsInFlight() int {
 	if n, err := strconv.Atoi(os.Getenv("SYNCRELAY_PG_COMMITS")); err == nil && n >= 1 && n <= 8 {
 		return n
 	}
-	return 2
+	return 1
 }
 
 func (s *Store) runBatch(batch []*commitReq) {
