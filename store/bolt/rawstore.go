@@ -109,8 +109,12 @@ var errSegmentSyncFailed = errors.New("store: the raw bytes' segment failed an f
 // on. Its requests run after every earlier batch's flush has ended, so a
 // failure is seen here; their own batch's failed flush fails them all.
 func (s *Store) linkNew(tx *bolt.Tx, loc string, owner []byte) error {
-	if l, ok := parseSegLoc(loc); ok && s.segs.flushFailed(l.seg) {
-		return errSegmentSyncFailed
+	if l, ok := parseSegLoc(loc); ok {
+		if err := s.segs.flushFailed(l.seg); err != nil {
+			// The batch's own flush may fail while its requests run: either
+			// way the request fails with what the flush said.
+			return fmt.Errorf("%w (%w)", errSegmentSyncFailed, err)
+		}
 	}
 	return linkRaw(tx, loc, owner)
 }

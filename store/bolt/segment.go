@@ -74,9 +74,9 @@ type segLog struct {
 	// stand-in that delays or fails it.
 	syncFile func(*os.File) error
 
-	// failed holds the ids of segments a flush failed on (uint64 →
-	// struct{}). Not under mu: the commit loop reads it while it holds
-	// bbolt's writer lock.
+	// failed holds the ids of segments a flush failed on, with that
+	// flush's error (uint64 → error). Not under mu: the commit loop reads
+	// it while it holds bbolt's writer lock.
 	failed sync.Map
 }
 
@@ -325,7 +325,8 @@ func (l *segLog) flush() error {
 			syncFn = l.syncFile
 		}
 		if err := syncFn(s.f); err != nil {
-			errs = append(errs, fmt.Errorf("store: segment %s: fdatasync: %w", segName(s.id), err))
+			err = fmt.Errorf("store: segment %s: fdatasync: %w", segName(s.id), err)
+			errs = append(errs, err)
 			// After a failed flush the kernel may have dropped the dirty
 			// pages (fsyncgate): never append to this file again. Not
 			// l.mu (see above): reserve seals it. Nor commit a record
@@ -333,16 +334,19 @@ func (l *segLog) flush() error {
 			// flush but committed by a later batch may be among the
 			// dropped pages, and the later flush would not say so.
 			s.syncFailed.Store(true)
-			l.failed.Store(s.id, struct{}{})
+			l.failed.LoadOrStore(s.id, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// flushFailed reports that a flush of segment id failed in this process.
-func (l *segLog) flushFailed(id uint64) bool {
-	_, ok := l.failed.Load(id)
-	return ok
+// flushFailed returns the error of the first flush of segment id that
+// failed in this process, or nil.
+func (l *segLog) flushFailed(id uint64) error {
+	if err, ok := l.failed.Load(id); ok {
+		return err.(error)
+	}
+	return nil
 }
 
 // padsBelow returns the uncounted gaps of segment id that lie below end
