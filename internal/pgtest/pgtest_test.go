@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -44,6 +45,9 @@ func TestDSN(t *testing.T) {
 // a test is done with is handed out again only as the template left it.
 func TestDSNFrom(t *testing.T) {
 	ctx := context.Background()
+	// A template of its own per run: with -count=N the cluster (and its
+	// prepared templates) outlives one run of the test.
+	template := fmt.Sprintf("seeded_%d", time.Now().UnixNano())
 	calls := 0
 	prepare := func(ctx context.Context, dsn string) error {
 		calls++
@@ -90,7 +94,7 @@ func TestDSNFrom(t *testing.T) {
 	run := func(name string, fn func(t *testing.T, dsn string)) string {
 		var dsn string
 		t.Run(name, func(t *testing.T) {
-			dsn = DSNFrom(t, "seeded", prepare)
+			dsn = DSNFrom(t, template, prepare)
 			if got := state(t, dsn); got != fresh {
 				t.Errorf("new database: %s, want %s", got, fresh)
 			}
@@ -100,7 +104,7 @@ func TestDSNFrom(t *testing.T) {
 		return dsn
 	}
 	a := run("writes rows", func(t *testing.T, dsn string) {
-		if b := DSNFrom(t, "seeded", prepare); b == dsn {
+		if b := DSNFrom(t, template, prepare); b == dsn {
 			t.Errorf("two databases in use at once are both %s", b)
 		}
 		exec(t, dsn, "INSERT INTO parent DEFAULT VALUES; INSERT INTO parent DEFAULT VALUES; INSERT INTO child VALUES (2)")
@@ -141,8 +145,8 @@ func TestDSNFrom(t *testing.T) {
 	// Every change reset does not undo is seen by the check recycle makes
 	// (each tried in a transaction that is rolled back, on one database:
 	// a database per case would cost a copy each).
-	want := Shared(t).templates["seeded"].state
-	dsn := DSNFrom(t, "seeded", prepare)
+	want := Shared(t).templates[template].state
+	dsn := DSNFrom(t, template, prepare)
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
