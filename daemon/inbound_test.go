@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"syncrelay/internal/testenv"
 	"syncrelay/internal/testutil"
 
 	"syncrelay/router"
@@ -113,7 +114,7 @@ func TestRefusalLogLinesOverSMTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := serveSMTP(t, srv)
+	addr := testenv.ServeSMTP(t, srv)
 
 	for _, tc := range []struct {
 		name, raw, want string
@@ -209,21 +210,4 @@ func acmeStore(t *testing.T) (*bolt.Store, *token.Keyring) {
 		t.Fatal(err)
 	}
 	return st, kr
-}
-
-// serveSMTP serves srv on a loopback port until the test ends and returns
-// its address.
-func serveSMTP(t *testing.T, srv *smtpd.Server) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	return ln.Addr().String()
 }

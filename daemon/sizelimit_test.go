@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"syncrelay/internal/testenv"
 	"syncrelay/internal/testutil"
 	"syncrelay/metrics"
 	"syncrelay/router"
@@ -39,7 +40,7 @@ func TestSizeRefusalsCountedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := serveSMTP(t, srv)
+	addr := testenv.ServeSMTP(t, srv)
 
 	c, err := net.Dial("tcp", addr)
 	if err != nil {

@@ -135,17 +135,7 @@ func TestRotateWhileFlushFails(t *testing.T) {
 	s, threads := benchStore(t)
 	// No deferred Close: after a deadlock it would never return.
 	commit := benchCommit(s, threads)
-	held, release := make(chan struct{}), make(chan struct{})
-	var hold atomic.Bool
-	s.segs.syncFile = func(f *os.File) error {
-		if hold.Swap(false) {
-			close(held)
-			<-release
-			return errors.New("disk on fire")
-		}
-		return fdatasync(f)
-	}
-	hold.Store(true)
+	held, release := failNextFlush(s)
 	failed := make(chan error, 1)
 	go func() { failed <- commit(0) }()
 	<-held
@@ -177,17 +167,7 @@ func TestNoCommitAfterFailedFlush(t *testing.T) {
 	s, threads := benchStore(t)
 	defer s.Close()
 	commit := benchCommit(s, threads)
-	held, release := make(chan struct{}), make(chan struct{})
-	var hold atomic.Bool
-	s.segs.syncFile = func(f *os.File) error {
-		if hold.Swap(false) {
-			close(held)
-			<-release
-			return errors.New("disk on fire")
-		}
-		return fdatasync(f)
-	}
-	hold.Store(true)
+	held, release := failNextFlush(s)
 	first := make(chan error, 1)
 	go func() { first <- commit(0) }()
 	<-held
@@ -227,4 +207,21 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// failNextFlush makes s's next segment flush wait, once held is closed,
+// until release is closed, and then fail; later flushes are real.
+func failNextFlush(s *Store) (held, release chan struct{}) {
+	held, release = make(chan struct{}), make(chan struct{})
+	var hold atomic.Bool
+	hold.Store(true)
+	s.segs.syncFile = func(f *os.File) error {
+		if hold.Swap(false) {
+			close(held)
+			<-release
+			return errors.New("disk on fire")
+		}
+		return fdatasync(f)
+	}
+	return held, release
 }

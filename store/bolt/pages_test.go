@@ -101,20 +101,24 @@ func TestPageAccounting(t *testing.T) {
 	commit := benchCommit(s, threads)
 	path := filepath.Join(s.Dir(), "syncrelay.db")
 	var next int64
+	// startCommits commits the next n messages, each from its own goroutine.
+	startCommits := func(n int) *sync.WaitGroup {
+		var wg sync.WaitGroup
+		for range n {
+			next++
+			wg.Add(1)
+			go func(i int64) {
+				defer wg.Done()
+				if err := commit(i); err != nil {
+					t.Error(err)
+				}
+			}(next)
+		}
+		return &wg
+	}
 	for _, pre := range []int{0, 20000} {
 		for next < int64(pre) {
-			var wg sync.WaitGroup
-			for range 200 {
-				next++
-				wg.Add(1)
-				go func(i int64) {
-					defer wg.Done()
-					if err := commit(i); err != nil {
-						t.Error(err)
-					}
-				}(next)
-			}
-			wg.Wait()
+			startCommits(200).Wait()
 		}
 		for _, B := range []int{1, 4, 8, 16, 32} {
 			sum := map[string]int{}
@@ -127,17 +131,7 @@ func TestPageAccounting(t *testing.T) {
 					_ = s.group(context.Background(), func(*bolt.Tx) error { close(held); <-release; return nil })
 				}()
 				<-held
-				var wg sync.WaitGroup
-				for range B {
-					next++
-					wg.Add(1)
-					go func(i int64) {
-						defer wg.Done()
-						if err := commit(i); err != nil {
-							t.Error(err)
-						}
-					}(next)
-				}
+				wg := startCommits(B)
 				time.Sleep(20 * time.Millisecond) // all B queued behind the held batch
 				close(release)
 				wg.Wait()
