@@ -9,11 +9,11 @@ import (
 	"fmt"
 	"io"
 	"io/ioutil"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 )
 
 type permFailError string
@@ -446,7 +446,43 @@ func decodeBase64String(s string) ([]byte, error) {
 	return base64.StdEncoding.DecodeString(stripWhitespace(s))
 }
 
+// syncrelay patch 4: stripWhitespace and removeSignature without
+// strings.Map's per-rune callback and without the regexp (the regexp
+// was a tenth of a verification, the RSA operation excluded). Both give
+// upstream's results (FuzzSyncrelaySigTags).
+
 func stripWhitespace(s string) string {
+	spaces := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= utf8.RuneSelf {
+			// Non-ASCII: unicode.IsSpace's other spaces, and
+			// strings.Map's replacement of invalid UTF-8.
+			return stripWhitespaceMap(s)
+		}
+		if asciiSpace(c) {
+			spaces++
+		}
+	}
+	if spaces == 0 {
+		return s
+	}
+	b := make([]byte, 0, len(s)-spaces)
+	for i := 0; i < len(s); i++ {
+		if !asciiSpace(s[i]) {
+			b = append(b, s[i])
+		}
+	}
+	return string(b)
+}
+
+// asciiSpace is unicode.IsSpace for a byte below utf8.RuneSelf.
+func asciiSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'
+}
+
+// stripWhitespaceMap is upstream's stripWhitespace.
+func stripWhitespaceMap(s string) string {
 	return strings.Map(func(r rune) rune {
 		if unicode.IsSpace(r) {
 			return -1
@@ -455,8 +491,49 @@ func stripWhitespace(s string) string {
 	}, s)
 }
 
-var sigRegex = regexp.MustCompile(`(b\s*=)[^;]+`)
-
+// removeSignature is upstream's sigRegex.ReplaceAllString(s, "$1") with
+// sigRegex `(b\s*=)[^;]+`: every "b", optional RE2 \s ([\t\n\f\r ]),
+// "=", then one or more bytes up to the next ";" or the end, loses what
+// follows its "=". \s and "=" exclude each other and [^;]+ is greedy, so
+// at each "b" the match is determined; a miss moves on by one byte ("b" is
+// ASCII, so that is where the regexp would look next too).
 func removeSignature(s string) string {
-	return sigRegex.ReplaceAllString(s, "$1")
+	var b strings.Builder
+	last := 0 // s[last:] is not yet written
+	for i := 0; i < len(s); i++ {
+		if s[i] != 'b' {
+			continue
+		}
+		j := i + 1
+		for j < len(s) && reSpace(s[j]) {
+			j++
+		}
+		if j >= len(s) || s[j] != '=' {
+			continue
+		}
+		j++ // after "="
+		k := j
+		for k < len(s) && s[k] != ';' {
+			k++
+		}
+		if k == j {
+			continue // [^;]+ needs one byte
+		}
+		if b.Cap() == 0 {
+			b.Grow(len(s))
+		}
+		b.WriteString(s[last:j])
+		last = k
+		i = k - 1
+	}
+	if last == 0 {
+		return s
+	}
+	b.WriteString(s[last:])
+	return b.String()
+}
+
+// reSpace is RE2's \s.
+func reSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\f' || c == '\r'
 }
