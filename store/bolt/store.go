@@ -104,6 +104,7 @@ type Store struct {
 	commits *groupcommit.Queue[*commitReq] // nil when read-only
 	counts  *counterBuf
 	inbound inboundCache
+	tenants tenantCache
 
 	compactMu sync.Mutex    // one compaction at a time
 	grace     time.Duration // compactGrace, 0 for a store nobody else writes
