@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 )
 
 // go-msgauth's header reader (dkim.readHeader, v0.7.0) builds each field by
@@ -78,7 +79,6 @@ const neutralSignature = "DKIM-Signature: v=0; h=from\r\n"
 func msgauthView(fields []string, sigs []string) ([]string, []string) {
 	policy := make([]string, len(sigs))
 	need := map[string]int{} // foldKey(name) -> instances some signature may pick
-	simpleNames := map[string]bool{}
 	simpleSig := make([]bool, len(sigs))
 	for i, sig := range sigs {
 		keys, c, ok := msgauthTags(sig)
@@ -93,11 +93,7 @@ func msgauthView(fields []string, sigs []string) ([]string, []string) {
 		simpleSig[i] = err == nil && !headerRelaxed
 		count := map[string]int{}
 		for _, k := range keys {
-			fk := foldKey(k)
-			count[fk]++
-			if simpleSig[i] {
-				simpleNames[fk] = true
-			}
+			count[foldKey(k)]++
 		}
 		for k, n := range count {
 			need[k] = max(need[k], n)
@@ -162,11 +158,16 @@ func msgauthView(fields []string, sigs []string) ([]string, []string) {
 // msgauthTags returns the h= names and the c= value of a DKIM-Signature as
 // go-msgauth parses them (v0.7.0: parseHeaderParams, parseTagList), or
 // false when go-msgauth refuses its tag-list (and so hashes nothing).
+// It runs for every verified signature, so it makes only the names' slice
+// (and their strings when they hold whitespace); FuzzMsgauthTags checks
+// it against the map-and-strings.Map version it replaced.
 func msgauthTags(sig string) (keys []string, c string, ok bool) {
 	_, v, _ := strings.Cut(sig, ":")
-	seen := map[string]bool{}
+	var seen tagSet
 	var h string
-	for _, spec := range strings.Split(strings.TrimSpace(v), ";") {
+	for rest, more := strings.TrimSpace(v), true; more; {
+		var spec string
+		spec, rest, more = strings.Cut(rest, ";")
 		k, val, ok := strings.Cut(spec, "=")
 		if !ok {
 			if strings.TrimSpace(spec) == "" {
@@ -175,10 +176,9 @@ func msgauthTags(sig string) (keys []string, c string, ok bool) {
 			return nil, "", false
 		}
 		k = strings.TrimSpace(k)
-		if seen[k] {
+		if !seen.add(k) {
 			return nil, "", false
 		}
-		seen[k] = true
 		switch k {
 		case "h":
 			h = strings.TrimSpace(val)
@@ -186,15 +186,77 @@ func msgauthTags(sig string) (keys []string, c string, ok bool) {
 			c = strings.TrimSpace(val)
 		}
 	}
-	for _, name := range strings.Split(h, ":") {
-		keys = append(keys, strings.Map(func(r rune) rune {
-			if unicode.IsSpace(r) {
-				return -1
-			}
-			return r
-		}, name))
+	keys = make([]string, 0, strings.Count(h, ":")+1)
+	for rest, more := h, true; more; {
+		var name string
+		name, rest, more = strings.Cut(rest, ":")
+		keys = append(keys, stripSpace(name))
 	}
 	return keys, c, true
+}
+
+// tagSet is a set of tag names: a few in a slice (a signature has about
+// ten tags), a map once there are more.
+type tagSet struct {
+	few  [16]string
+	n    int
+	many map[string]bool
+}
+
+// add adds k and reports whether it was new.
+func (s *tagSet) add(k string) bool {
+	if s.many != nil {
+		if s.many[k] {
+			return false
+		}
+		s.many[k] = true
+		return true
+	}
+	if slices.Contains(s.few[:s.n], k) {
+		return false
+	}
+	if s.n < len(s.few) {
+		s.few[s.n] = k
+		s.n++
+		return true
+	}
+	s.many = make(map[string]bool, 2*len(s.few))
+	for _, f := range s.few {
+		s.many[f] = true
+	}
+	s.many[k] = true
+	return true
+}
+
+// stripSpace is s without the runes unicode.IsSpace reports, as
+// go-msgauth's stripWhitespace (strings.Map) makes it: s itself when
+// there are none; strings.Map for non-ASCII s (other spaces, and invalid
+// UTF-8 becomes U+FFFD).
+func stripSpace(s string) string {
+	spaces := 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c >= utf8.RuneSelf:
+			return strings.Map(func(r rune) rune {
+				if unicode.IsSpace(r) {
+					return -1
+				}
+				return r
+			}, s)
+		case c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r':
+			spaces++
+		}
+	}
+	if spaces == 0 {
+		return s
+	}
+	b := make([]byte, 0, len(s)-spaces)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r') {
+			b = append(b, c)
+		}
+	}
+	return string(b)
 }
 
 // unfold removes the line ends inside a raw field, keeping its final CRLF.
