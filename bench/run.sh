@@ -359,11 +359,15 @@ wal_lsn() { [ "$BACKEND" = postgres ] && "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT"
 WAL0=$(wal_lsn)
 DS0=$(sectors)
 WB0=$(awk '/^write_bytes/{print $2}' "/proc/$DPID/io")
+# cpu_ticks: the daemon's user + system CPU so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$DPID/stat"; }
+CT0=$(cpu_ticks)
 waits_start c
 "$BIN/srload" run -addr "$SMTP" -manifest "$OUT/manifest.json" -mix match=100 -c "$SESSIONS" -size "$SIZE" \
 	-d "${DUR}s" -warmup 1s -json "$OUT/c.json" | tee "$OUT/c.txt" >&2
 waits_stop c
 WB1=$(awk '/^write_bytes/{print $2}' "/proc/$DPID/io")
+CT1=$(cpu_ticks)
 DS1=$(sectors)
 CM1=$(commits)
 WAL1=$(wal_lsn)
@@ -376,6 +380,8 @@ C=$(jget "$OUT/c.json" msgs_per_sec)
 C_STORED=$((CM1 - CM0))
 [ "$C_STORED" -gt 0 ] || C_STORED=$(jget "$OUT/c.json" completed)
 C_WB_KIB=$(calc "($WB1 - $WB0) / 1024 / ($C_STORED > 0 ? $C_STORED : 1)" 1)
+# The daemon's CPU per stored message over the same window (utime + stime).
+C_CPU_US=$(calc "($CT1 - $CT0) * 1000000 / $(getconf CLK_TCK) / ($C_STORED > 0 ? $C_STORED : 1)" 0)
 C_DEV_KIB=$(calc "($DS1 - $DS0) / 2 / ($C_STORED > 0 ? $C_STORED : 1)" 1)
 C_WAL_KIB=$(calc "($WAL1 - $WAL0) / 1024 / ($C_STORED > 0 ? $C_STORED : 1)" 2)
 # Where a stored message's time goes, from the daemon's own histograms.
@@ -559,7 +565,7 @@ P99H=$(jget "$OUT/c-half.json" p99_ms)
 	else
 		commit_desc="raw bytes to the segment log, queue, one fdatasync of the segment and the fsynced bbolt transaction per batch"
 	fi
-	echo "Full pipeline (c), per message, from the daemon's /metrics: \".\" → reply $C_REPLY ms on average, of which the commit ($commit_desc) $C_COMMIT ms."
+	echo "Full pipeline (c), per message, from the daemon's /metrics: \".\" → reply $C_REPLY ms on average, of which the commit ($commit_desc) $C_COMMIT ms. Daemon CPU (user + system, /proc/PID/stat) per stored message: $C_CPU_US µs."
 	echo
 	echo "Peak RSS (VmHWM, includes the touched pages of bbolt's mmap) of the daemon: discard run $((B_HWM / 1024)) MiB, full-pipeline runs $((C_HWM / 1024)) MiB."
 	echo "Ratios are judged against the faster of a1 and a2 ($AMAX msgs/s)."
