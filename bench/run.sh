@@ -353,6 +353,12 @@ commits() { curl -s "http://$HTTP/metrics" 2>/dev/null | awk '/^syncrelay_store_
 DEVSTAT=/sys/class/block/$(basename "$(df --output=source "$OUT" | tail -1)")/stat
 sectors() { [ -r "$DEVSTAT" ] && awk '{print $7}' "$DEVSTAT" || echo 0; }
 CM0=$(commits)
+# batches: the daemon's group-commit counters "batches requests seconds"
+# (every commit, not only inbound ones), for the mean batch size and time.
+batches() { curl -s "http://$HTTP/metrics" 2>/dev/null | awk '/^syncrelay_store_commit_batches_total/ {b = $2} /^syncrelay_store_commit_batched_requests_total/ {r = $2} /^syncrelay_store_commit_batch_seconds_total/ {s = $2} END {print b + 0, r + 0, s + 0}'; }
+# batch_means "B0 R0 S0" "B1 R1 S1": "<requests per batch> <ms per batch>" in between.
+batch_means() { echo "$1 $2" | awk '{b = $4 - $1; if (b > 0) printf "%.2f %.2f", ($5 - $2) / b, ($6 - $3) / b * 1000; else printf "n/a n/a"}'; }
+BT0=$(batches)
 # wal_lsn: PostgreSQL's WAL position in bytes (postgres only), for the WAL
 # written per stored message.
 wal_lsn() { [ "$BACKEND" = postgres ] && "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -At -c "SELECT pg_current_wal_lsn() - '0/0'" || echo 0; }
@@ -370,6 +376,8 @@ WB1=$(awk '/^write_bytes/{print $2}' "/proc/$DPID/io")
 CT1=$(cpu_ticks)
 DS1=$(sectors)
 CM1=$(commits)
+BT1=$(batches)
+read -r C_BATCH C_BATCH_MS <<<"$(batch_means "$BT0" "$BT1")"
 WAL1=$(wal_lsn)
 C_HWM=$(kib "$DPID" VmHWM)
 C=$(jget "$OUT/c.json" msgs_per_sec)
@@ -392,8 +400,10 @@ C_COMMIT=$(avg_ms "$OUT/c.metrics" syncrelay_store_commit_seconds 'op="commit_in
 HALF=${HALF:-$(calc "($C < 2 ? 2 : $C) / 2" 0)}
 log "c½: syncrelay, matching at $HALF msgs/s"
 waits_start c-half
+BT0=$(batches)
 "$BIN/srload" run -addr "$SMTP" -manifest "$OUT/manifest.json" -mix match=100 -c "$SESSIONS" -size "$SIZE" \
 	-rate "$HALF" -d "${DUR}s" -warmup 1s -json "$OUT/c-half.json" | tee "$OUT/c-half.txt" >&2
+read -r H_BATCH H_BATCH_MS <<<"$(batch_means "$BT0" "$(batches)")"
 waits_stop c-half
 stop_daemon
 wait 2>/dev/null || true
@@ -566,6 +576,7 @@ P99H=$(jget "$OUT/c-half.json" p99_ms)
 		commit_desc="raw bytes to the segment log, queue, one fdatasync of the segment and the fsynced bbolt transaction per batch"
 	fi
 	echo "Full pipeline (c), per message, from the daemon's /metrics: \".\" → reply $C_REPLY ms on average, of which the commit ($commit_desc) $C_COMMIT ms. Daemon CPU (user + system, /proc/PID/stat) per stored message: $C_CPU_US µs."
+	echo "Group commit, from the daemon's counters: c $C_BATCH requests per batch, $C_BATCH_MS ms per batch; c½ $H_BATCH requests per batch, $H_BATCH_MS ms per batch."
 	echo
 	echo "Peak RSS (VmHWM, includes the touched pages of bbolt's mmap) of the daemon: discard run $((B_HWM / 1024)) MiB, full-pipeline runs $((C_HWM / 1024)) MiB."
 	echo "Ratios are judged against the faster of a1 and a2 ($AMAX msgs/s)."

@@ -111,6 +111,10 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 
 	reg := metrics.NewRegistry()
 	m := metrics.New(reg)
+	metrics.RegisterStoreCommits(reg, func() (int64, int64, time.Duration) {
+		c := st.CommitStats()
+		return c.Batches, c.Requests, c.Busy
+	})
 	m.KnownDecisions(Outcomes())
 	m.KnownReplies(smtpd.ReplyCodes())
 

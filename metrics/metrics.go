@@ -409,3 +409,24 @@ var OtherFamilies = map[string][]string{
 		"syncrelay_webhook_dead_letters",
 	},
 }
+
+// RegisterStoreCommits exports the store's group-commit counts, read at
+// each scrape: the batches committed, the requests they carried and the
+// seconds spent committing them. Their rates give the mean batch size
+// (how many messages share each durable flush) and the mean batch time.
+func RegisterStoreCommits(reg prometheus.Registerer, stats func() (batches, requests int64, busy time.Duration)) {
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "syncrelay_store_commit_batches_total",
+			Help: "Group-commit batches (durable transactions) this process committed.",
+		}, func() float64 { b, _, _ := stats(); return float64(b) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "syncrelay_store_commit_batched_requests_total",
+			Help: "Requests carried by those batches; divided by the batches, the mean batch size.",
+		}, func() float64 { _, r, _ := stats(); return float64(r) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "syncrelay_store_commit_batch_seconds_total",
+			Help: "Seconds spent committing those batches (batches committing at once add up).",
+		}, func() float64 { _, _, d := stats(); return d.Seconds() }),
+	)
+}

@@ -205,6 +205,17 @@ type Stats interface {
 	Counts(ctx context.Context, tenant string, since time.Time) (map[string]uint64, time.Time, error)
 	TenantActivity(ctx context.Context, tenant string, now, sentSince time.Time) (*TenantActivity, error)
 	FlushCounters(ctx context.Context) error
+	// CommitStats counts this process's group commits (metrics).
+	CommitStats() CommitStats
+}
+
+// CommitStats count a store's group commits since it was opened: the
+// batches (transactions) committed, the requests they carried and the time
+// spent committing them. Requests/Batches is the mean batch size, which
+// sets what each durable flush is shared by.
+type CommitStats struct {
+	Batches, Requests int64
+	Busy              time.Duration
 }
 
 // Maintenance is what ops tools and the daemon's housekeeping call.

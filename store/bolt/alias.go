@@ -10,6 +10,7 @@ type (
 	BackupManifest   = store.BackupManifest
 	Candidate        = store.Candidate
 	CommitResult     = store.CommitResult
+	CommitStats      = store.CommitStats
 	CompactStats     = store.CompactStats
 	DeadLetter       = store.DeadLetter
 	Delegation       = store.Delegation

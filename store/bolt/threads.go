@@ -636,3 +636,11 @@ func (s *Store) Counts(ctx context.Context, tenant string, since time.Time) (map
 // FlushCounters writes buffered counters now (they are otherwise flushed
 // every 10 s and at Close).
 func (s *Store) FlushCounters(ctx context.Context) error { return s.flushCounters() }
+
+// CommitStats counts this process's group commits (zero when read-only).
+func (s *Store) CommitStats() CommitStats {
+	if s.commits == nil {
+		return CommitStats{}
+	}
+	return s.commits.Stats()
+}

@@ -8,6 +8,7 @@ package groupcommit
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"syncrelay/store"
@@ -25,6 +26,27 @@ type Queue[R any] struct {
 	stop   chan struct{}
 	done   chan struct{}
 	once   sync.Once
+
+	batches, requests, busyNS atomic.Int64
+}
+
+// Stats are a queue's counts since it was made: the batches committed, the
+// requests they carried and the time spent committing them (batches
+// committing at once add up). requests/batches is the mean batch size.
+type Stats = store.CommitStats
+
+// Stats returns the counts so far.
+func (q *Queue[R]) Stats() Stats {
+	return Stats{Batches: q.batches.Load(), Requests: q.requests.Load(), Busy: time.Duration(q.busyNS.Load())}
+}
+
+// run commits one batch and counts it.
+func (q *Queue[R]) run(commit func([]R), batch []R) {
+	t := time.Now()
+	commit(batch)
+	q.busyNS.Add(int64(time.Since(t)))
+	q.batches.Add(1)
+	q.requests.Add(int64(len(batch)))
 }
 
 // New returns a queue holding up to capacity waiting requests.
@@ -59,7 +81,7 @@ func (q *Queue[R]) Run(max int, every time.Duration, tick func(), commit func([]
 	for {
 		select {
 		case first := <-q.ch:
-			commit(q.fill(first, max))
+			q.run(commit, q.fill(first, max))
 		case <-t.C:
 			tick()
 		case <-q.stop:
@@ -68,7 +90,7 @@ func (q *Queue[R]) Run(max int, every time.Duration, tick func(), commit func([]
 			for {
 				select {
 				case first := <-q.ch:
-					commit(q.fill(first, max))
+					q.run(commit, q.fill(first, max))
 				default:
 					return
 				}
@@ -90,7 +112,7 @@ func (q *Queue[R]) RunN(max, n int, every time.Duration, tick func(), commit fun
 		running.Add(1)
 		go func() {
 			defer func() { <-slots; running.Done() }()
-			commit(batch)
+			q.run(commit, batch)
 		}()
 	}
 	defer close(q.done)

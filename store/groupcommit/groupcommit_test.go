@@ -160,3 +160,46 @@ func TestRunNOverlaps(t *testing.T) {
 		})
 	}
 }
+
+// TestStats: Stats counts every batch, the requests in it and the time
+// its commit took, with one committer (Run) and several (RunN).
+func TestStats(t *testing.T) {
+	runners := map[string]func(q *Queue[int], commit func([]int)){
+		"Run":     func(q *Queue[int], commit func([]int)) { q.Run(4, time.Hour, func() {}, commit) },
+		"RunN(2)": func(q *Queue[int], commit func([]int)) { q.RunN(4, 2, time.Hour, func() {}, commit) },
+	}
+	for name, run := range runners {
+		t.Run(name, func(t *testing.T) {
+			q := New[int](16)
+			var mu sync.Mutex
+			var sizes []int
+			go run(q, func(b []int) {
+				time.Sleep(2 * time.Millisecond)
+				mu.Lock()
+				sizes = append(sizes, len(b))
+				mu.Unlock()
+			})
+			var wg sync.WaitGroup
+			for range 10 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if err := q.Submit(context.Background(), 1); err != nil {
+						t.Error(err)
+					}
+				}()
+			}
+			wg.Wait()
+			q.Close()
+			st := q.Stats()
+			mu.Lock()
+			defer mu.Unlock()
+			if st.Batches != int64(len(sizes)) || st.Requests != 10 {
+				t.Fatalf("Stats %+v; committed %d batches %v", st, len(sizes), sizes)
+			}
+			if min := time.Duration(len(sizes)) * 2 * time.Millisecond; st.Busy < min {
+				t.Fatalf("Busy %v, want at least %v for %d batches of 2 ms", st.Busy, min, len(sizes))
+			}
+		})
+	}
+}

@@ -73,9 +73,9 @@ func benchCommit(b *testing.B, nodes int) {
 			}
 		}
 	}
-	for _, s := range ss {
-		s.batches.Store(0)
-		s.batched.Store(0)
+	stats0 := make([]store.CommitStats, len(ss))
+	for i, s := range ss {
+		stats0[i] = s.CommitStats()
 	}
 	stmts.Store(0)
 	pgCPU0, goCPU0 := serverCPU(b, ss[0]), selfCPU()
@@ -117,9 +117,10 @@ func benchCommit(b *testing.B, nodes int) {
 	}
 	b.ReportMetric(wal/float64(b.N)/1024, "wal-KiB/op")
 	var batches, batched int64
-	for _, s := range ss {
-		batches += s.batches.Load()
-		batched += s.batched.Load()
+	for i, s := range ss {
+		st := s.CommitStats()
+		batches += st.Batches - stats0[i].Batches
+		batched += st.Requests - stats0[i].Requests
 	}
 	b.ReportMetric(float64(batched)/float64(max(batches, 1)), "reqs/batch")
 }

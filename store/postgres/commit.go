@@ -94,8 +94,6 @@ func commitsInFlight() int {
 }
 
 func (s *Store) runBatch(batch []*commitReq) {
-	s.batches.Add(1)
-	s.batched.Add(int64(len(batch)))
 	slices.SortStableFunc(batch, func(a, b *commitReq) int { return strings.Compare(a.key, b.key) })
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()

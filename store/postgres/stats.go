@@ -218,3 +218,6 @@ func (s *Store) LatestIssuedMessageID(ctx context.Context) (string, bool, error)
 	}
 	return id, true, nil
 }
+
+// CommitStats counts this node's group commits.
+func (s *Store) CommitStats() store.CommitStats { return s.commits.Stats() }

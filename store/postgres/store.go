@@ -18,7 +18,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -60,11 +59,8 @@ type Store struct {
 	logger *slog.Logger
 
 	commits *groupcommit.Queue[*commitReq]
-	// batches and batched count commit transactions and the requests
-	// they carried (the mean batch size, for benchmarks).
-	batches, batched atomic.Int64
-	counts           *counterBuf
-	cache            *nodeCache
+	counts  *counterBuf
+	cache   *nodeCache
 
 	stopListen context.CancelFunc
 	listening  sync.WaitGroup

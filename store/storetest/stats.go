@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"fmt"
 	"time"
 
 	"syncrelay/store"
@@ -9,6 +10,25 @@ import (
 var statsTests = []test{
 	{"CountsAfterFlush", testCountsAfterFlush},
 	{"TenantActivity", testTenantActivity},
+	{"CommitStats", testCommitStats},
+}
+
+// testCommitStats: CommitStats counts the group commits of this process:
+// concurrent inbound commits are carried by at least one batch and at
+// most one each, and the time spent committing them grows.
+func testCommitStats(e *env) {
+	e.seed()
+	th, _ := e.send(tenantID, "c-1", 0)
+	before := e.b.CommitStats()
+	const n = 8
+	parallel(n, func(i int) {
+		e.commit(reply(th.ID, fmt.Sprintf("stats%d@cand.test", i), "rec@acme.test", rawOf("", "Hi\r\n")))
+	})
+	after := e.b.CommitStats()
+	batches, reqs := after.Batches-before.Batches, after.Requests-before.Requests
+	if reqs < n || batches < 1 || batches > reqs || after.Busy <= before.Busy {
+		e.fatalf("CommitStats moved from %+v to %+v over %d concurrent commits", before, after, n)
+	}
 }
 
 // testCountsAfterFlush: Count and CountAuth may buffer; once
