@@ -109,7 +109,9 @@ func (n *node) counted(fn func(ctx context.Context)) (int, []string) {
 // users (found or not) for an hour, yet sees node A's changes within a
 // second: the tables' triggers NOTIFY every node.
 func TestCachesFollowOtherNodes(t *testing.T) {
-	t.Parallel() // its own database; it mostly waits for notices
+	// Not parallel: it counts statements its cache saves, and the schemas
+	// of pgtest.DSN share one database, so one NOTIFY channel: another
+	// test's notices would empty the cache.
 	nodes := openNodes(t, 2)
 	a, b := nodes[0], nodes[1]
 	ctx := context.Background()
