@@ -53,7 +53,15 @@ type Cluster struct {
 	tmplMu    sync.Mutex
 	templates map[string]*preparedTemplate
 	free      map[string][]string // template -> copies ready to hand out
+
+	// sessionGrace is how long a recycled database's other sessions get
+	// to end (sessionGrace when 0); pgtest's own test of a leaked session
+	// sets it short, so as not to wait out the whole grace.
+	sessionGrace time.Duration
 }
+
+// sessionGrace: a closed pool's sessions end a moment after it returns.
+const sessionGrace = 2 * time.Second
 
 // cluster is the package's shared server, started on first use by DSN and
 // stopped by Main: a test binary is one process, so this is per package.
@@ -543,8 +551,11 @@ func (c *Cluster) reset(ctx context.Context, name string, want *templateState) e
 		return err
 	}
 	defer conn.Close(ctx)
-	// A closed pool's sessions end a moment after it returns.
-	for deadline := time.Now().Add(2 * time.Second); ; {
+	grace := c.sessionGrace
+	if grace <= 0 {
+		grace = sessionGrace
+	}
+	for deadline := time.Now().Add(grace); ; {
 		var others int
 		if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()").Scan(&others); err != nil {
 			return err
