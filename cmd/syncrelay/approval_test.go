@@ -144,11 +144,18 @@ func TestServeDevApprovalEmailAfterRestart(t *testing.T) {
 		t.Fatalf("stop: exit %d", code)
 	}
 
-	// What a crash between the request's commit and its send leaves.
+	// What a crash between the request's commit and its send leaves: the
+	// email is due when the lease ends, leaseLeft from now. The restarted
+	// daemon's queue looks every 2 s (delegation.DefaultPollInterval) from
+	// its start, so it takes the email at its second look, about 4 s after
+	// the start, while reconnecting Rita below takes a fraction of a second
+	// (0.14 s measured with the package's other tests running). (5 s, as
+	// this was, made it the third look.)
+	const leaseLeft = 4 * time.Second
 	st, err := bolt.Open(data, bolt.Options{})
 	must(t, err)
 	dl := &store.Delegation{Tenant: "sf", Requester: "u-rec", Grantor: "u-hm",
-		ApprovalEmail: &store.ApprovalMail{Status: store.EmailQueued, Via: "u-rec", To: "u-hm", Attempts: 1, NextAttempt: time.Now().Add(5 * time.Second)}}
+		ApprovalEmail: &store.ApprovalMail{Status: store.EmailQueued, Via: "u-rec", To: "u-hm", Attempts: 1, NextAttempt: time.Now().Add(leaseLeft)}}
 	must(t, st.CreateDelegation(context.Background(), dl, "u-rec"))
 	must(t, st.Close())
 
