@@ -166,11 +166,11 @@ func TestDNSFailures(t *testing.T) {
 		name         string
 		n            int
 		fault, clear func()
-		settle       time.Duration // for lookups still in flight to end
+		settle       time.Duration // for answers still in flight to arrive
 		atOnce       bool
 	}{
 		{"SERVFAIL", 5, func() { srv.SetServfail(name) }, func() { srv.SetTXT(name, value) }, 0, false},
-		{"timeout", 3, func() { srv.SetDelay(2500 * time.Millisecond) }, func() { srv.SetDelay(0) }, 1500 * time.Millisecond, true},
+		{"timeout", 3, func() { srv.SetDelay(2500 * time.Millisecond) }, func() { srv.SetDelay(0) }, 200 * time.Millisecond, true}, // SetDelay(0) sends the held answers at once
 	} {
 		f.fault()
 		send := cl.sendN
