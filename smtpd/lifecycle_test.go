@@ -121,6 +121,7 @@ func TestShutdownPipelinedAfterCommit(t *testing.T) {
 
 // A session between BDAT chunks is inside a message: it may finish it.
 func TestShutdownGraceBetweenBDATChunks(t *testing.T) {
+	t.Parallel() // its own server; it waits to see no reply
 	ts := startServer(t, Options{})
 	r := ts.ehlod(t)
 	r.envelope(inboundAddr)

@@ -792,6 +792,7 @@ func TestShutdown(t *testing.T) {
 // At the Shutdown deadline the remaining connections are closed and the
 // Deliverer's context is canceled.
 func TestShutdownDeadline(t *testing.T) {
+	t.Parallel() // its own server; it waits for the shutdown deadline
 	ts := startServer(t, Options{})
 	r := ts.cutWhileCommitting(t)
 	calls := ts.del.all()
