@@ -461,7 +461,8 @@ type querier interface {
 // rows hashed), its sequences and a hash of its schema. The schema hash
 // covers relations (with their storage: a rewritten table, e.g. after
 // TRUNCATE or ALTER TABLE, counts as changed), columns, constraints,
-// functions and types, so a test that altered the schema is seen.
+// functions, types and triggers (a test may disable one, e.g. the
+// notices'), so a test that altered the schema is seen.
 func readState(ctx context.Context, conn querier) (*templateState, error) {
 	st := &templateState{filled: map[string]string{}}
 	rows, err := conn.Query(ctx, `SELECT format('%I.%I', n.nspname, c.relname) `+userRels+` AND c.relkind IN ('r', 'p') ORDER BY 1`)
@@ -510,6 +511,8 @@ func readState(ctx context.Context, conn querier) (*templateState, error) {
 			JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')),
 		(SELECT string_agg(concat_ws(' ', y.oid, y.typname), ',' ORDER BY y.oid) FROM pg_type y
 			JOIN pg_namespace n ON n.oid = y.typnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')),
+		(SELECT string_agg(concat_ws(' ', g.oid, g.tgname, g.tgenabled), ',' ORDER BY g.oid) FROM pg_trigger g
+			WHERE g.tgrelid IN (SELECT c.oid `+userRels+`)),
 		(SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace)))`).Scan(&st.shape)
 	if err != nil {
 		return nil, fmt.Errorf("schema hash: %w", err)

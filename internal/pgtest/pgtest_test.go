@@ -165,6 +165,7 @@ func TestDSNFrom(t *testing.T) {
 		{"adds a sequence", "CREATE SEQUENCE more_ids"},
 		{"adds a constraint", "ALTER TABLE seed ADD CONSTRAINT pos CHECK (n > 0)"},
 		{"adds a function", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'"},
+		{"adds a trigger", "CREATE TRIGGER t BEFORE UPDATE ON seed FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()"},
 		{"adds a schema", "CREATE SCHEMA other"},
 		{"rewrites a table", "TRUNCATE child"},
 	} {

@@ -27,14 +27,13 @@ type node struct {
 // see through LISTEN/NOTIFY.
 func openNodes(t *testing.T, n int) []*node {
 	t.Helper()
-	return openNodesCatchingUp(t, n, 0)
+	return openNodesOn(t, pgtest.DSN(t), n, 0)
 }
 
-// openNodesCatchingUp is openNodes with the stores reading key_log every
-// catchUp (keyCatchUp when 0).
-func openNodesCatchingUp(t *testing.T, n int, catchUp time.Duration) []*node {
+// openNodesOn is openNodes on the database at dsn, with the stores reading
+// key_log every catchUp (keyCatchUp when 0).
+func openNodesOn(t *testing.T, dsn string, n int, catchUp time.Duration) []*node {
 	t.Helper()
-	dsn := pgtest.DSN(t)
 	var out []*node
 	for i := range n {
 		nd := &node{}
@@ -371,8 +370,11 @@ func TestKeyPayloads(t *testing.T) {
 // disabled, as if the notice were lost) is served stale from the cache,
 // and shows on the other node once the TTL has passed.
 func TestCacheTTLWithoutNotice(t *testing.T) {
-	t.Parallel() // its own database; it waits for the TTL
-	dsn := pgtest.DSN(t)
+	// Parallel, so on a database of its own (DSN's schemas share one
+	// database, so one NOTIFY channel: another test's notices would empty
+	// B's cache or make it rebuild).
+	t.Parallel()
+	dsn := pgtest.DSNFrom(t, "migrated", migrated)
 	ctx := context.Background()
 	const ttl = 1500 * time.Millisecond
 	var nodes []*Store
@@ -389,6 +391,11 @@ func TestCacheTTLWithoutNotice(t *testing.T) {
 	if _, err := a.pool.Exec(ctx, "ALTER TABLE tenants DISABLE TRIGGER tenants_notify"); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { // before the database is recycled
+		if _, err := a.pool.Exec(context.Background(), "ALTER TABLE tenants ENABLE TRIGGER tenants_notify"); err != nil {
+			t.Error(err)
+		}
+	})
 	if err := a.CreateTenant(ctx, &store.Tenant{ID: "quiet", InboundAddress: "quiet@relay.test", Name: "Before"}); err != nil {
 		t.Fatal(err)
 	}
@@ -420,11 +427,11 @@ func TestCacheTTLWithoutNotice(t *testing.T) {
 // a few keyCatchUp; also a key whose transaction was already open during
 // an earlier catch-up read (its xid in that read's xip list).
 func TestLostNoticeCaughtUp(t *testing.T) {
-	t.Parallel() // its own database; it waits for catch-up reads
+	t.Parallel() // on a database of its own (see TestCacheTTLWithoutNotice); it waits for catch-up reads
 	// Catch-up reads at a test's pace (they are what is tested, not their
 	// production interval); the deadline below stays 4 production ones.
 	const catchUp = 250 * time.Millisecond
-	nodes := openNodesCatchingUp(t, 2, catchUp)
+	nodes := openNodesOn(t, pgtest.DSNFrom(t, "migrated", migrated), 2, catchUp)
 	a, b := nodes[0], nodes[1]
 	ctx := context.Background()
 	th, _ := fixture(t, a.Store)
