@@ -148,6 +148,10 @@ type Store struct {
 	// DSNFile or the file): it may carry a password, so it is a secret.
 	DSN     string `toml:"dsn"`
 	DSNFile string `toml:"dsn_file"`
+	// ProbeInterval is how often the daemon asks a shared store's database
+	// whether it answers (/readyz); 0 means every second. Not a config
+	// key: tests set it short to see an outage without waiting.
+	ProbeInterval time.Duration `toml:"-"`
 }
 
 // DNS is the [dns] section.
