@@ -128,6 +128,10 @@ type HTTP struct {
 	// PublicURL is where people reach this listener (through the reverse
 	// proxy): hosted-page links start with it. "": http://<http.listen>.
 	PublicURL string `toml:"public_url"`
+	// PageRefresh is how often the admin page reloads itself while a
+	// forwarding probe is out; 0 means every 5 s. Not a config key: tests
+	// set it short so as not to wait for the next reload.
+	PageRefresh time.Duration `toml:"-"`
 }
 
 // Store backends ([store] backend).
@@ -148,6 +152,10 @@ type Store struct {
 	// DSNFile or the file): it may carry a password, so it is a secret.
 	DSN     string `toml:"dsn"`
 	DSNFile string `toml:"dsn_file"`
+	// ProbeInterval is how often the daemon asks a shared store's database
+	// whether it answers (/readyz); 0 means every second. Not a config
+	// key: tests set it short to see an outage without waiting.
+	ProbeInterval time.Duration `toml:"-"`
 }
 
 // DNS is the [dns] section.

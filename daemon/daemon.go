@@ -212,7 +212,7 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	// Ready only now: the store is open (orphans collected) and both
 	// listeners accept.
 	apiSrv.SetReady(true)
-	stopProbe := probeStore(ctx, st, apiSrv, log)
+	stopProbe := probeStore(ctx, st, apiSrv, log, c.Store.ProbeInterval)
 	log.Info("syncrelay serving", "smtp", smtpLn.Addr().String(), "http", httpLn.Addr().String(),
 		"hostname", c.SMTP.Hostname, "starttls", tlsConf != nil, "data", c.Store.Dir)
 
@@ -294,16 +294,19 @@ type pinger interface {
 // probeStore keeps /readyz in step with the database of a shared store:
 // 503 while it does not answer (mail then gets 451 and is retried), 200
 // again once it does. The returned function stops the probe and waits.
-func probeStore(ctx context.Context, st Store, srv *api.Server, log *slog.Logger) (stop func()) {
+func probeStore(ctx context.Context, st Store, srv *api.Server, log *slog.Logger, every time.Duration) (stop func()) {
 	p, ok := st.(pinger)
 	if !ok {
 		return func() {}
+	}
+	if every <= 0 {
+		every = storeProbeInterval
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(storeProbeInterval)
+		t := time.NewTicker(every)
 		defer t.Stop()
 		up := true
 		for {
@@ -312,7 +315,7 @@ func probeStore(ctx context.Context, st Store, srv *api.Server, log *slog.Logger
 				return
 			case <-t.C:
 			}
-			pctx, pcancel := context.WithTimeout(ctx, storeProbeInterval)
+			pctx, pcancel := context.WithTimeout(ctx, every)
 			err := p.Ping(pctx)
 			pcancel()
 			if ctx.Err() != nil {
@@ -332,7 +335,8 @@ func probeStore(ctx context.Context, st Store, srv *api.Server, log *slog.Logger
 	return func() { cancel(); <-done }
 }
 
-// storeProbeInterval is how often probeStore asks the database.
+// storeProbeInterval is how often probeStore asks the database, unless
+// store.ProbeInterval says otherwise.
 const storeProbeInterval = time.Second
 
 func warnPolicyOff(ctx context.Context, st Store, log *slog.Logger) error {

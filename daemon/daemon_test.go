@@ -39,11 +39,12 @@ type fixture struct {
 	stop     func()
 }
 
-func startFixture(tb testing.TB) *fixture { return startFixtureOn(tb, "") }
+func startFixture(tb testing.TB) *fixture { return startFixtureOn(tb, "", 0) }
 
 // startFixtureOn starts the fixture on the PostgreSQL database at dsn, or
-// ("") on bbolt in a temp dir.
-func startFixtureOn(tb testing.TB, dsn string) *fixture {
+// ("") on bbolt in a temp dir; a database is probed every probe (the
+// daemon's default when 0).
+func startFixtureOn(tb testing.TB, dsn string, probe time.Duration) *fixture {
 	tb.Helper()
 	dir := tb.TempDir()
 	key, txt := dkimtest.RSA(tb, 0)
@@ -59,6 +60,7 @@ func startFixtureOn(tb testing.TB, dsn string) *fixture {
 	if dsn != "" {
 		cfg.Store.Backend, cfg.Store.DSN = config.BackendPostgres, dsn
 	}
+	cfg.Store.ProbeInterval = probe
 
 	// Seed the store before the daemon locks it, as the ATS would have
 	// through the API: a tenant, a candidate and a sent message.
@@ -152,7 +154,7 @@ func TestEndToEndOverSMTP(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := startFixtureOn(t, tc.store(t))
+			f := startFixtureOn(t, tc.store(t), 0)
 			got := f.send(t, [][]byte{
 				f.message(t, 1, true, "See you Tuesday.\r\n"),
 				f.message(t, 1, true, "See you Tuesday.\r\n"),
@@ -188,7 +190,9 @@ func TestPostgresOutage(t *testing.T) {
 	pg := pgtest.Own(t)
 	dsn, err := pg.CreateDB(context.Background())
 	mustT(t, err)
-	f := startFixtureOn(t, dsn)
+	// Probed every 100 ms, not every second: the test waits for the probe
+	// to see the database go and come back.
+	f := startFixtureOn(t, dsn, 100*time.Millisecond)
 	defer f.stop()
 	waitReady := func(want int) {
 		t.Helper()

@@ -21,7 +21,7 @@ import (
 func newPages(c *config.Config, st Store, keys *Keys, sender *outbound.Service, r *router.Router, log *slog.Logger) (*pages.Server, error) {
 	o := pages.Options{
 		Store: st, Links: signedlink.New(keys.Links, nil), CSRFKey: keys.Links,
-		PublicURL: c.PublicBaseURL(), Hostname: c.SMTP.Hostname, Log: log,
+		PublicURL: c.PublicBaseURL(), Hostname: c.SMTP.Hostname, Log: log, ProbeRefresh: c.HTTP.PageRefresh,
 		Quarantine: &quarantineActions{st: st, router: r, log: log},
 	}
 	if sender != nil {

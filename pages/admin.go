@@ -74,6 +74,7 @@ type adminData struct {
 	Actions []actionRow
 
 	Probe   *probeView
+	Refresh int // seconds between reloads while the probe is out
 	Notice  string
 	Problem string
 }
@@ -236,6 +237,7 @@ func (s *Server) adminData(ctx context.Context, tok string, t *store.Tenant) (*a
 	if err != nil {
 		return nil, err
 	}
+	d.Refresh = int(s.o.ProbeRefresh / time.Second)
 	return d, nil
 }
 

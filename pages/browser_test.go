@@ -50,6 +50,11 @@ func startDev(t *testing.T) *devStack {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The admin page reloads itself every second, not every 5 s, while the
+	// probe is out: TestAdminPageInBrowser waits for a reload when the
+	// probe comes back after the page rendered (pages_test.go checks the
+	// default's meta refresh).
+	c.HTTP.PageRefresh = time.Second
 	d := testenv.StartInProcess(t, func(ctx context.Context, logs io.Writer) error {
 		log := daemon.NewLogger(c, logs)
 		env, err := devmode.Setup(c, log)

@@ -76,6 +76,9 @@ type Options struct {
 	// ProbeTimeout is how long a probe may take to come back before the
 	// page says what is likely wrong (0: 10 minutes).
 	ProbeTimeout time.Duration
+	// ProbeRefresh is how often the admin page reloads itself while a
+	// probe is out (0: 5 s), in whole seconds (a meta refresh's unit).
+	ProbeRefresh time.Duration
 	// Quarantine releases and deletes quarantined messages (nil: the
 	// page lists them without actions).
 	Quarantine QuarantineActions
@@ -103,6 +106,9 @@ func New(o Options) (*Server, error) {
 	}
 	if o.ProbeTimeout <= 0 {
 		o.ProbeTimeout = 10 * time.Minute
+	}
+	if o.ProbeRefresh < time.Second {
+		o.ProbeRefresh = 5 * time.Second
 	}
 	o.PublicURL = strings.TrimRight(o.PublicURL, "/")
 	s := &Server{o: o, tmpl: map[string]*template.Template{}, mux: http.NewServeMux()}

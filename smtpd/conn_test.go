@@ -140,6 +140,7 @@ func TestBodyReadAhead(t *testing.T) {
 // messages set none (here well under one each, not the eight go-smtp asks
 // for), and a timeout still ends an idle session.
 func TestDeadlinesCoalesced(t *testing.T) {
+	t.Parallel() // its own server; it waits for the 2 s idle timeout
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -199,6 +200,7 @@ func (c *slowCloseConn) Close() error {
 // 451 the session returns to go-smtp, nor the 421 that follows it, even
 // when they are written before the socket is closed.
 func TestShutdownDeadlineWritesNothing(t *testing.T) {
+	t.Parallel() // its own server; it waits for the shutdown deadline
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

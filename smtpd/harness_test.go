@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,7 +20,17 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"syncrelay/internal/testenv"
 )
+
+func TestMain(m *testing.M) {
+	// The tests that wait for a timeout, and the two nested go test runs,
+	// run in parallel: go's default -parallel (GOMAXPROCS, 2 here) would
+	// let the nested runs hold both slots.
+	testenv.DefaultParallel(4)
+	os.Exit(m.Run())
+}
 
 // Addresses used by the tests. inboundAddr is a tenant's inbound address.
 const (

@@ -121,6 +121,7 @@ func TestShutdownPipelinedAfterCommit(t *testing.T) {
 
 // A session between BDAT chunks is inside a message: it may finish it.
 func TestShutdownGraceBetweenBDATChunks(t *testing.T) {
+	t.Parallel() // its own server; it waits to see no reply
 	ts := startServer(t, Options{})
 	r := ts.ehlod(t)
 	r.envelope(inboundAddr)
@@ -146,6 +147,7 @@ func TestShutdownGraceBetweenBDATChunks(t *testing.T) {
 
 // Over TLS the last reply is sent before the connection is closed.
 func TestFinalReplyOverTLS(t *testing.T) {
+	t.Parallel() // its own server; it waits for the idle timeout
 	cert, pool := selfSigned(t, "mx.relay.test")
 	ts := startServer(t, Options{
 		TLS:            &tls.Config{Certificates: []tls.Certificate{cert}},
@@ -203,6 +205,7 @@ func TestBDATChunkLineEndings(t *testing.T) {
 // middle of one, gets a 4xx or a silent close: never a 5xx, never internal
 // text, never a delivery of what arrived.
 func TestBDATChunkCutShort(t *testing.T) {
+	t.Parallel() // each case its own server; they wait for timeouts
 	for _, tc := range []struct {
 		name  string
 		first string // a complete chunk sent before, "" for none
@@ -217,6 +220,7 @@ func TestBDATChunkCutShort(t *testing.T) {
 		{"closes in the second chunk", "Subject: x\r\n\r\n", "BDAT 100 LAST\r\nbody\r\n", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			ts := startServer(t, Options{CommandTimeout: 300 * time.Millisecond})
 			r := ts.ehlod(t)
 			r.envelope(inboundAddr)

@@ -127,6 +127,7 @@ func TestMessageLineCloseNone(t *testing.T) {
 // sent, close=shutdown_deadline), not as a 451 it never got, and not as
 // an internal error; the reply is not counted either.
 func TestShutdownDeadlineLogLine(t *testing.T) {
+	t.Parallel() // each case its own server; they wait for the shutdown deadline
 	for _, tc := range []struct {
 		name       string
 		committing bool
@@ -135,6 +136,7 @@ func TestShutdownDeadlineLogLine(t *testing.T) {
 		{"committing", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			obs := &countingObserver{}
 			ts := startServer(t, Options{Observer: obs})
 			started := make(chan struct{})

@@ -216,6 +216,7 @@ func checkOneRefusal(t *testing.T, ts *testServer, obs *countingObserver, bdat b
 // "message" line says code 0 and nothing is counted, but for a timeout,
 // whose 421 this package writes and counts (not the 451 nobody saw).
 func TestBDATAbortedNotCountedAsUnseen451(t *testing.T) {
+	t.Parallel() // its own servers; one case waits for a timeout
 	for _, tc := range []struct {
 		name  string
 		opts  Options

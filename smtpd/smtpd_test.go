@@ -574,6 +574,7 @@ func TestIPKey(t *testing.T) {
 }
 
 func TestIdleTimeout(t *testing.T) {
+	t.Parallel() // its own server; it waits for the idle timeout
 	ts := startServer(t, Options{CommandTimeout: 200 * time.Millisecond})
 	r := ts.ehlod(t)
 	start := time.Now()
@@ -590,6 +591,7 @@ func TestIdleTimeout(t *testing.T) {
 // A stalled DATA times out, and the connection is closed rather than the
 // rest of the body being read as commands.
 func TestDataTimeout(t *testing.T) {
+	t.Parallel() // its own server; it waits for the data timeout
 	ts := startServer(t, Options{DataTimeout: 200 * time.Millisecond, CommandTimeout: 5 * time.Second})
 	r := ts.inData(t, inboundAddr)
 	r.send("Subject: x\r\n\r\npart one\r\n")
@@ -790,6 +792,7 @@ func TestShutdown(t *testing.T) {
 // At the Shutdown deadline the remaining connections are closed and the
 // Deliverer's context is canceled.
 func TestShutdownDeadline(t *testing.T) {
+	t.Parallel() // its own server; it waits for the shutdown deadline
 	ts := startServer(t, Options{})
 	r := ts.cutWhileCommitting(t)
 	calls := ts.del.all()

@@ -39,6 +39,7 @@ func TestGoMsgauthCopyDiffersOnlyInPatchedFiles(t *testing.T) { goMsgauth.CheckD
 // patch (SYNCRELAY.md says how). The reference tests in that file must
 // pass on upstream too.
 func TestUpstreamGoMsgauthStillNeedsPatches(t *testing.T) {
+	t.Parallel() // waits on a nested go test; overlaps the other one (after the timing tests, which stay sequential)
 	if testing.Short() {
 		t.Skip("builds upstream go-msgauth")
 	}
@@ -94,6 +95,7 @@ func TestUpstreamGoMsgauthStillNeedsPatches(t *testing.T) {
 // syncrelay_test.go). It is a module of its own, which `go test ./...` does
 // not enter: it is tested here as a dependency of syncrelay.
 func TestPatchedGoMsgauthPassesItsTests(t *testing.T) {
+	t.Parallel() // waits on a nested go test; overlaps the other one
 	if testing.Short() {
 		t.Skip("builds the patched go-msgauth's tests")
 	}

@@ -30,9 +30,9 @@ import (
 // /p/delegation on the daemon's own listener, and Approve there makes the
 // delegation active in the API.
 func TestServeDevSendForApprovalByEmail(t *testing.T) {
-	defaultPorts(t)
+	t.Parallel()
 	dir := t.TempDir()
-	d := startDaemon(t, dir, "-dev")
+	d := startDaemon(t, dir, "-dev", "-config", writeConfig(t, dir, ""))
 	waitStdout(t, d, "dev mode is ready")
 	d.Token = readToken(t, filepath.Join(dir, "data"))
 	st, err := devmode.ReadState(filepath.Join(dir, "data", devmode.StateFileName))
@@ -122,10 +122,11 @@ func TestServeDevSendForApprovalByEmail(t *testing.T) {
 // store, the daemon's queue sends it once the lease ends, once, and GET of
 // the delegation shows it sent.
 func TestServeDevApprovalEmailAfterRestart(t *testing.T) {
-	defaultPorts(t)
+	t.Parallel() // on ports of its own (a config): it mostly waits for the lease
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
-	d := startDaemon(t, dir, "-dev")
+	cfg := writeConfig(t, dir, "")
+	d := startDaemon(t, dir, "-dev", "-config", cfg)
 	waitStdout(t, d, "dev mode is ready")
 	d.Token = readToken(t, data)
 	call := func(d *testenv.Daemon, method, path, body string, want int) map[string]any {
@@ -143,15 +144,22 @@ func TestServeDevApprovalEmailAfterRestart(t *testing.T) {
 		t.Fatalf("stop: exit %d", code)
 	}
 
-	// What a crash between the request's commit and its send leaves.
+	// What a crash between the request's commit and its send leaves: the
+	// email is due when the lease ends, leaseLeft from now. The restarted
+	// daemon's queue looks every 2 s (delegation.DefaultPollInterval) from
+	// its start, so it takes the email at its second look, about 4 s after
+	// the start, while reconnecting Rita below takes a fraction of a second
+	// (0.14 s measured with the package's other tests running). (5 s, as
+	// this was, made it the third look.)
+	const leaseLeft = 4 * time.Second
 	st, err := bolt.Open(data, bolt.Options{})
 	must(t, err)
 	dl := &store.Delegation{Tenant: "sf", Requester: "u-rec", Grantor: "u-hm",
-		ApprovalEmail: &store.ApprovalMail{Status: store.EmailQueued, Via: "u-rec", To: "u-hm", Attempts: 1, NextAttempt: time.Now().Add(5 * time.Second)}}
+		ApprovalEmail: &store.ApprovalMail{Status: store.EmailQueued, Via: "u-rec", To: "u-hm", Attempts: 1, NextAttempt: time.Now().Add(leaseLeft)}}
 	must(t, st.CreateDelegation(context.Background(), dl, "u-rec"))
 	must(t, st.Close())
 
-	d2 := startDaemon(t, dir, "-dev")
+	d2 := startDaemon(t, dir, "-dev", "-config", cfg)
 	waitStdout(t, d2, "dev mode is ready")
 	d2.Token = d.Token
 	// The dev stand-in is new with the process: connect Rita again before

@@ -73,7 +73,9 @@ func readToken(t *testing.T, dataDir string) string {
 func TestServeEndToEnd(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	cfg := writeConfig(t, dir, "")
+	// In-process replay against the running daemon gives up on the store's
+	// lock after store.open_timeout (2 s by default); 200 ms tells as much.
+	cfg := writeConfig(t, dir, "open_timeout = \"200ms\"\n") // in [store], the config's last section
 	d := startDaemon(t, dir, "-config", cfg)
 
 	// First start: secrets generated 0600, the token printed once.
@@ -205,7 +207,9 @@ func errorsAs(err error, target **exec.ExitError) bool {
 func TestStoreLockedBySecondDaemon(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	cfg := writeConfig(t, dir, "")
+	// The second daemon gives up on the lock after store.open_timeout (2 s
+	// by default): waiting that long tells nothing more.
+	cfg := writeConfig(t, dir, "open_timeout = \"200ms\"\n") // in [store], the config's last section
 	startDaemon(t, dir, "-config", cfg)
 	out, err := exec.Command(bins.Syncrelay, "serve", "-config", cfg).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "locked by another syncrelay") {

@@ -39,6 +39,7 @@ import (
 // stored once, and mail delivered to node B is on the timeline (and its
 // raw bytes) read through node A.
 func TestTwoNodesOnePostgres(t *testing.T) {
+	t.Parallel() // its own nodes, database and ports; it mostly waits
 	n := startTwoNodes(t, "")
 	a, b, inbound, reply := n.a, n.b, n.inbound, n.reply
 
@@ -96,8 +97,9 @@ func TestTwoNodesOnePostgres(t *testing.T) {
 // candidate and a thread started in syncrelay.
 type twoNodes struct {
 	a, b    *testenv.Daemon
-	dir     string // the nodes' working directory
-	cfg     string // their config file
+	dir     string   // the nodes' working directory
+	cfg     string   // their config file
+	env     []string // added to their environment (secrets)
 	dsn     string
 	inbound string
 	// reply is a DKIM-signed reply on the thread with Message-ID <id@cand.test>.
@@ -108,14 +110,15 @@ func startTwoNodes(t *testing.T, extra string) *twoNodes {
 	t.Helper()
 	dsn := pgtest.DSN(t)
 	dir := t.TempDir()
-	t.Setenv(config.EnvSecretKey, strings.Repeat("ab", config.SecretKeySize))
-	t.Setenv(config.EnvAPITokens, "multinode-token-0123456789abcdef")
+	// The nodes' environment, not the test's (t.Setenv): the tests run in
+	// parallel.
+	env := []string{config.EnvSecretKey + "=" + multinodeKey, config.EnvAPITokens + "=multinode-token-0123456789abcdef"}
 	dkimKey, txt := dkimtest.RSA(t, 0)
 	zone := filepath.Join(dir, "zone.txt")
 	must(t, os.WriteFile(zone, []byte(fmt.Sprintf("s1._domainkey.cand.test TXT %q\n", txt)), 0o600))
 	cfgPath := writeConfig(t, dir, fmt.Sprintf("backend = \"postgres\"\ndsn = %q\n[dns]\nzone_file = %q\n%s", dsn, zone, extra))
-	a := startDaemon(t, dir, "-config", cfgPath)
-	b := startDaemon(t, dir, "-config", cfgPath)
+	n := &twoNodes{dir: dir, cfg: cfgPath, env: env}
+	a, b := n.start(t), n.start(t)
 	a.Token, b.Token = "multinode-token-0123456789abcdef", "multinode-token-0123456789abcdef"
 
 	code, ten := a.API(t, "POST", "/v1/tenants", `{"id":"acme","name":"Acme","domains":["acme.test"],"provider":"google"}`)
@@ -144,7 +147,8 @@ func startTwoNodes(t *testing.T, extra string) *twoNodes {
 		must(t, dkim.Sign(&out, strings.NewReader(raw), signer))
 		return out.Bytes()
 	}
-	return &twoNodes{a: a, b: b, dsn: dsn, inbound: inbound, reply: reply, dir: dir, cfg: cfgPath}
+	n.a, n.b, n.dsn, n.inbound, n.reply = a, b, dsn, inbound, reply
+	return n
 }
 
 // actingGet is a GET through the API as the tenant's admin u-rec.
@@ -167,6 +171,8 @@ func seedThread(t *testing.T, cfgPath, dsn string) string {
 	t.Helper()
 	c, err := config.Load(cfgPath)
 	must(t, err)
+	c.Secrets.Key, err = hex.DecodeString(multinodeKey) // the nodes have it from their environment
+	must(t, err)
 	keys, _, err := daemon.LoadKeys(c, false)
 	must(t, err)
 	kr, err := token.New(keys.Token, c.SMTP.Hostname)
@@ -181,6 +187,15 @@ func seedThread(t *testing.T, cfgPath, dsn string) string {
 		return strings.Trim(kr.MessageID(token.ID{Tenant: "acme", Thread: thread, Message: id}), "<>"), hex.EncodeToString(conv[:])
 	}))
 	return "<" + m.InternetMessageID + ">"
+}
+
+// multinodeKey is the nodes' shared secret key (config.EnvSecretKey).
+var multinodeKey = strings.Repeat("ab", config.SecretKeySize)
+
+// start starts one more node (or a node again).
+func (n *twoNodes) start(t *testing.T) *testenv.Daemon {
+	t.Helper()
+	return testenv.StartBinary(t, bins.Syncrelay, testenv.Proc{Dir: n.dir, Args: []string{"-config", n.cfg}, Env: n.env})
 }
 
 // deliver sends one message over a new SMTP session and returns the reply
@@ -219,6 +234,7 @@ func deliver(t *testing.T, addr, rcpt string, msg []byte) string {
 // database with its bytes, and node B keeps storing mail while A is down.
 // One cycle by default; SYNCRELAY_CRASH_CYCLES=20 for the long version.
 func TestKill9OneNodeLosesNothing(t *testing.T) {
+	t.Parallel() // its own nodes, database and ports; it mostly waits
 	cycles := 1
 	if v, err := strconv.Atoi(os.Getenv("SYNCRELAY_CRASH_CYCLES")); err == nil && v > 0 {
 		cycles = v
@@ -287,7 +303,7 @@ func TestKill9OneNodeLosesNothing(t *testing.T) {
 		mu.Unlock()
 		waitAcks(count() + 20) // B serves alone
 		if cycle < cycles-1 {
-			restarted := startDaemon(t, n.dir, "-config", n.cfg)
+			restarted := n.start(t)
 			mu.Lock()
 			a, aDown = restarted, false
 			mu.Unlock()
@@ -329,6 +345,7 @@ func TestKill9OneNodeLosesNothing(t *testing.T) {
 // the shared outbox, every message.received event reaches the ATS (at
 // least once, de-duplicable by id) while node A stops and starts again.
 func TestWebhooksAcrossNodeRestarts(t *testing.T) {
+	t.Parallel() // its own nodes, database and ports; it mostly waits
 	var mu sync.Mutex
 	got := map[string]int{} // event id -> deliveries
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -343,8 +360,9 @@ func TestWebhooksAcrossNodeRestarts(t *testing.T) {
 		}
 	}))
 	defer hook.Close()
-	t.Setenv(config.EnvWebhooksSecret, "multinode-webhook-secret")
-	n := startTwoNodes(t, fmt.Sprintf("[webhooks]\nurl = %q\n", hook.URL+"/hook"))
+	// The secret in the config, not the environment: seedThread loads the
+	// config in this process, and the tests run in parallel (no t.Setenv).
+	n := startTwoNodes(t, fmt.Sprintf("[webhooks]\nurl = %q\nsecret = \"multinode-webhook-secret\"\n", hook.URL+"/hook"))
 
 	stored := 0
 	send := func(node *testenv.Daemon, from, to int) {
@@ -364,7 +382,7 @@ func TestWebhooksAcrossNodeRestarts(t *testing.T) {
 		t.Fatalf("node A exit %d", code)
 	}
 	send(n.b, 20, 30) // only B delivers now
-	a2 := startDaemon(t, n.dir, "-config", n.cfg)
+	a2 := n.start(t)
 	send(a2, 30, 40)
 	send(n.b, 40, 50)
 
@@ -432,15 +450,16 @@ func reportUndelivered(t *testing.T, dsn string, seen func(id string) bool) {
 // the state fails on either node, and an API send with the same
 // Idempotency-Key sent to both nodes at once reaches the provider once.
 func TestConsentAndIdempotencyAcrossNodes(t *testing.T) {
+	t.Parallel() // its own nodes, database and ports; it mostly waits
 	stub := providertest.Start(t, "google")
-	t.Setenv(config.EnvGoogleClientSecret, providertest.ClientSecret)
 	n := startTwoNodes(t, fmt.Sprintf(`[providers.google]
 client_id = %q
+client_secret = %q
 redirect_url = "http://relay.test/oauth/google/callback"
 auth_url = %q
 token_url = %q
 api_base = %q
-`, providertest.ClientID, stub.AuthURL(), stub.TokenURL(), stub.APIBase()))
+`, providertest.ClientID, providertest.ClientSecret, stub.AuthURL(), stub.TokenURL(), stub.APIBase()))
 
 	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	req, _ := http.NewRequest("GET", "http://"+n.a.HTTP+"/oauth/google/start?tenant=acme&user=u-rec", nil)

@@ -25,12 +25,16 @@ const moduleRoot = "../.."
 // one's files into DIR/<tenant>/.
 var corpusTenants = []string{"acme", "beta"}
 
-// renderCorpus renders the corpus into a new directory and returns it.
+// renderCorpus renders the corpus into a new directory and returns it: the
+// router's TestCorpus with -render, from a kept test binary (the README's
+// block, which TestReadmeReplayCorpus runs as written, uses go test).
 func renderCorpus(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	cmd := exec.Command("go", "test", "-count=1", "./router", "-run", "^TestCorpus$", "-render", dir)
-	cmd.Dir = moduleRoot
+	bin, err := testenv.BuildTestShared("router")
+	must(t, err)
+	cmd := exec.Command(bin, "-test.count=1", "-test.run", "^TestCorpus$", "-render", dir)
+	cmd.Dir = filepath.Join(moduleRoot, "router")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("render the corpus: %v\n%s", err, out)
 	}

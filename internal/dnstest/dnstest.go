@@ -34,6 +34,7 @@ type Server struct {
 	txt      map[string][]string
 	servfail map[string]bool
 	delay    time.Duration
+	delayed  chan struct{} // closed when the delay changes
 	ttl      uint32
 }
 
@@ -45,6 +46,7 @@ func Start(t testing.TB) *Server {
 		stop:     make(chan struct{}),
 		txt:      make(map[string][]string),
 		servfail: make(map[string]bool),
+		delayed:  make(chan struct{}),
 		ttl:      300,
 	}
 	var (
@@ -120,11 +122,15 @@ func (s *Server) SetServfail(name string) {
 	s.servfail[canon(name)] = true
 }
 
-// SetDelay delays every answer by d (0 for none).
+// SetDelay delays every answer by d (0 for none). Answers still held by
+// the delay before go out at once: a test that ends a fault need not wait
+// for the answers its clients already gave up on.
 func (s *Server) SetDelay(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.delay = d
+	close(s.delayed)
+	s.delayed = make(chan struct{})
 }
 
 // SetTTL sets the TTL of answers (default 300 s).
@@ -142,11 +148,12 @@ func canon(name string) string { return strings.ToLower(dns.Fqdn(name)) }
 func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg) {
 	s.queries.Add(1)
 	s.mu.Lock()
-	delay := s.delay
+	delay, changed := s.delay, s.delayed
 	s.mu.Unlock()
 	if delay > 0 {
 		select {
 		case <-time.After(delay):
+		case <-changed:
 		case <-s.stop:
 			return
 		}

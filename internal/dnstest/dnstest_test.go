@@ -77,6 +77,24 @@ func TestServer(t *testing.T) {
 	if time.Since(start) < 150*time.Millisecond {
 		t.Fatal("SetDelay not applied")
 	}
+
+	// Answers held by a delay go out as soon as the delay changes.
+	s.SetDelay(time.Minute)
+	answered := make(chan time.Duration, 1)
+	go func() {
+		start := time.Now()
+		m := new(dns.Msg)
+		m.SetQuestion(dns.Fqdn("big.example.com"), dns.TypeTXT)
+		(&dns.Client{Net: "tcp", Timeout: 10 * time.Second}).Exchange(m, s.Addr())
+		answered <- time.Since(start)
+	}()
+	for s.Queries() < 9 {
+		time.Sleep(time.Millisecond)
+	}
+	s.SetDelay(0)
+	if d := <-answered; d > 5*time.Second {
+		t.Fatalf("the held answer came after %v, not when the delay was lifted", d)
+	}
 }
 
 func TestKeys(t *testing.T) {

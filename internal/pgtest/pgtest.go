@@ -53,7 +53,15 @@ type Cluster struct {
 	tmplMu    sync.Mutex
 	templates map[string]*preparedTemplate
 	free      map[string][]string // template -> copies ready to hand out
+
+	// sessionGrace is how long a recycled database's other sessions get
+	// to end (sessionGrace when 0); pgtest's own test of a leaked session
+	// sets it short, so as not to wait out the whole grace.
+	sessionGrace time.Duration
 }
+
+// sessionGrace: a closed pool's sessions end a moment after it returns.
+const sessionGrace = 2 * time.Second
 
 // cluster is the package's shared server, started on first use by DSN and
 // stopped by Main: a test binary is one process, so this is per package.
@@ -453,7 +461,8 @@ type querier interface {
 // rows hashed), its sequences and a hash of its schema. The schema hash
 // covers relations (with their storage: a rewritten table, e.g. after
 // TRUNCATE or ALTER TABLE, counts as changed), columns, constraints,
-// functions and types, so a test that altered the schema is seen.
+// functions, types and triggers (a test may disable one, e.g. the
+// notices'), so a test that altered the schema is seen.
 func readState(ctx context.Context, conn querier) (*templateState, error) {
 	st := &templateState{filled: map[string]string{}}
 	rows, err := conn.Query(ctx, `SELECT format('%I.%I', n.nspname, c.relname) `+userRels+` AND c.relkind IN ('r', 'p') ORDER BY 1`)
@@ -502,6 +511,8 @@ func readState(ctx context.Context, conn querier) (*templateState, error) {
 			JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')),
 		(SELECT string_agg(concat_ws(' ', y.oid, y.typname), ',' ORDER BY y.oid) FROM pg_type y
 			JOIN pg_namespace n ON n.oid = y.typnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')),
+		(SELECT string_agg(concat_ws(' ', g.oid, g.tgname, g.tgenabled), ',' ORDER BY g.oid) FROM pg_trigger g
+			WHERE g.tgrelid IN (SELECT c.oid `+userRels+`)),
 		(SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace)))`).Scan(&st.shape)
 	if err != nil {
 		return nil, fmt.Errorf("schema hash: %w", err)
@@ -543,8 +554,11 @@ func (c *Cluster) reset(ctx context.Context, name string, want *templateState) e
 		return err
 	}
 	defer conn.Close(ctx)
-	// A closed pool's sessions end a moment after it returns.
-	for deadline := time.Now().Add(2 * time.Second); ; {
+	grace := c.sessionGrace
+	if grace <= 0 {
+		grace = sessionGrace
+	}
+	for deadline := time.Now().Add(grace); ; {
 		var others int
 		if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()").Scan(&others); err != nil {
 			return err

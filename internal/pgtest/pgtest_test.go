@@ -121,19 +121,22 @@ func TestDSNFrom(t *testing.T) {
 	// left them is never handed out again.
 	var leaked *pgx.Conn
 	for _, tc := range []struct {
-		name string
-		fn   func(t *testing.T, dsn string)
+		name  string
+		fn    func(t *testing.T, dsn string)
+		grace time.Duration // for the sessions to end (0: the default)
 	}{
-		{"changes a template row", func(t *testing.T, dsn string) { exec(t, dsn, "UPDATE seed SET n = 2") }},
+		{"changes a template row", func(t *testing.T, dsn string) { exec(t, dsn, "UPDATE seed SET n = 2") }, 0},
 		{"leaves a session open", func(t *testing.T, dsn string) {
 			conn, err := pgx.Connect(ctx, dsn)
 			if err != nil {
 				t.Fatal(err)
 			}
 			leaked = conn // closed only after the next test got its database
-		}},
+		}, 200 * time.Millisecond}, // the session stays: no need to wait the whole grace
 	} {
+		Shared(t).sessionGrace = tc.grace
 		dirty := run(tc.name, tc.fn)
+		Shared(t).sessionGrace = 0
 		if next := run("after "+tc.name, func(*testing.T, string) {}); next == dirty {
 			t.Errorf("%s: the database was handed out again", tc.name)
 		}
@@ -162,6 +165,7 @@ func TestDSNFrom(t *testing.T) {
 		{"adds a sequence", "CREATE SEQUENCE more_ids"},
 		{"adds a constraint", "ALTER TABLE seed ADD CONSTRAINT pos CHECK (n > 0)"},
 		{"adds a function", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'"},
+		{"adds a trigger", "CREATE TRIGGER t BEFORE UPDATE ON seed FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()"},
 		{"adds a schema", "CREATE SCHEMA other"},
 		{"rewrites a table", "TRUNCATE child"},
 	} {

@@ -86,28 +86,56 @@ func DefaultParallel(n int) {
 // package, decides what is stale. A lock file keeps concurrent test
 // binaries from building at once; the tests only read the binaries.
 func BuildShared(names ...string) (*Bins, error) {
+	var b *Bins
+	err := inSharedDir(func(root, dir string) error {
+		b = &Bins{Dir: dir, Syncrelay: filepath.Join(dir, "syncrelay"), Srload: filepath.Join(dir, "srload")}
+		return goBuild(root, dir, names)
+	})
+	return b, err
+}
+
+// BuildTestShared compiles the tests of the module's package pkg (a path
+// inside the module, e.g. "router") into BuildShared's directory and
+// returns the test binary's path, for tests that run another package's
+// tests as a tool (rendering the router's corpus). As with BuildShared,
+// go test -c links it again only when it is out of date: running it costs
+// a fraction of a nested go test, which links and vets every time.
+func BuildTestShared(pkg string) (string, error) {
+	var bin string
+	err := inSharedDir(func(root, dir string) error {
+		bin = filepath.Join(dir, strings.ReplaceAll(pkg, "/", "_")+".test")
+		cmd := exec.Command("go", "test", "-c", "-o", bin, "./"+pkg)
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go test -c ./%s: %w\n%s", pkg, err, out)
+		}
+		return nil
+	})
+	return bin, err
+}
+
+// inSharedDir runs build with the module's root and the directory that the
+// test binaries of this checkout share, holding the directory's lock.
+func inSharedDir(build func(root, dir string) error) error {
 	root, err := moduleRoot()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	h := sha256.Sum256([]byte(root))
 	dir := filepath.Join(os.TempDir(), fmt.Sprintf("syncrelay-testbin-%d-%x", os.Geteuid(), h[:8]))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
+		return err
 	}
 	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer lock.Close()
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return nil, fmt.Errorf("lock %s: %w", dir, err)
+		return fmt.Errorf("lock %s: %w", dir, err)
 	}
 	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN) //nolint:errcheck
-	if err := goBuild(root, dir, names); err != nil {
-		return nil, err
-	}
-	return &Bins{Dir: dir, Syncrelay: filepath.Join(dir, "syncrelay"), Srload: filepath.Join(dir, "srload")}, nil
+	return build(root, dir)
 }
 
 func goBuild(root, dir string, names []string) error {

@@ -27,12 +27,18 @@ type node struct {
 // see through LISTEN/NOTIFY.
 func openNodes(t *testing.T, n int) []*node {
 	t.Helper()
-	dsn := pgtest.DSN(t)
+	return openNodesOn(t, pgtest.DSN(t), n, 0)
+}
+
+// openNodesOn is openNodes on the database at dsn, with the stores reading
+// key_log every catchUp (keyCatchUp when 0).
+func openNodesOn(t *testing.T, dsn string, n int, catchUp time.Duration) []*node {
+	t.Helper()
 	var out []*node
 	for i := range n {
 		nd := &node{}
 		s, err := Open(context.Background(), dsn, Options{Node: fmt.Sprintf("node%d", i), CacheTTL: time.Hour,
-			trace: nd.trace})
+			trace: nd.trace, catchUp: catchUp})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -102,6 +108,9 @@ func (n *node) counted(fn func(ctx context.Context)) (int, []string) {
 // users (found or not) for an hour, yet sees node A's changes within a
 // second: the tables' triggers NOTIFY every node.
 func TestCachesFollowOtherNodes(t *testing.T) {
+	// Not parallel: it counts statements its cache saves, and the schemas
+	// of pgtest.DSN share one database, so one NOTIFY channel: another
+	// test's notices would empty the cache.
 	nodes := openNodes(t, 2)
 	a, b := nodes[0], nodes[1]
 	ctx := context.Background()
@@ -361,9 +370,13 @@ func TestKeyPayloads(t *testing.T) {
 // disabled, as if the notice were lost) is served stale from the cache,
 // and shows on the other node once the TTL has passed.
 func TestCacheTTLWithoutNotice(t *testing.T) {
-	dsn := pgtest.DSN(t)
+	// Parallel, so on a database of its own (DSN's schemas share one
+	// database, so one NOTIFY channel: another test's notices would empty
+	// B's cache or make it rebuild).
+	t.Parallel()
+	dsn := pgtest.DSNFrom(t, "migrated", migrated)
 	ctx := context.Background()
-	const ttl = 3 * time.Second
+	const ttl = 1500 * time.Millisecond
 	var nodes []*Store
 	for i := range 2 {
 		s, err := Open(ctx, dsn, Options{Node: fmt.Sprintf("node%d", i), CacheTTL: ttl})
@@ -378,6 +391,11 @@ func TestCacheTTLWithoutNotice(t *testing.T) {
 	if _, err := a.pool.Exec(ctx, "ALTER TABLE tenants DISABLE TRIGGER tenants_notify"); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { // before the database is recycled
+		if _, err := a.pool.Exec(context.Background(), "ALTER TABLE tenants ENABLE TRIGGER tenants_notify"); err != nil {
+			t.Error(err)
+		}
+	})
 	if err := a.CreateTenant(ctx, &store.Tenant{ID: "quiet", InboundAddress: "quiet@relay.test", Name: "Before"}); err != nil {
 		t.Fatal(err)
 	}
@@ -395,7 +413,9 @@ func TestCacheTTLWithoutNotice(t *testing.T) {
 	if ten.Name != "Before" && time.Since(cached) < ttl {
 		t.Errorf("B saw the unannounced change at once (%q): nothing was cached", ten.Name)
 	}
-	within(t, 2*ttl, "unannounced change on B after the TTL", func() (bool, string) {
+	// A deadline of its own, not a multiple of the short TTL: a loaded
+	// machine may take a while to poll.
+	within(t, 6*time.Second, "unannounced change on B after the TTL", func() (bool, string) {
 		ten, err := b.Tenant(ctx, "quiet")
 		return err == nil && ten.Name == "After", fmt.Sprint(ten, err)
 	})
@@ -407,7 +427,11 @@ func TestCacheTTLWithoutNotice(t *testing.T) {
 // a few keyCatchUp; also a key whose transaction was already open during
 // an earlier catch-up read (its xid in that read's xip list).
 func TestLostNoticeCaughtUp(t *testing.T) {
-	nodes := openNodes(t, 2)
+	t.Parallel() // on a database of its own (see TestCacheTTLWithoutNotice); it waits for catch-up reads
+	// Catch-up reads at a test's pace (they are what is tested, not their
+	// production interval); the deadline below stays 4 production ones.
+	const catchUp = 250 * time.Millisecond
+	nodes := openNodesOn(t, pgtest.DSNFrom(t, "migrated", migrated), 2, catchUp)
 	a, b := nodes[0], nodes[1]
 	ctx := context.Background()
 	th, _ := fixture(t, a.Store)
@@ -434,13 +458,13 @@ func TestLostNoticeCaughtUp(t *testing.T) {
 	if _, err := early.Exec(ctx, "SELECT pg_current_xact_id()"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * keyCatchUp)
+	time.Sleep(2 * catchUp)
 	tx, err := a.pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	commitSilently(tx, "lost-1@cand.test", 999001)
-	time.Sleep(2 * keyCatchUp)
+	time.Sleep(2 * catchUp)
 	commitSilently(early, "lost-2@cand.test", 999002)
 
 	for _, id := range []string{"lost-1@cand.test", "lost-2@cand.test"} {
@@ -456,6 +480,8 @@ func TestLostNoticeCaughtUp(t *testing.T) {
 // or an error would answer 451 for stored mail), and the other node gets
 // the keys from key_log.
 func TestNoticeFailsAfterCommit(t *testing.T) {
+	// Not parallel: it changes afterCommitNotifySQL, which every store in
+	// the package reads (sequential tests end before parallel ones start).
 	nodes := openNodes(t, 2)
 	a, b := nodes[0], nodes[1]
 	ctx := context.Background()

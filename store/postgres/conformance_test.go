@@ -13,6 +13,7 @@ import (
 // TestConformance runs the store contract's suite against PostgreSQL:
 // every subtest gets its own database; Peer opens a second node on it.
 func TestConformance(t *testing.T) {
+	t.Parallel() // alongside the tests that wait
 	storetest.Run(t, storetest.Factory{Open: openPG})
 }
 

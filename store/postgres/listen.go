@@ -246,7 +246,7 @@ func (s *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig) error {
 		return err
 	}
 	s.cache.ready.Store(true)
-	due := time.Now().Add(keyCatchUp)
+	due := time.Now().Add(s.catchUpEvery)
 	for {
 		if !time.Now().Before(due) {
 			next, rebuild, err := s.catchUp(ctx, conn, snap)
@@ -257,7 +257,7 @@ func (s *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig) error {
 				s.cache.ready.Store(false)
 				return nil
 			}
-			snap, due = next, time.Now().Add(keyCatchUp)
+			snap, due = next, time.Now().Add(s.catchUpEvery)
 		}
 		wctx, cancel := context.WithDeadline(ctx, due)
 		stop := make(chan struct{})

@@ -49,6 +49,9 @@ type Options struct {
 
 	// trace, in this package's tests, sees every statement sent.
 	trace func(ctx context.Context, sql string)
+	// catchUp, in this package's tests, replaces keyCatchUp (so that a
+	// test of the catch-up need not wait for it at its production pace).
+	catchUp time.Duration
 }
 
 // Store is the PostgreSQL-backed store.
@@ -59,8 +62,9 @@ type Store struct {
 	logger *slog.Logger
 
 	commits *groupcommit.Queue[*commitReq]
-	counts  *counterBuf
-	cache   *nodeCache
+	counts       *counterBuf
+	cache        *nodeCache
+	catchUpEvery time.Duration // keyCatchUp but in tests
 
 	stopListen context.CancelFunc
 	listening  sync.WaitGroup
@@ -92,6 +96,9 @@ func Open(ctx context.Context, dsn string, o Options) (*Store, error) {
 	if o.CacheTTL <= 0 {
 		o.CacheTTL = DefaultCacheTTL
 	}
+	if o.catchUp <= 0 {
+		o.catchUp = keyCatchUp
+	}
 	lcfg := cfg.ConnConfig.Copy()
 	lcfg.RuntimeParams["application_name"] = "syncrelay-listener " + o.Node
 	lcfg.Tracer = nil
@@ -103,7 +110,7 @@ func Open(ctx context.Context, dsn string, o Options) (*Store, error) {
 	// PostgreSQL keeps microseconds: times in records and in columns agree.
 	now := func() time.Time { return clock().Truncate(time.Microsecond) }
 	s := &Store{pool: pool, now: now, node: o.Node, logger: o.Log, counts: newCounterBuf(), cache: newNodeCache(o.CacheTTL),
-		commits: groupcommit.New[*commitReq](1024)}
+		catchUpEvery: o.catchUp, commits: groupcommit.New[*commitReq](1024)}
 	if err := s.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, err

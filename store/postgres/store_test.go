@@ -17,10 +17,17 @@ import (
 	"time"
 
 	"syncrelay/internal/pgtest"
+	"syncrelay/internal/testenv"
 	"syncrelay/store"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+func TestMain(m *testing.M) {
+	// The tests that wait (cache TTL, catch-up reads, a held answer) run
+	// in parallel with the conformance suite, which computes; go's default
+	// -parallel (GOMAXPROCS) would let two sleepers hold both slots.
+	testenv.DefaultParallel(4)
+	os.Exit(pgtest.Main(m))
+}
 
 // open opens a store on a fresh database, a copy of a migrated one (the
 // migrations are tested on empty databases by TestMigrationsConcurrent and
@@ -562,6 +569,7 @@ func open1(t *testing.T, dsn string) *Store {
 // the server's answers: the claim commits at the server, its answer is
 // held, the context is canceled, and the answer released after.
 func TestClaimEventsCanceledInFlight(t *testing.T) {
+	t.Parallel() // its own database and proxy; it mostly waits
 	dsn := pgtest.DSN(t)
 	ctx := context.Background()
 	px := startHoldProxy(t, dsn)

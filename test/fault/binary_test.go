@@ -159,18 +159,25 @@ func TestDNSFailures(t *testing.T) {
 	led.add(ok)
 
 	// The daemon's DNS timeout is 1 s (generous, for loaded CI machines);
-	// the slow server answers after 2.5 s.
+	// the slow server answers after 2.5 s. The messages that wait for the
+	// timeout are sent at once (each on its own connection), so that the
+	// test waits for one timeout, not one per message.
 	for _, f := range []struct {
 		name         string
 		n            int
 		fault, clear func()
-		settle       time.Duration // for lookups still in flight to end
+		settle       time.Duration // for answers still in flight to arrive
+		atOnce       bool
 	}{
-		{"SERVFAIL", 5, func() { srv.SetServfail(name) }, func() { srv.SetTXT(name, value) }, 0},
-		{"timeout", 3, func() { srv.SetDelay(2500 * time.Millisecond) }, func() { srv.SetDelay(0) }, 1500 * time.Millisecond},
+		{"SERVFAIL", 5, func() { srv.SetServfail(name) }, func() { srv.SetTXT(name, value) }, 0, false},
+		{"timeout", 3, func() { srv.SetDelay(2500 * time.Millisecond) }, func() { srv.SetDelay(0) }, 200 * time.Millisecond, true}, // SetDelay(0) sends the held answers at once
 	} {
 		f.fault()
-		failed := cl.sendN(f.n, loadgen.Match)
+		send := cl.sendN
+		if f.atOnce {
+			send = cl.sendNAtOnce
+		}
+		failed := send(f.n, loadgen.Match)
 		discards := cl.sendN(3, loadgen.Unrelated)
 		f.clear()
 		time.Sleep(f.settle)

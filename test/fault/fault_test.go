@@ -22,6 +22,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -90,6 +91,19 @@ func (c *client) sendN(n int, k loadgen.Kind) []sent {
 	for i := range out {
 		out[i] = c.send(c.next(k))
 	}
+	return out
+}
+
+// sendNAtOnce sends n new messages of kind k, each on its own connection
+// at the same time (for faults that make each wait: a DNS timeout).
+func (c *client) sendNAtOnce(n int, k loadgen.Kind) []sent {
+	out := make([]sent, n)
+	var wg sync.WaitGroup
+	for i := range out {
+		m := c.next(k)
+		wg.Go(func() { out[i] = c.send(m) })
+	}
+	wg.Wait()
 	return out
 }
 
