@@ -61,7 +61,7 @@ type Store struct {
 	node   string
 	logger *slog.Logger
 
-	commits *groupcommit.Queue[*commitReq]
+	commits      *groupcommit.Queue[*commitReq]
 	counts       *counterBuf
 	cache        *nodeCache
 	catchUpEvery time.Duration // keyCatchUp but in tests
