@@ -367,7 +367,7 @@ func BenchmarkRecordCodec(b *testing.B) {
 }
 
 // TestSchema2StoreRaised: a schema-2 store (JSON records) opens, is raised
-// to 3 with its records as they were, and reads; an older binary then
+// to the current version with its records as they were, and reads; an older binary then
 // refuses it (its SchemaVersion is 2) instead of failing on binary records.
 func TestSchema2StoreRaised(t *testing.T) {
 	s, dir := openTest(t)
@@ -389,8 +389,8 @@ func TestSchema2StoreRaised(t *testing.T) {
 	}
 	defer s.Close()
 	if err := s.db.View(func(tx *bolt.Tx) error {
-		if v := getU64(tx.Bucket(bMeta).Get(keySchema)); v != 3 {
-			t.Errorf("schema version %d after Open, want 3", v)
+		if v := getU64(tx.Bucket(bMeta).Get(keySchema)); v != SchemaVersion {
+			t.Errorf("schema version %d after Open, want %d", v, SchemaVersion)
 		}
 		if v := tx.Bucket(bMessages).Get(keyU64(m.Tenant, m.ID)); !bytes.Equal(v, mj) {
 			t.Errorf("record changed by the raise: %q", v)

@@ -18,15 +18,30 @@ func TestConformance(t *testing.T) {
 	storetest.Run(t, storetest.Factory{Open: openBolt, RawSum: bolt.RawSum})
 }
 
+// TestConformanceTailMerge runs the suite with the thread index's tail
+// merged into thread_msg after every third message (threadtail.go), so
+// that threads are read across the tail, thread_msg and merges in flight.
+func TestConformanceTailMerge(t *testing.T) {
+	open := func(t *testing.T, now func() time.Time) *storetest.Instance {
+		return openBoltWith(t, bolt.Options{Now: now, TailMerge: 3})
+	}
+	storetest.Run(t, storetest.Factory{Open: open, RawSum: bolt.RawSum})
+}
+
 // openBolt opens a fresh bbolt store in a temp dir. Reopen opens the same
 // dir again; Crash copies the data dir as a killed process leaves it (no
 // counter flush, no clean close: the suite calls it with nothing in
 // flight, so the copy is what kill -9 would leave) and opens the copy.
 func openBolt(t *testing.T, now func() time.Time) *storetest.Instance {
+	return openBoltWith(t, bolt.Options{Now: now})
+}
+
+func openBoltWith(t *testing.T, o bolt.Options) *storetest.Instance {
+	o.CompactNow, o.LockTimeout = true, 5*time.Second
 	dir := t.TempDir()
 	open := func(t *testing.T) *bolt.Store {
 		t.Helper()
-		s, err := bolt.Open(dir, bolt.Options{CompactNow: true, Now: now, LockTimeout: 5 * time.Second})
+		s, err := bolt.Open(dir, o)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -35,7 +35,11 @@ import (
 // No data changes: a schema-2 store is raised at Open and its JSON
 // records still read; the number is raised so that an older binary
 // refuses the store instead of failing on every binary record.
-const SchemaVersion = 3
+// 4: new messages reach thread_msg in bulk (threadtail.go); the messages
+// above meta "thread_msg_merged" are indexed only in memory, which an
+// older binary would not know, so it must refuse the store. A schema-3
+// store is raised at Open with the mark at its last message.
+const SchemaVersion = 4
 
 var (
 	bMeta       = []byte("meta")
@@ -89,6 +93,10 @@ type Options struct {
 	CompactNow bool
 	// Log receives the store's own notices (migrations, compaction).
 	Log *slog.Logger
+	// TailMerge is how many new messages the thread index holds in
+	// memory before they are written to thread_msg in one commit
+	// (threadtail.go); 0 means 8,192. Tests set it low.
+	TailMerge int
 }
 
 // Store is the bbolt-backed store.
@@ -105,6 +113,7 @@ type Store struct {
 	counts  *counterBuf
 	inbound inboundCache
 	tenants tenantCache
+	tail    *threadTail
 
 	compactMu sync.Mutex    // one compaction at a time
 	grace     time.Duration // compactGrace, 0 for a store nobody else writes
@@ -150,9 +159,14 @@ func Open(dir string, o Options) (*Store, error) {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	s := &Store{db: db, raw: &rawDir{root: filepath.Join(dir, "raw")}, dir: dir, now: o.Now, logger: o.Log, grace: compactGrace,
-		big: &bigDir{root: filepath.Join(dir, "raw", "big"), tmp: filepath.Join(dir, "raw", "tmp")}}
+		big:  &bigDir{root: filepath.Join(dir, "raw", "big"), tmp: filepath.Join(dir, "raw", "tmp")},
+		tail: newThreadTail(o.TailMerge)}
 	if o.ReadOnly {
-		if err := s.checkSchema(); err != nil {
+		err := s.checkSchema()
+		if err == nil {
+			err = s.loadTail()
+		}
+		if err != nil {
 			db.Close()
 			return nil, err
 		}
@@ -183,9 +197,15 @@ func Open(dir string, o Options) (*Store, error) {
 			return nil, err
 		}
 	}
+	if err := s.loadTail(); err != nil {
+		s.segs.close()
+		db.Close()
+		return nil, fmt.Errorf("store: thread index: %w", err)
+	}
 	s.counts = newCounterBuf()
 	s.commits = groupcommit.New[*commitReq](1024)
 	go s.commits.Run(maxBatch, 10*time.Second, func() { _ = s.flushCounters() }, s.runBatch)
+	s.tail.start(s.mergeTail)
 	return s, nil
 }
 
@@ -246,6 +266,13 @@ func (s *Store) migrate() (from int, err error) {
 		if from > SchemaVersion {
 			return fmt.Errorf("store: schema version %d is newer than this binary's %d; upgrade syncrelay", from, SchemaVersion)
 		}
+		// Up to schema 3 every message was in thread_msg: the mark starts
+		// at the last one (0 for a new store).
+		if m.Get(keyMerged) == nil {
+			if err := m.Put(keyMerged, putU64(tx.Bucket(bMessages).Sequence())); err != nil {
+				return err
+			}
+		}
 		if from >= 2 { // nothing to migrate from 2 (see SchemaVersion)
 			return m.Put(keySchema, putU64(SchemaVersion))
 		}
@@ -253,9 +280,6 @@ func (s *Store) migrate() (from int, err error) {
 	})
 	return from, err
 }
-
-// scratchBucket is created and deleted again by mergeRoot; never used.
-var scratchBucket = []byte("\x00merge-root")
 
 // mergeRoot lets bbolt merge the root bucket's pages. The root holds one
 // entry per bucket (about 30, 1 to 2 KiB with the small buckets stored
@@ -266,14 +290,27 @@ var scratchBucket = []byte("\x00merge-root")
 // the buckets it changed: split, an inbound batch wrote 3 root pages
 // instead of 1 (TestPageAccounting), 8 KiB more per batch. Deleting a
 // bucket marks its page for rebalancing, which merges it with its sibling
-// when it is under a quarter page; a split root is merged back that way
-// at every Open, and stays split when its pages are fuller than that.
+// when it is under a quarter page: a scratch bucket is created and deleted
+// next to every bucket, so that every root page is rebalanced, and a split
+// root is merged back that way at every Open. It stays split when its
+// pages are fuller than that.
 func mergeRoot(tx *bolt.Tx) error {
-	if _, err := tx.CreateBucket(scratchBucket); err != nil {
+	var names [][]byte
+	if err := tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+		names = append(names, append(slicesClone(name), 0))
+		return nil
+	}); err != nil {
 		return fmt.Errorf("store: merge root: %w", err)
 	}
-	if err := tx.DeleteBucket(scratchBucket); err != nil {
-		return fmt.Errorf("store: merge root: %w", err)
+	for _, n := range names {
+		if _, err := tx.CreateBucket(n); err != nil {
+			return fmt.Errorf("store: merge root: %w", err)
+		}
+	}
+	for _, n := range names {
+		if err := tx.DeleteBucket(n); err != nil {
+			return fmt.Errorf("store: merge root: %w", err)
+		}
 	}
 	return nil
 }

@@ -96,9 +96,7 @@ func (s *Store) putMessage(tx *bolt.Tx, m *Message, dk string) error {
 			return err
 		}
 	}
-	if err := tx.Bucket(bThreadMsg).Put(append(keyU64(m.Tenant, m.Thread), putU64(m.ID)...), nil); err != nil {
-		return err
-	}
+	s.indexInThread(tx, m)
 	return putMessageRec(tx.Bucket(bMessages), keyU64(m.Tenant, m.ID), m)
 }
 
@@ -145,8 +143,8 @@ func (s *Store) UpdateMessage(ctx context.Context, tenant string, id uint64, raw
 // Thread returns one thread of a tenant.
 func (s *Store) Thread(ctx context.Context, tenant string, id uint64) (*Thread, error) {
 	var t Thread
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return getThread(tx, tenant, id, &t)
+	err := s.viewThreads(func(tx *bolt.Tx) error {
+		return s.getThread(tx, tenant, id, &t)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("thread %d: %w", id, err)
@@ -158,23 +156,34 @@ func (s *Store) Thread(ctx context.Context, tenant string, id uint64) (*Thread, 
 // (set when syncrelay sends on it) and the newest message's arrival: an
 // inbound commit does not rewrite the thread record, which would dirty one
 // more page per message in every batch.
-func getThread(tx *bolt.Tx, tenant string, id uint64, t *Thread) error {
+// It may fail with errTailMoved (see viewThreads).
+func (s *Store) getThread(tx *bolt.Tx, tenant string, id uint64, t *Thread) error {
 	if err := getThreadRec(tx.Bucket(bThreads), keyU64(tenant, id), t); err != nil {
 		return err
 	}
-	prefix := keyU64(tenant, id)
-	c := tx.Bucket(bThreadMsg).Cursor()
-	k, _ := c.Seek(append(slicesClone(prefix), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
-	if k == nil {
-		k, _ = c.Last()
-	} else {
-		k, _ = c.Prev()
+	var newest uint64
+	tail, err := s.tailIDs(tx, tenant, id)
+	if err != nil {
+		return err
 	}
-	if k == nil || len(k) != len(prefix)+8 || !bytes.HasPrefix(k, prefix) {
-		return nil
+	if len(tail) > 0 {
+		newest = tail[len(tail)-1]
+	} else {
+		prefix := keyU64(tenant, id)
+		c := tx.Bucket(bThreadMsg).Cursor()
+		k, _ := c.Seek(append(slicesClone(prefix), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
+		if k == nil {
+			k, _ = c.Last()
+		} else {
+			k, _ = c.Prev()
+		}
+		if k == nil || len(k) != len(prefix)+8 || !bytes.HasPrefix(k, prefix) {
+			return nil
+		}
+		newest = getU64(k[len(prefix):])
 	}
 	var m Message
-	if err := getMessage(tx.Bucket(bMessages), keyU64(tenant, getU64(k[len(prefix):])), &m); err == nil && m.Received.After(t.LastActivity) {
+	if err := getMessage(tx.Bucket(bMessages), keyU64(tenant, newest), &m); err == nil && m.Received.After(t.LastActivity) {
 		t.LastActivity = m.Received
 	}
 	return nil
@@ -184,7 +193,9 @@ func getThread(tx *bolt.Tx, tenant string, id uint64, t *Thread) error {
 func (s *Store) UpdateThread(ctx context.Context, tenant string, id uint64, fn func(*Thread) error) (*Thread, error) {
 	var out Thread
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		if err := getThread(tx, tenant, id, &out); err != nil {
+		// No merge can commit while this transaction is open (one writer
+		// at a time), so getThread cannot meet errTailMoved here.
+		if err := s.getThread(tx, tenant, id, &out); err != nil {
 			return fmt.Errorf("thread %d: %w", id, err)
 		}
 		if err := fn(&out); err != nil {
@@ -242,17 +253,21 @@ func (s *Store) Message(ctx context.Context, tenant string, id uint64) (*Message
 // ThreadMessages lists a thread's messages oldest first, removed ones included.
 func (s *Store) ThreadMessages(ctx context.Context, tenant string, thread uint64) ([]*Message, error) {
 	var out []*Message
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.viewThreads(func(tx *bolt.Tx) error {
+		out = nil
+		ids, err := s.threadIDs(tx, tenant, thread)
+		if err != nil {
+			return err
+		}
 		mb := tx.Bucket(bMessages)
-		prefix := keyU64(tenant, thread)
-		return forPrefix(tx.Bucket(bThreadMsg), prefix, func(k, _ []byte) error {
+		for _, id := range ids {
 			var m Message
-			if err := getMessage(mb, keyU64(tenant, getU64(k[len(prefix):])), &m); err != nil {
+			if err := getMessage(mb, keyU64(tenant, id), &m); err != nil {
 				return err
 			}
 			out = append(out, &m)
-			return nil
-		})
+		}
+		return nil
 	})
 	return out, err
 }
@@ -260,11 +275,12 @@ func (s *Store) ThreadMessages(ctx context.Context, tenant string, thread uint64
 // CandidateThreads lists a candidate's threads, newest first.
 func (s *Store) CandidateThreads(ctx context.Context, tenant, cand string) ([]*Thread, error) {
 	var out []*Thread
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.viewThreads(func(tx *bolt.Tx) error {
+		out = nil
 		prefix := key(tenant, cand, "")
 		return forPrefix(tx.Bucket(bCandThread), prefix, func(k, _ []byte) error {
 			var t Thread
-			if err := getThread(tx, tenant, getU64(k[len(prefix):]), &t); err != nil {
+			if err := s.getThread(tx, tenant, getU64(k[len(prefix):]), &t); err != nil {
 				return err
 			}
 			out = append(out, &t)

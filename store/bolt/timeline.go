@@ -13,24 +13,44 @@ import (
 // id after (0: from the start). more reports whether further messages
 // follow.
 func (s *Store) ThreadMessagesPage(ctx context.Context, tenant string, thread, after uint64, limit int) (msgs []*Message, more bool, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.viewThreads(func(tx *bolt.Tx) error {
+		msgs, more = nil, false
+		tail, err := s.tailIDs(tx, tenant, thread)
+		if err != nil {
+			return err
+		}
 		mb := tx.Bucket(bMessages)
+		// take adds message id; false once the page is full.
+		take := func(id uint64) (bool, error) {
+			var m Message
+			if err := getMessage(mb, keyU64(tenant, id), &m); err != nil {
+				return false, err
+			}
+			if m.Removed {
+				return true, nil
+			}
+			if len(msgs) == limit {
+				more = true
+				return false, nil
+			}
+			msgs = append(msgs, &m)
+			return true, nil
+		}
 		prefix := keyU64(tenant, thread)
 		c := tx.Bucket(bThreadMsg).Cursor()
 		start := append(slicesClone(prefix), putU64(after+1)...)
 		for k, _ := c.Seek(start); k != nil && len(k) == len(prefix)+8 && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			var m Message
-			if err := getMessage(mb, keyU64(tenant, getU64(k[len(prefix):])), &m); err != nil {
+			if ok, err := take(getU64(k[len(prefix):])); !ok || err != nil {
 				return err
 			}
-			if m.Removed {
+		}
+		for _, id := range tail {
+			if id <= after {
 				continue
 			}
-			if len(msgs) == limit {
-				more = true
-				return nil
+			if ok, err := take(id); !ok || err != nil {
+				return err
 			}
-			msgs = append(msgs, &m)
 		}
 		return nil
 	})
@@ -48,20 +68,24 @@ func (s *Store) ThreadMessagesPage(ctx context.Context, tenant string, thread, a
 func (s *Store) ThreadInvolves(ctx context.Context, tenant string, thread uint64, userID, email string) (bool, error) {
 	email = strings.ToLower(email)
 	found := false
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.viewThreads(func(tx *bolt.Tx) error {
+		found = false
+		ids, err := s.threadIDs(tx, tenant, thread)
+		if err != nil {
+			return err
+		}
 		mb := tx.Bucket(bMessages)
-		prefix := keyU64(tenant, thread)
-		return forPrefix(tx.Bucket(bThreadMsg), prefix, func(k, _ []byte) error {
-			if found || len(k) != len(prefix)+8 {
-				return nil
-			}
+		for _, id := range ids {
 			var m Message
-			if err := getMessage(mb, keyU64(tenant, getU64(k[len(prefix):])), &m); err != nil {
+			if err := getMessage(mb, keyU64(tenant, id), &m); err != nil {
 				return err
 			}
-			found = m.Involves(userID, email)
-			return nil
-		})
+			if m.Involves(userID, email) {
+				found = true
+				return nil
+			}
+		}
+		return nil
 	})
 	return found, err
 }
