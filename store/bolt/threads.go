@@ -161,14 +161,14 @@ func (s *Store) getThread(tx *bolt.Tx, tenant string, id uint64, t *Thread) erro
 	if err := getThreadRec(tx.Bucket(bThreads), keyU64(tenant, id), t); err != nil {
 		return err
 	}
-	var newest uint64
-	tail, err := s.tailIDs(tx, tenant, id)
+	// The router reads the thread of every matched message: one Get for
+	// the newest tail entry, not one per entry.
+	mb := tx.Bucket(bMessages)
+	newest, err := s.tail.newestAfter(tenant, id, mergedMark(tx), func(m uint64) bool { return mb.Get(keyU64(tenant, m)) != nil })
 	if err != nil {
 		return err
 	}
-	if len(tail) > 0 {
-		newest = tail[len(tail)-1]
-	} else {
+	if newest == 0 {
 		prefix := keyU64(tenant, id)
 		c := tx.Bucket(bThreadMsg).Cursor()
 		k, _ := c.Seek(append(slicesClone(prefix), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
@@ -183,7 +183,7 @@ func (s *Store) getThread(tx *bolt.Tx, tenant string, id uint64, t *Thread) erro
 		newest = getU64(k[len(prefix):])
 	}
 	var m Message
-	if err := getMessage(tx.Bucket(bMessages), keyU64(tenant, newest), &m); err == nil && m.Received.After(t.LastActivity) {
+	if err := getMessage(mb, keyU64(tenant, newest), &m); err == nil && m.Received.After(t.LastActivity) {
 		t.LastActivity = m.Received
 	}
 	return nil

@@ -276,7 +276,7 @@ func TestThreadTailReadsDuringMerges(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if in, mark, seq := f.indexed(); in < 200 || mark == 0 {
+	if in, mark, seq := f.indexed(); in < 20 || mark == 0 {
 		t.Errorf("merges did not run: %d keys in thread_msg, mark %d of %d", in, mark, seq)
 	}
 	t.Logf("%d reads", reads)
@@ -362,6 +362,10 @@ func TestThreadTailMergeOvertakesRead(t *testing.T) {
 	}
 	if ids, err := f.s.threadIDs(tx, "acme", f.threads[0]); !errors.Is(err, errTailMoved) {
 		t.Fatalf("old transaction after the merge: %v %v, want errTailMoved", ids, err)
+	}
+	var th Thread
+	if err := f.s.getThread(tx, "acme", f.threads[0], &th); !errors.Is(err, errTailMoved) {
+		t.Fatalf("getThread in the old transaction after the merge: %v, want errTailMoved", err)
 	}
 	tx.Rollback()
 	f.check("after the merge")
