@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -299,7 +300,14 @@ func (s *Store) viewThreads(fn func(tx *bolt.Tx) error) error {
 // messages that a merge still writes several of them to each leaf.
 func (s *Store) mergeTail() {
 	defer s.tail.mergeDone()
-	_ = s.group(context.Background(), s.mergeFn(max(1, s.tail.mergeAt/4)))
+	err := s.group(context.Background(), s.mergeFn(max(1, s.tail.mergeAt/4)))
+	if err != nil && !errors.Is(err, ErrClosed) {
+		// The tail stays (the messages bucket still has every entry);
+		// the next merge is tried a second later, not in a tight loop
+		// against a failing disk.
+		s.log().Warn("store: thread index merge failed; retrying", "err", err, "tail", s.tail.len())
+		time.Sleep(time.Second)
+	}
 }
 
 // mergeFn returns the commit function of a merge of the tail's n oldest
