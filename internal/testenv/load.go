@@ -179,6 +179,7 @@ func verify(t testing.TB, st *bolt.Store, tenant string, acked map[string]Reply)
 			t.Errorf(format, args...)
 		}
 	}
+	onThread := map[uint64][]uint64{}
 	for id, r := range acked {
 		norm, ok := mailhdr.NormalizeMsgID(id)
 		if !ok {
@@ -223,6 +224,25 @@ func verify(t testing.TB, st *bolt.Store, tenant string, acked map[string]Reply)
 		}
 		if r.Kind == "match" && !bytes.Contains(head.Bytes(), []byte("Message-ID: "+id+"\r\n")) {
 			fail("%s: raw file %s does not carry its Message-ID", id, m.Raw)
+		}
+		onThread[m.Thread] = append(onThread[m.Thread], m.ID)
+	}
+	// Every acknowledged message is listed on its thread (the bbolt
+	// store's thread index is partly rebuilt at open: threadtail.go).
+	for th, ids := range onThread {
+		msgs, err := st.ThreadMessages(ctx, tenant, th)
+		if err != nil {
+			fail("thread %d: %v", th, err)
+			continue
+		}
+		listed := map[uint64]bool{}
+		for _, m := range msgs {
+			listed[m.ID] = true
+		}
+		for _, id := range ids {
+			if !listed[id] {
+				fail("message %d is not listed on its thread %d (%d listed)", id, th, len(msgs))
+			}
 		}
 	}
 	if bad > 20 {
