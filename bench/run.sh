@@ -22,7 +22,9 @@
 # PostgreSQL 15 cluster on 127.0.0.1 is started for the run, and c2 adds two
 # nodes sharing it, each given half the sessions; PGWARM MiB of WAL segments,
 # default 1024, are written and recycled first, as on a server in service;
-# PGOPTS adds server settings, e.g. PGOPTS="-c commit_delay=200").
+# PGOPTS adds server settings, e.g. PGOPTS="-c commit_delay=200"), KEEP=1
+# (keep the store: data/, and pg/ with postgres; by default they are
+# deleted at the end, being gigabytes after the 1M fill).
 #
 # Everything listens on 127.0.0.1 only. Postfix is installed if missing
 # (Debian package, "No configuration", its service never started): only
@@ -156,7 +158,7 @@ if [ "$BACKEND" = postgres ]; then
 	"${AS[@]}" "$PGBIN/initdb" -D "$PGDIR/data" -A trust -U postgres >"$OUT/pg-initdb.log" 2>&1
 	"${AS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/pg.log" -w start \
 		-o "-c listen_addresses=127.0.0.1 -p $PGPORT -c unix_socket_directories=$PGDIR -c fsync=on -c synchronous_commit=on -c max_connections=200 -c min_wal_size=${PGWARM}MB -c max_wal_size=4GB -c track_wal_io_timing=on ${PGOPTS:-}" >/dev/null
-	trap 'cleanup; "${AS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null 2>&1 || true' EXIT
+	trap 'cleanup; "${AS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null 2>&1 || true; [ "${KEEP:-0}" = 1 ] || rm -rf "$PGDIR/data"' EXIT
 	# A new cluster has no WAL segments to recycle: every 16 MiB of WAL
 	# the committing backend creates and zero-fills the next segment (waits
 	# IO WALInitWrite/WALInitSync at COMMIT), stalling the commits queued
@@ -595,3 +597,8 @@ P99H=$(jget "$OUT/c-half.json" p99_ms)
 	fi
 } | tee "$OUT/summary.md"
 log "results in $OUT"
+# Runs left behind filled this machine's disk (a 1M fill is 5-6 GB).
+if [ "${KEEP:-0}" != 1 ]; then
+	rm -rf "$OUT/data" "$OUT/data2"
+	log "deleted the store under $OUT (KEEP=1 keeps it)"
+fi
