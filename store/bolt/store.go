@@ -216,6 +216,7 @@ func (s *Store) Dir() string { return s.dir }
 // It is safe to call more than once.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		s.tail.stop()
 		if s.commits != nil {
 			s.commits.Close()
 			_ = s.flushCounters()

@@ -83,13 +83,13 @@ func (t *threadTail) add(tenant string, thread, id uint64) {
 		t.ids[k] = slices.Insert(l, i, id)
 		t.n++
 	}
-	start := t.n >= t.mergeAt && !t.merging && t.onMerge != nil
-	if start {
-		t.merging = true
+	var merge func()
+	if t.n >= t.mergeAt && !t.merging && t.onMerge != nil {
+		t.merging, merge = true, t.onMerge
 	}
 	t.mu.Unlock()
-	if start {
-		go t.onMerge()
+	if merge != nil {
+		go merge()
 	}
 }
 
@@ -202,16 +202,25 @@ func (t *threadTail) start(merge func()) {
 	t.mergeDone()
 }
 
+// stop lets no merge start any more (Close): a merge submitted to a
+// closed queue fails, and mergeDone would otherwise start the next one at
+// once, for as long as the process lives.
+func (t *threadTail) stop() {
+	t.mu.Lock()
+	t.onMerge = nil
+	t.mu.Unlock()
+}
+
 func (t *threadTail) mergeDone() {
 	t.mu.Lock()
 	t.merging = false
-	again := t.n >= t.mergeAt && t.onMerge != nil
-	if again {
-		t.merging = true
+	var merge func()
+	if t.n >= t.mergeAt && t.onMerge != nil {
+		t.merging, merge = true, t.onMerge
 	}
 	t.mu.Unlock()
-	if again {
-		go t.onMerge()
+	if merge != nil {
+		go merge()
 	}
 }
 
@@ -251,16 +260,8 @@ func (s *Store) threadIDs(tx *bolt.Tx, tenant string, thread uint64) ([]uint64, 
 	}); err != nil {
 		return nil, err
 	}
-	if len(tail) == 0 {
-		return ids, nil
-	}
-	// Already in order (thread_msg's ids are at most the mark, the tail's
-	// above it); sorted anyway, which costs one pass over sorted input, so
-	// that an entry written to thread_msg some other way cannot reorder a
-	// thread.
-	ids = append(ids, tail...)
-	slices.Sort(ids)
-	return slices.Compact(ids), nil
+	// In order: thread_msg's ids are at most the mark, the tail's above it.
+	return append(ids, tail...), nil
 }
 
 // tailIDs returns the ids of thread's messages in tx that are not in tx's

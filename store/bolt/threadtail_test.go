@@ -370,3 +370,21 @@ func TestThreadTailMergeOvertakesRead(t *testing.T) {
 	tx.Rollback()
 	f.check("after the merge")
 }
+
+// TestThreadTailStopsAtClose: a tail that fills after Close starts no
+// merge (one would fail on the closed queue, and the next would start at
+// once, for as long as the process lives).
+func TestThreadTailStopsAtClose(t *testing.T) {
+	f := newTailFixture(t, 1000, 1)
+	f.s.Close()
+	f.s.tail.mu.Lock()
+	f.s.tail.mergeAt = 1
+	f.s.tail.mu.Unlock()
+	f.s.tail.add("acme", f.threads[0], 1<<40)
+	f.s.tail.mu.Lock()
+	merging := f.s.tail.merging
+	f.s.tail.mu.Unlock()
+	if merging {
+		t.Fatal("a merge started after Close")
+	}
+}
