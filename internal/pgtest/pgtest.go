@@ -1,6 +1,6 @@
 // Package pgtest runs a throwaway PostgreSQL 15 cluster for tests: initdb
-// in a temporary directory (in memory, /dev/shm, where there is one), postgres on 127.0.0.1 and a free port, one
-// fresh database per test. The cluster is throwaway, so it runs with fsync
+// in a temporary directory (in memory, /dev/shm, where there is one),
+// postgres on 127.0.0.1 and a free port, one fresh database per test. The cluster is throwaway, so it runs with fsync
 // and full_page_writes off (synchronous_commit stays on, as production's
 // checks expect): only an operating-system crash could tell the difference,
 // and no test makes one; a test that halts the server stops it cleanly.
