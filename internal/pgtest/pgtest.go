@@ -27,6 +27,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -493,7 +494,7 @@ func readState(ctx context.Context, conn querier) (*templateState, error) {
 	for _, tb := range tables {
 		var n int64
 		var sum string
-		if err := conn.QueryRow(ctx, "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM "+tb+" t").Scan(&n, &sum); err != nil {
+		if err := conn.QueryRow(ctx, fmt.Sprintf(tableSumSQL, tb)).Scan(&n, &sum); err != nil {
 			return nil, fmt.Errorf("read %s: %w", tb, err)
 		}
 		if n == 0 {
@@ -518,10 +519,18 @@ func readState(ctx context.Context, conn querier) (*templateState, error) {
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	err = conn.QueryRow(ctx, `SELECT md5(concat_ws(E'\n',
-		(SELECT string_agg(concat_ws(' ', c.oid, c.relname, c.relkind, c.relfilenode, c.relnatts), ',' ORDER BY c.oid) `+userRels+`),
+	err = conn.QueryRow(ctx, "SELECT "+shapeSQL).Scan(&st.shape)
+	if err != nil {
+		return nil, fmt.Errorf("schema hash: %w", err)
+	}
+	return st, nil
+}
+
+// shapeSQL hashes the schema (see readState).
+const shapeSQL = `md5(concat_ws(E'\n',
+		(SELECT string_agg(concat_ws(' ', c.oid, c.relname, c.relkind, c.relfilenode, c.relnatts), ',' ORDER BY c.oid) ` + userRels + `),
 		(SELECT string_agg(concat_ws(' ', a.attrelid, a.attnum, a.attname, a.atttypid, a.attnotnull, a.atthasdef, a.attisdropped), ',' ORDER BY a.attrelid, a.attnum)
-			FROM pg_attribute a WHERE a.attrelid IN (SELECT c.oid `+userRels+`)),
+			FROM pg_attribute a WHERE a.attrelid IN (SELECT c.oid ` + userRels + `)),
 		(SELECT string_agg(concat_ws(' ', o.oid, o.conname, o.contype), ',' ORDER BY o.oid) FROM pg_constraint o
 			JOIN pg_namespace n ON n.oid = o.connamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')),
 		(SELECT string_agg(concat_ws(' ', p.oid, p.proname, md5(p.prosrc)), ',' ORDER BY p.oid) FROM pg_proc p
@@ -529,12 +538,47 @@ func readState(ctx context.Context, conn querier) (*templateState, error) {
 		(SELECT string_agg(concat_ws(' ', y.oid, y.typname), ',' ORDER BY y.oid) FROM pg_type y
 			JOIN pg_namespace n ON n.oid = y.typnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')),
 		(SELECT string_agg(concat_ws(' ', g.oid, g.tgname, g.tgenabled), ',' ORDER BY g.oid) FROM pg_trigger g
-			WHERE g.tgrelid IN (SELECT c.oid `+userRels+`)),
-		(SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace)))`).Scan(&st.shape)
-	if err != nil {
-		return nil, fmt.Errorf("schema hash: %w", err)
+			WHERE g.tgrelid IN (SELECT c.oid ` + userRels + `)),
+		(SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace)))`
+
+// tableSumSQL hashes a table's rows (%s: its quoted name).
+const tableSumSQL = "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM %s t"
+
+// matchesTemplate reports whether a database that reset has just emptied
+// and whose sequences it has set back is as the template left it: the
+// same schema hash, and the same rows in the tables prepare filled. The
+// emptied tables and the sequences need no reading back (the DELETEs and
+// setvals ran in the same transaction, with triggers off; a table or
+// sequence a test added changes the schema hash). One query, as reset
+// runs after every test that took a database.
+func matchesTemplate(ctx context.Context, q querier, want *templateState) (bool, error) {
+	filled := make([]string, 0, len(want.filled))
+	for tb := range want.filled {
+		filled = append(filled, tb)
 	}
-	return st, nil
+	sort.Strings(filled)
+	var b strings.Builder
+	b.WriteString("SELECT " + shapeSQL)
+	for _, tb := range filled {
+		fmt.Fprintf(&b, ", (SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM %s t)", tb)
+	}
+	got := make([]string, 1+len(filled))
+	dest := make([]any, len(got))
+	for i := range got {
+		dest[i] = &got[i]
+	}
+	if err := q.QueryRow(ctx, b.String()).Scan(dest...); err != nil {
+		return false, err
+	}
+	if got[0] != want.shape {
+		return false, nil
+	}
+	for i, tb := range filled {
+		if got[1+i] != want.filled[tb] {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // recycle puts database name back as template's prepare left it and
@@ -588,52 +632,33 @@ func (c *Cluster) reset(ctx context.Context, name string, want *templateState) e
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	// One round trip for the emptying (no arguments: pgx sends it as a
+	// simple query, so several statements go at once) and one for the
+	// check: this runs after every test that took a database.
+	var reset strings.Builder
+	// Rows go in any order: foreign keys are not checked while the whole
+	// content is removed.
+	reset.WriteString("SET LOCAL session_replication_role = replica;")
+	for _, tb := range want.empty {
+		reset.WriteString("DELETE FROM " + tb + ";")
+	}
+	for _, sq := range want.seqs {
+		fmt.Fprintf(&reset, "SELECT setval('%s'::regclass, %d, %t);", strings.ReplaceAll(sq.name, "'", "''"), sq.value, sq.called)
+	}
+	reset.WriteString("SET LOCAL session_replication_role = DEFAULT")
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		// Rows go in any order: foreign keys are not checked while the
-		// whole content is removed.
-		if _, err := tx.Exec(ctx, "SET LOCAL session_replication_role = replica"); err != nil {
+		if _, err := tx.Exec(ctx, reset.String()); err != nil {
 			return err
 		}
-		for _, tb := range want.empty {
-			if _, err := tx.Exec(ctx, "DELETE FROM "+tb); err != nil {
-				return err
-			}
-		}
-		for _, s := range want.seqs {
-			if _, err := tx.Exec(ctx, "SELECT setval($1::regclass, $2, $3)", s.name, s.value, s.called); err != nil {
-				return err
-			}
-		}
-		if _, err := tx.Exec(ctx, "SET LOCAL session_replication_role = DEFAULT"); err != nil {
-			return err
-		}
-		got, err := readState(ctx, tx)
+		same, err := matchesTemplate(ctx, tx, want)
 		if err != nil {
 			return err
 		}
-		if !sameState(got, want) {
+		if !same {
 			return errDirty
 		}
 		return nil
 	})
-}
-
-func sameState(a, b *templateState) bool {
-	if a.shape != b.shape || strings.Join(a.empty, ",") != strings.Join(b.empty, ",") || len(a.filled) != len(b.filled) ||
-		len(a.seqs) != len(b.seqs) {
-		return false
-	}
-	for k, v := range b.filled {
-		if a.filled[k] != v {
-			return false
-		}
-	}
-	for i := range a.seqs {
-		if a.seqs[i] != b.seqs[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func validName(s string) bool {
