@@ -73,6 +73,7 @@ func restoreInto(t *testing.T, archive []byte) (*Store, *RestoreResult) {
 // the backup began is there, every message it has is identical to the
 // source's (raw bytes included), nothing refers to a missing raw file.
 func TestBackupUnderWriteLoad(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	seed(t, s)
 	ctx := context.Background()
@@ -193,6 +194,7 @@ func TestBackupUnderWriteLoad(t *testing.T) {
 }
 
 func TestBackupReadOnlyStoreAndRestoreChecks(t *testing.T) {
+	t.Parallel()
 	s, dir := openTest(t)
 	seed(t, s)
 	ctx := context.Background()

@@ -37,6 +37,7 @@ func storedEvent() *eventRec {
 // TestRecordSizes reports the two records' sizes in each form (go test
 // -v -run TestRecordSizes), and checks the binary form is the smaller.
 func TestRecordSizes(t *testing.T) {
+	t.Parallel()
 	m, ev := storedMessage(), storedEvent()
 	mj, _ := json.Marshal(m)
 	ej, _ := json.Marshal(ev)
@@ -62,6 +63,7 @@ func sameJSON(t *testing.T, what string, a, b any) {
 }
 
 func TestMessageRecordRoundTrip(t *testing.T) {
+	t.Parallel()
 	full := storedMessage()
 	full.Cc = []string{"a@acme.test", ""}
 	full.AutoReply, full.Bounced, full.Removed = true, true, true
@@ -82,6 +84,7 @@ func TestMessageRecordRoundTrip(t *testing.T) {
 // own and checks the binary form keeps it: a field added to either type
 // fails here until the codec (and its version byte) takes it.
 func TestRecordFieldsCovered(t *testing.T) {
+	t.Parallel()
 	eachField(t, reflect.TypeFor[Message](), func(set func(reflect.Value)) {
 		var m, got Message
 		set(reflect.ValueOf(&m).Elem())
@@ -120,6 +123,7 @@ func storedThread() *Thread {
 }
 
 func TestThreadRecordRoundTrip(t *testing.T) {
+	t.Parallel()
 	secret := storedThread()
 	secret.Secret, secret.SecretBy = true, "u-2"
 	for _, th := range []*Thread{storedThread(), secret, {}} {
@@ -172,6 +176,7 @@ func sampleValue(typ reflect.Type) reflect.Value {
 }
 
 func TestEventRecordRoundTrip(t *testing.T) {
+	t.Parallel()
 	for _, r := range []*eventRec{storedEvent(), {Seq: 9, ID: "custom", Attempts: 3, State: EventDead, LastError: "503"}, {}} {
 		var got eventRec
 		if err := decodeEvent(encodeEvent(r), &got); err != nil {
@@ -187,6 +192,7 @@ func TestEventRecordRoundTrip(t *testing.T) {
 // TestJSONRecordsStillRead: records older binaries wrote (JSON) read
 // through every path, and take the binary form when next saved.
 func TestJSONRecordsStillRead(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	ctx := context.Background()
 	th := Thread{Tenant: "acme", Candidate: "c-1", CreatedBy: "u"}
@@ -378,6 +384,7 @@ func BenchmarkRecordCodec(b *testing.B) {
 // to the current version with its records as they were, and reads; an older binary then
 // refuses it (its SchemaVersion is 2) instead of failing on binary records.
 func TestSchema2StoreRaised(t *testing.T) {
+	t.Parallel()
 	s, dir := openTest(t)
 	m := storedMessage()
 	m.Raw = ""

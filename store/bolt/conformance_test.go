@@ -15,6 +15,7 @@ import (
 // TestConformance runs the store contract's suite against the bbolt
 // backend.
 func TestConformance(t *testing.T) {
+	t.Parallel()
 	storetest.Run(t, storetest.Factory{Open: openBolt, RawSum: bolt.RawSum})
 }
 
@@ -22,6 +23,7 @@ func TestConformance(t *testing.T) {
 // merged into thread_msg after every third message (threadtail.go), so
 // that threads are read across the tail, thread_msg and merges in flight.
 func TestConformanceTailMerge(t *testing.T) {
+	t.Parallel()
 	open := func(t *testing.T, now func() time.Time) *storetest.Instance {
 		return openBoltWith(t, bolt.Options{Now: now, TailMerge: 3})
 	}

@@ -10,6 +10,7 @@ import (
 // Who took part in a thread comes only from syncrelay's records (SPEC §3
 // "Who sees a secret thread").
 func TestThreadInvolvesOwnRecordsOnly(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name        string
 		m           Message
@@ -52,6 +53,7 @@ func commitCopy(t *testing.T, s *Store, th uint64, msgid, digest, mailbox string
 // message there and never changes the first thread's message, which keeps
 // the Message-ID for matching.
 func TestDuplicatesPerThread(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	seed(t, s)
 	ctx := context.Background()
@@ -93,6 +95,7 @@ func TestDuplicatesPerThread(t *testing.T) {
 // Mail without a usable Message-ID is de-duplicated by its content digest,
 // per thread; the synthetic id it is given never matches anything.
 func TestDuplicatesByDigest(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	seed(t, s)
 	ctx := context.Background()
@@ -128,6 +131,7 @@ func TestDuplicatesByDigest(t *testing.T) {
 // A sent copy teaches its provider-assigned id, but never one that another
 // message already holds.
 func TestLearnNeverTakesAnIDOver(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	seed(t, s)
 	ctx := context.Background()
@@ -157,6 +161,7 @@ func TestLearnNeverTakesAnIDOver(t *testing.T) {
 // tenant-wide index: a copy on the same thread is still a duplicate, a copy
 // on another thread is not.
 func TestDuplicatesInOlderStores(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	seed(t, s)
 	a, _ := newThread(t, s)

@@ -7,6 +7,7 @@ import (
 )
 
 func TestDelegationLifecycle(t *testing.T) {
+	t.Parallel()
 	s, _ := openKVClock(t)
 	seed(t, s)
 	ctx := context.Background()

@@ -8,6 +8,7 @@ import (
 )
 
 func TestHasData(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	tests := []struct {
 		name string
@@ -36,6 +37,7 @@ func TestHasData(t *testing.T) {
 }
 
 func TestKeyFingerprint(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	s, dir := openTest(t)
 	if fp, ok, err := s.KeyFingerprint(ctx); err != nil || ok || fp != "" {

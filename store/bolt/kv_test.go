@@ -30,6 +30,7 @@ func openKVClock(t *testing.T) (*Store, *kvClock) {
 }
 
 func TestKVLifecycle(t *testing.T) {
+	t.Parallel()
 	s, clk := openKVClock(t)
 	ctx := context.Background()
 	if err := s.CreateKV(ctx, "a/1", map[string]int{"v": 1}, time.Minute); err != nil {
@@ -104,6 +105,7 @@ func TestKVLifecycle(t *testing.T) {
 }
 
 func TestTakeKVSingleUseUnderConcurrency(t *testing.T) {
+	t.Parallel()
 	s, _ := openKVClock(t)
 	ctx := context.Background()
 	if err := s.CreateKV(ctx, "state/x", "v", time.Minute); err != nil {
@@ -128,6 +130,7 @@ func TestTakeKVSingleUseUnderConcurrency(t *testing.T) {
 }
 
 func TestReserveSlot(t *testing.T) {
+	t.Parallel()
 	s, clk := openKVClock(t)
 	ctx := context.Background()
 	res := func() (time.Duration, bool) {
@@ -164,6 +167,7 @@ func TestReserveSlot(t *testing.T) {
 }
 
 func TestGrantLifecycle(t *testing.T) {
+	t.Parallel()
 	s, _ := openKVClock(t)
 	seed(t, s)
 	ctx := context.Background()
@@ -213,6 +217,7 @@ func TestGrantLifecycle(t *testing.T) {
 }
 
 func TestFailStaleSends(t *testing.T) {
+	t.Parallel()
 	s, clk := openKVClock(t)
 	seed(t, s)
 	ctx := context.Background()

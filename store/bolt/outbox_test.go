@@ -16,6 +16,7 @@ func mustEnqueue(t *testing.T, s *Store, tenant, typ string, data any) {
 }
 
 func TestOutboxClaimDeliverRetryDead(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	ctx := context.Background()
 	now := time.Now().UTC()
@@ -121,6 +122,7 @@ func TestOutboxClaimDeliverRetryDead(t *testing.T) {
 }
 
 func TestOutboxRedeliverAllAndPruneDead(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	ctx := context.Background()
 	now := time.Now().UTC()
@@ -158,6 +160,7 @@ func TestOutboxRedeliverAllAndPruneDead(t *testing.T) {
 }
 
 func TestOutboxSurvivesReopen(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	s, err := Open(dir, Options{})
 	if err != nil {
@@ -187,6 +190,7 @@ func TestOutboxSurvivesReopen(t *testing.T) {
 }
 
 func TestTimelinePagingAndInvolvement(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	seed(t, s)
 	ctx := context.Background()

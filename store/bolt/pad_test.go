@@ -19,6 +19,7 @@ import (
 // copy an intact segment), and a removed message's bytes are still found
 // dead and freed.
 func TestSegmentBatchesStartOnAPage(t *testing.T) {
+	t.Parallel()
 	s, threads := benchStore(t)
 	defer s.Close()
 	ctx := context.Background()
@@ -92,6 +93,7 @@ func TestSegmentBatchesStartOnAPage(t *testing.T) {
 // commit loop, which holds bbolt's writer lock while it waits for the
 // segment flush and counts alignment gaps.
 func TestRotateWhileBatchCommits(t *testing.T) {
+	t.Parallel()
 	s, threads := benchStore(t)
 	// No deferred Close: after a deadlock it would never return, and the
 	// panic below would never be reported.
@@ -132,6 +134,7 @@ func TestRotateWhileBatchCommits(t *testing.T) {
 // fail that batch, not deadlock: the flush stops appends to the failed
 // file without the segment log's lock.
 func TestRotateWhileFlushFails(t *testing.T) {
+	t.Parallel()
 	s, threads := benchStore(t)
 	// No deferred Close: after a deadlock it would never return.
 	commit := benchCommit(s, threads)
@@ -164,6 +167,7 @@ func TestRotateWhileFlushFails(t *testing.T) {
 // own flush succeeds (the failed fdatasync may have dropped them); the
 // next message goes to a new segment and commits.
 func TestNoCommitAfterFailedFlush(t *testing.T) {
+	t.Parallel()
 	s, threads := benchStore(t)
 	defer s.Close()
 	commit := benchCommit(s, threads)

@@ -93,6 +93,7 @@ func treePages(t testing.TB, path string) map[string]map[uint64]bool {
 // TestPageAccounting prints the pages an inbound batch of B messages on
 // 64 threads dirties, by bucket. A diagnostic: SYNCRELAY_PAGES=1 runs it.
 func TestPageAccounting(t *testing.T) {
+	t.Parallel()
 	if os.Getenv("SYNCRELAY_PAGES") == "" {
 		t.Skip("diagnostic; SYNCRELAY_PAGES=1 runs it")
 	}
@@ -165,6 +166,7 @@ func TestPageAccounting(t *testing.T) {
 // buckets grew (64 threads started) has a one-page root after it is
 // reopened, so that a commit rewrites one root page, not three.
 func TestOpenMergesSplitRoot(t *testing.T) {
+	t.Parallel()
 	s, threads := benchSetup(t)
 	commit := benchCommit(s, threads)
 	for i := range int64(50) {

@@ -66,6 +66,7 @@ func grepDir(t *testing.T, dir, needle string) []string {
 // TestSegmentBatchOneFile: small messages share one segment file; each
 // reads back exactly, with the head first, and hashes to its locator.
 func TestSegmentBatchOneFile(t *testing.T) {
+	t.Parallel()
 	s, dir := openTest(t)
 	seed(t, s)
 	th, _ := newThread(t, s)
@@ -96,6 +97,7 @@ func TestSegmentBatchOneFile(t *testing.T) {
 // never registered are gone at the next open; committed bytes stay, and new
 // messages go to a new segment.
 func TestSegmentCrashLeftovers(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	s, err := Open(dir, Options{})
 	if err != nil {
@@ -142,6 +144,7 @@ func TestSegmentCrashLeftovers(t *testing.T) {
 // compaction the removed message's bytes are nowhere on disk, quarantine
 // expiry likewise, and every other message still reads back.
 func TestCompactFreesRemovedBytes(t *testing.T) {
+	t.Parallel()
 	now := time.Now()
 	dir := t.TempDir()
 	s, err := Open(dir, Options{CompactNow: true, Now: func() time.Time { return now }})
@@ -224,6 +227,7 @@ func TestCompactFreesRemovedBytes(t *testing.T) {
 // TestCompactKeepsOpenReaders: a reader opened before compaction keeps
 // reading the old bytes after the segment is deleted.
 func TestCompactKeepsOpenReaders(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	seed(t, s)
 	th, _ := newThread(t, s)
@@ -251,6 +255,7 @@ func TestCompactKeepsOpenReaders(t *testing.T) {
 // compaction deleted before their commit must not be committed (the record
 // would point at nothing): the commit fails and the caller retries.
 func TestCommitIntoCompactedSegmentFails(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	seed(t, s)
 	th, _ := newThread(t, s)
@@ -280,6 +285,7 @@ func TestCommitIntoCompactedSegmentFails(t *testing.T) {
 // same, the removed message stays removed, the old files are gone, and
 // the backup restores to a store that migrates again.
 func TestMigrateFromSchema1(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	untar(t, "testdata/v1-store.tar.gz", dir)
 	want := map[string]string{} // marker -> bytes, read through the v1 layout
@@ -409,6 +415,7 @@ func untar(t *testing.T, archive, dir string) {
 // that stored nothing before the next start is deleted by compaction rather
 // than kept forever.
 func TestCompactDropsEmptySegments(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	open := func() *Store {
 		s, err := Open(dir, Options{CompactNow: true})
@@ -450,6 +457,7 @@ func TestCompactDropsEmptySegments(t *testing.T) {
 // it is held, no record of the batch is visible and no commit returns; a
 // failed flush fails the batch and commits none of it.
 func TestCommitWaitsForSegmentFlush(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	seed(t, s)
 	th, _ := newThread(t, s)

@@ -26,6 +26,7 @@ func (c *fakeClock) Set(t time.Time) {
 }
 
 func TestTenantActivity(t *testing.T) {
+	t.Parallel()
 	clock := &fakeClock{t: time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)}
 	s, err := Open(t.TempDir(), Options{Now: clock.Now})
 	if err != nil {

@@ -55,6 +55,7 @@ func newThread(t *testing.T, s *Store) (Thread, Message) {
 }
 
 func TestLockedByAnotherProcess(t *testing.T) {
+	t.Parallel()
 	_, dir := openTest(t)
 	_, err := Open(dir, Options{LockTimeout: 100 * time.Millisecond})
 	if !errors.Is(err, ErrLocked) {
@@ -66,6 +67,7 @@ func TestLockedByAnotherProcess(t *testing.T) {
 }
 
 func TestSchemaNewerRefused(t *testing.T) {
+	t.Parallel()
 	s, dir := openTest(t)
 	if err := s.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bMeta).Put(keySchema, putU64(SchemaVersion+1))
@@ -79,6 +81,7 @@ func TestSchemaNewerRefused(t *testing.T) {
 }
 
 func TestTenantsUsersCandidates(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	seed(t, s)
 	ctx := context.Background()
@@ -111,6 +114,7 @@ func TestTenantsUsersCandidates(t *testing.T) {
 }
 
 func TestCommitStoredDuplicateRemoved(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	seed(t, s)
 	ctx := context.Background()
@@ -171,6 +175,7 @@ func TestCommitStoredDuplicateRemoved(t *testing.T) {
 }
 
 func TestLearnSentCopyID(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	seed(t, s)
 	ctx := context.Background()
@@ -191,6 +196,7 @@ func TestLearnSentCopyID(t *testing.T) {
 }
 
 func TestGroupCommitConcurrent(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	seed(t, s)
 	th, _ := newThread(t, s)
@@ -232,6 +238,7 @@ func TestGroupCommitConcurrent(t *testing.T) {
 }
 
 func TestRawDurableAndOrphans(t *testing.T) {
+	t.Parallel()
 	s, dir := openTest(t)
 	seed(t, s)
 	th, _ := newThread(t, s)
@@ -273,6 +280,7 @@ func TestRawDurableAndOrphans(t *testing.T) {
 }
 
 func TestPersistsAcrossReopenAndBackup(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	s, err := Open(dir, Options{})
 	if err != nil {
@@ -313,6 +321,7 @@ func TestPersistsAcrossReopenAndBackup(t *testing.T) {
 }
 
 func TestParseRef(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		in   string
 		want uint64
@@ -329,6 +338,7 @@ func TestParseRef(t *testing.T) {
 // resolves as soon as the tenant is created, and answers stay right under
 // concurrent lookups and creations.
 func TestInboundCache(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	ctx := context.Background()
 	const addr = "late-abc@relay.test"
@@ -373,6 +383,7 @@ func TestInboundCache(t *testing.T) {
 // issued before the fixed prefix gets the new header on its next send;
 // replies carrying either header find the thread.
 func TestConvIndexEveryIssuedHeader(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	seed(t, s)
 	ctx := context.Background()
@@ -404,6 +415,7 @@ func testRaw(head, body string) *Raw {
 // thread record, yet the thread's LastActivity (and so the timeline's
 // order) follows its newest message.
 func TestLastActivityFromMessages(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	s, err := Open(t.TempDir(), Options{Now: func() time.Time { return now }})
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 // would (after CreateTenant and UpdateTenant, under concurrent reads and
 // updates), and a caller changing the Tenant it got changes nothing.
 func TestTenantCache(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t)
 	seed(t, s)
 	ctx := context.Background()
@@ -86,6 +87,7 @@ func TestTenantCache(t *testing.T) {
 // refers to memory (a field added to Tenant with a slice, map or pointer
 // must be cloned there too, or callers would share it with the cache).
 func TestCopyTenantCopiesEveryReference(t *testing.T) {
+	t.Parallel()
 	cloned := map[string]bool{"Domains": true, "TrustedForwarders": true, "SigningDomains": true}
 	typ := reflect.TypeFor[Tenant]()
 	for i := range typ.NumField() {

@@ -160,6 +160,9 @@ func (f *tailFixture) indexed() (inThreadMsg int, mark, seq uint64) {
 // in the tail, in thread_msg, or both, across merges, a reopen (the tail
 // rebuilt from the messages bucket) and a removal.
 func TestThreadTail(t *testing.T) {
+	// Sequential: merges run behind the commits, and the check after the
+	// reopen expects them to have kept up, which other tests' load can
+	// delay past the Close.
 	for _, mergeAt := range []int{1, 3, 1000} {
 		t.Run(fmt.Sprint("merge at ", mergeAt), func(t *testing.T) {
 			f := newTailFixture(t, mergeAt, 3)
@@ -201,6 +204,7 @@ func TestThreadTail(t *testing.T) {
 // miss a message that was acknowledged before the read began, nor see one
 // twice or out of order.
 func TestThreadTailReadsDuringMerges(t *testing.T) {
+	t.Parallel()
 	f := newTailFixture(t, 2, 3)
 	var mu sync.Mutex
 	acked := map[uint64][]uint64{}
@@ -292,6 +296,7 @@ func TestThreadTailReadsDuringMerges(t *testing.T) {
 // with its mark at its last message, lists its threads as before, and
 // indexes new messages in the tail.
 func TestSchema3StoreRaisedThreadIndex(t *testing.T) {
+	t.Parallel()
 	f := newTailFixture(t, 1000, 2)
 	for range 6 {
 		f.commit()
@@ -337,6 +342,7 @@ func TestSchema3StoreRaisedThreadIndex(t *testing.T) {
 // to run again (errTailMoved) instead of missing them: they are in neither
 // its thread_msg nor the tail any more.
 func TestThreadTailMergeOvertakesRead(t *testing.T) {
+	t.Parallel()
 	f := newTailFixture(t, 1000, 1)
 	for range 3 {
 		f.commit()
@@ -375,6 +381,7 @@ func TestThreadTailMergeOvertakesRead(t *testing.T) {
 // merge (one would fail on the closed queue, and the next would start at
 // once, for as long as the process lives).
 func TestThreadTailStopsAtClose(t *testing.T) {
+	t.Parallel()
 	f := newTailFixture(t, 1000, 1)
 	f.s.Close()
 	f.s.tail.mu.Lock()

@@ -10,6 +10,7 @@ import (
 // TestUnalignedSignersCounted: the per-domain counter of unaligned signers
 // survives a flush and a reopen, and is not counted as a decision.
 func TestUnalignedSignersCounted(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	clock := &fakeClock{t: time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)}
 	s, err := Open(dir, Options{Now: clock.Now})
