@@ -146,12 +146,14 @@ func TestServeDevApprovalEmailAfterRestart(t *testing.T) {
 
 	// What a crash between the request's commit and its send leaves: the
 	// email is due when the lease ends, leaseLeft from now. The restarted
-	// daemon's queue looks every 2 s (delegation.DefaultPollInterval) from
-	// its start, so it takes the email at its second look, about 4 s after
-	// the start, while reconnecting Rita below takes a fraction of a second
-	// (0.14 s measured with the package's other tests running). (5 s, as
-	// this was, made it the third look.)
-	const leaseLeft = 4 * time.Second
+	// daemon's queue looks at its start and then every 2 s
+	// (delegation.DefaultPollInterval). The start comes a fraction of a
+	// second from now (0.13-0.25 s to "ready" measured under the package's
+	// load), before the email is due; the look 2 s later is after it, and
+	// takes it. Reconnecting Rita below must end between the two looks: it
+	// ends 0.01 s after "ready". (4 s, as this was, made it the third look,
+	// 2 s later.)
+	const leaseLeft = 2 * time.Second
 	st, err := bolt.Open(data, bolt.Options{})
 	must(t, err)
 	dl := &store.Delegation{Tenant: "sf", Requester: "u-rec", Grantor: "u-hm",
