@@ -147,15 +147,22 @@ func TestServeEndToEnd(t *testing.T) {
 	must(t, err)
 	io.WriteString(w2, "From: someone@elsewhere.test\r\nSubject: in flight\r\n\r\n")
 	must(t, d.Signal(syscall.SIGTERM))
-	// New connections are refused while draining (the line is logged just
-	// before the SMTP listener is closed).
+	// New connections are refused while draining. The line is logged just
+	// before the SMTP listener is closed, so one may still be greeted for
+	// a moment: poll until one is not, rather than sleep a fixed 300 ms
+	// first (the drain lasts until w2 ends, or shutdown_timeout, 10 s).
 	d.WaitLog(t, "shutting down: no new connections")
-	time.Sleep(300 * time.Millisecond)
-	if nc, err := net.DialTimeout("tcp", d.SMTP, time.Second); err == nil {
-		br := bufio.NewReader(nc)
-		line, _ := br.ReadString('\n')
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		nc, err := net.DialTimeout("tcp", d.SMTP, time.Second)
+		if err != nil {
+			break
+		}
+		line, _ := bufio.NewReader(nc).ReadString('\n')
 		nc.Close()
-		if strings.HasPrefix(line, "220") {
+		if !strings.HasPrefix(line, "220") {
+			break
+		}
+		if time.Now().After(deadline) {
 			t.Fatalf("accepted a new session while draining: %q", line)
 		}
 	}
