@@ -122,7 +122,8 @@ func TestServeDevSendForApprovalByEmail(t *testing.T) {
 // store, the daemon's queue sends it once the lease ends, once, and GET of
 // the delegation shows it sent.
 func TestServeDevApprovalEmailAfterRestart(t *testing.T) {
-	t.Parallel() // on ports of its own (a config): it mostly waits for the lease
+	// On ports of its own (a config), it mostly waits for the lease; it
+	// goes parallel once the restarted daemon's clock runs (see below).
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
 	cfg := writeConfig(t, dir, "")
@@ -148,11 +149,11 @@ func TestServeDevApprovalEmailAfterRestart(t *testing.T) {
 	// email is due when the lease ends, leaseLeft from now. The restarted
 	// daemon's queue looks at its start and then every 2 s
 	// (delegation.DefaultPollInterval). The start comes a fraction of a
-	// second from now (0.13-0.25 s to "ready" measured under the package's
-	// load), before the email is due; the look 2 s later is after it, and
-	// takes it. Reconnecting Rita below must end between the two looks: it
-	// ends 0.01 s after "ready". (4 s, as this was, made it the third look,
-	// 2 s later.)
+	// second from now (0.13-0.25 s to "ready" measured while the package's
+	// parallel tests ran), before the email is due; the look 2 s later is
+	// after it, and takes it. Reconnecting Rita below must end between the
+	// two looks: it ends 0.01 s after "ready". (4 s, as this was, made it
+	// the third look, 2 s later.)
 	const leaseLeft = 2 * time.Second
 	st, err := bolt.Open(data, bolt.Options{})
 	must(t, err)
@@ -169,6 +170,11 @@ func TestServeDevApprovalEmailAfterRestart(t *testing.T) {
 	if code, _, raw := testenv.Do(t, "http://"+d2.HTTP, d2.Token, "u-rec", "GET", "/oauth/google/start?tenant=sf&user=u-rec", ""); code != 200 || !bytes.Contains(raw, []byte("connected")) {
 		t.Fatalf("consent: %d %s", code, raw)
 	}
+	// The rest waits for the daemon's queue, which runs on its own clock
+	// now: parallel from here, the test holds no slot of -parallel while
+	// the lease runs out, and a slot taken late (Go orders the parallel
+	// tests as it likes) no longer ends the package 3 s after it.
+	t.Parallel()
 	ds, err := devmode.ReadState(filepath.Join(data, devmode.StateFileName))
 	must(t, err)
 	path := "/v1/tenants/sf/delegations/" + store.DelegationRef(dl.ID)
