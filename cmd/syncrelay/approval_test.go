@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"html"
 	"io"
 	"net/http"
@@ -122,7 +123,8 @@ func TestServeDevSendForApprovalByEmail(t *testing.T) {
 // store, the daemon's queue sends it once the lease ends, once, and GET of
 // the delegation shows it sent.
 func TestServeDevApprovalEmailAfterRestart(t *testing.T) {
-	t.Parallel() // on ports of its own (a config): it mostly waits for the lease
+	// On ports of its own (a config), it mostly waits for the lease; it
+	// goes parallel once the restarted daemon's clock runs (see below).
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
 	cfg := writeConfig(t, dir, "")
@@ -146,12 +148,14 @@ func TestServeDevApprovalEmailAfterRestart(t *testing.T) {
 
 	// What a crash between the request's commit and its send leaves: the
 	// email is due when the lease ends, leaseLeft from now. The restarted
-	// daemon's queue looks every 2 s (delegation.DefaultPollInterval) from
-	// its start, so it takes the email at its second look, about 4 s after
-	// the start, while reconnecting Rita below takes a fraction of a second
-	// (0.14 s measured with the package's other tests running). (5 s, as
-	// this was, made it the third look.)
-	const leaseLeft = 4 * time.Second
+	// daemon's queue looks at its start and then every 2 s
+	// (delegation.DefaultPollInterval). The start comes a fraction of a
+	// second from now (0.13-0.25 s to "ready" measured while the package's
+	// parallel tests ran), before the email is due; the look 2 s later is
+	// after it, and takes it. Reconnecting Rita below must end between the
+	// two looks: it ends 0.01 s after "ready". (4 s, as this was, made it
+	// the third look, 2 s later.)
+	const leaseLeft = 2 * time.Second
 	st, err := bolt.Open(data, bolt.Options{})
 	must(t, err)
 	dl := &store.Delegation{Tenant: "sf", Requester: "u-rec", Grantor: "u-hm",
@@ -167,14 +171,24 @@ func TestServeDevApprovalEmailAfterRestart(t *testing.T) {
 	if code, _, raw := testenv.Do(t, "http://"+d2.HTTP, d2.Token, "u-rec", "GET", "/oauth/google/start?tenant=sf&user=u-rec", ""); code != 200 || !bytes.Contains(raw, []byte("connected")) {
 		t.Fatalf("consent: %d %s", code, raw)
 	}
+	// The rest waits for the daemon's queue, which runs on its own clock
+	// now: parallel from here, the test holds no slot of -parallel while
+	// the lease runs out, and a slot taken late (Go orders the parallel
+	// tests as it likes) no longer ends the package 3 s after it.
+	t.Parallel()
 	ds, err := devmode.ReadState(filepath.Join(data, devmode.StateFileName))
 	must(t, err)
 	path := "/v1/tenants/sf/delegations/" + store.DelegationRef(dl.ID)
 	deadline := time.Now().Add(45 * time.Second)
+	var sentAt time.Time
 	for {
 		g := call(d2, "GET", path, "", 200)
 		ae, _ := g["approval_email"].(map[string]any)
 		if ae["status"] == "sent" {
+			sentAt, err = time.Parse(time.RFC3339Nano, fmt.Sprint(ae["sent_at"]))
+			if err != nil {
+				t.Fatalf("approval_email %v: sent_at: %v", ae, err)
+			}
 			break
 		}
 		if ae["status"] != "queued" || time.Now().After(deadline) {
@@ -182,7 +196,11 @@ func TestServeDevApprovalEmailAfterRestart(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	time.Sleep(time.Second)
+	// A second email would be recorded within a second of the first: count
+	// once that second has passed since the send (sent_at, recorded after
+	// it), not a second from now, as the test may get its slot long after
+	// the send.
+	time.Sleep(time.Until(sentAt.Add(time.Second)))
 	resp, err := http.Get(ds.GoogleSentURL)
 	must(t, err)
 	var sent []struct{ Raw []byte }
