@@ -181,7 +181,9 @@ func waitText(t *testing.T, b *browsertest.Browser, id, want string) {
 		if time.Now().After(deadline) {
 			t.Fatalf("#%s never said %q (last: %q, %v)", id, want, got, err)
 		}
-		time.Sleep(250 * time.Millisecond)
+		// Often: a click's redirect usually lands in a few ms, and each
+		// poll is one cheap Evaluate.
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
