@@ -161,6 +161,7 @@ func TestServfailIsTemporaryAndNotCached(t *testing.T) {
 }
 
 func TestTimeoutIsTemporaryTimeout(t *testing.T) {
+	t.Parallel() // its own server; it waits for the 200 ms timeout
 	srv := dnstest.Start(t)
 	srv.SetTXT("slow.example.com", "v")
 	srv.SetDelay(2 * time.Second)
@@ -180,6 +181,7 @@ func TestTimeoutIsTemporaryTimeout(t *testing.T) {
 }
 
 func TestCallerContextCancelled(t *testing.T) {
+	t.Parallel() // its own server; it waits for the caller's 50 ms
 	srv := dnstest.Start(t)
 	srv.SetTXT("slow.example.com", "v")
 	srv.SetDelay(300 * time.Millisecond)
@@ -190,9 +192,14 @@ func TestCallerContextCancelled(t *testing.T) {
 	if ne, ok := err.(net.Error); !ok || !ne.Timeout() || !ne.Temporary() {
 		t.Fatalf("want temporary timeout, got %#v", err)
 	}
-	// The detached query still completes and fills the cache.
-	time.Sleep(500 * time.Millisecond)
+	// The detached query still completes and fills the cache. SetDelay(0)
+	// sends the answer the delay holds now, rather than in 250 ms.
 	srv.SetDelay(0)
+	for deadline := time.Now().Add(10 * time.Second); c.Len() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the detached query never filled the cache")
+		}
+	}
 	if got, err := c.LookupTXT(context.Background(), "slow.example.com"); err != nil || got[0] != "v" {
 		t.Fatalf("%q %v", got, err)
 	}
@@ -220,6 +227,7 @@ func TestNetworkErrorIsTemporary(t *testing.T) {
 }
 
 func TestSingleflight(t *testing.T) {
+	t.Parallel() // its own server; it waits for the 200 ms delay
 	srv := dnstest.Start(t)
 	srv.SetTXT("sel._domainkey.example.com", "v=DKIM1; p=x")
 	srv.SetDelay(200 * time.Millisecond)

@@ -30,12 +30,13 @@ func bodyText(b *browsertest.Browser) string {
 // screenshot of each page is saved (browsertest.OutputDir).
 func TestDelegationBrowser(t *testing.T) {
 	t.Parallel() // each has its own daemon or env, browser and ports; they mostly wait
-	b := browsertest.New(t)
-	e := newApprovalEnv(t)
+	browser := browsertest.Starting(t)
+	e := newApprovalEnv(t) // while Chromium starts
 	e.connect("u-rec")
 
 	// Approve from the emailed link.
 	id, link := e.request("u-rec", "u-hm")
+	b := browser()
 	b.Do(chromedp.Navigate(link), chromedp.WaitVisible(chromedp.CSS("#approve")))
 	if got := bodyText(b); !strings.Contains(got, "Rita") || !strings.Contains(got, "hm@acme.test") || state(b) != "requested" {
 		t.Fatalf("request page: state %q\n%s", state(b), got)

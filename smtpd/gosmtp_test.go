@@ -59,7 +59,6 @@ const goSMTPPatches = 8
 // pristine upstream module of the same version. When one passes there,
 // upstream fixed it: drop that patch (SYNCRELAY.md says how).
 func TestUpstreamGoSMTPStillNeedsPatches(t *testing.T) {
-	t.Parallel() // waits on a nested go test; overlaps the other one
 	if testing.Short() {
 		t.Skip("builds upstream go-smtp")
 	}
@@ -75,7 +74,11 @@ func TestUpstreamGoSMTPStillNeedsPatches(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "syncrelay_test.go"), repro, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	res := patchedmod.GoTest(dir, "-run", "^TestSyncrelay", ".")
+	// Started before t.Parallel, so the nested go test runs alongside the
+	// sequential tests; the test then waits on it in parallel with the rest.
+	wait := patchedmod.Start(t, patchedmod.GoTestCmd(dir, "-run", "^TestSyncrelay", "."))
+	t.Parallel()
+	res, _ := wait()
 	passed, failed := patchedmod.Outcomes(res)
 	for _, p := range passed {
 		t.Errorf("upstream go-smtp %s passes %s: that patch is no longer needed (see third_party/go-smtp/SYNCRELAY.md)", version, p)
@@ -90,14 +93,15 @@ func TestUpstreamGoSMTPStillNeedsPatches(t *testing.T) {
 // one it replaced, syncrelay_fuzz_test.go). The copy is a module of its
 // own, which `go test ./...` does not enter.
 func TestPatchedGoSMTPPassesItsTests(t *testing.T) {
-	t.Parallel() // waits on a nested go test; overlaps the other one
 	if testing.Short() {
 		t.Skip("builds the patched go-smtp's tests")
 	}
 	cmd := exec.Command("go", "test", "-count=1", "-run", "Syncrelay", ".")
 	cmd.Dir = "../third_party/go-smtp"
 	cmd.Env = append(os.Environ(), "GOWORK=off", "GOPROXY=off")
-	if res, err := cmd.CombinedOutput(); err != nil {
+	wait := patchedmod.Start(t, cmd) // before t.Parallel, as above
+	t.Parallel()
+	if res, err := wait(); err != nil {
 		t.Fatalf("go test -run Syncrelay in third_party/go-smtp: %v\n%s", err, res)
 	}
 }

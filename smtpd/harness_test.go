@@ -27,8 +27,10 @@ import (
 func TestMain(m *testing.M) {
 	// The tests that wait for a timeout, and the two nested go test runs,
 	// run in parallel: go's default -parallel (GOMAXPROCS, 2 here) would
-	// let the nested runs hold both slots.
-	testenv.DefaultParallel(4)
+	// let the nested runs hold both slots. Eight, not four: the dozen
+	// parallel tests and subtests all sleep (0.2-1 s timeouts), so with
+	// four the last ones waited for slots about 0.3 s.
+	testenv.DefaultParallel(8)
 	os.Exit(m.Run())
 }
 

@@ -39,7 +39,6 @@ func TestGoMsgauthCopyDiffersOnlyInPatchedFiles(t *testing.T) { goMsgauth.CheckD
 // patch (SYNCRELAY.md says how). The reference tests in that file must
 // pass on upstream too.
 func TestUpstreamGoMsgauthStillNeedsPatches(t *testing.T) {
-	t.Parallel() // waits on a nested go test; overlaps the other one (after the timing tests, which stay sequential)
 	if testing.Short() {
 		t.Skip("builds upstream go-msgauth")
 	}
@@ -73,7 +72,12 @@ func TestUpstreamGoMsgauthStillNeedsPatches(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	res := patchedmod.GoTest(dir, "-run", "^TestSyncrelay", goMsgauth.Module+"/dkim")
+	// Started before t.Parallel, so the nested go test runs alongside the
+	// sequential tests that follow this file's (fold_test.go's timing
+	// tests have ended by then); the test waits on it in parallel.
+	wait := patchedmod.Start(t, patchedmod.GoTestCmd(dir, "-run", "^TestSyncrelay", goMsgauth.Module+"/dkim"))
+	t.Parallel()
+	res, _ := wait()
 	passed, failed := patchedmod.Outcomes(res)
 	for _, p := range passed {
 		if strings.HasPrefix(p, "TestSyncrelayPatch") {
@@ -95,14 +99,15 @@ func TestUpstreamGoMsgauthStillNeedsPatches(t *testing.T) {
 // syncrelay_test.go). It is a module of its own, which `go test ./...` does
 // not enter: it is tested here as a dependency of syncrelay.
 func TestPatchedGoMsgauthPassesItsTests(t *testing.T) {
-	t.Parallel() // waits on a nested go test; overlaps the other one
 	if testing.Short() {
 		t.Skip("builds the patched go-msgauth's tests")
 	}
 	cmd := exec.Command("go", "test", "-count=1", goMsgauth.Module+"/dkim")
 	cmd.Dir = ".."
 	cmd.Env = append(os.Environ(), "GOPROXY=off")
-	if res, err := cmd.CombinedOutput(); err != nil {
+	wait := patchedmod.Start(t, cmd) // before t.Parallel, as above
+	t.Parallel()
+	if res, err := wait(); err != nil {
 		t.Fatalf("go test %s/dkim: %v\n%s", goMsgauth.Module, err, res)
 	}
 }

@@ -235,6 +235,7 @@ func TestTemperrorIgnoredWhenAnotherSignaturePasses(t *testing.T) {
 }
 
 func TestDNSTimeoutIsTemperror(t *testing.T) {
+	t.Parallel() // its own DNS server; it waits for the 200 ms timeout
 	e := newEnv(t)
 	res, err := dnsres.New(dnsres.Options{Server: e.srv.Addr(), Timeout: 200 * time.Millisecond})
 	if err != nil {

@@ -7,12 +7,14 @@
 package patchedmod
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 )
@@ -151,14 +153,38 @@ func WorkDir(t testing.TB, name, version string) string {
 	return dir
 }
 
-// GoTest runs `go test -count=1 -v args...` in dir with the module cache
-// only (no network, no workspace) and returns its output.
-func GoTest(dir string, args ...string) []byte {
+// GoTestCmd is `go test -count=1 -v args...` in dir with the module cache
+// only (no network, no workspace), for Start.
+func GoTestCmd(dir string, args ...string) *exec.Cmd {
 	cmd := exec.Command("go", append([]string{"test", "-count=1", "-v"}, args...)...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod", "GOPROXY=off")
-	out, _ := cmd.CombinedOutput()
-	return out
+	return cmd
+}
+
+// Start starts cmd, collecting its combined output, and returns a function
+// that waits for it. A test that waits on a nested go command starts it
+// before t.Parallel: it then builds and runs while the package's sequential
+// tests do, instead of after them (go starts parallel tests last). If the
+// test ends without waiting (t.Fatal), cmd is killed.
+func Start(t testing.TB, cmd *exec.Cmd) (wait func() ([]byte, error)) {
+	t.Helper()
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out // one writer: exec writes it from one goroutine
+	if err := cmd.Start(); err != nil {
+		return func() ([]byte, error) { return nil, err }
+	}
+	var once sync.Once
+	var err error
+	wait = func() ([]byte, error) {
+		once.Do(func() { err = cmd.Wait() })
+		return out.Bytes(), err
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill() //nolint:errcheck // done already when the test waited
+		wait()             //nolint:errcheck
+	})
+	return wait
 }
 
 // Outcomes lists the top-level TestSyncrelay* tests that passed and

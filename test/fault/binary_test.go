@@ -60,6 +60,7 @@ func fill(t *testing.T, path string) *os.File {
 }
 
 func TestDiskFullTmpfs(t *testing.T) {
+	t.Parallel() // its own directory, store, daemon and ports; they wait on the daemon or DNS
 	dir := t.TempDir()
 	cfgPath, data := testenv.LoadConfig(t, dir, "")
 	mountTmpfs(t, data, 8<<20)
@@ -140,6 +141,7 @@ func TestDiskFullTmpfs(t *testing.T) {
 }
 
 func TestDNSFailures(t *testing.T) {
+	t.Parallel() // its own directory, store, daemon and ports; they wait on the daemon or DNS
 	srv := dnstest.Start(t)
 	srv.SetTTL(0) // nothing cached: each message asks, so faults show at once
 	dir := t.TempDir()

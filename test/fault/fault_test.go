@@ -23,6 +23,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,7 +33,13 @@ import (
 
 var bins *testenv.Bins
 
-func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &bins, "syncrelay", "srload")) }
+func TestMain(m *testing.M) {
+	// The four tests run in parallel, all at once: TestDNSFailures mostly
+	// waits (a 1 s DNS timeout), and with go's default of GOMAXPROCS (2
+	// here) it could start only when another test ended.
+	testenv.DefaultParallel(4)
+	os.Exit(testenv.Main(m, &bins, "syncrelay", "srload"))
+}
 
 // sent is one transaction and its reply.
 type sent struct {
@@ -59,13 +66,16 @@ func newClient(t testing.TB, addr string, man *loadgen.Manifest, size int) *clie
 	return &client{t: t, addr: addr, man: man, gen: gen}
 }
 
-var seq uint64
+// seqs numbers each test's messages, the seeds of their randomness: one
+// counter per test (the tests run in parallel), shared by its clients so
+// that no two of its messages are the same.
+var seqs sync.Map // test name -> *atomic.Uint64
 
 func randFor(s uint64) *mrand.Rand { return mrand.New(mrand.NewPCG(s, 1)) }
 
 func (c *client) next(k loadgen.Kind) loadgen.Message {
-	seq++
-	return c.gen.Next(k, randFor(seq))
+	seq, _ := seqs.LoadOrStore(c.t.Name(), new(atomic.Uint64))
+	return c.gen.Next(k, randFor(seq.(*atomic.Uint64).Add(1)))
 }
 
 func (c *client) send(m loadgen.Message) sent {

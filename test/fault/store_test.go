@@ -80,6 +80,7 @@ func swapFD(t *testing.T, fd int, dev string) (restore func()) {
 }
 
 func TestStoreFaults(t *testing.T) {
+	t.Parallel() // its own directory, store, daemon and ports; they wait on the daemon or DNS
 	dir := t.TempDir()
 	cfgPath, data := testenv.LoadConfig(t, dir, "")
 	man := bins.Prepare(t, cfgPath, dir, 8)
@@ -241,6 +242,7 @@ func countFiles(t *testing.T, root string) (raw, tmp int) {
 }
 
 func TestInjectedWriter(t *testing.T) {
+	t.Parallel() // its own directory, store, daemon and ports; they wait on the daemon or DNS
 	dir := t.TempDir()
 	cfgPath, data := testenv.LoadConfig(t, dir, "")
 	man := bins.Prepare(t, cfgPath, dir, 8)
