@@ -85,11 +85,13 @@ func DefaultParallel(n int) {
 // once each (linking is seconds per binary); and go build, not this
 // package, decides what is stale. A lock file keeps concurrent test
 // binaries from building at once; the tests only read the binaries.
-func BuildShared(names ...string) (*Bins, error) {
+func BuildShared(names ...string) (*Bins, error) { return buildShared(goTestRun(), names...) }
+
+func buildShared(run string, names ...string) (*Bins, error) {
 	var b *Bins
 	err := inSharedDir(func(root, dir string) error {
 		b = &Bins{Dir: dir, Syncrelay: filepath.Join(dir, "syncrelay"), Srload: filepath.Join(dir, "srload")}
-		return goBuild(root, dir, names)
+		return oncePerRun(dir, names, run, func() error { return goBuild(root, dir, names) })
 	})
 	return b, err
 }
@@ -103,15 +105,88 @@ func BuildShared(names ...string) (*Bins, error) {
 func BuildTestShared(pkg string) (string, error) {
 	var bin string
 	err := inSharedDir(func(root, dir string) error {
-		bin = filepath.Join(dir, strings.ReplaceAll(pkg, "/", "_")+".test")
-		cmd := exec.Command("go", "test", "-c", "-o", bin, "./"+pkg)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go test -c ./%s: %w\n%s", pkg, err, out)
-		}
-		return nil
+		name := strings.ReplaceAll(pkg, "/", "_") + ".test"
+		bin = filepath.Join(dir, name)
+		return oncePerRun(dir, []string{name}, goTestRun(), func() error {
+			cmd := exec.Command("go", "test", "-c", "-o", bin, "./"+pkg)
+			cmd.Dir = root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return fmt.Errorf("go test -c ./%s: %w\n%s", pkg, err, out)
+			}
+			return nil
+		})
 	})
 	return bin, err
+}
+
+// oncePerRun runs build (which writes the binaries names into dir) unless
+// it ran for the same `go test` run (run, from goTestRun) already: within one run the
+// sources are the ones go test compiled, so a second go build of them,
+// in another package's test binary, could only find them up to date,
+// and finding that costs a go command's start (0.25 s of CPU, in
+// test/crash and test/fault near the end of the run). Outside a go test
+// run (run "": a test binary started by hand or through -exec) it always
+// builds. dir's lock must be held.
+func oncePerRun(dir string, names []string, run string, build func() error) error {
+	if run != "" {
+		done := true
+		for _, n := range names {
+			b, err := os.ReadFile(filepath.Join(dir, ".run-"+n))
+			_, serr := os.Stat(filepath.Join(dir, n))
+			done = done && err == nil && string(b) == run && serr == nil
+		}
+		if done {
+			return nil
+		}
+	}
+	if err := build(); err != nil {
+		return err
+	}
+	for _, n := range names {
+		if run == "" {
+			_ = os.Remove(filepath.Join(dir, ".run-"+n))
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(dir, ".run-"+n), []byte(run), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// goTestRun names the `go test` run this test binary belongs to: its
+// parent process when that is the go command, with the parent's start
+// time (a pid alone can come back), or "" when the parent is something
+// else.
+func goTestRun() string {
+	ppid := os.Getppid()
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", ppid))
+	if err != nil || filepath.Base(exe) != "go" {
+		return ""
+	}
+	start := procStart(ppid)
+	if start == "" {
+		return ""
+	}
+	return fmt.Sprintf("%d %s", ppid, start)
+}
+
+// procStart is process pid's start time (in clock ticks since boot), or "".
+func procStart(pid int) string {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	// After "pid (comm) ", starttime is the 20th field (proc(5): 22nd).
+	i := strings.LastIndexByte(string(stat), ')')
+	if i < 0 {
+		return ""
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 20 {
+		return ""
+	}
+	return f[19]
 }
 
 // inSharedDir runs build with the module's root and the directory that the

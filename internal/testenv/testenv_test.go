@@ -94,7 +94,8 @@ func TestStartInProcess(t *testing.T) {
 // the binary the first one left (same file, not linked again), which is
 // what saves the packages that run the binaries a link each.
 func TestBuildSharedLinksOnce(t *testing.T) {
-	a, err := BuildShared("srload")
+	// Outside any go test run (""), so that go build runs both times.
+	a, err := buildShared("", "srload")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +106,7 @@ func TestBuildSharedLinksOnce(t *testing.T) {
 	if before.Mode()&0o111 == 0 {
 		t.Fatalf("%s is not executable: %v", a.Srload, before.Mode())
 	}
-	b, err := BuildShared("srload")
+	b, err := buildShared("", "srload")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,5 +118,40 @@ func TestBuildSharedLinksOnce(t *testing.T) {
 	// linked one replaces it (a new file).
 	if b.Srload != a.Srload || !os.SameFile(before, after) {
 		t.Errorf("second build linked %s again (first: %s)", b.Srload, a.Srload)
+	}
+}
+
+// TestOncePerRun: within one go test run a build runs once; another run,
+// no run, or a missing binary builds again.
+func TestOncePerRun(t *testing.T) {
+	dir := t.TempDir()
+	builds := 0
+	build := func() error {
+		builds++
+		return os.WriteFile(filepath.Join(dir, "x"), nil, 0o755)
+	}
+	for i, tc := range []struct {
+		run    string
+		remove bool // the binary, before the call
+		want   int  // builds so far
+	}{
+		{"100 7", false, 1},
+		{"100 7", false, 1},
+		{"100 8", false, 2}, // same pid, later start: another run
+		{"100 8", true, 3},
+		{"", false, 4},
+		{"", false, 5},
+		{"100 8", false, 6}, // the stamp went with the build outside a run
+	} {
+		if tc.remove {
+			must(t, os.Remove(filepath.Join(dir, "x")))
+		}
+		must(t, oncePerRun(dir, []string{"x"}, tc.run, build))
+		if builds != tc.want {
+			t.Fatalf("call %d (run %q): %d builds, want %d", i, tc.run, builds, tc.want)
+		}
+	}
+	if procStart(os.Getpid()) == "" || procStart(os.Getpid()) != procStart(os.Getpid()) {
+		t.Errorf("procStart(self) = %q", procStart(os.Getpid()))
 	}
 }
