@@ -22,7 +22,6 @@ package smtpd
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -76,7 +75,7 @@ func TestUpstreamGoSMTPStillNeedsPatches(t *testing.T) {
 	}
 	// Started before t.Parallel, so the nested go test runs alongside the
 	// sequential tests; the test then waits on it in parallel with the rest.
-	wait := patchedmod.Start(t, patchedmod.GoTestCmd(dir, "-run", "^TestSyncrelay", "."))
+	wait := patchedmod.GoTest(t, dir, ".", dir, dir+".test", []string{"GOWORK=off", "GOFLAGS=-mod=mod", "GOPROXY=off"}, "^TestSyncrelay")
 	t.Parallel()
 	res, _ := wait()
 	passed, failed := patchedmod.Outcomes(res)
@@ -96,10 +95,8 @@ func TestPatchedGoSMTPPassesItsTests(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the patched go-smtp's tests")
 	}
-	cmd := exec.Command("go", "test", "-count=1", "-run", "Syncrelay", ".")
-	cmd.Dir = "../third_party/go-smtp"
-	cmd.Env = append(os.Environ(), "GOWORK=off", "GOPROXY=off")
-	wait := patchedmod.Start(t, cmd) // before t.Parallel, as above
+	const dir = "../third_party/go-smtp"
+	wait := patchedmod.GoTest(t, dir, ".", dir, patchedmod.Kept(t, dir), []string{"GOWORK=off", "GOPROXY=off"}, "Syncrelay") // before t.Parallel, as above
 	t.Parallel()
 	if res, err := wait(); err != nil {
 		t.Fatalf("go test -run Syncrelay in third_party/go-smtp: %v\n%s", err, res)

@@ -8,7 +8,6 @@ package trust
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -75,7 +74,8 @@ func TestUpstreamGoMsgauthStillNeedsPatches(t *testing.T) {
 	// Started before t.Parallel, so the nested go test runs alongside the
 	// sequential tests that follow this file's (fold_test.go's timing
 	// tests have ended by then); the test waits on it in parallel.
-	wait := patchedmod.Start(t, patchedmod.GoTestCmd(dir, "-run", "^TestSyncrelay", goMsgauth.Module+"/dkim"))
+	wait := patchedmod.GoTest(t, dir, goMsgauth.Module+"/dkim", filepath.Join(dir, "upstream", "dkim"), dir+".test",
+		[]string{"GOWORK=off", "GOFLAGS=-mod=mod", "GOPROXY=off"}, "^TestSyncrelay")
 	t.Parallel()
 	res, _ := wait()
 	passed, failed := patchedmod.Outcomes(res)
@@ -102,10 +102,8 @@ func TestPatchedGoMsgauthPassesItsTests(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the patched go-msgauth's tests")
 	}
-	cmd := exec.Command("go", "test", "-count=1", goMsgauth.Module+"/dkim")
-	cmd.Dir = ".."
-	cmd.Env = append(os.Environ(), "GOPROXY=off")
-	wait := patchedmod.Start(t, cmd) // before t.Parallel, as above
+	const dkimDir = "../third_party/go-msgauth/dkim"
+	wait := patchedmod.GoTest(t, "..", goMsgauth.Module+"/dkim", dkimDir, patchedmod.Kept(t, dkimDir), []string{"GOPROXY=off"}, "") // before t.Parallel, as above
 	t.Parallel()
 	if res, err := wait(); err != nil {
 		t.Fatalf("go test %s/dkim: %v\n%s", goMsgauth.Module, err, res)

@@ -8,6 +8,7 @@ package patchedmod
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"os/exec"
@@ -128,22 +129,12 @@ func (c Copy) CheckDiffers(t testing.TB) {
 // reproductions: the same path every run (go's build cache is keyed on a
 // package's directory, so a new temporary one would compile upstream
 // again each time), held under a lock until the test ends so that two
-// test runs do not write it at once.
+// test runs do not write it at once. dir+".test" is a path for its test
+// binary (GoTest), under the same lock.
 func WorkDir(t testing.TB, name, version string) string {
 	t.Helper()
 	dir := filepath.Join(os.TempDir(), fmt.Sprintf("syncrelay-%s-%d-%s", name, os.Geteuid(), version))
-	lock, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		lock.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		syscall.Flock(int(lock.Fd()), syscall.LOCK_UN) //nolint:errcheck
-		lock.Close()
-	})
+	lock(t, dir+".lock")
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}
@@ -153,38 +144,94 @@ func WorkDir(t testing.TB, name, version string) string {
 	return dir
 }
 
-// GoTestCmd is `go test -count=1 -v args...` in dir with the module cache
-// only (no network, no workspace), for Start.
-func GoTestCmd(dir string, args ...string) *exec.Cmd {
-	cmd := exec.Command("go", append([]string{"test", "-count=1", "-v"}, args...)...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod", "GOPROXY=off")
-	return cmd
-}
-
-// Start starts cmd, collecting its combined output, and returns a function
-// that waits for it. A test that waits on a nested go command starts it
-// before t.Parallel: it then builds and runs while the package's sequential
-// tests do, instead of after them (go starts parallel tests last). If the
-// test ends without waiting (t.Fatal), cmd is killed.
-func Start(t testing.TB, cmd *exec.Cmd) (wait func() ([]byte, error)) {
+// GoTest runs the tests of pkg as `go test -count=1 -v -run run pkg` would
+// in dir (a module root; env is added to the environment: GOWORK,
+// GOPROXY...), in two steps: `go test -c` into bin, which go links again
+// only when it is out of date (go test links on every run; vet runs, from
+// its cache, either way), then bin itself in pkgDir, the package's source
+// directory, where go test runs it. bin must be a path no other test
+// binary uses at the same time (under WorkDir's lock, or Kept's). It
+// starts them and returns a function that waits for both and returns
+// their combined output. A test that waits on a nested go command starts
+// it before t.Parallel: it then builds and runs while the package's
+// sequential tests do, instead of after them (go starts parallel tests
+// last). If the test ends without waiting (t.Fatal), they are killed.
+func GoTest(t testing.TB, dir, pkg, pkgDir, bin string, env []string, run string) (wait func() ([]byte, error)) {
 	t.Helper()
+	build := exec.Command("go", "test", "-c", "-o", bin, pkg)
+	build.Dir = dir
+	build.Env = append(os.Environ(), env...)
+	test := exec.Command(bin, "-test.count=1", "-test.v", "-test.timeout=10m", "-test.run", run)
+	test.Dir = pkgDir
+	test.Env = build.Env
 	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out // one writer: exec writes it from one goroutine
-	if err := cmd.Start(); err != nil {
-		return func() ([]byte, error) { return nil, err }
-	}
+	var mu sync.Mutex // the process being waited for, for the cleanup's kill
+	var current *exec.Cmd
+	done := make(chan error, 1)
+	go func() {
+		for _, cmd := range []*exec.Cmd{build, test} {
+			cmd.Stdout, cmd.Stderr = &out, &out // one writer: exec writes it from one goroutine
+			mu.Lock()
+			err := cmd.Start()
+			current = cmd
+			mu.Unlock()
+			if err == nil {
+				err = cmd.Wait()
+			}
+			if err != nil {
+				done <- fmt.Errorf("%s: %w", strings.Join(cmd.Args, " "), err)
+				return
+			}
+		}
+		done <- nil
+	}()
 	var once sync.Once
 	var err error
 	wait = func() ([]byte, error) {
-		once.Do(func() { err = cmd.Wait() })
+		once.Do(func() { err = <-done })
 		return out.Bytes(), err
 	}
 	t.Cleanup(func() {
-		cmd.Process.Kill() //nolint:errcheck // done already when the test waited
-		wait()             //nolint:errcheck
+		mu.Lock()
+		if current != nil && current.Process != nil {
+			current.Process.Kill() //nolint:errcheck // done already when the test waited
+		}
+		mu.Unlock()
+		wait() //nolint:errcheck
 	})
 	return wait
+}
+
+// Kept is a path for a test binary built from the source in dir, the same
+// every run (so that go test -c finds it up to date), held under a lock
+// until the test ends so that two test runs do not rebuild it at once.
+func Kept(t testing.TB, dir string) string {
+	t.Helper()
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.Sum256([]byte(abs))
+	bin := filepath.Join(os.TempDir(), fmt.Sprintf("syncrelay-patched-%d-%x.test", os.Geteuid(), h[:8]))
+	lock(t, bin+".lock")
+	return bin
+}
+
+// lock holds an exclusive lock on path until the test ends.
+func lock(t testing.TB, path string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN) //nolint:errcheck
+		f.Close()
+	})
 }
 
 // Outcomes lists the top-level TestSyncrelay* tests that passed and
