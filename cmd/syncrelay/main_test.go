@@ -30,7 +30,10 @@ func TestMain(m *testing.M) {
 	// (each in its own directory on its own ports) except those that set
 	// the environment, bound a shutdown's time, or need the default ports.
 	testenv.DefaultParallel(4)
-	code := testenv.Main(m, &bins, "syncrelay")
+	// srload too, though these tests do not run it: one go build for
+	// both here spares test/crash and test/fault a go command of their
+	// own later in the same go test run (testenv builds once per run).
+	code := testenv.Main(m, &bins, "syncrelay", "srload")
 	pgtest.StopShared() // the PostgreSQL tests' cluster, if they started it
 	os.Exit(code)
 }

@@ -94,8 +94,9 @@ func TestStartInProcess(t *testing.T) {
 // the binary the first one left (same file, not linked again), which is
 // what saves the packages that run the binaries a link each.
 func TestBuildSharedLinksOnce(t *testing.T) {
-	// Outside any go test run (""), so that go build runs both times.
-	a, err := buildShared("", "srload")
+	// The first as a test binary builds (or finds built in this go test
+	// run), the second outside any run (""), so that go build runs.
+	a, err := BuildShared("srload")
 	if err != nil {
 		t.Fatal(err)
 	}
