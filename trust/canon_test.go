@@ -15,6 +15,7 @@ import (
 // go-msgauth's signer computes bh= with its own canonicalisers; ours must
 // agree byte for byte, for both algorithms, on awkward bodies.
 func TestBodyCanonicalizationMatchesGoMsgauth(t *testing.T) {
+	t.Parallel()
 	k := edKey(t, "canon")
 	bodies := []string{
 		"", "\r\n", "\r\n\r\n", "a", "a\r\n", "a\r\n\r\n\r\n", "a\r\nb",
@@ -70,6 +71,7 @@ func TestBodyCanonicalizationMatchesGoMsgauth(t *testing.T) {
 // verify go-msgauth's DKIM signatures (simple and relaxed), including
 // repeated and folded fields.
 func TestHeaderDigestVerifiesGoMsgauthSignatures(t *testing.T) {
+	t.Parallel()
 	k := rsaKey(t, "canon", 2048)
 	ek := edKey(t, "canon")
 	raw := "From: A <a@acme.test>\r\n" +
@@ -110,6 +112,7 @@ func TestHeaderDigestVerifiesGoMsgauthSignatures(t *testing.T) {
 }
 
 func TestParseTags(t *testing.T) {
+	t.Parallel()
 	tags, err := parseTags(" v=1; a=rsa-sha256;\r\n\td=acme.test ; h=From : To;b= abc\r\n def ; ")
 	if err != nil {
 		t.Fatal(err)
@@ -128,6 +131,7 @@ func TestParseTags(t *testing.T) {
 }
 
 func TestRemoveBValue(t *testing.T) {
+	t.Parallel()
 	cases := map[string]string{
 		"X: a=1; b=abc; bh=zzz\r\n":            "X: a=1; b=; bh=zzz\r\n",
 		"X: a=1; bh=zzz;\r\n b= ab\r\n cd\r\n": "X: a=1; bh=zzz;\r\n b=",
@@ -142,6 +146,7 @@ func TestRemoveBValue(t *testing.T) {
 }
 
 func TestReadHeader(t *testing.T) {
+	t.Parallel()
 	in := "A: 1\nB: 2\r\n  cont\r\n\tcont2\nC:3\r\n\r\nbody\r\n"
 	br := bufio.NewReader(strings.NewReader(in))
 	fields, err := readHeader(br, 1<<10)
@@ -174,6 +179,7 @@ func TestReadHeader(t *testing.T) {
 }
 
 func TestStripComments(t *testing.T) {
+	t.Parallel()
 	in := `mx.google.com; dkim=pass (good (nested) sig) header.i=@acme.test; spf=pass reason="quoted (not comment)" x=y`
 	want := `mx.google.com; dkim=pass   header.i=@acme.test; spf=pass reason="quoted (not comment)" x=y`
 	if got := stripComments(in); got != want {

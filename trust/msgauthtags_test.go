@@ -80,6 +80,7 @@ func checkMsgauthTags(t *testing.T, sig string) {
 }
 
 func TestMsgauthTagsMatchesReference(t *testing.T) {
+	t.Parallel()
 	for _, s := range msgauthTagSeeds {
 		checkMsgauthTags(t, s)
 	}

@@ -7,6 +7,7 @@ import (
 )
 
 func TestGoogleDefaultDomain(t *testing.T) {
+	t.Parallel()
 	domains := []string{"acme.test", "Acme-Jobs.CO.uk."}
 	for _, tc := range []struct {
 		d    string
@@ -41,6 +42,7 @@ func TestGoogleDefaultDomain(t *testing.T) {
 // count as the tenant's own, directly and as reported by a trusted ARC
 // sealer; they do not for a tenant they are not set for.
 func TestDecideForOwner(t *testing.T) {
+	t.Parallel()
 	pass := func(d string) Verdict {
 		return Verdict{FromDomain: "acme.test", DKIM: []Result{{Domain: d, Result: ResultPass}}, ARC: ARCResult{Result: ARCNone}}
 	}
@@ -79,6 +81,7 @@ func TestDecideForOwner(t *testing.T) {
 // quote (resolver addresses, zone file paths, Go errors, header text),
 // the reply keeps to domains, result words and fixed phrases.
 func TestReplyReasonHasNoInternalDetail(t *testing.T) {
+	t.Parallel()
 	v := Verdict{
 		FromDomain: "acme.test",
 		DKIM: []Result{

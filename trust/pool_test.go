@@ -36,6 +36,7 @@ func (c poolCase) run() (Verdict, error) {
 // must all give the verdict each message gets on its own: a stale byte of
 // an earlier message in a reused buffer would break a body hash or a field.
 func TestVerifyReusesBuffersSafely(t *testing.T) {
+	t.Parallel()
 	e, keys := arcEnv(t)
 	e.publish("rsa", "acme.test", keys["acme.test"])
 
@@ -160,6 +161,7 @@ func TestVerifyReusesBuffersSafely(t *testing.T) {
 // msgReader must read like the io.MultiReader it replaces, whatever the
 // read sizes, and WriteTo must give the same bytes.
 func TestMsgReader(t *testing.T) {
+	t.Parallel()
 	fields := []string{"A: 1\r\n", "B: 2\r\n\tcont\r\n", "C:3\r\n"}
 	bodyText := strings.Repeat("body line\r\n", 1000)
 	want := strings.Join(fields, "") + crlf + bodyText
@@ -195,6 +197,7 @@ func TestMsgReader(t *testing.T) {
 
 // teeBody is io.TeeReader with a WriteTo: both ways, the tee sees every byte.
 func TestTeeBody(t *testing.T) {
+	t.Parallel()
 	text := strings.Repeat("0123456789", 10000)
 	for _, viaWriteTo := range []bool{false, true} {
 		var side, out bytes.Buffer
@@ -215,6 +218,7 @@ func TestTeeBody(t *testing.T) {
 
 // readHeaderInto with reused fields and scratch must not alias them.
 func TestReadHeaderIntoReuse(t *testing.T) {
+	t.Parallel()
 	first, scratch, err := readHeaderInto(bufio.NewReader(strings.NewReader("A: 1\r\n b\r\nB: 2\r\n\r\n")), 1<<10, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -231,6 +235,7 @@ func TestReadHeaderIntoReuse(t *testing.T) {
 
 // aarInstance replaced this regular expression; it must match the same.
 func TestAARInstanceMatchesRegexp(t *testing.T) {
+	t.Parallel()
 	re := regexp.MustCompile(`^\s*i\s*=\s*([0-9]+)\s*;`)
 	for _, s := range []string{
 		" i=1; mx.google.com; dkim=pass", "i=12;x", "\r\n\ti = 3 ;", "\fi\t=\n7\r;",
@@ -249,6 +254,7 @@ func TestAARInstanceMatchesRegexp(t *testing.T) {
 }
 
 func TestEqualLower(t *testing.T) {
+	t.Parallel()
 	for _, s := range []string{"ARC-Seal", "arc-seal", "ARC-SEAL", "arc-seal ", "arc-sea", "ARC-ſEAL",
 		"ARC-AUTHENTİCATİON-RESULTS", "Arc-Authentication-Results", "arc_seal", ""} {
 		for _, lower := range []string{"arc-seal", "arc-authentication-results"} {
@@ -261,6 +267,7 @@ func TestEqualLower(t *testing.T) {
 
 // The parsed-key cache gives what parseKeyRecord gives, errors included.
 func TestCachedKeyRecord(t *testing.T) {
+	t.Parallel()
 	k := rsaKey(t, "acme", 2048)
 	for _, txt := range []string{k.record, k.record, "v=DKIM1; p=", "v=DKIM1; k=rsa; p=!!!", "v=DKIM1; p=", k.record} {
 		pk, err := cachedKeyRecord(txt)
@@ -298,6 +305,7 @@ func canonHeaderReference(f string, relaxed bool) string {
 }
 
 func TestAppendCanonHeaderMatchesReference(t *testing.T) {
+	t.Parallel()
 	inputs := []string{
 		"From: Carl <carl@acme.test>\r\n", "SUBJECT :  a \t b\r\n  c  \r\n", "X:\r\n", "X:", ":v",
 		"no colon at all\r\n", " \tNo-Colon \r\n", "ARC-Seal: i=1; a=rsa-sha256;\r\n\tb=abc\r\n def",

@@ -28,6 +28,7 @@ func onlyDKIM(t *testing.T, v Verdict) Result {
 }
 
 func TestDKIMPassRSAAndEd25519OverDNS(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	rk, ek := rsaKey(t, "acme", 2048), edKey(t, "acme")
 	e.publish("rsa", "acme.test", rk)
@@ -62,6 +63,7 @@ func TestDKIMPassRSAAndEd25519OverDNS(t *testing.T) {
 }
 
 func TestDKIMFromZoneFile(t *testing.T) {
+	t.Parallel()
 	rk, ek := rsaKey(t, "acme", 2048), edKey(t, "acme")
 	zone := writeZone(t,
 		"# keys for QA",
@@ -90,6 +92,7 @@ func TestDKIMFromZoneFile(t *testing.T) {
 }
 
 func TestDKIMTamperedBodyFails(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	k := rsaKey(t, "acme", 2048)
 	e.publish("rsa", "acme.test", k)
@@ -112,6 +115,7 @@ func TestDKIMTamperedBodyFails(t *testing.T) {
 }
 
 func TestDKIMPolicyRefusals(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	k := rsaKey(t, "acme", 2048)
 	e.publish("rsa", "acme.test", k)
@@ -170,6 +174,7 @@ func TestDKIMPolicyRefusals(t *testing.T) {
 }
 
 func TestAtMostMaxSignaturesVerified(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	k := rsaKey(t, "acme", 2048)
 	msg := message("carl@acme.test", "s", body)
@@ -197,6 +202,7 @@ func TestAtMostMaxSignaturesVerified(t *testing.T) {
 }
 
 func TestServfailIsTemperror(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	k := rsaKey(t, "acme", 2048)
 	e.srv.SetServfail("rsa._domainkey.acme.test")
@@ -219,6 +225,7 @@ func TestServfailIsTemperror(t *testing.T) {
 }
 
 func TestTemperrorIgnoredWhenAnotherSignaturePasses(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	k := rsaKey(t, "acme", 2048)
 	e.publish("good", "acme.test", k)
@@ -252,6 +259,7 @@ func TestDNSTimeoutIsTemperror(t *testing.T) {
 }
 
 func TestNXDOMAINIsPermerror(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	k := rsaKey(t, "acme", 2048)
 	v := e.verify(t, dkimSign(t, message("carl@acme.test", "s", body), "acme.test", "missing", k, nil))
@@ -270,6 +278,7 @@ type plainErrResolver struct{ err error }
 func (r plainErrResolver) LookupTXT(context.Context, string) ([]string, error) { return nil, r.err }
 
 func TestForeignResolverErrors(t *testing.T) {
+	t.Parallel()
 	k := rsaKey(t, "acme", 2048)
 	msg := dkimSign(t, message("carl@acme.test", "s", body), "acme.test", "rsa", k, nil)
 	for _, c := range []struct {
@@ -290,6 +299,7 @@ func TestForeignResolverErrors(t *testing.T) {
 }
 
 func TestDecideAlignment(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	k := rsaKey(t, "acme", 2048)
 	e.publish("s", "acme.test", k)
@@ -330,6 +340,7 @@ func TestDecideAlignment(t *testing.T) {
 }
 
 func TestFromDomain(t *testing.T) {
+	t.Parallel()
 	cases := map[string]string{
 		"From: Carl <carl@Acme.Test>\r\n":                             "acme.test",
 		"From: carl@acme.test\r\n":                                    "acme.test",
@@ -383,6 +394,7 @@ func forwardedViaGoogle(t *testing.T, keys map[string]testKey, results string) [
 }
 
 func TestARCTrustedSealerRescuesBrokenDKIM(t *testing.T) {
+	t.Parallel()
 	e, keys := arcEnv(t)
 	msg := forwardedViaGoogle(t, keys, origPass)
 	v := e.verify(t, msg)
@@ -408,6 +420,7 @@ func TestARCTrustedSealerRescuesBrokenDKIM(t *testing.T) {
 }
 
 func TestARCSealedByUntrustedDomain(t *testing.T) {
+	t.Parallel()
 	e, keys := arcEnv(t)
 	orig := dkimSign(t, message("carl@acme.test", "Re: interview", body), "acme.test", "sel", keys["acme.test"], nil)
 	msg := SealForTest(t, forward(orig), seal{domain: "evil.test", selector: "arc", key: keys["evil.test"], results: origPass})
@@ -421,6 +434,7 @@ func TestARCSealedByUntrustedDomain(t *testing.T) {
 }
 
 func TestARCTrustedSealerReportingUnalignedPass(t *testing.T) {
+	t.Parallel()
 	e, keys := arcEnv(t)
 	// The sealer honestly reports dkim=pass, but for the attacker's domain.
 	msg := forwardedViaGoogle(t, keys, "dkim=pass header.i=@evil.test header.s=x")
@@ -439,6 +453,7 @@ func TestARCTrustedSealerReportingUnalignedPass(t *testing.T) {
 }
 
 func TestARCTwoHops(t *testing.T) {
+	t.Parallel()
 	e, keys := arcEnv(t)
 	orig := dkimSign(t, message("carl@acme.test", "Re: interview", body), "acme.test", "sel", keys["acme.test"], nil)
 	hop1 := SealForTest(t, forward(orig), msSeal(keys, origPass))
@@ -466,6 +481,7 @@ func TestARCTwoHops(t *testing.T) {
 }
 
 func TestARCBrokenChains(t *testing.T) {
+	t.Parallel()
 	e, keys := arcEnv(t)
 	good := forwardedViaGoogle(t, keys, origPass)
 	orig := dkimSign(t, message("carl@acme.test", "Re: interview", body), "acme.test", "sel", keys["acme.test"], nil)
@@ -541,6 +557,7 @@ func TestARCBrokenChains(t *testing.T) {
 }
 
 func TestARCTemporaryKeyFailure(t *testing.T) {
+	t.Parallel()
 	e, keys := arcEnv(t)
 	msg := forwardedViaGoogle(t, keys, origPass)
 	e.srv.SetServfail("arc-20240605._domainkey.google.com")
@@ -588,6 +605,7 @@ func dropField(t *testing.T, msg []byte, prefix string) []byte {
 }
 
 func TestAuthResultsParsesBack(t *testing.T) {
+	t.Parallel()
 	e, keys := arcEnv(t)
 	msg := forwardedViaGoogle(t, keys, origPass)
 	// Add a signature with a hostile-looking reason source and a passing one.
@@ -635,6 +653,7 @@ func TestAuthResultsParsesBack(t *testing.T) {
 }
 
 func TestVerifyConsumesInputAndOddInput(t *testing.T) {
+	t.Parallel()
 	e, keys := arcEnv(t)
 	msg := forwardedViaGoogle(t, keys, origPass)
 	r := &countingReader{r: bytes.NewReader(msg)}
@@ -693,6 +712,7 @@ type errReader struct{}
 func (errReader) Read([]byte) (int, error) { return 0, errors.New("connection reset") }
 
 func TestSignatureExpiryUsesNow(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	k := rsaKey(t, "acme", 2048)
 	e.publish("rsa", "acme.test", k)
@@ -733,6 +753,7 @@ func BenchmarkVerifyCached(b *testing.B) {
 }
 
 func TestConcurrentVerify(t *testing.T) {
+	t.Parallel()
 	e, keys := arcEnv(t)
 	e.srv.SetDelay(50 * time.Millisecond) // make the lookups overlap
 	msgs := [][]byte{
