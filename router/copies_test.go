@@ -21,6 +21,7 @@ func (e *env) messages(th uint64) []*store.Message {
 // the thread it matches: it never changes the first message, which keeps
 // the id for matching rule 2. Later copies are duplicates on their thread.
 func TestReusedMessageIDIsPerThread(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	a, sentA := e.sent("acme", "c-1", "u-rec", 0)
 	b, sentB := e.sent("acme", "c-1", "u-hm", 0)
@@ -53,6 +54,7 @@ func TestReusedMessageIDIsPerThread(t *testing.T) {
 // References is read in full: a token after thousands of other entries
 // (the newest are at the end) matches.
 func TestReferencesReadInFull(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	th, sent := e.sent("acme", "c-1", "u-rec", 0)
 	for _, n := range []int{999, 1000, 5000} {
@@ -75,6 +77,7 @@ func TestReferencesReadInFull(t *testing.T) {
 // content (no second message), and the id the store
 // makes up for it never matches a reply.
 func TestNoMessageIDDeduplicatedByContent(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	th, sent := e.sent("acme", "c-1", "u-rec", 0)
 	refs := "<" + sent.InternetMessageID + ">"
@@ -112,6 +115,7 @@ func TestNoMessageIDDeduplicatedByContent(t *testing.T) {
 // The router records whether From was authenticated (an aligned pass, and
 // a policy that asks for one): only then can it name a participant.
 func TestAuthAlignedRecorded(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	_, sent := e.sent("acme", "c-1", "u-rec", 0)
 	refs := "<" + sent.InternetMessageID + ">"

@@ -29,6 +29,7 @@ func (b streamBody) Size() int64     { return int64(len(b)) }
 // measured is exactly where a second parse of the header stops (what
 // bodyAfterHeader did before), seekable or not.
 func TestBodyAfterHeader(t *testing.T) {
+	t.Parallel()
 	long := "X-Long: " + strings.Repeat("a", 9000) + "\r\n"
 	cases := map[string]string{
 		"crlf":             "From: a@b.test\r\nSubject: hi\r\n\r\nbody\r\nmore\r\n",
@@ -159,6 +160,7 @@ func FuzzPlainAddress(f *testing.F) {
 // referencedIDs keeps the first of each id, In-Reply-To's first and then
 // References newest first, below and above the few it checks without a map.
 func TestReferencedIDsDedupe(t *testing.T) {
+	t.Parallel()
 	var refs []string
 	for i := 0; i < 20; i++ {
 		refs = append(refs, fmt.Sprintf("<r%d@x.test>", i%13)) // r0..r12, then r0..r6 again

@@ -13,6 +13,7 @@ import (
 // commit.
 
 func TestParse(t *testing.T) {
+	t.Parallel()
 	r := &Router{MaxHeaderBytes: 200}
 	for _, tc := range []struct {
 		name, raw     string
@@ -51,6 +52,7 @@ func (e *env) parsed(tenant, raw string) *parsed {
 }
 
 func TestMatchThread(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	th, sent := e.sent("acme", "c-1", "u-rec", 0)
 	ref := "<" + sent.InternetMessageID + ">"
@@ -88,6 +90,7 @@ func TestMatchThread(t *testing.T) {
 }
 
 func TestAuthenticate(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	ctx := context.Background()
 	_, err := e.st.UpdateTenant(ctx, "beta", func(t *store.Tenant) error { t.DKIMPolicy = store.PolicyOff; return nil })
@@ -123,6 +126,7 @@ func TestAuthenticate(t *testing.T) {
 }
 
 func TestCommit(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	ctx := context.Background()
 	th, sent := e.sent("acme", "c-1", "u-rec", 0)

@@ -23,6 +23,7 @@ func reply(from, msgid, refs string, extra string) string {
 }
 
 func TestReplyStoredThenDuplicate(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	th, sent := e.sent("acme", "c-1", "u-rec", 0)
 	raw := e.sign("cand.test", reply("carl@cand.test", "r1@cand.test", "<"+sent.InternetMessageID+">", ""))
@@ -64,6 +65,7 @@ func TestReplyStoredThenDuplicate(t *testing.T) {
 }
 
 func TestDefaultDeny(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	_, sent := e.sent("acme", "c-1", "u-rec", 0)
 	_, betaSent := e.sent("beta", "c-b", "u-b", 0)
@@ -97,6 +99,7 @@ func TestDefaultDeny(t *testing.T) {
 }
 
 func TestDiscardLeavesNoTrace(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	e.sent("acme", "c-1", "u-rec", 0)
 	const marker = "ZEBRA-MARKER-7731"
@@ -129,6 +132,7 @@ func TestDiscardLeavesNoTrace(t *testing.T) {
 }
 
 func TestDKIMPolicy(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	_, sent := e.sent("acme", "c-1", "u-rec", 0)
 	ref := "<" + sent.InternetMessageID + ">"
@@ -171,6 +175,7 @@ func TestDKIMPolicy(t *testing.T) {
 }
 
 func TestDNSTemporaryFailureIsTempfail(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	_, sent := e.sent("acme", "c-1", "u-rec", 0)
 	raw := e.sign("cand.test", reply("carl@cand.test", "t1@cand.test", "<"+sent.InternetMessageID+">", ""))
@@ -186,6 +191,7 @@ func TestDNSTemporaryFailureIsTempfail(t *testing.T) {
 }
 
 func TestSentCopyLearnsRewrittenID(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	th, sent := e.sent("acme", "c-1", "u-rec", 0)
 	tok := e.kr.Mint(token.ID{Tenant: "acme", Thread: th.ID, Message: sent.ID})
@@ -208,6 +214,7 @@ func TestSentCopyLearnsRewrittenID(t *testing.T) {
 }
 
 func TestThreadIndexOnly(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "microsoft")
 	th, _ := e.sent("acme", "c-1", "u-rec", 0)
 	ti := e.kr.ThreadIndex("acme", th.ID, time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC), 1)
@@ -219,6 +226,7 @@ func TestThreadIndexOnly(t *testing.T) {
 }
 
 func TestAutoReplyNoNotification(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	_, sent := e.sent("acme", "c-1", "u-rec", 0)
 	raw := e.sign("cand.test", reply("carl@cand.test", "ooo@cand.test", "<"+sent.InternetMessageID+">", "Auto-Submitted: auto-replied\n"))
@@ -233,6 +241,7 @@ func TestAutoReplyNoNotification(t *testing.T) {
 }
 
 func TestBounceMarksSentMessage(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	_, sent := e.sent("acme", "c-1", "u-rec", 0)
 	dsn := "From: Mail Delivery Subsystem <mailer-daemon@mailer.test>\nTo: rec@acme.test\nSubject: Delivery Status Notification (Failure)\n" +
@@ -269,6 +278,7 @@ func TestBounceMarksSentMessage(t *testing.T) {
 }
 
 func TestHeaderLimits(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	e.r.MaxHeaderBytes = 1024
 	big := "From: a@cand.test\nX-Pad: " + strings.Repeat("x", 990) + "\nX-Pad2: " + strings.Repeat("y", 200) + "\n\nbody\n"
@@ -279,6 +289,7 @@ func TestHeaderLimits(t *testing.T) {
 }
 
 func TestMIMEDepthLimit(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	_, sent := e.sent("acme", "c-1", "u-rec", 0)
 	var b strings.Builder
@@ -315,6 +326,7 @@ func (f *faultStore) CommitInbound(ctx context.Context, in *store.Incoming) (sto
 }
 
 func TestStorageFaultsAreTempfail(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	th, sent := e.sent("acme", "c-1", "u-rec", 0)
 	fs := &faultStore{Store: e.st}

@@ -27,6 +27,7 @@ func (e *env) addEdKey(domain string) {
 // gappssmtp.com, SPEC §5) counts as the tenant's own; look-alikes do not,
 // and their refusal is counted as dkim_unaligned, not dkim_fail.
 func TestProviderSigningDomains(t *testing.T) {
+	t.Parallel()
 	const gapps = "acme-test.20230601.gappssmtp.com"
 	for _, tc := range []struct {
 		name, provider, signer, from string
@@ -70,6 +71,7 @@ func TestProviderSigningDomains(t *testing.T) {
 // TestGappsSentCopy: the forwarded sent copy of a message syncrelay sent,
 // signed only by Google's default domain, is recognised (not refused).
 func TestGappsSentCopy(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	e.addEdKey("acme-test.20230601.gappssmtp.com")
 	th, sent := e.sent("acme", "c-1", "u-rec", 0)
@@ -89,6 +91,7 @@ var internalDetail = regexp.MustCompile(`\d+\.\d+\.\d+\.\d+|\[?::1\]?|:\d{2,5}\b
 // and checks that the SMTP reply still names the reason but no resolver
 // address, port, file path or Go error text; the detail is in the log.
 func TestRefusalRepliesCarryNoInternalDetail(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	_, sent := e.sent("acme", "c-1", "u-rec", 0)
 	ref := "<" + sent.InternetMessageID + ">"
@@ -135,6 +138,7 @@ func TestRefusalRepliesCarryNoInternalDetail(t *testing.T) {
 // TestZoneFileRefusalHidesPath: with dns.zone_file, a missing key's reply
 // does not name the zone file.
 func TestZoneFileRefusalHidesPath(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google")
 	_, sent := e.sent("acme", "c-1", "u-rec", 0)
 	zone := filepath.Join(t.TempDir(), "secret-dir", "zone.txt")
