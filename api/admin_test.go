@@ -9,6 +9,7 @@ import (
 // while the daemon holds the store's lock by asking for the fingerprint
 // recorded in the store.
 func TestAdminKeyFingerprint(t *testing.T) {
+	t.Parallel()
 	hs, _, st := newTestServer(t)
 	const path = "/v1/admin/key-fingerprint"
 	if code, _, _ := do(t, hs, "GET", path, "", ""); code != 401 {

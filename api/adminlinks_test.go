@@ -15,6 +15,7 @@ import (
 
 // The admin-links endpoints with the real pages server behind them.
 func TestAdminLinks(t *testing.T) {
+	t.Parallel()
 	hs, _, st := newTestServer(t)
 	ctx := context.Background()
 	must(t, st.CreateTenant(ctx, &store.Tenant{ID: "acme", Provider: "google", InboundAddress: "acme-x@relay.test", DKIMPolicy: "require"}))
@@ -97,6 +98,7 @@ func TestAdminLinks(t *testing.T) {
 }
 
 func TestAdminLinksNotEnabled(t *testing.T) {
+	t.Parallel()
 	hs, _, st := newTestServer(t)
 	must(t, st.CreateTenant(context.Background(), &store.Tenant{ID: "acme", Provider: "google", InboundAddress: "acme-x@relay.test", DKIMPolicy: "require"}))
 	if code, m := callJSON(t, hs, "POST", "/v1/tenants/acme/admin-links", "", ""); code != http.StatusNotImplemented {

@@ -51,6 +51,7 @@ func do(t *testing.T, hs *httptest.Server, method, path, token, body string) (in
 const acme = `{"id":"acme","name":"Acme","domains":["acme.test"],"provider":"google"}`
 
 func TestCreateTenant(t *testing.T) {
+	t.Parallel()
 	hs, _, st := newTestServer(t)
 	code, _, body := do(t, hs, "POST", "/v1/tenants", testToken, acme)
 	if code != 201 {
@@ -78,6 +79,7 @@ func TestCreateTenant(t *testing.T) {
 }
 
 func TestErrorsAreProblems(t *testing.T) {
+	t.Parallel()
 	hs, _, _ := newTestServer(t)
 	cases := []struct {
 		name, method, path, token, body string
@@ -120,6 +122,7 @@ func TestErrorsAreProblems(t *testing.T) {
 }
 
 func TestUsersCandidatesSync(t *testing.T) {
+	t.Parallel()
 	hs, _, _ := newTestServer(t)
 	do(t, hs, "POST", "/v1/tenants", testToken, acme)
 	code, _, u := do(t, hs, "POST", "/v1/tenants/acme/users", testToken, `{"id":"u-rec","email":"rec@acme.test","name":"Rita","role":"team_member"}`)
@@ -152,6 +155,7 @@ func TestUsersCandidatesSync(t *testing.T) {
 }
 
 func TestHealthReady(t *testing.T) {
+	t.Parallel()
 	hs, s, _ := newTestServer(t)
 	if code, _, _ := do(t, hs, "GET", "/healthz", "", ""); code != 200 {
 		t.Fatal("healthz", code)

@@ -81,6 +81,7 @@ func emailedLink(t *testing.T, raw []byte) (string, *gomail.Reader) {
 }
 
 func TestApprovalByEmail(t *testing.T) {
+	t.Parallel()
 	for _, prov := range []string{"google", "microsoft"} {
 		t.Run(prov, func(t *testing.T) {
 			e, ap := newApprovalEnv(t, prov)
@@ -172,6 +173,7 @@ func TestApprovalByEmail(t *testing.T) {
 // requester the request stands, the webhook is queued, and the answer says
 // the email was not sent and why.
 func TestApprovalEmailNotSentStillRequests(t *testing.T) {
+	t.Parallel()
 	e, _ := newApprovalEnv(t, "google")
 	e.must(e.do("PATCH", "/v1/tenants/acme", "", `{"delegation_approval":"email"}`), 200)
 	d := e.must(e.do("POST", "/v1/tenants/acme/delegations", "u-rec", `{"requester":"u-rec","grantor":"u-hm"}`), 201)
@@ -187,6 +189,7 @@ func TestApprovalEmailNotSentStillRequests(t *testing.T) {
 // TestApprovalWebhookOnlyByDefault: a tenant that did not ask for email
 // gets only the webhook.
 func TestApprovalWebhookOnlyByDefault(t *testing.T) {
+	t.Parallel()
 	e, _ := newApprovalEnv(t, "google")
 	e.connect("u-rec")
 	d := e.must(e.do("POST", "/v1/tenants/acme/delegations", "u-rec", `{"requester":"u-rec","grantor":"u-hm"}`), 201)
@@ -200,6 +203,7 @@ func TestApprovalWebhookOnlyByDefault(t *testing.T) {
 // email is queued (with the error and the next attempt), the queue sends
 // it once the provider is back, and GET of the delegation shows it sent.
 func TestApprovalEmailProviderDownThenUp(t *testing.T) {
+	t.Parallel()
 	e, ap := newApprovalEnv(t, "google", func(o *delegation.Options) {
 		o.RetryBase, o.PollInterval = 50*time.Millisecond, 10*time.Millisecond
 	})

@@ -122,6 +122,7 @@ func crlf(s string) string {
 // made secret: the copy is a new message of the other thread, never a
 // duplicate that touches the secret one, and he does not see it again.
 func TestE2EReusedMessageIDDoesNotWidenSecretThread(t *testing.T) {
+	t.Parallel()
 	au := startAudience(t)
 	if !au.sees("u-out", au.a) {
 		t.Fatal("u-out does not see the public thread A")
@@ -193,6 +194,7 @@ One more thing.
 // mail (X-Original-To, Delivered-To, To, Cc) and an unauthenticated From
 // add nobody; a user's own mail with an aligned DKIM pass does.
 func TestE2ESecretThreadAudienceFromOwnRecordsOnly(t *testing.T) {
+	t.Parallel()
 	au := startAudience(t)
 	au.makeSecret("u-rec", au.a)
 
@@ -271,6 +273,7 @@ Happy to join.
 // A valid token after the 1,000th References entry (the newest ids are at
 // the end) still matches.
 func TestE2EReferencesReadInFull(t *testing.T) {
+	t.Parallel()
 	au := startAudience(t)
 	var refs strings.Builder
 	for i := 0; i < 1500; i++ {
@@ -298,6 +301,7 @@ Long thread.
 // once however often it is redelivered: the duplicate key is a digest of
 // its content.
 func TestE2ENoMessageIDDeduplicatedByContent(t *testing.T) {
+	t.Parallel()
 	au := startAudience(t)
 	long := "<" + strings.Repeat("x", 600) + "\r\n " + strings.Repeat("y", 600) + "@cand.test>"
 	for _, c := range []struct{ name, msgid string }{

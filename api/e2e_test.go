@@ -160,6 +160,7 @@ func (e *e2e) hookBodies() [][]byte {
 }
 
 func TestE2ERemovalSurvivesRedeliveryOverSMTP(t *testing.T) {
+	t.Parallel()
 	e := startE2E(t)
 	code, ten := e.apiCall("POST", "/v1/tenants", "", `{"id":"acme","name":"Acme","domains":["acme.test"],"provider":"google"}`)
 	if code != 201 {

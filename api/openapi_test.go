@@ -44,6 +44,7 @@ func loadDoc(t *testing.T) (openAPIDocT, map[string]any) {
 // TestOpenAPIConsistency: every route the server registers is documented,
 // and every documented route is registered; the document is well formed.
 func TestOpenAPIConsistency(t *testing.T) {
+	t.Parallel()
 	_, srv, _ := newTestServer(t)
 	doc, raw := loadDoc(t)
 	if !strings.HasPrefix(doc.OpenAPI, "3.1.") || doc.Info["title"] == nil || doc.Info["version"] == nil {
@@ -204,6 +205,7 @@ func resolve(doc map[string]any, ref string) any {
 // TestOpenAPISecurityMatchesServer: operations the document marks public
 // answer without a token; every other one answers 401 without a token.
 func TestOpenAPISecurityMatchesServer(t *testing.T) {
+	t.Parallel()
 	hs, srv, _ := newTestServer(t)
 	doc, _ := loadDoc(t)
 	registered := map[string]bool{}
@@ -238,6 +240,7 @@ func TestOpenAPISecurityMatchesServer(t *testing.T) {
 }
 
 func TestOpenAPIServed(t *testing.T) {
+	t.Parallel()
 	hs, _, _ := newTestServer(t)
 	resp, err := http.Get(hs.URL + "/openapi.json")
 	if err != nil {
@@ -355,6 +358,7 @@ func jsonType(v any, ty string) bool {
 // responses against the document (the timeline, thread, message and
 // webhook schemas are checked in their own tests).
 func TestOpenAPISchemasMatchResponses(t *testing.T) {
+	t.Parallel()
 	hs, _, _ := newTestServer(t)
 	code, _, ten := do(t, hs, "POST", "/v1/tenants", testToken, acme)
 	if code != 201 {

@@ -40,6 +40,7 @@ func freeAddr(t *testing.T) string {
 // DKIM-signed reply comes back over SMTP to the tenant's inbound address
 // and lands on the candidate's timeline.
 func TestOutboundEndToEndOverSMTP(t *testing.T) {
+	t.Parallel()
 	stub := providertest.Start(t, "google")
 	dir := t.TempDir()
 	httpAddr := freeAddr(t) // in the config before the start: the OAuth redirect URL names it

@@ -285,6 +285,7 @@ func assertSecretsAbsent(t *testing.T, dir string, secrets []string) {
 const send1 = `{"candidate":"c-1","subject":"Interview","text":"Hello Carl","kind":"one_off"}`
 
 func TestOutboundConnectAndSend(t *testing.T) {
+	t.Parallel()
 	for _, prov := range []string{"google", "microsoft"} {
 		t.Run(prov, func(t *testing.T) {
 			e := newObEnv(t, prov, nil)
@@ -364,6 +365,7 @@ func TestOutboundConnectAndSend(t *testing.T) {
 }
 
 func TestOutboundCallbackErrors(t *testing.T) {
+	t.Parallel()
 	e := newObEnv(t, "google", nil)
 	e.seed()
 	get := func(q string) (int, string) {
@@ -392,6 +394,7 @@ func TestOutboundCallbackErrors(t *testing.T) {
 }
 
 func TestOutboundSendProblems(t *testing.T) {
+	t.Parallel()
 	e := newObEnv(t, "google", nil)
 	e.seed()
 	e.connect("u-rec")
@@ -415,6 +418,7 @@ func TestOutboundSendProblems(t *testing.T) {
 }
 
 func TestOutboundIdempotency(t *testing.T) {
+	t.Parallel()
 	e := newObEnv(t, "google", nil)
 	e.seed()
 	// A refused request (no grant yet) releases its key.
@@ -455,6 +459,7 @@ func TestOutboundIdempotency(t *testing.T) {
 }
 
 func TestOutboundIdempotencyInProgress(t *testing.T) {
+	t.Parallel()
 	e := newObEnv(t, "google", nil)
 	e.seed()
 	e.connect("u-rec")
@@ -477,6 +482,7 @@ func TestOutboundIdempotencyInProgress(t *testing.T) {
 }
 
 func TestOutboundBulk(t *testing.T) {
+	t.Parallel()
 	e := newObEnv(t, "microsoft", nil)
 	e.seed()
 	e.connect("u-rec")
@@ -508,6 +514,7 @@ func TestOutboundBulk(t *testing.T) {
 }
 
 func TestOutboundSendForAndDelegations(t *testing.T) {
+	t.Parallel()
 	e := newObEnv(t, "google", nil)
 	e.seed()
 	e.connect("u-rec")
@@ -611,6 +618,7 @@ func TestOutboundSendForAndDelegations(t *testing.T) {
 }
 
 func TestOutboundRetriesAndBrokenGrant(t *testing.T) {
+	t.Parallel()
 	e := newObEnv(t, "microsoft", nil)
 	e.seed()
 	e.connect("u-rec")
@@ -646,6 +654,7 @@ func TestOutboundRetriesAndBrokenGrant(t *testing.T) {
 }
 
 func TestOutboundRestartKeepsGrantAndRefresh(t *testing.T) {
+	t.Parallel()
 	e := newObEnv(t, "microsoft", nil)
 	e.seed()
 	e.connect("u-rec")
@@ -714,6 +723,7 @@ func (in *obInbound) route(domain, raw string) router.Outcome {
 }
 
 func TestOutboundRepliesMatchRouter(t *testing.T) {
+	t.Parallel()
 	e := newObEnv(t, "google", nil)
 	e.seed()
 	e.connect("u-hm")
@@ -790,6 +800,7 @@ func TestOutboundRepliesMatchRouter(t *testing.T) {
 }
 
 func TestOutboundOutlookReplyMatchesByThreadIndex(t *testing.T) {
+	t.Parallel()
 	e := newObEnv(t, "microsoft", nil)
 	e.seed()
 	e.connect("u-rec")

@@ -12,6 +12,7 @@ import (
 // and type) each missing or bad part gets, in which order, and what it
 // resolves when all is well.
 func TestBegin(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	type got struct {
 		Tenant, Actor, Raw, Name string

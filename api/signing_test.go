@@ -8,6 +8,7 @@ import (
 // TestTenantSigningDomains: signing_domains (SPEC §5, Appendix A) is
 // accepted on create and PATCH, lower-cased, validated and shown.
 func TestTenantSigningDomains(t *testing.T) {
+	t.Parallel()
 	hs, _, _ := newTestServer(t)
 	code, _, ten := do(t, hs, "POST", "/v1/tenants", testToken,
 		`{"id":"acme","name":"Acme","domains":["acme.test"],"provider":"microsoft","signing_domains":["Acme.onmicrosoft.com"]}`)

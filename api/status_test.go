@@ -52,6 +52,7 @@ func newStatusServer(t *testing.T, staleAfter time.Duration) (*httptest.Server, 
 }
 
 func TestTenantStatusVerdicts(t *testing.T) {
+	t.Parallel()
 	hs, st, clock := newStatusServer(t, 6*time.Hour)
 	ctx := context.Background()
 	code, _, ten := do(t, hs, "POST", "/v1/tenants", testToken, acme)
@@ -175,6 +176,7 @@ func TestTenantStatusVerdicts(t *testing.T) {
 }
 
 func TestForwardingVerdict(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2025, 3, 10, 12, 0, 0, 0, time.UTC)
 	ms := &store.Tenant{ID: "beta", Provider: "microsoft", InboundAddress: "beta-x@relay.test"}
 	day := func(stored, discarded uint64) store.WindowCounts {
@@ -217,6 +219,7 @@ func TestForwardingVerdict(t *testing.T) {
 // TestTenantIssues: over_forwarding and dkim_unaligned from a day's
 // counters, with actions an email admin can follow.
 func TestTenantIssues(t *testing.T) {
+	t.Parallel()
 	google := &store.Tenant{ID: "acme", Provider: "google", Domains: []string{"acme.test"}, InboundAddress: "acme-x@relay.test"}
 	ms := &store.Tenant{ID: "beta", Provider: "microsoft", Domains: []string{"beta.test"}, InboundAddress: "beta-x@relay.test"}
 	for _, tc := range []struct {
@@ -279,6 +282,7 @@ func adminCannotRun(s string) bool {
 }
 
 func TestAdminBackup(t *testing.T) {
+	t.Parallel()
 	hs, _, _ := newStatusServer(t, 0)
 	if code, _, _ := do(t, hs, "POST", "/v1/tenants", testToken, acme); code != 201 {
 		t.Fatal(code)

@@ -56,6 +56,7 @@ func secretSetup(t *testing.T) (w *world, secret store.Thread, reply string, ope
 }
 
 func TestVisibilityMatrix(t *testing.T) {
+	t.Parallel()
 	w, secret, reply, open := secretSetup(t)
 	th := store.ThreadRef(secret.ID)
 	cases := []struct {
@@ -128,6 +129,7 @@ func TestVisibilityMatrix(t *testing.T) {
 }
 
 func TestWhoMayToggleSecret(t *testing.T) {
+	t.Parallel()
 	w, secret, _, open := secretSetup(t)
 	th := "/v1/tenants/acme/threads/" + store.ThreadRef(secret.ID)
 	// A participant cannot undo another user's decision.
@@ -172,6 +174,7 @@ func TestWhoMayToggleSecret(t *testing.T) {
 }
 
 func TestTimelineShapeTextAndAttachments(t *testing.T) {
+	t.Parallel()
 	w, secret, reply, _ := secretSetup(t)
 	code, body := callJSON(t, w.hs, "GET", "/v1/tenants/acme/candidates/c-1/threads", uGrantor, "")
 	if code != 200 || body["next_cursor"] != nil {
@@ -257,6 +260,7 @@ func callRange(t *testing.T, w *world, path, actor, rng string) (int, map[string
 }
 
 func TestPagination(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	var ths []store.Thread
 	for i := 0; i < 5; i++ {
@@ -332,6 +336,7 @@ func TestPagination(t *testing.T) {
 }
 
 func TestActingUserRequired(t *testing.T) {
+	t.Parallel()
 	w, secret, reply, _ := secretSetup(t)
 	paths := []struct{ method, path, body string }{
 		{"GET", "/v1/tenants/acme/candidates/c-1/threads", ""},
@@ -369,6 +374,7 @@ func TestActingUserRequired(t *testing.T) {
 }
 
 func TestTenantIsolation(t *testing.T) {
+	t.Parallel()
 	w, secret, reply, _ := secretSetup(t)
 	// beta has its own c-1 and thread; acme's ids never resolve under beta.
 	bth, bmsg := w.send("beta", "c-1", 0, "u-b", "", "Beta thread")
@@ -412,6 +418,7 @@ func mustRef(t *testing.T, ref string) uint64 {
 }
 
 func TestRemoveMessage(t *testing.T) {
+	t.Parallel()
 	w, secret, reply, open := secretSetup(t)
 	ctx := context.Background()
 	m, _ := w.st.Message(ctx, "acme", mustRef(t, reply))

@@ -21,6 +21,7 @@ func deadLetter(t *testing.T, w *world, tenant, typ string) {
 }
 
 func TestFailedWebhooksListAndRedeliver(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	deadLetter(t, w, "acme", "message.received")
 	deadLetter(t, w, "beta", "grant.broken")
