@@ -97,6 +97,7 @@ func (e *env) connect(user string) *store.Grant {
 }
 
 func TestAuthCodeURLIsSendOnly(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		provider, scope string
 		google          bool
@@ -125,6 +126,7 @@ func TestAuthCodeURLIsSendOnly(t *testing.T) {
 }
 
 func TestConsentStoresEncryptedGrant(t *testing.T) {
+	t.Parallel()
 	for _, provider := range []string{Google, Microsoft} {
 		t.Run(provider, func(t *testing.T) {
 			e := newEnv(t, provider)
@@ -171,6 +173,7 @@ func assertNotInDir(t *testing.T, dir string, secrets []string) {
 }
 
 func TestStateIsSignedSingleUseAndShortLived(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, Google)
 	ctx := context.Background()
 	start := func() url.Values {
@@ -218,6 +221,7 @@ func TestStateIsSignedSingleUseAndShortLived(t *testing.T) {
 }
 
 func TestStateSurvivesRestart(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, Microsoft)
 	ctx := context.Background()
 	au, err := e.m.AuthCodeURL(ctx, Microsoft, "acme", "u-hm")
@@ -232,6 +236,7 @@ func TestStateSurvivesRestart(t *testing.T) {
 }
 
 func TestConsentWithoutRefreshTokenOrScopeRefused(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, Google)
 	ctx := context.Background()
 	try := func() error {
@@ -262,6 +267,7 @@ func TestConsentWithoutRefreshTokenOrScopeRefused(t *testing.T) {
 }
 
 func TestRefreshOnExpiryPersistsAcrossRestart(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, Google)
 	ctx := context.Background()
 	e.connect("u-rec")
@@ -299,6 +305,7 @@ func TestRefreshOnExpiryPersistsAcrossRestart(t *testing.T) {
 }
 
 func TestMicrosoftRotationPersisted(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, Microsoft)
 	ctx := context.Background()
 	e.connect("u-hm")
@@ -327,6 +334,7 @@ func TestMicrosoftRotationPersisted(t *testing.T) {
 }
 
 func TestInvalidGrantBreaksOnceAndIsNotRetried(t *testing.T) {
+	t.Parallel()
 	for _, provider := range []string{Google, Microsoft} {
 		t.Run(provider, func(t *testing.T) {
 			e := newEnv(t, provider)
@@ -378,6 +386,7 @@ func TestInvalidGrantBreaksOnceAndIsNotRetried(t *testing.T) {
 }
 
 func TestTemporaryRefreshFailureKeepsGrant(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, Google)
 	ctx := context.Background()
 	e.connect("u-rec")
@@ -397,6 +406,7 @@ func TestTemporaryRefreshFailureKeepsGrant(t *testing.T) {
 }
 
 func TestForcedRefreshAfter401(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, Microsoft)
 	ctx := context.Background()
 	e.connect("u-rec")
@@ -416,6 +426,7 @@ func TestForcedRefreshAfter401(t *testing.T) {
 }
 
 func TestConcurrentTokenCallsRefreshOnce(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, Microsoft)
 	ctx := context.Background()
 	e.connect("u-rec")
@@ -446,6 +457,7 @@ func TestConcurrentTokenCallsRefreshOnce(t *testing.T) {
 }
 
 func TestReconnectDuringRefreshWins(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, Google)
 	ctx := context.Background()
 	e.connect("u-rec")
@@ -460,6 +472,7 @@ func TestReconnectDuringRefreshWins(t *testing.T) {
 }
 
 func TestSealedTokenBoundToRecord(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, Google)
 	ctx := context.Background()
 	e.connect("u-rec")
@@ -485,6 +498,7 @@ func TestSealedTokenBoundToRecord(t *testing.T) {
 }
 
 func TestNoGrantAndNotConfigured(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, Google)
 	ctx := context.Background()
 	if _, err := e.m.Token(ctx, "acme", "u-hm"); !errors.Is(err, ErrNoGrant) {

@@ -32,6 +32,7 @@ func parse(t *testing.T, raw []byte) *mail.Message {
 var dec = new(mime.WordDecoder)
 
 func TestComposeHeaders(t *testing.T) {
+	t.Parallel()
 	date := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
 	raw, err := Compose(&Mail{
 		From:        mail.Address{Name: "Rita Zoë", Address: "rec@acme.test"},
@@ -109,6 +110,7 @@ func TestComposeHeaders(t *testing.T) {
 }
 
 func TestComposeAlternative(t *testing.T) {
+	t.Parallel()
 	raw, err := Compose(&Mail{
 		From: mail.Address{Address: "rec@acme.test"}, To: []mail.Address{{Address: "carl@cand.test"}},
 		Subject: "Hi", Text: "plain", HTML: "<p>rich</p>", Date: time.Now(), MessageID: "sr.x@relay.test",
@@ -148,6 +150,7 @@ func TestComposeAlternative(t *testing.T) {
 }
 
 func TestComposeNoHeaderInjection(t *testing.T) {
+	t.Parallel()
 	raw, err := Compose(&Mail{
 		From:    mail.Address{Name: "Eve\r\nBcc: victim@x.test", Address: "rec@acme.test"},
 		To:      []mail.Address{{Address: "carl@cand.test"}},
@@ -164,6 +167,7 @@ func TestComposeNoHeaderInjection(t *testing.T) {
 }
 
 func TestComposeLongReferencesFolded(t *testing.T) {
+	t.Parallel()
 	var refs []string
 	for i := range 20 {
 		refs = append(refs, strings.Repeat("a", 40)+string(rune('a'+i))+"@relay.test")

@@ -25,6 +25,7 @@ func notice() outbound.Notice {
 // recorded on any profile (its sent copy, if a rule forwards it, matches
 // nothing and is discarded).
 func TestNoticeSentThroughSendersGrant(t *testing.T) {
+	t.Parallel()
 	for _, prov := range []string{"google", "microsoft"} {
 		t.Run(prov, func(t *testing.T) {
 			e := newEnv(t, prov, nil)
@@ -62,6 +63,7 @@ func TestNoticeSentThroughSendersGrant(t *testing.T) {
 }
 
 func TestNoticeRefusedWithoutWorkingGrant(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google", nil)
 	var rf *outbound.Refusal
 	err := e.svc.SendNotice(context.Background(), notice())
@@ -94,6 +96,7 @@ func TestNoticeRefusedWithoutWorkingGrant(t *testing.T) {
 }
 
 func TestNoticeRetriesAndFails(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google", nil)
 	e.connect("u-rec")
 	e.stub.FailSend(providertest.Failure{Status: 503})

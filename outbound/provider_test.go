@@ -13,6 +13,7 @@ import (
 )
 
 func TestClassify(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name, body, retryAfter string
 		status                 int
@@ -49,6 +50,7 @@ func TestClassify(t *testing.T) {
 }
 
 func TestRetryAfterDate(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	if d := retryAfter(now.Add(90*time.Second).Format(http.TimeFormat), now); d != 90*time.Second {
 		t.Fatalf("date: %s", d)
@@ -61,6 +63,7 @@ func TestRetryAfterDate(t *testing.T) {
 }
 
 func TestProvidersRequestShape(t *testing.T) {
+	t.Parallel()
 	var got *http.Request
 	var body string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -96,6 +99,7 @@ func TestProvidersRequestShape(t *testing.T) {
 }
 
 func TestTransportErrorIsTemporary(t *testing.T) {
+	t.Parallel()
 	srv := httptest.NewServer(http.NotFoundHandler())
 	url := srv.URL
 	srv.Close()
@@ -107,6 +111,7 @@ func TestTransportErrorIsTemporary(t *testing.T) {
 }
 
 func TestRetryDelay(t *testing.T) {
+	t.Parallel()
 	s := &Service{o: Options{MaxRetries: 4, RetryBaseDelay: time.Second, MaxRetryDelay: 10 * time.Second}}
 	for n, hi := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second} {
 		for range 50 {
@@ -132,6 +137,7 @@ func TestRetryDelay(t *testing.T) {
 }
 
 func TestReferences(t *testing.T) {
+	t.Parallel()
 	msgs := []*store.Message{
 		{ID: 1, InternetMessageID: "sr.a@relay.test", Direction: store.Outbound, LearnedIDs: []string{"prov-a@mail.test"}},
 		{ID: 2, InternetMessageID: "cand-b@cand.test", Direction: store.Inbound},
@@ -159,6 +165,7 @@ func TestReferences(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
+	t.Parallel()
 	ok := func() Request {
 		return Request{Tenant: "acme", ActingUser: "u-rec", Candidate: "c-1", Subject: "s", Text: "t"}
 	}

@@ -126,6 +126,7 @@ func lastSent(t *testing.T, s *providertest.Stub) *mail.Message {
 }
 
 func TestSendRecordsBeforeProviderCall(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google", nil)
 	e.connect("u-rec")
 	res, err := e.send(outbound.Request{Subject: "Interview"})
@@ -164,6 +165,7 @@ func TestSendRecordsBeforeProviderCall(t *testing.T) {
 }
 
 func TestMicrosoftHeadersAndReplyThreading(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "microsoft", nil)
 	e.connect("u-rec")
 	ctx := context.Background()
@@ -213,6 +215,7 @@ func TestMicrosoftHeadersAndReplyThreading(t *testing.T) {
 }
 
 func TestRetriesHonourRetryAfter(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google", nil)
 	e.connect("u-rec")
 	e.stub.FailSend(providertest.Failure{Status: 429, RetryAfter: "20"}, providertest.Failure{Status: 503})
@@ -227,6 +230,7 @@ func TestRetriesHonourRetryAfter(t *testing.T) {
 }
 
 func TestRetriesBounded(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "microsoft", nil)
 	e.connect("u-rec")
 	for range 4 {
@@ -245,6 +249,7 @@ func TestRetriesBounded(t *testing.T) {
 }
 
 func TestRetryAfterTooLongFails(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "microsoft", nil)
 	e.connect("u-rec")
 	e.stub.FailSend(providertest.Failure{Status: 429, RetryAfter: "3600"})
@@ -256,6 +261,7 @@ func TestRetryAfterTooLongFails(t *testing.T) {
 }
 
 func TestPermanentErrorNotRetried(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google", nil)
 	e.connect("u-rec")
 	e.stub.FailSend(providertest.Failure{Status: 400})
@@ -267,6 +273,7 @@ func TestPermanentErrorNotRetried(t *testing.T) {
 }
 
 func TestUnauthorizedRefreshesOnce(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "microsoft", nil)
 	e.connect("u-rec")
 	e.stub.ExpireAccessTokens() // the provider no longer accepts the stored token
@@ -282,6 +289,7 @@ func TestUnauthorizedRefreshesOnce(t *testing.T) {
 }
 
 func TestInvalidGrantFailsSendAndBreaksGrant(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google", nil)
 	e.connect("u-rec")
 	e.stub.RevokeAll()
@@ -305,6 +313,7 @@ func TestInvalidGrantFailsSendAndBreaksGrant(t *testing.T) {
 }
 
 func TestRefusals(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google", nil)
 	e.connect("u-rec")
 	ctx := context.Background()
@@ -345,6 +354,7 @@ func TestRefusals(t *testing.T) {
 }
 
 func TestSendForUsesGrantorsGrant(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google", nil)
 	e.connect("u-hm")
 	ctx := context.Background()
@@ -376,6 +386,7 @@ func TestSendForUsesGrantorsGrant(t *testing.T) {
 }
 
 func TestSenderRateLimit(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "google", func(o *outbound.Options) {
 		o.SenderRatePerMinute, o.SenderBurst, o.MaxRateWait = 6, 2, 15*time.Second
 	})

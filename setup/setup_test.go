@@ -68,6 +68,7 @@ func randomOutlook(at time.Time, k int) string {
 }
 
 func TestThreadIndexRule(t *testing.T) {
+	t.Parallel()
 	for _, provider := range []string{"microsoft", "google"} {
 		t.Run(provider, func(t *testing.T) {
 			r := For(testHost, testTenant(provider))
@@ -102,6 +103,7 @@ func TestThreadIndexRule(t *testing.T) {
 // over Thread-Index values syncrelay issues, Outlook replies to them, and
 // Outlook's own values, which must never match.
 func TestThreadIndexPatternMatches(t *testing.T) {
+	t.Parallel()
 	r := For(testHost, testTenant("microsoft"))
 	ex := exchangeRE(t, ruleFor(t, r, "Thread-Index").Pattern)
 	google := regexp.MustCompile(r.Google.Regex)
@@ -162,6 +164,7 @@ func TestThreadIndexPatternMatches(t *testing.T) {
 // \w \W | * ( ) \ ^ $ (no classes, +, ? or braces), so every printed
 // pattern must stay within it.
 func TestExchangePatternSubset(t *testing.T) {
+	t.Parallel()
 	r := For(testHost, testTenant("microsoft"))
 	for _, x := range r.Exchange.Rules {
 		p := x.Pattern
@@ -179,6 +182,7 @@ func TestExchangePatternSubset(t *testing.T) {
 // TestOtherRulesStillMatch: the marker rules keep matching syncrelay
 // Message-IDs and tokens, and nothing else.
 func TestOtherRulesStillMatch(t *testing.T) {
+	t.Parallel()
 	r := For(testHost, testTenant("google"))
 	kr, _ := token.New(make([]byte, token.MinSecretLen), testHost)
 	id := token.ID{Tenant: "acme", Thread: 3, Message: 9}

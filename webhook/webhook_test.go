@@ -115,6 +115,7 @@ func eventState(t *testing.T, st *bolt.Store, seq uint64) *store.Event {
 }
 
 func TestRetryUntilDelivered(t *testing.T) {
+	t.Parallel()
 	st := openStore(t)
 	rcv := newReceiver(t, 500, 502, 503, 200)
 	data := map[string]any{"message_id": "m-2", "thread_id": "th-1", "candidate": "c-1", "direction": "inbound",
@@ -206,6 +207,7 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 }
 
 func TestDeadLetterAndRedeliver(t *testing.T) {
+	t.Parallel()
 	st := openStore(t)
 	rcv := newReceiver(t, 503)
 	ctx := context.Background()
@@ -250,6 +252,7 @@ func TestDeadLetterAndRedeliver(t *testing.T) {
 }
 
 func TestRedirectIsAFailure(t *testing.T) {
+	t.Parallel()
 	st := openStore(t)
 	target := newReceiver(t, 200)
 	rcv := newReceiver(t, http.StatusFound)
@@ -265,6 +268,7 @@ func TestRedirectIsAFailure(t *testing.T) {
 }
 
 func TestUnreachableReceiverAndShutdown(t *testing.T) {
+	t.Parallel()
 	st := openStore(t)
 	// A receiver that hangs until the test releases it.
 	release := make(chan struct{})
@@ -307,6 +311,7 @@ func TestUnreachableReceiverAndShutdown(t *testing.T) {
 }
 
 func TestSignatures(t *testing.T) {
+	t.Parallel()
 	body := []byte(`{"id":"evt-1","type":"message.received","created_at":"2025-01-01T00:00:00Z","tenant":"acme","data":{}}`)
 	now := time.Unix(1_700_000_000, 0)
 	// Known answer: HMAC-SHA256("whsec-test", body), computed independently.
@@ -341,6 +346,7 @@ func TestSignatures(t *testing.T) {
 }
 
 func TestSignatureKnownAnswer(t *testing.T) {
+	t.Parallel()
 	// RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
 	got := Sign([]byte("Jefe"), []byte("what do ya want for nothing?"))
 	if got != "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843" {
@@ -349,6 +355,7 @@ func TestSignatureKnownAnswer(t *testing.T) {
 }
 
 func TestBackoff(t *testing.T) {
+	t.Parallel()
 	d := &Deliverer{o: Options{BaseDelay: 30 * time.Second, MaxDelay: time.Hour}}
 	for attempt, want := range map[int]time.Duration{1: 30 * time.Second, 2: time.Minute, 3: 2 * time.Minute, 8: time.Hour, 40: time.Hour} {
 		for i := 0; i < 20; i++ {
@@ -371,6 +378,7 @@ func TestBackoff(t *testing.T) {
 }
 
 func TestNewValidates(t *testing.T) {
+	t.Parallel()
 	st := openStore(t)
 	for _, o := range []Options{{}, {URL: "ftp://x", Secret: "s"}, {URL: "http://127.0.0.1:1/"}} {
 		if _, err := New(st, o); err == nil {
