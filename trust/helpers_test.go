@@ -32,10 +32,12 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 
 	"syncrelay/dnsres"
+	"syncrelay/internal/dkimtest"
 	"syncrelay/internal/dnstest"
 )
 
-// Keys are generated once per test binary (RSA generation is slow under -race).
+// Keys are made once per test binary (RSA generation is slow under -race):
+// the RSA-2048 ones are fixed keys (dkimtest), the others generated.
 type testKey struct {
 	signer crypto.Signer
 	record string
@@ -54,11 +56,19 @@ func rsaKey(t testing.TB, name string, bits int) testKey {
 	if k, ok := keyCache[id]; ok {
 		return k
 	}
-	priv, rec := dnstest.GenRSA(t, bits)
-	k := testKey{priv, rec}
+	var k testKey
+	if i, ok := fixedRSA[name]; ok && bits == 2048 {
+		k.signer, k.record = dkimtest.RSA(t, i)
+	} else {
+		k.signer, k.record = dnstest.GenRSA(t, bits)
+	}
 	keyCache[id] = k
 	return k
 }
+
+// fixedRSA gives the names the tests use an RSA-2048 key of
+// internal/dkimtest's each: generating one costs 50-500 ms of CPU.
+var fixedRSA = map[string]int{"acme": 0, "canon": 1, "evil": 2, "google": 3}
 
 func edKey(t testing.TB, name string) testKey {
 	t.Helper()
