@@ -1,6 +1,6 @@
 // Command srload is syncrelay's load tool.
 //
-//	srload prepare -config FILE -manifest FILE [-zone FILE] [-threads N]
+//	srload prepare -config FILE -manifest FILE [-zone FILE] [-threads N] [-dkim-key FILE]
 //	srload run     -addr HOST:PORT [-manifest FILE] [-c 20] [-d 30s] [-n N] [-size 4096]
 //	               [-mix match=100] [-rate R] [-replies FILE] [-json FILE]
 //	srload idle    -addr HOST:PORT [-n 2000] [-hold 20s]
@@ -11,8 +11,9 @@
 // it opens the store of the daemon's config, creates a tenant, a user, a
 // candidate and threads started by outbound messages whose Message-IDs are
 // minted with the server secret exactly as the sender mints them, generates
-// a DKIM key for the candidate's domain, writes it as the zone file the
-// config names ([dns] zone_file, or -zone) and writes a manifest.
+// a DKIM key for the candidate's domain (or takes -dkim-key's), writes it as
+// the zone file the config names ([dns] zone_file, or -zone) and writes a
+// manifest.
 //
 // run speaks SMTP to any server with N concurrent sessions that reuse their
 // connections. With a manifest it sends DKIM-signed replies to the minted
@@ -34,6 +35,7 @@ package main
 
 import (
 	"context"
+	"crypto/rsa"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -83,7 +85,7 @@ func main() {
 
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
-  srload prepare -config FILE -manifest FILE [-zone FILE] [-threads N]   (daemon stopped)
+  srload prepare -config FILE -manifest FILE [-zone FILE] [-threads N] [-dkim-key FILE]   (daemon stopped)
   srload run -addr HOST:PORT [-manifest FILE] [-c 20] [-d 30s] [-n N] [-size 4096] [-mix match=100] [-rate R] [-json FILE]
   srload idle -addr HOST:PORT [-n 2000] [-hold 20s]
   srload fill -config FILE -manifest FILE [-n 1000000] [-ids FILE]   (daemon stopped)
@@ -100,6 +102,7 @@ func prepare(args []string) error {
 	threads := fs.Int("threads", loadgen.DefaultPrepareOptions.Threads, "threads to mint")
 	tenant := fs.String("tenant", loadgen.DefaultPrepareOptions.Tenant, "tenant id to create")
 	cand := fs.String("candidate-email", loadgen.DefaultPrepareOptions.CandidateEmail, "the candidate's address (its domain gets the DKIM key)")
+	keyPath := fs.String("dkim-key", "", "the candidate domain's DKIM key: an RSA private key, PEM (PKCS#8 or PKCS#1); default: a new RSA-2048 key")
 	fs.Parse(args)
 	if *cfgPath == "" || *manPath == "" {
 		fs.Usage()
@@ -123,6 +126,12 @@ func prepare(args []string) error {
 	if zonePath == "" {
 		return fmt.Errorf("prepare: no zone file: set [dns] zone_file in %s or pass -zone", *cfgPath)
 	}
+	var dkimKey *rsa.PrivateKey
+	if *keyPath != "" {
+		if dkimKey, err = loadgen.ReadRSAKey(*keyPath); err != nil {
+			return fmt.Errorf("prepare: -dkim-key: %w", err)
+		}
+	}
 	keys, _, err := daemon.LoadKeys(c, true)
 	if err != nil {
 		return err
@@ -138,7 +147,7 @@ func prepare(args []string) error {
 	defer st.Close()
 	start := time.Now()
 	m, err := loadgen.Prepare(context.Background(), st, kr, loadgen.PrepareOptions{
-		Tenant: *tenant, Threads: *threads, CandidateEmail: *cand, Hostname: c.SMTP.Hostname,
+		Tenant: *tenant, Threads: *threads, CandidateEmail: *cand, Hostname: c.SMTP.Hostname, DKIMKey: dkimKey,
 	})
 	if err != nil {
 		return err

@@ -7,7 +7,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"io"
 	"os"
 	"os/exec"
@@ -18,6 +20,7 @@ import (
 	"time"
 
 	"syncrelay/cmd/srload/loadgen"
+	"syncrelay/internal/dkimtest"
 	"syncrelay/internal/testutil"
 	"syncrelay/mailhdr"
 	"syncrelay/store/bolt"
@@ -37,8 +40,19 @@ func LoadConfig(t testing.TB, dir, extra string) (cfg, data string) {
 func (b *Bins) Prepare(t testing.TB, cfg, dir string, threads int) *loadgen.Manifest {
 	t.Helper()
 	man := filepath.Join(dir, "manifest.json")
+	// A fixed key (internal/dkimtest's): srload would generate one, 50-500
+	// ms of CPU each time.
+	key, _ := dkimtest.RSA(t, dkimtest.RSAKeys-1)
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPath := filepath.Join(dir, "srload-dkim.pem")
+	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	out, err := exec.Command(b.Srload, "prepare", "-config", cfg, "-manifest", man,
-		"-zone", filepath.Join(dir, "zone.txt"), "-threads", strconv.Itoa(threads)).CombinedOutput()
+		"-zone", filepath.Join(dir, "zone.txt"), "-threads", strconv.Itoa(threads), "-dkim-key", keyPath).CombinedOutput()
 	if err != nil {
 		t.Fatalf("srload prepare: %v\n%s", err, out)
 	}

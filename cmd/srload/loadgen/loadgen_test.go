@@ -3,16 +3,20 @@ package loadgen
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/emersion/go-msgauth/dkim"
 
+	"syncrelay/internal/dkimtest"
 	"syncrelay/store/bolt"
 	"syncrelay/token"
 )
@@ -58,7 +62,7 @@ func TestBody(t *testing.T) {
 // their DKIM signature verifies with the manifest's published key and they
 // reference the minted threads.
 func TestGeneratedMailVerifies(t *testing.T) {
-	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	key, _ := dkimtest.RSA(t, 0)
 	der, _ := x509.MarshalPKCS8PrivateKey(key)
 	m := &Manifest{Tenant: "load", Inbound: "load-x@relay.test", CandidateEmail: "carl@cand.test", UserEmail: "rec@acme.test",
 		SenderDomain: "cand.test", Selector: "s1", DKIMKeyPEM: string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})),
@@ -139,5 +143,59 @@ func TestPrepare(t *testing.T) {
 	}
 	if _, err := Prepare(ctx, st, kr, PrepareOptions{}); err == nil {
 		t.Error("second Prepare of the same tenant: no error")
+	}
+}
+
+// TestPrepareWithKey: a given DKIM key (srload prepare -dkim-key) is the
+// manifest's, read from PEM in either encoding; anything else is refused.
+func TestPrepareWithKey(t *testing.T) {
+	key, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	write := func(name, typ string, der []byte) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ed, _ := ed25519.GenerateKey(rand.Reader)
+	edDER, err := x509.MarshalPKCS8PrivateKey(ed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{write("k8.pem", "PRIVATE KEY", pkcs8), write("k1.pem", "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(key))} {
+		got, err := ReadRSAKey(path)
+		if err != nil || !got.Equal(key) {
+			t.Errorf("%s: %v", path, err)
+		}
+	}
+	for _, path := range []string{write("ed.pem", "PRIVATE KEY", edDER), write("junk.pem", "PRIVATE KEY", []byte("junk")), filepath.Join(dir, "missing.pem")} {
+		if _, err := ReadRSAKey(path); err == nil {
+			t.Errorf("%s: read as an RSA key", path)
+		}
+	}
+
+	st, err := bolt.Open(t.TempDir(), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	kr, err := token.New(bytes.Repeat([]byte{7}, 32), "relay.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Prepare(context.Background(), st, kr, PrepareOptions{Threads: 1, DKIMKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := m.Signer(); err != nil || !got.Equal(key) {
+		t.Errorf("manifest's key is not the given one (%v)", err)
 	}
 }

@@ -69,6 +69,8 @@ type PrepareOptions struct {
 	// Hostname is the relay hostname (smtp.hostname): the domain of the
 	// inbound address and of minted Message-IDs.
 	Hostname string
+	// DKIMKey signs the candidate's mail; nil: a new RSA-2048 key.
+	DKIMKey *rsa.PrivateKey
 }
 
 // DefaultPrepareOptions are used for zero fields of PrepareOptions.
@@ -167,9 +169,11 @@ func Prepare(ctx context.Context, st store.Store, kr *token.Keyring, o PrepareOp
 		return nil, fmt.Errorf("mint threads: %w", err)
 	}
 
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		return nil, err
+	key := o.DKIMKey
+	if key == nil {
+		if key, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+			return nil, err
+		}
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
@@ -193,6 +197,31 @@ func newInboundAddress(tenant, host string) (string, error) {
 	}
 	r := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b))
 	return tenant + "-" + r + "@" + host, nil
+}
+
+// ReadRSAKey reads an RSA private key from a PEM file (PKCS#8, as
+// openssl genpkey writes, or PKCS#1).
+func ReadRSAKey(path string) (*rsa.PrivateKey, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, fmt.Errorf("%s: no PEM block", path)
+	}
+	if k, err := x509.ParsePKCS1PrivateKey(blk.Bytes); err == nil {
+		return k, nil
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	rk, ok := k.(*rsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("%s: %T, not an RSA key", path, k)
+	}
+	return rk, nil
 }
 
 // Signer returns the manifest's DKIM private key.
