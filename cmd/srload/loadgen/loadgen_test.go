@@ -110,16 +110,23 @@ func TestGeneratedMailVerifies(t *testing.T) {
 	}
 }
 
-func TestPrepare(t *testing.T) {
+// newStore is a bbolt store, closed when t ends, and a keyring.
+func newStore(t *testing.T) (*bolt.Store, *token.Keyring) {
+	t.Helper()
 	st, err := bolt.Open(t.TempDir(), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
 	kr, err := token.New(bytes.Repeat([]byte{7}, 32), "relay.test")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return st, kr
+}
+
+func TestPrepare(t *testing.T) {
+	st, kr := newStore(t)
 	ctx := context.Background()
 	m, err := Prepare(ctx, st, kr, PrepareOptions{Threads: 5})
 	if err != nil {
@@ -182,15 +189,7 @@ func TestPrepareWithKey(t *testing.T) {
 		}
 	}
 
-	st, err := bolt.Open(t.TempDir(), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	kr, err := token.New(bytes.Repeat([]byte{7}, 32), "relay.test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, kr := newStore(t)
 	m, err := Prepare(context.Background(), st, kr, PrepareOptions{Threads: 1, DKIMKey: key})
 	if err != nil {
 		t.Fatal(err)
