@@ -449,11 +449,13 @@ func parseAARDKIM(aar string) []Result {
 				Result:     string(d.Value),
 				Reason:     d.Reason,
 				Identifier: d.Identifier,
-				Domain:     strings.ToLower(strings.TrimSuffix(d.Domain, ".")),
+				// Every trailing dot: "d=.." must not leave "." behind (the
+				// fuzzer's find); a real domain has at most the root's one.
+				Domain: strings.ToLower(strings.TrimRight(d.Domain, ".")),
 			}
 			if res.Domain == "" {
 				if at := strings.LastIndexByte(d.Identifier, '@'); at >= 0 {
-					res.Domain = strings.ToLower(strings.TrimSuffix(d.Identifier[at+1:], "."))
+					res.Domain = strings.ToLower(strings.TrimRight(d.Identifier[at+1:], "."))
 				}
 			}
 			out = append(out, res)
