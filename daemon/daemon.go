@@ -174,10 +174,12 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 		MaxBodyBytes: c.HTTP.MaxBodyBytes, Gatherer: reg, Log: log, StaleAfter: c.Status.StaleAfter.Duration,
 		Outbound: outb, Backup: backupSource(st), Registerer: reg, AdminLinks: pg,
 	})
+	unused := &unusedConns{}
 	httpSrv := &http.Server{
 		Handler:           withPages(apiSrv, pg),
 		ReadHeaderTimeout: c.HTTP.ReadHeaderTimeout.Duration,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ConnState:         unused.track,
 	}
 
 	stopWebhooks, err := startWebhooks(c, st, reg, log)
@@ -233,6 +235,8 @@ func Run(ctx context.Context, c *config.Config, log *slog.Logger, stdout io.Writ
 	}
 	hctx, hcancel := context.WithTimeout(context.Background(), c.HTTP.ShutdownTimeout.Duration)
 	defer hcancel()
+	stopUnused := unused.closeAfter(unusedGrace)
+	defer stopUnused()
 	if err := httpSrv.Shutdown(hctx); err != nil {
 		// Requests still running (a long backup download): cut them so
 		// the store can close within the bound.
